@@ -1,0 +1,36 @@
+# adaptlab developer entry points. Every target creates .venv/ on first use.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test test-slow lint benchmark clean
+
+setup: $(STAMP)
+
+# torch is installed first from the pinned CPU build so that no CUDA wheel is pulled in;
+# users with a GPU can `pip install torch` (CUDA) into .venv before or after.
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c constraints.txt torch
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/adaptlab demo
+
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+
+test-slow: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m slow
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+
+benchmark: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/ner_biospecies.py
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info

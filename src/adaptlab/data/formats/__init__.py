@@ -1,0 +1,1 @@
+"""Converters between outside formats and the canonical :class:`~adaptlab.data.records.Record`."""

@@ -1,0 +1,141 @@
+"""Run directories, atomic writes, seeding and logging.
+
+Every command that trains or evaluates leaves a run directory (``runs/<time>-<name>/`` unless an
+explicit path is given) holding ``config.yaml``, ``metrics.json``, ``report.html``, ``log.txt`` and
+its artefacts. A run directory is created exclusively: an existing one is never reused or
+overwritten. Files inside it are written to a temporary name and renamed when complete, so an
+interrupted run never leaves a truncated file behind.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from adaptlab.errors import RunDirError
+
+LOGGER_NAME = "adaptlab"
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` via a temp file in the same directory and ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+def refuse_existing(path: str | Path, what: str = "output") -> Path:
+    """Return ``path`` if nothing is there yet (or it is an empty directory), else raise."""
+    path = Path(path)
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise RunDirError(
+            f"{what} {path} already exists; adaptlab never overwrites a run. "
+            "Choose another path or remove it yourself."
+        )
+    return path
+
+
+@dataclass
+class RunDir:
+    """A created run directory and the conventional paths inside it."""
+
+    path: Path
+
+    @property
+    def config(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / "metrics.json"
+
+    @property
+    def report(self) -> Path:
+        return self.path / "report.html"
+
+    @property
+    def log(self) -> Path:
+        return self.path / "log.txt"
+
+    @property
+    def model(self) -> Path:
+        return self.path / "model"
+
+
+def create_run_dir(output: str | Path | None, name: str, root: str | Path = "runs") -> RunDir:
+    """Create a fresh run directory and attach a log file handler to the adaptlab logger.
+
+    With ``output`` given, that exact directory is used (it must not exist or be empty); otherwise
+    ``<root>/<YYYYmmdd-HHMMSS>-<name>`` with a numeric suffix if that name is taken.
+    """
+    if output is not None:
+        path = refuse_existing(output, "run directory")
+        path.mkdir(parents=True, exist_ok=True)
+    else:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        base = Path(root) / f"{stamp}-{name}"
+        path, n = base, 1
+        while True:
+            try:
+                path.mkdir(parents=True, exist_ok=False)
+                break
+            except FileExistsError:
+                n += 1
+                path = base.with_name(f"{base.name}-{n}")
+    run = RunDir(path)
+    attach_log_file(run.log)
+    return run
+
+
+def get_logger() -> logging.Logger:
+    logger = logging.getLogger(LOGGER_NAME)
+    if logger.level == logging.NOTSET:
+        logger.setLevel(logging.INFO)
+    return logger
+
+
+def attach_log_file(path: Path) -> None:
+    """Send adaptlab log records to ``path`` (replacing any file handler of an earlier run)."""
+    logger = get_logger()
+    for handler in list(logger.handlers):
+        if isinstance(handler, logging.FileHandler):
+            logger.removeHandler(handler)
+            handler.close()
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logger.addHandler(handler)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA) for reproducible runs."""
+    random.seed(seed)
+    import numpy as np
+    import torch
+
+    np.random.seed(seed)
+    torch.manual_seed(seed)
