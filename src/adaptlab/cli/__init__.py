@@ -1,0 +1,66 @@
+"""The ``adaptlab`` command line. Each command group lives in its own module and only parses
+arguments, calls a recipe or building block, and prints; no logic lives here."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+from rich.console import Console
+
+from adaptlab.errors import AdaptlabError
+
+app = typer.Typer(
+    name="adaptlab",
+    help="Adapt language models to a domain when labelled data is scarce.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+err_console = Console(stderr=True)
+_state = {"debug": False}
+
+
+@app.callback()
+def _root(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks for errors.")) -> None:
+    _state["debug"] = debug
+
+
+def _register() -> None:
+    from adaptlab.cli import data, demo, extract, ner, re_cmd
+
+    app.add_typer(data.app, name="data", help="Inspect, repair and convert annotated data.")
+    app.add_typer(ner.app, name="ner", help="Train, evaluate and run NER students.")
+    app.add_typer(re_cmd.app, name="re", help="Train, evaluate and run relation-extraction students.")
+    app.command("extract")(extract.extract)
+    app.command("demo")(demo.demo)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console-script entry point: user errors print one message and exit 2."""
+    _register()
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    try:
+        app(args=argv, standalone_mode=False)
+    except AdaptlabError as exc:
+        if debug:
+            raise
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        return exc.exit_code
+    except typer.Exit as exc:
+        return exc.exit_code
+    except (typer.Abort, KeyboardInterrupt):
+        err_console.print("interrupted")
+        return 130
+    except Exception as exc:  # click usage errors carry their own exit code
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            return exc.exit_code
+        raise
+    return 0
+
+
+def run() -> None:
+    sys.exit(main())
