@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from adaptlab.errors import ConfigError
 from adaptlab.runs import atomic_write_text
@@ -112,3 +112,24 @@ def save_config(config: BaseModel, path: str | Path) -> Path:
     """Write the resolved config as YAML (atomically) so a run can be reproduced."""
     data = config.model_dump(mode="json")
     return atomic_write_text(path, yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+
+
+class TrainingConfig(StrictModel):
+    """Hyperparameters of a supervised fine-tuning run on the HF Trainer (NER and RE students)."""
+
+    learning_rate: float = Field(1e-4, gt=0)
+    epochs: float = Field(20, gt=0)
+    batch_size: int = Field(16, ge=1)
+    eval_batch_size: int = Field(64, ge=1)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup: float = Field(0.1, ge=0, lt=1, description="fraction of training steps with linear warm-up")
+    scheduler: str = "linear"
+    max_length: int = Field(256, ge=8, description="subword limit per sequence; longer ones are counted")
+    seed: int = 42
+    group_by_length: bool = True
+    early_stopping_patience: int | None = Field(5, ge=1, description="evaluations without dev F1 gain")
+    keep_checkpoints: bool = Field(False, description="keep full checkpoints (optimizer too) for resuming")
+    resume_from_checkpoint: str | None = None
+    bf16: bool = False
+    logging_steps: int = Field(10, ge=1)
+    progress: bool = True

@@ -1,2 +1,37 @@
-def extract() -> None:
-    """Placeholder."""
+"""``adaptlab extract``: raw text -> NER spans -> relations -> triples."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from adaptlab.cli.common import console, print_json
+
+
+def extract(
+    ner: str = typer.Option(..., "--ner", help="NER run or model directory"),
+    re_model: Optional[str] = typer.Option(None, "--re", help="RE run or model directory (else type rules)"),
+    input_file: Optional[str] = typer.Option(None, "--input", help="JSONL records or one text per line"),
+    text: Optional[str] = typer.Option(None, "--text"),
+    gold: Optional[str] = typer.Option(None, "--gold", help="gold records: tag their texts, print triple F1"),
+    output: Optional[str] = typer.Option(None, "--output", help="write records with relations here"),
+) -> None:
+    """Extract (species, relation, argument) triples from raw text."""
+    from adaptlab.data.io import load_records
+    from adaptlab.data.texts import read_texts
+    from adaptlab.recipes import relations
+
+    gold_records = load_records(gold) if gold else None
+    texts = [r.text for r in gold_records] if gold_records else read_texts(input_file, text)
+    records = relations.extract_triples(ner, re_model, texts, output)
+    if gold_records:
+        print_json(relations.score_triples(records, gold_records))
+        return
+    if output:
+        console.print(f"wrote {len(records)} records to {output}")
+        return
+    for record in records:
+        for rel in record.relations:
+            head, tail = record.spans[rel.head], record.spans[rel.tail]
+            print(f"{record.span_text(head)}\t{rel.label}\t{record.span_text(tail)}")

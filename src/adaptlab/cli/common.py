@@ -1,0 +1,28 @@
+"""Small printing helpers shared by the CLI modules."""
+
+from __future__ import annotations
+
+import json
+
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+
+
+def print_json(obj) -> None:
+    print(json.dumps(obj, indent=2, ensure_ascii=False, default=str))
+
+
+def ner_summary_table(report: dict, title: str) -> Table:
+    """Headline table: strict / overlap / token-level micro and macro F1, then per-type strict F1."""
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("micro F1", justify="right")
+    table.add_column("macro F1", justify="right")
+    for mode in ("strict", "overlap", "token"):
+        if mode in report:
+            table.add_row(mode, f"{report[mode]['micro']['f1']:.4f}", f"{report[mode]['macro']['f1']:.4f}")
+    for label, row in report.get("strict", {}).get("per_type", {}).items():
+        table.add_row(f"  strict {label}", f"{row['f1']:.4f}", f"(support {row['support']})")
+    return table

@@ -1,0 +1,201 @@
+"""NER student: token classification over any BERT-family encoder, trained with the HF Trainer.
+
+``train_ner`` fine-tunes ``AutoModelForTokenClassification`` on canonical records and saves a
+plain HF model directory (it also works in ``transformers.pipeline("token-classification")``);
+``predict_ner`` turns texts into canonical records with character spans and per-span scores.
+Dev F1 for checkpoint selection and early stopping is strict entity-level macro F1 on words.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from adaptlab.config import TrainingConfig
+from adaptlab.data.formats.conll import tags_to_spans
+from adaptlab.data.records import Record
+from adaptlab.errors import ModelError
+from adaptlab.ie.hf_training import early_stopping, epoch_history, finish_checkpoints, training_arguments
+from adaptlab.ie.models import saved_model_dir
+from adaptlab.ie.tagging import (
+    IGNORE_INDEX,
+    bio_labels,
+    decode_words,
+    encode_record,
+    entity_types,
+)
+from adaptlab.metrics.spans import span_prf
+from adaptlab.runs import get_logger, seed_everything
+
+
+@dataclass
+class NERTrainResult:
+    model_dir: Path
+    labels: list[str]
+    history: list[dict]
+    dev_metrics: dict
+    truncated_records: int
+    train_seconds: float
+
+
+def _dataset(records: Sequence[Record], tokenizer, label2id, max_length: int):
+    from datasets import Dataset
+
+    rows, truncated = [], 0
+    for r in records:
+        enc = encode_record(r, tokenizer, label2id, max_length)
+        truncated += enc.truncated_words > 0
+        rows.append({"input_ids": enc.input_ids, "attention_mask": enc.attention_mask,
+                     "labels": enc.labels, "length": len(enc.input_ids)})
+    return Dataset.from_list(rows), truncated
+
+
+def check_labels(records: Sequence[Record], known: Sequence[str], where: str) -> None:
+    """Refuse data whose entity types the model cannot predict."""
+    unknown = sorted(set(entity_types(records)) - set(known))
+    if unknown:
+        raise ModelError(
+            f"{where} has entity types {unknown} that the model does not know (it knows {sorted(known)}); "
+            "retrain with these types or relabel the data"
+        )
+
+
+def word_level_f1(id2label: dict[int, str]):
+    """``compute_metrics`` for the Trainer: strict span F1 on first-subword word tags."""
+
+    def compute(eval_pred) -> dict[str, float]:
+        logits, label_ids = eval_pred.predictions, eval_pred.label_ids
+        predictions = np.argmax(logits, axis=-1)
+        gold_docs, pred_docs = [], []
+        for pred_row, gold_row in zip(predictions, label_ids):
+            mask = gold_row != IGNORE_INDEX
+            gold_docs.append(tags_to_spans([id2label[int(i)] for i in gold_row[mask]]))
+            pred_docs.append(tags_to_spans([id2label[int(i)] for i in pred_row[mask]]))
+        scores = span_prf(gold_docs, pred_docs, mode="strict")
+        return {"macro_f1": scores["macro"]["f1"], "micro_f1": scores["micro"]["f1"]}
+
+    return compute
+
+
+def train_ner(
+    train: Sequence[Record],
+    dev: Sequence[Record] | None,
+    model_name_or_path: str,
+    cfg: TrainingConfig,
+    output_dir: Path,
+) -> NERTrainResult:
+    """Fine-tune a token-classification student; writes ``output_dir/model`` (HF format)."""
+    import time
+
+    from transformers import (
+        AutoModelForTokenClassification,
+        AutoTokenizer,
+        DataCollatorForTokenClassification,
+        Trainer,
+    )
+
+    log = get_logger()
+    seed_everything(cfg.seed)
+    types = entity_types(train)
+    if not types:
+        raise ModelError("the training data has no entity spans; nothing to learn")
+    if dev:
+        check_labels(dev, types, "the dev data")
+    labels = bio_labels(types)
+    label2id = {label: i for i, label in enumerate(labels)}
+    id2label = dict(enumerate(labels))
+
+    tokenizer = AutoTokenizer.from_pretrained(model_name_or_path)
+    if not getattr(tokenizer, "is_fast", False):
+        raise ModelError(f"{model_name_or_path} has no fast tokenizer; word alignment needs one")
+    model = AutoModelForTokenClassification.from_pretrained(
+        model_name_or_path, num_labels=len(labels), id2label=id2label, label2id=label2id
+    )
+    train_ds, truncated = _dataset(train, tokenizer, label2id, cfg.max_length)
+    dev_ds = None
+    if dev:
+        dev_ds, dev_truncated = _dataset(dev, tokenizer, label2id, cfg.max_length)
+        truncated += dev_truncated
+    if truncated:
+        log.warning("%d records exceed max_length=%d subwords and were truncated for training",
+                    truncated, cfg.max_length)
+
+    checkpoints = output_dir / "checkpoints"
+    trainer = Trainer(
+        model=model,
+        args=training_arguments(cfg, checkpoints, has_eval=dev_ds is not None, metric="macro_f1"),
+        train_dataset=train_ds,
+        eval_dataset=dev_ds,
+        processing_class=tokenizer,
+        data_collator=DataCollatorForTokenClassification(tokenizer),
+        compute_metrics=word_level_f1(id2label),
+        callbacks=early_stopping(cfg, dev_ds is not None),
+    )
+    started = time.perf_counter()
+    trainer.train(resume_from_checkpoint=cfg.resume_from_checkpoint)
+    seconds = time.perf_counter() - started
+    dev_metrics = trainer.evaluate() if dev_ds is not None else {}
+
+    model_dir = output_dir / "model"
+    trainer.save_model(str(model_dir))
+    finish_checkpoints(cfg, checkpoints)
+    log.info("saved NER model to %s after %.1fs", model_dir, seconds)
+    return NERTrainResult(model_dir, labels, epoch_history(trainer.state.log_history), dev_metrics,
+                          truncated, seconds)
+
+
+class NERPredictor:
+    """A loaded NER student; ``predict`` returns canonical records with spans and span scores."""
+
+    def __init__(self, model_dir: str | Path, device: str | None = None):
+        import torch
+        from transformers import AutoModelForTokenClassification, AutoTokenizer
+
+        path = saved_model_dir(model_dir)
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.model = AutoModelForTokenClassification.from_pretrained(path)
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.model.to(self.device).eval()
+        self.id2label = {int(k): v for k, v in self.model.config.id2label.items()}
+        self.label2id = {v: k for k, v in self.id2label.items()}
+        self.types = sorted({v[2:] for v in self.id2label.values() if v[:2] in ("B-", "I-")})
+        self.max_length = min(getattr(self.tokenizer, "model_max_length", 512), 512)
+
+    def predict(self, texts: Sequence[str], batch_size: int = 32) -> list[Record]:
+        import torch
+
+        results: list[Record] = []
+        for begin in range(0, len(texts), batch_size):
+            chunk = [Record(text=t) for t in texts[begin : begin + batch_size]]
+            encoded = [encode_record(r, self.tokenizer, None, self.max_length) for r in chunk]
+            width = max(len(e.input_ids) for e in encoded)
+            pad = self.tokenizer.pad_token_id or 0
+            ids = torch.tensor([e.input_ids + [pad] * (width - len(e.input_ids)) for e in encoded])
+            mask = torch.tensor([e.attention_mask + [0] * (width - len(e.attention_mask)) for e in encoded])
+            with torch.no_grad():
+                logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
+            probs = torch.softmax(logits.float(), dim=-1).cpu().numpy()
+            for record, enc, row in zip(chunk, encoded, probs):
+                results.append(self._decode(record.text, enc, row))
+        return results
+
+    def _decode(self, text: str, enc, probs: np.ndarray) -> Record:
+        first: dict[int, int] = {}
+        for pos, w in enumerate(enc.word_ids):
+            if w is not None and w not in first:
+                first[w] = pos
+        # Words past max_length are left untagged (counted in meta); a word the tokenizer maps to
+        # no subword at all (e.g. a lone zero-width character) is tagged O.
+        n_words = max(first) + 1 if first else 0
+        outside = self.label2id.get("O", 0)
+        rows = [probs[first[w]] if w in first else None for w in range(n_words)]
+        tags = [self.id2label[int(np.argmax(r)) if r is not None else outside] for r in rows]
+        scores = [float(np.max(r)) if r is not None else 1.0 for r in rows]
+        spans, span_scores = decode_words(text, enc.offsets[:n_words], tags, scores)
+        meta = {"span_scores": span_scores}
+        if enc.truncated_words:
+            meta["untagged_words"] = enc.truncated_words
+        return Record(text=text, spans=spans, meta=meta)

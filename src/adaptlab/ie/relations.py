@@ -1,0 +1,162 @@
+"""RE student: sequence classification of one (head, tail) pair marked in its sentence.
+
+Each example is the sentence with entity markers around the pair
+(``[E1]head[/E1] ... [E2]tail[/E2]``); the markers are added to the tokenizer as special tokens
+and the embedding matrix is resized, so they are never split into subwords. Pairs without a
+relation become ``no_relation`` examples when the training data has candidate pairs without a
+relation, which lets the same model filter candidates in the text-to-triples path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from adaptlab.config import TrainingConfig
+from adaptlab.data.formats.markers import MARKERS, marked_from_record
+from adaptlab.data.records import Record
+from adaptlab.errors import ModelError
+from adaptlab.ie.hf_training import early_stopping, epoch_history, finish_checkpoints, training_arguments
+from adaptlab.ie.models import saved_model_dir
+from adaptlab.ie.pairs import NO_RELATION, candidate_pairs
+from adaptlab.metrics.classification import classification_prf
+from adaptlab.runs import get_logger, seed_everything
+
+
+@dataclass
+class RelationExample:
+    marked: str
+    label: str
+
+
+def relation_examples(records: Sequence[Record], with_negatives: bool = True) -> list[RelationExample]:
+    """Positive pairs from ``relations``; other SPECIES-argument candidates as ``no_relation``."""
+    examples = []
+    for record in records:
+        gold = {(r.head, r.tail): r.label for r in record.relations}
+        pairs = set(gold)
+        if with_negatives:
+            pairs |= set(candidate_pairs(record))
+        for pair in sorted(pairs):
+            examples.append(RelationExample(marked_from_record(record, pair), gold.get(pair, NO_RELATION)))
+    return examples
+
+
+@dataclass
+class RETrainResult:
+    model_dir: Path
+    labels: list[str]
+    history: list[dict]
+    dev_metrics: dict
+    train_seconds: float
+
+
+def _dataset(examples: Sequence[RelationExample], tokenizer, label2id: dict[str, int], max_length: int):
+    from datasets import Dataset
+
+    enc = tokenizer([e.marked for e in examples], truncation=True, max_length=max_length)
+    return Dataset.from_dict({
+        "input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
+        "labels": [label2id[e.label] for e in examples], "length": [len(x) for x in enc["input_ids"]],
+    })
+
+
+def _weighted_f1(id2label: dict[int, str]):
+    def compute(eval_pred) -> dict[str, float]:
+        pred = np.argmax(eval_pred.predictions, axis=-1)
+        scores = classification_prf([id2label[int(i)] for i in eval_pred.label_ids],
+                                    [id2label[int(i)] for i in pred])
+        return {"weighted_f1": scores["weighted"]["f1"], "macro_f1": scores["macro"]["f1"]}
+
+    return compute
+
+
+def load_marker_tokenizer(model_name_or_path: str):
+    """The model's tokenizer with the four entity markers added as special tokens."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_name_or_path)
+    tokenizer.add_tokens(list(MARKERS), special_tokens=True)
+    return tokenizer
+
+
+def train_re(
+    train: Sequence[RelationExample],
+    dev: Sequence[RelationExample] | None,
+    model_name_or_path: str,
+    cfg: TrainingConfig,
+    output_dir: Path,
+) -> RETrainResult:
+    """Fine-tune a relation classifier over marked pairs; writes ``output_dir/model``."""
+    import time
+
+    from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, Trainer
+
+    seed_everything(cfg.seed)
+    labels = sorted({e.label for e in train})
+    if len(labels) < 2:
+        raise ModelError(f"relation training needs at least two labels, found {labels}")
+    if dev:
+        unknown = sorted({e.label for e in dev} - set(labels))
+        if unknown:
+            raise ModelError(f"the dev data has relation labels {unknown} absent from training data {labels}")
+    label2id = {label: i for i, label in enumerate(labels)}
+    id2label = dict(enumerate(labels))
+    tokenizer = load_marker_tokenizer(model_name_or_path)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        model_name_or_path, num_labels=len(labels), id2label=id2label, label2id=label2id
+    )
+    model.resize_token_embeddings(len(tokenizer))
+    train_ds = _dataset(train, tokenizer, label2id, cfg.max_length)
+    dev_ds = _dataset(dev, tokenizer, label2id, cfg.max_length) if dev else None
+    checkpoints = output_dir / "checkpoints"
+    trainer = Trainer(
+        model=model,
+        args=training_arguments(cfg, checkpoints, has_eval=dev_ds is not None, metric="weighted_f1"),
+        train_dataset=train_ds,
+        eval_dataset=dev_ds,
+        processing_class=tokenizer,
+        data_collator=DataCollatorWithPadding(tokenizer),
+        compute_metrics=_weighted_f1(id2label),
+        callbacks=early_stopping(cfg, dev_ds is not None),
+    )
+    started = time.perf_counter()
+    trainer.train(resume_from_checkpoint=cfg.resume_from_checkpoint)
+    seconds = time.perf_counter() - started
+    dev_metrics = trainer.evaluate() if dev_ds is not None else {}
+    model_dir = output_dir / "model"
+    trainer.save_model(str(model_dir))
+    finish_checkpoints(cfg, checkpoints)
+    get_logger().info("saved RE model to %s after %.1fs", model_dir, seconds)
+    return RETrainResult(model_dir, labels, epoch_history(trainer.state.log_history), dev_metrics, seconds)
+
+
+class REPredictor:
+    """A loaded relation classifier: ``predict`` labels marked sentences with probabilities."""
+
+    def __init__(self, model_dir: str | Path, device: str | None = None):
+        import torch
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        path = saved_model_dir(model_dir)
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.model = AutoModelForSequenceClassification.from_pretrained(path)
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.model.to(self.device).eval()
+        self.id2label = {int(k): v for k, v in self.model.config.id2label.items()}
+        self.labels = [self.id2label[i] for i in sorted(self.id2label)]
+
+    def predict(self, marked: Sequence[str], batch_size: int = 64) -> list[tuple[str, float]]:
+        import torch
+
+        out = []
+        for begin in range(0, len(marked), batch_size):
+            enc = self.tokenizer(list(marked[begin : begin + batch_size]), truncation=True, max_length=512,
+                                 padding=True, return_tensors="pt").to(self.device)
+            with torch.no_grad():
+                probs = torch.softmax(self.model(**enc).logits.float(), dim=-1).cpu().numpy()
+            out += [(self.id2label[int(np.argmax(p))], float(np.max(p))) for p in probs]
+        return out

@@ -1,0 +1,90 @@
+"""The model boundary of NER: records <-> word-level IOB2 label ids <-> subword features.
+
+Records carry character spans; the token-classification model sees words (see
+:mod:`adaptlab.data.words`) split into subwords. Only the first subword of each word carries a
+label; the others get -100 and are ignored by the loss, so a word's prediction is read from its
+first subword. That is the convention of the HF ``token-classification`` pipeline with
+``aggregation_strategy="first"``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from adaptlab.data.formats.conll import OUTSIDE, tags_to_spans
+from adaptlab.data.records import Record, Span
+from adaptlab.data.words import word_offsets, words_in_spans
+
+IGNORE_INDEX = -100
+
+
+def bio_labels(entity_types: Sequence[str]) -> list[str]:
+    """``["O", "B-A", "I-A", "B-B", ...]`` for sorted entity types: the model's label list."""
+    labels = [OUTSIDE]
+    for typ in sorted(set(entity_types)):
+        labels += [f"B-{typ}", f"I-{typ}"]
+    return labels
+
+
+def entity_types(records: Sequence[Record]) -> list[str]:
+    return sorted({s.label for r in records for s in r.spans})
+
+
+def word_tags(record: Record, offsets: list[tuple[int, int]]) -> list[str]:
+    owner = words_in_spans(offsets, record.spans)
+    tags, previous = [], -1
+    for idx in owner:
+        tags.append(OUTSIDE if idx == -1 else ("I-" if idx == previous else "B-") + record.spans[idx].label)
+        previous = idx
+    return tags
+
+
+@dataclass
+class EncodedRecord:
+    input_ids: list[int]
+    attention_mask: list[int]
+    labels: list[int]
+    word_ids: list[int | None]
+    offsets: list[tuple[int, int]]
+    truncated_words: int
+
+
+def encode_record(record: Record, tokenizer, label2id: dict[str, int] | None, max_length: int) -> EncodedRecord:
+    """Tokenise a record's words; ``labels`` are first-subword label ids (or all -100 without labels)."""
+    offsets = word_offsets(record.text)
+    words = [record.text[s:e] for s, e in offsets]
+    enc = tokenizer(words, is_split_into_words=True, truncation=True, max_length=max_length)
+    word_ids = enc.word_ids()
+    kept = {w for w in word_ids if w is not None}
+    tags = word_tags(record, offsets) if label2id is not None else None
+    labels, previous = [], None
+    for w in word_ids:
+        if w is None or w == previous or tags is None:
+            labels.append(IGNORE_INDEX)
+        else:
+            labels.append(label2id[tags[w]])
+        previous = w
+    return EncodedRecord(
+        input_ids=list(enc["input_ids"]),
+        attention_mask=list(enc["attention_mask"]),
+        labels=labels,
+        word_ids=word_ids,
+        offsets=offsets,
+        truncated_words=len(offsets) - (max(kept) + 1 if kept else 0),
+    )
+
+
+def decode_words(
+    text: str,
+    offsets: list[tuple[int, int]],
+    tags: list[str],
+    scores: list[float] | None = None,
+) -> tuple[list[Span], list[float]]:
+    """Word tags -> character spans (any I-after-O opens a span), with the mean word score per span."""
+    spans, span_scores = [], []
+    for start, end, label in tags_to_spans(tags):
+        spans.append(Span(offsets[start][0], offsets[end - 1][1], label))
+        if scores is not None:
+            span_scores.append(round(sum(scores[start:end]) / (end - start), 4))
+    return spans, span_scores

@@ -1,0 +1,101 @@
+"""NER recipes: train, evaluate and predict, each leaving a run directory or an output file.
+
+Read top to bottom: validate config -> load data -> call building blocks -> write run directory.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+from pydantic import Field
+
+from adaptlab.config import StrictModel, TrainingConfig, save_config
+from adaptlab.data.io import load_records
+from adaptlab.data.records import Record, write_records
+from adaptlab.errors import ConfigError
+from adaptlab.ie.models import DEFAULT_STUDENT, resolve_student
+from adaptlab.ie.ner import NERPredictor, check_labels, train_ner
+from adaptlab.metrics.spans import ner_report
+from adaptlab.report.html import ner_report_sections, write_report
+from adaptlab.runs import RunDir, atomic_write_json, create_run_dir, get_logger, refuse_existing
+
+
+class NERTrainConfig(StrictModel):
+    """Config of ``adaptlab ner train`` (see configs/ner.yaml)."""
+
+    name: str = "ner"
+    model: str = Field(DEFAULT_STUDENT, description="HF name, local path, or 'minilm' (packaged default)")
+    train: str | None = None
+    dev: str | None = None
+    dev_fraction: float = Field(0.1, ge=0, lt=1, description="held out from train when no dev file is given")
+    output: str | None = None
+    training: TrainingConfig = TrainingConfig()
+
+
+def split_dev(records: list[Record], fraction: float, seed: int) -> tuple[list[Record], list[Record]]:
+    """Hold out ``fraction`` of the records (at least one) for dev, grouping identical texts together."""
+    if fraction <= 0 or len(records) < 2:
+        return records, []
+    texts = sorted({r.text for r in records})
+    random.Random(seed).shuffle(texts)
+    dev_texts = set(texts[: max(1, round(fraction * len(texts)))])
+    return [r for r in records if r.text not in dev_texts], [r for r in records if r.text in dev_texts]
+
+
+def evaluate_records(predictor: NERPredictor, gold: list[Record], batch_size: int = 32) -> tuple[dict, list]:
+    check_labels(gold, predictor.types, "the evaluation data")
+    predicted = predictor.predict([r.text for r in gold], batch_size=batch_size)
+    return ner_report(gold, predicted, labels=predictor.types), predicted
+
+
+def train(cfg: NERTrainConfig) -> tuple[RunDir, dict]:
+    """Train a NER student and evaluate it on dev; returns the run directory and its metrics."""
+    if not cfg.train:
+        raise ConfigError("no training data: pass --train FILE or set 'train' in the config")
+    model_path = resolve_student(cfg.model)
+    train_records = load_records(cfg.train)
+    dev_records = load_records(cfg.dev) if cfg.dev else None
+    if dev_records is None:
+        train_records, dev_records = split_dev(train_records, cfg.dev_fraction, cfg.training.seed)
+    run = create_run_dir(cfg.output, cfg.name)
+    save_config(cfg, run.config)
+    log = get_logger()
+    log.info("training %s on %d records (dev %d) in %s", cfg.model, len(train_records),
+             len(dev_records or []), run.path)
+
+    result = train_ner(train_records, dev_records or None, model_path, cfg.training, run.path)
+    metrics: dict = {"train_records": len(train_records), "dev_records": len(dev_records or []),
+                     "labels": result.labels, "train_seconds": round(result.train_seconds, 2),
+                     "truncated_records": result.truncated_records, "history": result.history}
+    if dev_records:
+        report, _ = evaluate_records(NERPredictor(result.model_dir), dev_records)
+        metrics["dev"] = report
+    atomic_write_json(run.metrics, metrics)
+    write_report(run.report, f"NER training: {cfg.name}",
+                 ner_report_sections(metrics.get("dev", {}), result.history) if dev_records else [])
+    return run, metrics
+
+
+def evaluate(model_dir: str, data: str, output: str | None = None) -> tuple[dict, RunDir | None]:
+    """Score a saved student on gold records; optionally write a run directory with the report."""
+    predictor = NERPredictor(model_dir)
+    gold = load_records(data)
+    report, predicted = evaluate_records(predictor, gold)
+    run = None
+    if output:
+        run = create_run_dir(output, "ner-eval")
+        atomic_write_json(run.metrics, {"model": str(model_dir), "data": str(data), **report})
+        write_records(predicted, run.path / "predictions.jsonl")
+        write_report(run.report, f"NER evaluation of {model_dir} on {data}", ner_report_sections(report, None))
+    return report, run
+
+
+def predict(model_dir: str, texts: list[str], output: str | None = None) -> list[Record]:
+    """Tag raw texts; writes canonical JSONL when ``output`` is given (never over an existing file)."""
+    if output:
+        refuse_existing(output, "output file")
+    records = NERPredictor(model_dir).predict(texts)
+    if output:
+        write_records(records, Path(output))
+    return records

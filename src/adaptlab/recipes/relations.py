@@ -1,0 +1,103 @@
+"""RE recipes (train, evaluate, predict) and the text-to-triples recipe."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from adaptlab.config import StrictModel, TrainingConfig, save_config
+from adaptlab.data.formats.markers import record_from_marked
+from adaptlab.data.io import load_records
+from adaptlab.data.records import Record, write_records
+from adaptlab.errors import ConfigError, DataError
+from adaptlab.ie.extract import extract
+from adaptlab.ie.models import DEFAULT_STUDENT, resolve_student
+from adaptlab.ie.ner import NERPredictor
+from adaptlab.ie.pairs import derive_relations, triples_by_document
+from adaptlab.ie.relations import REPredictor, relation_examples, train_re
+from adaptlab.metrics.classification import classification_prf, triple_prf
+from adaptlab.recipes.ner import split_dev
+from adaptlab.report.html import Section, Table, write_report
+from adaptlab.runs import RunDir, atomic_write_json, create_run_dir, refuse_existing
+
+
+class RETrainConfig(StrictModel):
+    """Config of ``adaptlab re train`` (see configs/re.yaml)."""
+
+    name: str = "re"
+    model: str = DEFAULT_STUDENT
+    train: str | None = None
+    dev: str | None = None
+    dev_fraction: float = Field(0.1, ge=0, lt=1)
+    negatives: bool = Field(True, description="train on unrelated SPECIES-argument pairs as no_relation")
+    output: str | None = None
+    training: TrainingConfig = TrainingConfig(epochs=5, learning_rate=5e-5, early_stopping_patience=2)
+
+
+def _relation_records(path: str) -> list[Record]:
+    records = load_records(path)
+    if not any(r.relations for r in records):
+        raise DataError("holds no relations; RE needs records with relations or marker rows with labels", path)
+    return records
+
+
+def _scores(predictor: REPredictor, examples) -> dict:
+    predicted = predictor.predict([e.marked for e in examples])
+    return classification_prf([e.label for e in examples], [p for p, _ in predicted])
+
+
+def train(cfg: RETrainConfig) -> tuple[RunDir, dict]:
+    if not cfg.train:
+        raise ConfigError("no training data: pass --train FILE or set 'train' in the config")
+    model_path = resolve_student(cfg.model)
+    train_records = _relation_records(cfg.train)
+    dev_records = _relation_records(cfg.dev) if cfg.dev else None
+    if dev_records is None:
+        train_records, dev_records = split_dev(train_records, cfg.dev_fraction, cfg.training.seed)
+    train_examples = relation_examples(train_records, cfg.negatives)
+    dev_examples = relation_examples(dev_records, cfg.negatives) if dev_records else None
+    run = create_run_dir(cfg.output, cfg.name)
+    save_config(cfg, run.config)
+    result = train_re(train_examples, dev_examples, model_path, cfg.training, run.path)
+    metrics: dict = {"train_examples": len(train_examples), "dev_examples": len(dev_examples or []),
+                     "labels": result.labels, "train_seconds": round(result.train_seconds, 2),
+                     "history": result.history}
+    if dev_examples:
+        metrics["dev"] = _scores(REPredictor(result.model_dir), dev_examples)
+    atomic_write_json(run.metrics, metrics)
+    write_report(run.report, f"RE training: {cfg.name}", _classification_sections(metrics.get("dev")))
+    return run, metrics
+
+
+def _classification_sections(scores: dict | None) -> list[Section]:
+    if not scores:
+        return []
+    rows = [[label, f"{v['precision']:.4f}", f"{v['recall']:.4f}", f"{v['f1']:.4f}", str(v["support"])]
+            for label, v in scores["per_class"].items()]
+    rows.append(["weighted", "", "", f"{scores['weighted']['f1']:.4f}", ""])
+    return [Section("Relation classification on dev", [Table(["label", "P", "R", "F1", "support"], rows)])]
+
+
+def evaluate(model_dir: str, data: str, negatives: bool = True) -> dict:
+    return _scores(REPredictor(model_dir), relation_examples(_relation_records(data), negatives))
+
+
+def predict(model_dir: str, marked: list[str]) -> list[dict]:
+    for line in marked:
+        record_from_marked(line, None)  # validates the markers, with a clear error
+    return [{"text": m, "label": label, "score": round(score, 4)}
+            for m, (label, score) in zip(marked, REPredictor(model_dir).predict(marked))]
+
+
+def extract_triples(ner_dir: str, re_dir: str | None, texts: list[str], output: str | None) -> list[Record]:
+    if output:
+        refuse_existing(output, "output file")
+    records = extract(texts, NERPredictor(ner_dir), REPredictor(re_dir) if re_dir else None)
+    if output:
+        write_records(records, output)
+    return records
+
+
+def score_triples(predicted: list[Record], gold: list[Record]) -> dict:
+    """Triple F1 against gold relations (derived from entity types where the gold has none)."""
+    gold = [g if g.relations else derive_relations(g) for g in gold]
+    return triple_prf(triples_by_document(gold), triples_by_document(predicted))
