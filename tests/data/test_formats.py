@@ -112,7 +112,8 @@ def _normalise_region_ids(tasks: list[dict]) -> list[dict]:
     tasks = json.loads(json.dumps(tasks))
     for task in tasks:
         for block in task.get("annotations", []) + task.get("predictions", []):
-            names = {r["id"]: f"region-{i}" for i, r in enumerate(block["result"]) if r.get("type") == "labels"}
+            regions = [r for r in block["result"] if r.get("type") == "labels"]
+            names = {r["id"]: f"region-{i}" for i, r in enumerate(regions)}
             for r in block["result"]:
                 if r.get("type") == "labels":
                     r["id"] = names[r["id"]]
@@ -129,7 +130,8 @@ def test_labelstudio_sample_round_trip(tmp_path):
     assert records[0].relations == [Relation(0, 1, "live_in")]
     assert records[0].meta["source"] == "field notes"
     out = labelstudio.write_labelstudio(records, tmp_path / "out.json")
-    assert _normalise_region_ids(json.loads(out.read_text(encoding="utf-8"))) == _normalise_region_ids(LS_SAMPLE)
+    written = json.loads(out.read_text(encoding="utf-8"))
+    assert _normalise_region_ids(written) == _normalise_region_ids(LS_SAMPLE)
 
 
 # --- spaCy / Prodigy JSONL -------------------------------------------------------------------
@@ -175,7 +177,8 @@ def test_spacy_sample_round_trip(tmp_path):
 
 
 def test_spacy_relation_matches_spans_by_offsets_not_position():
-    obj = {"text": "ab cd", "spans": [{"start": 3, "end": 5, "label": "Y"}, {"start": 0, "end": 2, "label": "X"}],
+    obj = {"text": "ab cd",
+           "spans": [{"start": 3, "end": 5, "label": "Y"}, {"start": 0, "end": 2, "label": "X"}],
            "relations": [{"head": 0, "child": 1, "label": "r",
                           "head_span": {"start": 0, "end": 2}, "child_span": {"start": 3, "end": 5}}]}
     assert spacy_jsonl.object_to_record(obj).relations == [Relation(1, 0, "r")]
@@ -223,7 +226,8 @@ def test_markers_tsv_round_trip(tmp_path):
 def test_hf_records_round_trip():
     ds = hf.records_to_dataset([FROGS, BEETLE, PLAIN])
     assert ds.column_names == ["text", "spans", "relations", "meta"]
-    assert ds[0]["spans"] == [{"start": 0, "end": 5, "label": "SPECIES"}, {"start": 14, "end": 19, "label": "HABITAT"}]
+    assert ds[0]["spans"] == [{"start": 0, "end": 5, "label": "SPECIES"},
+                              {"start": 14, "end": 19, "label": "HABITAT"}]
     assert ds[0]["relations"] == [{"head": 0, "tail": 1, "label": "live_in"}]
     assert json.loads(ds[1]["meta"]) == BEETLE.meta
     assert hf.dataset_to_records(ds) == [FROGS, BEETLE, PLAIN]
@@ -242,8 +246,8 @@ def test_hf_conll_style_class_labels_and_strings():
     names = ["O", "B-PER", "I-PER", "B-LOC"]
     features = Features({"id": Value("string"), "tokens": Sequence(Value("string")),
                          "pos_tags": Sequence(Value("int32")), "ner_tags": Sequence(ClassLabel(names=names))})
-    ds = Dataset.from_dict({"id": ["0"], "tokens": [["Ann", "Lee", "visits", "Oslo"]], "pos_tags": [[1, 1, 2, 1]],
-                            "ner_tags": [[1, 2, 0, 3]]}, features=features)
+    ds = Dataset.from_dict({"id": ["0"], "tokens": [["Ann", "Lee", "visits", "Oslo"]],
+                            "pos_tags": [[1, 1, 2, 1]], "ner_tags": [[1, 2, 0, 3]]}, features=features)
     (record,) = hf.dataset_to_records(ds)
     assert record.text == "Ann Lee visits Oslo"
     assert record.spans == [Span(0, 7, "PER"), Span(15, 19, "LOC")]
@@ -263,7 +267,11 @@ def test_conll_records_round_trip(tmp_path):
     assert without_source(back) == [tokenised, Record("Nothing here", [])]
 
 
-IOB2_SAMPLE = "Green\tB-SPECIES\nfrogs\tI-SPECIES\nlive\tO\nin\tO\nponds\tB-HABITAT\n.\tO\n\nToads\tB-SPECIES\n"
+IOB2_SAMPLE = (
+    "Green\tB-SPECIES\nfrogs\tI-SPECIES\nlive\tO\nin\tO\nponds\tB-HABITAT\n.\tO\n"
+    "\n"
+    "Toads\tB-SPECIES\n"
+)
 
 
 def test_conll_sample_round_trip(tmp_path):
@@ -283,9 +291,8 @@ def test_conll_reads_other_schemes_and_writes_iob2(tmp_path, scheme, tags):
     words = ["Green", "frogs", "live", "in", "ponds", "."]
     src = tmp_path / f"{scheme}.bio"
     # Mixed separators: a tab and a run of spaces are both accepted.
-    src.write_text("".join(f"{w}{'   ' if i % 2 else chr(9)}{t}\n" for i, (w, t) in enumerate(zip(words, tags,
-                                                                                              strict=True))),
-                   encoding="utf-8")
+    pairs = enumerate(zip(words, tags, strict=True))
+    src.write_text("".join(f"{w}{'   ' if i % 2 else chr(9)}{t}\n" for i, (w, t) in pairs), encoding="utf-8")
     (record,) = conll.read_conll(src)
     assert record.spans == [Span(0, 11, "SPECIES"), Span(20, 25, "HABITAT")]
     out = conll.write_conll([record], tmp_path / "out.conll")

@@ -68,20 +68,22 @@ def _first_lines(path: Path, n: int = 5) -> list[str]:
     return lines[:n]
 
 
-def _looks_spacy(line: str) -> bool:
-    try:
-        obj = json.loads(line)
-    except json.JSONDecodeError:
-        return False
-    if not isinstance(obj, dict):
-        return False
-    spans = obj.get("spans")
-    if isinstance(spans, list) and spans:
-        return isinstance(spans[0], dict)
-    relations = obj.get("relations")
-    if isinstance(relations, list) and relations:
-        return isinstance(relations[0], dict)
-    return "tokens" in obj or "_input_hash" in obj
+def _looks_spacy(lines: list[str]) -> bool:
+    """True when the first line that tells (has spans, relations or tokens) uses span dicts."""
+    for line in lines:
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError:
+            return False  # the canonical reader reports the bad line
+        if not isinstance(obj, dict):
+            return False
+        if "tokens" in obj or "_input_hash" in obj:
+            return True
+        for key in ("spans", "relations"):
+            items = obj.get(key)
+            if isinstance(items, list) and items:
+                return isinstance(items[0], dict)
+    return False
 
 
 def detect_format(path: str | Path) -> str:
@@ -104,7 +106,7 @@ def detect_format(path: str | Path) -> str:
         )
     lines = _first_lines(path)
     if suffix in (".jsonl", ".ndjson"):
-        return "spacy" if lines and _looks_spacy(lines[0]) else "jsonl"
+        return "spacy" if _looks_spacy(lines) else "jsonl"
     if any("[E1]" in line or "[E2]" in line for line in lines):
         return "markers"
     if not lines or len(lines[0].split()) == 2 or suffix == ".tsv":

@@ -44,6 +44,7 @@ def training_arguments(cfg: TrainingConfig, output_dir: Path, has_eval: bool, me
         bf16=cfg.bf16 and torch.cuda.is_available(),
         disable_tqdm=not cfg.progress,
         dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),
     )
 
 

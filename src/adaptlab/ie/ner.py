@@ -22,7 +22,9 @@ from adaptlab.ie.hf_training import early_stopping, epoch_history, finish_checkp
 from adaptlab.ie.models import saved_model_dir
 from adaptlab.ie.tagging import (
     IGNORE_INDEX,
+    allowed_transitions,
     bio_labels,
+    constrained_decode,
     decode_words,
     encode_record,
     entity_types,
@@ -148,9 +150,13 @@ def train_ner(
 
 
 class NERPredictor:
-    """A loaded NER student; ``predict`` returns canonical records with spans and span scores."""
+    """A loaded NER student; ``predict`` returns canonical records with spans and span scores.
 
-    def __init__(self, model_dir: str | Path, device: str | None = None):
+    Word tags are decoded with IOB2 constraints (:func:`constrained_decode`) unless
+    ``constrained=False``, which takes the independent per-word argmax as the HF pipeline does.
+    """
+
+    def __init__(self, model_dir: str | Path, device: str | None = None, constrained: bool = True):
         import torch
         from transformers import AutoModelForTokenClassification, AutoTokenizer
 
@@ -161,6 +167,8 @@ class NERPredictor:
         self.model.to(self.device).eval()
         self.id2label = {int(k): v for k, v in self.model.config.id2label.items()}
         self.label2id = {v: k for k, v in self.id2label.items()}
+        self.constrained = constrained
+        self.allowed = allowed_transitions([self.id2label[i] for i in range(len(self.id2label))])
         self.types = sorted({v[2:] for v in self.id2label.values() if v[:2] in ("B-", "I-")})
         self.max_length = min(getattr(self.tokenizer, "model_max_length", 512), 512)
 
@@ -190,10 +198,14 @@ class NERPredictor:
         # Words past max_length are left untagged (counted in meta); a word the tokenizer maps to
         # no subword at all (e.g. a lone zero-width character) is tagged O.
         n_words = max(first) + 1 if first else 0
-        outside = self.label2id.get("O", 0)
-        rows = [probs[first[w]] if w in first else None for w in range(n_words)]
-        tags = [self.id2label[int(np.argmax(r)) if r is not None else outside] for r in rows]
-        scores = [float(np.max(r)) if r is not None else 1.0 for r in rows]
+        certain_outside = np.eye(len(self.id2label))[self.label2id.get("O", 0)]
+        rows = np.array([probs[first[w]] if w in first else certain_outside for w in range(n_words)])
+        if self.constrained and n_words:
+            ids = constrained_decode(np.log(np.clip(rows, 1e-12, None)), self.allowed)
+        else:
+            ids = [int(i) for i in np.argmax(rows, axis=-1)] if n_words else []
+        tags = [self.id2label[i] for i in ids]
+        scores = [float(rows[w, i]) for w, i in enumerate(ids)]
         spans, span_scores = decode_words(text, enc.offsets[:n_words], tags, scores)
         meta = {"span_scores": span_scores}
         if enc.truncated_words:

@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from adaptlab.data.formats.conll import OUTSIDE, tags_to_spans
 from adaptlab.data.records import Record, Span
 from adaptlab.data.words import word_offsets, words_in_spans
@@ -88,3 +90,41 @@ def decode_words(
         if scores is not None:
             span_scores.append(round(sum(scores[start:end]) / (end - start), 4))
     return spans, span_scores
+
+
+def allowed_transitions(labels: Sequence[str]) -> np.ndarray:
+    """``A[i, j]`` is True when tag ``labels[j]`` may follow ``labels[i]`` in IOB2 (``I-X`` only after
+    ``B-X`` or ``I-X``). Row ``len(labels)`` is the start state."""
+    n = len(labels)
+    allowed = np.ones((n + 1, n), dtype=bool)
+    for j, tag in enumerate(labels):
+        if tag.startswith("I-"):
+            typ = tag[2:]
+            for i, prev in enumerate(labels):
+                allowed[i, j] = prev in (f"B-{typ}", f"I-{typ}")
+            allowed[n, j] = False
+    return allowed
+
+
+def constrained_decode(log_probs: np.ndarray, allowed: np.ndarray) -> list[int]:
+    """Most likely IOB2-valid tag sequence (Viterbi).
+
+    Maximises ``sum_t log p_t(y_t)`` subject to ``allowed[y_{t-1}, y_t]`` (and the start row for
+    ``y_0``). Independent per-word argmax can emit ``O I-X`` or ``B-X I-Y``, which strict span
+    matching punishes twice (a wrong span and a missed one); the constraint removes those at no
+    training cost. ``log_probs`` has shape (words, labels).
+    """
+    n_words, n_labels = log_probs.shape
+    if n_words == 0:
+        return []
+    forbidden = np.where(allowed, 0.0, -np.inf)
+    score = log_probs[0] + forbidden[n_labels]
+    back = np.zeros((n_words, n_labels), dtype=np.int64)
+    for t in range(1, n_words):
+        candidates = score[:, None] + forbidden[:n_labels]  # (prev, next)
+        back[t] = np.argmax(candidates, axis=0)
+        score = candidates[back[t], np.arange(n_labels)] + log_probs[t]
+    path = [int(np.argmax(score))]
+    for t in range(n_words - 1, 0, -1):
+        path.append(int(back[t, path[-1]]))
+    return path[::-1]

@@ -9,11 +9,12 @@ whose text has the markers removed, with span 0 = E1, span 1 = E2 and, when a re
 known, one relation ``[0, 1, label]``. Spans keep the exact text between the markers (no trimming)
 so that marking a record again reproduces the sentence.
 
-Three file shapes are read: plain lines, TSV ``marked<TAB>label`` and the CSV of the biospecies RE
-file (header ``"Sentence","Label"``, rows ``"<marked>","<label>"``). Some rows of that file hold
-unescaped double quotes inside the sentence, so a strict CSV reader splits them; each line is
-matched with :data:`CSV_ROW` instead, and doubled quotes (proper CSV escaping, which the writer
-uses) are undone.
+Three file shapes are read (chosen by :func:`marker_file_shape` from the suffix or, for other
+suffixes, the first line): plain lines, TSV ``marked<TAB>label`` and the CSV of the biospecies RE
+file (header ``"Sentence","Label"``, rows ``"<marked>","<label>"``; it ships as a ``.txt``).
+Some rows of that file hold unescaped double quotes inside the sentence, so a strict CSV reader
+splits them; each line is matched with :data:`CSV_ROW` instead, and doubled quotes (proper CSV
+escaping, which the writer uses) are undone.
 
 Entity labels are not in the markers, so readers take ``head_label``/``tail_label``: a string, or
 a mapping from relation label to entity label (biospecies: the tail of ``live_in`` is a HABITAT).
@@ -29,6 +30,8 @@ from adaptlab.data.records import Record, Relation, Span, read_text_lines
 from adaptlab.errors import DataError
 from adaptlab.runs import atomic_write_text
 
+# The four marker strings; RE models add them to the tokenizer as special tokens.
+MARKERS = ("[E1]", "[/E1]", "[E2]", "[/E2]")
 MARKER = re.compile(r"\[(/?)E([12])\]")
 CSV_ROW = re.compile(r'^"(.*)","([a-z_]+)"$')
 LABEL = re.compile(r"^[a-z_]+$")
@@ -59,7 +62,7 @@ def record_from_marked(
     """
     found = list(MARKER.finditer(marked))
     names = [m.group(0) for m in found]
-    for name in ("[E1]", "[/E1]", "[E2]", "[/E2]"):
+    for name in MARKERS:
         count = names.count(name)
         if count != 1:
             problem = "is missing" if count == 0 else f"appears {count} times"
@@ -220,14 +223,24 @@ def write_marked_tsv(records: Iterable[Record], path: str | Path) -> Path:
     return atomic_write_text(path, "".join(f"{marked}\t{label}\n" for marked, label in rows))
 
 
-def read_markers(path: str | Path, **kw) -> list[Record]:
-    """Pick the marker reader by suffix: ``.csv``, ``.tsv``, anything else as plain lines."""
+def marker_file_shape(path: str | Path) -> str:
+    """``"csv"``, ``"tsv"`` or ``"lines"``: by suffix, else by the first non-blank line.
+
+    The biospecies file is CSV in a ``.txt`` file, so the suffix alone is not enough.
+    """
     suffix = Path(path).suffix.lower()
-    if suffix == ".csv":
-        return read_marked_csv(path, **kw)
-    if suffix == ".tsv":
-        return read_marked_tsv(path, **kw)
-    return read_marked_lines(path, **kw)
+    if suffix in (".csv", ".tsv"):
+        return suffix[1:]
+    first = next((line for line in read_text_lines(path) if line.strip()), "")
+    if CSV_ROW.match(first.rstrip()) or re.match(r'^"[^"]*","[^"]*"$', first.rstrip()):
+        return "csv"
+    return "tsv" if "\t" in first else "lines"
+
+
+def read_markers(path: str | Path, **kw) -> list[Record]:
+    """Read any marker file shape (see :func:`marker_file_shape`)."""
+    readers = {"csv": read_marked_csv, "tsv": read_marked_tsv, "lines": read_marked_lines}
+    return readers[marker_file_shape(path)](path, **kw)
 
 
 def write_markers(records: Iterable[Record], path: str | Path) -> Path:

@@ -1,0 +1,166 @@
+"""NER on the endangered-species data (Atuhurra et al. 2024): adaptlab vs a plain HF recipe.
+
+k-fold cross-validation over sequences of the repaired file (identical texts never straddle
+train and test), fixed seeds, both span-boundary conventions (as released = "raw", and the
+documented normalisation = "normalised"). For each fold and variant it trains
+
+* **adaptlab**: ``adaptlab.ie.ner.train_ner`` (warm-up, early stopping on dev strict F1 with 10%
+  of the training fold held out, IOB2-constrained decoding), and
+* **plain**: the usual HF token-classification recipe with the same student: first-subword
+  labels, lr 5e-4, 20 epochs, batch 16, no dev set, per-word argmax,
+
+and scores both with strict entity-level, overlap and token-level F1 (per type and macro).
+Prints a table beside the paper's numbers and writes ``benchmarks/results/ner_biospecies.json``.
+
+    python benchmarks/ner_biospecies.py [--folds 5] [--run-folds N] [--variants raw,normalised]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from adaptlab.config import TrainingConfig
+from adaptlab.data.records import Record
+from adaptlab.ie.models import resolve_student
+from adaptlab.ie.ner import NERPredictor, train_ner
+from adaptlab.metrics.spans import ner_report
+from adaptlab.recipes.ner import split_dev
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data" / "biospecies" / "NER_Biospecies_data.txt"
+RESULTS = ROOT / "benchmarks" / "results" / "ner_biospecies.json"
+TYPES = ["BREEDING", "FEEDING", "HABITAT", "SPECIES"]
+# Atuhurra et al. 2024, Table (NER, per type and "average"); the paper does not say which F1.
+PAPER = {
+    "BERT": {"macro": 0.9327},
+    "BioBERT": {"macro": 0.9354},
+    "PubMedBERT": {"macro": 0.9414},
+}
+OURS = TrainingConfig(epochs=15, learning_rate=2e-4, batch_size=16, warmup=0.1,
+                      early_stopping_patience=4, progress=False)
+PLAIN = TrainingConfig(epochs=20, learning_rate=5e-4, batch_size=16, warmup=0.0, weight_decay=0.0,
+                       early_stopping_patience=None, group_by_length=False, progress=False)
+
+
+def load_variant(normalise: bool) -> tuple[list[Record], dict]:
+    from adaptlab.data.repair import repair_file
+
+    records, report = repair_file(DATA, normalise_boundaries=normalise)
+    return records, report.to_json()
+
+
+def folds_of(records: list[Record], k: int, seed: int) -> list[list[int]]:
+    """Indices per fold; records with identical text share a fold."""
+    groups: dict[str, list[int]] = {}
+    for i, r in enumerate(records):
+        groups.setdefault(r.text, []).append(i)
+    keys = sorted(groups)
+    random.Random(seed).shuffle(keys)
+    folds: list[list[int]] = [[] for _ in range(k)]
+    for n, key in enumerate(keys):
+        folds[n % k].extend(groups[key])
+    return folds
+
+
+def summarise(report: dict) -> dict:
+    out = {}
+    for mode in ("strict", "overlap", "token"):
+        out[mode] = {t: report[mode]["per_type"].get(t, {}).get("f1", 0.0) for t in TYPES}
+        out[mode]["macro"] = report[mode]["macro"]["f1"]
+        out[mode]["micro"] = report[mode]["micro"]["f1"]
+    return out
+
+
+def run_fold(train: list[Record], test: list[Record], recipe: str, work: Path, seed: int) -> dict:
+    student = resolve_student("minilm")
+    started = time.perf_counter()
+    if recipe == "adaptlab":
+        cfg = OURS.model_copy(update={"seed": seed})
+        fit, dev = split_dev(train, 0.1, seed)
+        result = train_ner(fit, dev, student, cfg, work)
+        predictor = NERPredictor(result.model_dir, constrained=True)
+    else:
+        result = train_ner(train, None, student, PLAIN.model_copy(update={"seed": seed}), work)
+        predictor = NERPredictor(result.model_dir, constrained=False)
+    predicted = predictor.predict([r.text for r in test])
+    seconds = time.perf_counter() - started
+    return {"seconds": round(seconds, 1), "epochs": result.history[-1].get("epoch") if result.history else None,
+            **summarise(ner_report(test, predicted, labels=TYPES))}
+
+
+def mean_std(rows: list[dict]) -> dict:
+    out = {}
+    for mode in ("strict", "overlap", "token"):
+        out[mode] = {}
+        for key in TYPES + ["macro", "micro"]:
+            values = [r[mode][key] for r in rows]
+            out[mode][key] = {"mean": statistics.fmean(values),
+                              "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+    out["seconds"] = {"mean": statistics.fmean(r["seconds"] for r in rows), "max": max(r["seconds"] for r in rows)}
+    return out
+
+
+def print_table(results: dict) -> None:
+    print("\nNER on biospecies, mean +- std over folds (F1)")
+    header = f"{'variant':<11}{'recipe':<10}{'level':<9}" + "".join(f"{t:>16}" for t in TYPES + ["macro"])
+    print(header + f"{'s/fold':>9}")
+    for variant, by_recipe in results["variants"].items():
+        for recipe, res in by_recipe.items():
+            s = res["summary"]
+            for mode in ("strict", "overlap", "token"):
+                cells = "".join(f"{s[mode][k]['mean']:>10.4f}+-{s[mode][k]['std']:.3f}" for k in TYPES + ["macro"])
+                print(f"{variant:<11}{recipe:<10}{mode:<9}{cells}{s['seconds']['mean']:>9.0f}")
+    print("paper (type of F1 not stated): " + ", ".join(f"{m} {v['macro']:.4f}" for m, v in PAPER.items()))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--run-folds", type=int, default=None, help="run only the first N folds")
+    parser.add_argument("--variants", default="raw,normalised")
+    parser.add_argument("--recipes", default="adaptlab,plain")
+    parser.add_argument("--seed", type=int, default=13)
+    parser.add_argument("--output", default=str(RESULTS))
+    args = parser.parse_args(argv)
+    if not DATA.exists():
+        print(f"data not found at {DATA}; this benchmark needs ../shared/data", file=sys.stderr)
+        return 2
+
+    results: dict = {"data": str(DATA), "folds": args.folds, "seed": args.seed, "student": "all-MiniLM-L6-v2",
+                     "ours_config": OURS.model_dump(), "plain_config": PLAIN.model_dump(),
+                     "paper": PAPER, "variants": {}}
+    for variant in args.variants.split(","):
+        records, repair = load_variant(variant == "normalised")
+        folds = folds_of(records, args.folds, args.seed)
+        results["variants"][variant] = {}
+        for recipe in args.recipes.split(","):
+            rows = []
+            for k, test_idx in enumerate(folds[: args.run_folds or args.folds]):
+                held = set(test_idx)
+                train = [r for i, r in enumerate(records) if i not in held]
+                test = [records[i] for i in test_idx]
+                with tempfile.TemporaryDirectory() as work:
+                    row = run_fold(train, test, recipe, Path(work), args.seed + k)
+                rows.append({"fold": k, "train": len(train), "test": len(test), **row})
+                print(f"[{variant} {recipe} fold {k}] strict macro {row['strict']['macro']:.4f} "
+                      f"token macro {row['token']['macro']:.4f} ({row['seconds']:.0f}s)", flush=True)
+            results["variants"][variant][recipe] = {"folds": rows, "summary": mean_std(rows)}
+        results["variants"][variant]["repair"] = repair
+    repairs = {v: results["variants"][v].pop("repair") for v in results["variants"]}
+    results["repair"] = repairs
+    print_table(results)
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

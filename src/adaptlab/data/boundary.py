@@ -1,0 +1,261 @@
+"""Relation clauses and one span-boundary convention for species/habitat/feeding/breeding data.
+
+The biospecies sentences are built from clauses ``SUBJECT VERB [ADVERB] PREP OBJECT`` joined by
+``;`` (``Alabama waterdog live in rivers of Alabama; Alabama waterdog feed on insects; ...``). The
+subject is a SPECIES mention; the verb fixes the object's type (``live`` -> HABITAT, ``feed`` ->
+FEEDING, ``breed`` -> BREEDING). :func:`split_clauses` finds these clauses from the words (and,
+only as a last resort, the tags), so repairs and checks can say "this span starts one token before
+its clause" instead of guessing from tags alone.
+
+The annotators used two conventions for the linking preposition (``live [in rivers]`` vs ``live in
+[rivers]``) and were inconsistent about punctuation (``[Alabama,]``) and the scientific name in
+parentheses after the common name. A model trained on a mix learns neither, and a strict
+span-level metric counts every disagreement twice (a false positive and a false negative).
+:func:`normalise_boundaries` rewrites spans to ONE convention:
+
+1. ``preposition_outside``: the linking preposition is outside the HABITAT/FEEDING/BREEDING span.
+   Why outside: the preposition belongs to the relation (``live_in``, ``feed_on``, ``breed_by``),
+   not to the place, food or method; it is the convention of the majority of clauses; and an
+   extractor that outputs triples keeps it on the relation, where the RE data puts it too.
+2. ``parenthetical_in_species``: a scientific name in parentheses right after a SPECIES span
+   (``Alabama waterdog (Necturus alabamensis)``) is inside the span. Why: it names the same
+   species, so it is part of the mention, and the majority of annotated clauses include it.
+3. ``punctuation_outside``: leading and trailing punctuation (``,;:.!?`` and unbalanced brackets)
+   is outside every span. Why: it is not part of any name, and the word segmentation used at the
+   model boundary (:mod:`adaptlab.data.words`) splits it into its own word anyway, so including it
+   would only make boundaries depend on tokenisation.
+
+:func:`clause_conventions` classifies each clause as ``inside`` / ``outside`` / ``n/a`` for the
+preposition so a benchmark can report results per original convention.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+
+from adaptlab.data.records import Record, Span
+
+# Verb forms that start a relation clause -> (relation name, object entity type).
+RELATION_VERBS: dict[str, tuple[str, str]] = {
+    **{v: ("live_in", "HABITAT") for v in ("live", "lives")},
+    **{v: ("feed_on", "FEEDING") for v in ("feed", "feeds")},
+    **{v: ("breed_by", "BREEDING") for v in ("breed", "breeds", "reproduce", "reproduces")},
+}
+LINK_PREPOSITIONS = frozenset(
+    "in on by through along at among within near around under off upon from".split()
+)
+# Adverbs allowed between the verb and its preposition ("feed mainly on").
+VERB_ADVERBS = frozenset("mainly primarily only mostly exclusively largely typically usually chiefly".split())
+SUBJECT_TYPE = "SPECIES"
+TRAILING_PUNCT = ",;:.!?"
+CORE = re.compile(r"^\W+|\W+$")
+
+
+def core(word: str) -> str:
+    """Lower-cased word without surrounding punctuation: ``"(Necturus" -> "necturus"``."""
+    return CORE.sub("", word).lower()
+
+
+def ends_clause(word: str) -> bool:
+    """True for a word that closes a clause: ``;`` or ``.`` alone or at the end of a longer word
+    (abbreviations such as ``St.`` or ``D.C.`` do not count)."""
+    if word in (";", "."):
+        return True
+    if word.endswith(";"):
+        return True
+    return word.endswith(".") and len(word) > 3 and not re.search(r"(?:\b[A-Z]\.|St\.)$", word)
+
+
+@dataclass(frozen=True)
+class Clause:
+    """Token indices of one clause: subject ``[start, verb)``, object ``[object_start, end)``."""
+
+    start: int
+    verb: int
+    prep: int | None
+    end: int
+    relation: str
+    object_type: str
+
+    @property
+    def object_start(self) -> int:
+        return (self.prep if self.prep is not None else self.verb) + 1
+
+
+def _verb_candidates(words: list[str]) -> list[tuple[int, int | None]]:
+    found = []
+    for i, word in enumerate(words):
+        if core(word) not in RELATION_VERBS or i + 1 >= len(words):
+            continue
+        p = i + 1
+        if core(words[p]) in VERB_ADVERBS and p + 1 < len(words):
+            p += 1
+        if core(words[p]) in LINK_PREPOSITIONS:
+            found.append((i, p))
+    return found
+
+
+def split_clauses(words: list[str], tags: list[str] | None = None) -> list[Clause]:
+    """Find the relation clauses of one sequence.
+
+    A clause verb is a relation verb followed (after at most one adverb) by a linking
+    preposition. Later verbs count only when their relation is new in the sequence, the word
+    before them repeats the first subject or is tagged SPECIES, or a clause-final ``;``/``.``
+    separates them from the previous clause: this keeps ``... and their larvae feed on leaves``
+    inside a feeding object. A clause starts after the last clause-final punctuation before its
+    verb; within that range, at the last repetition of the first subject's first two words; with
+    neither, at the first ``B-SPECIES`` tag; else the subject is empty.
+    """
+    tags = tags or ["O"] * len(words)
+    candidates = _verb_candidates(words)
+    if not candidates:
+        return []
+    accepted = [candidates[0]]
+    first_verb = candidates[0][0]
+    subject_words = {core(w) for w in words[:first_verb] if core(w)}
+    for verb, prep in candidates[1:]:
+        seen = {RELATION_VERBS[core(words[v])][0] for v, _ in accepted}
+        before = words[verb - 1]
+        if (RELATION_VERBS[core(words[verb])][0] not in seen or core(before) in subject_words
+                or tags[verb - 1].endswith(SUBJECT_TYPE)
+                or any(ends_clause(words[j]) for j in range(accepted[-1][1] + 1, verb))):
+            accepted.append((verb, prep))
+    n_key = min(2, first_verb)
+    key = [core(w) for w in words[:n_key]]
+    starts = [0]
+    for k in range(1, len(accepted)):
+        low, verb = accepted[k - 1][1] + 1, accepted[k][0]
+        for j in range(verb - 1, low - 1, -1):
+            if ends_clause(words[j]):
+                low = j + 1
+                break
+        start = None
+        if n_key:
+            start = next((j for j in range(verb - n_key, low - 1, -1)
+                          if [core(w) for w in words[j:j + n_key]] == key), None)
+        if start is None and low == accepted[k - 1][1] + 1:
+            start = next((j for j in range(low, verb) if tags[j] == f"B-{SUBJECT_TYPE}"), None)
+        starts.append(start if start is not None else low)
+    clauses = []
+    for k, (verb, prep) in enumerate(accepted):
+        end = starts[k + 1] if k + 1 < len(accepted) else len(words)
+        relation, object_type = RELATION_VERBS[core(words[verb])]
+        clauses.append(Clause(starts[k], verb, prep, end, relation, object_type))
+    return clauses
+
+
+def record_words_tags(record: Record) -> tuple[list[str], list[tuple[int, int]], list[str]]:
+    """Whitespace words of a canonical record (text = words joined by spaces), their offsets, and
+    IOB2 tags from the spans (a word belongs to the first span it overlaps)."""
+    words, offsets, pos = [], [], 0
+    for word in record.text.split(" "):
+        words.append(word)
+        offsets.append((pos, pos + len(word)))
+        pos += len(word) + 1
+    tags = ["O"] * len(words)
+    owner = [-1] * len(words)
+    for k, span in sorted(enumerate(record.spans), key=lambda p: p[1].start):
+        first = True
+        for i, (s, e) in enumerate(offsets):
+            if owner[i] == -1 and s < span.end and span.start < e:
+                owner[i] = k
+                tags[i] = ("B-" if first else "I-") + span.label
+                first = False
+    return words, offsets, tags
+
+
+def preposition_convention(clause: Clause, tags: list[str]) -> str:
+    """``inside`` when an object span opens at the preposition, ``outside`` when one opens later
+    in the clause, ``n/a`` when the clause has no preposition or no object span."""
+    if clause.prep is None:
+        return "n/a"
+    if tags[clause.prep].startswith("B-") and tags[clause.prep][2:] != SUBJECT_TYPE:
+        return "inside"
+    if tags[clause.prep] == "O" and any(
+            t.startswith(("B-", "I-")) and t[2:] != SUBJECT_TYPE for t in tags[clause.object_start:clause.end]):
+        return "outside"
+    return "n/a"
+
+
+def clause_conventions(records: Iterable[Record]) -> Counter:
+    """Count clauses by preposition convention over ``records``."""
+    counts: Counter = Counter()
+    for record in records:
+        words, _, tags = record_words_tags(record)
+        for clause in split_clauses(words, tags):
+            counts[preposition_convention(clause, tags)] += 1
+    return counts
+
+
+def _balanced_trim(text: str, start: int, end: int) -> tuple[int, int]:
+    """Move ``start``/``end`` inwards past punctuation and brackets that do not pair up inside."""
+    while True:
+        before = (start, end)
+        while end > start and text[end - 1] in TRAILING_PUNCT:
+            end -= 1
+        while start < end and text[start] in TRAILING_PUNCT:
+            start += 1
+        inner = text[start:end]
+        for open_, close in ("()", "[]", "{}"):
+            if inner.endswith(close) and inner.count(close) > inner.count(open_):
+                end -= 1
+            elif inner.startswith(open_) and inner.count(open_) > inner.count(close):
+                start += 1
+        if (start, end) == before:
+            return start, end
+        inner = text[start:end]
+
+
+def normalise_record(record: Record, counts: Counter) -> Record:
+    """Apply the three rules of the module docstring to one record (a new record is returned)."""
+    words, offsets, tags = record_words_tags(record)
+    clauses = split_clauses(words, tags)
+    spans = list(record.spans)
+    for clause in clauses:
+        for k, span in enumerate(spans):
+            if clause.prep is None or span.label == SUBJECT_TYPE:
+                continue
+            ps, pe = offsets[clause.prep]
+            if ps <= span.start < pe and span.end > pe:
+                nxt = next(i for i in range(clause.prep + 1, len(words)) if offsets[i][0] >= pe)
+                spans[k] = replace(span, start=offsets[nxt][0])
+                counts["preposition_outside"] += 1
+        for k, span in enumerate(spans):
+            if span.label != SUBJECT_TYPE:
+                continue
+            last = max((i for i, (s, e) in enumerate(offsets) if s < span.end and span.start < e), default=None)
+            if last is None or not clause.start <= last < clause.verb - 1:
+                continue
+            nxt = last + 1
+            if not words[nxt].startswith("(") or any(
+                    offsets[nxt][0] < other.end and other.start < offsets[nxt][1] for other in spans):
+                continue
+            close = next((i for i in range(nxt, clause.verb) if ")" in words[i]), None)
+            if close is not None:
+                spans[k] = replace(span, end=offsets[close][0] + words[close].rindex(")") + 1)
+                counts["parenthetical_in_species"] += 1
+    trimmed = []
+    for span in spans:
+        start, end = _balanced_trim(record.text, span.start, span.end)
+        if (start, end) != (span.start, span.end):
+            counts["punctuation_outside"] += 1
+        if end > start:
+            trimmed.append(Span(start, end, span.label))
+        else:
+            counts["span_emptied"] += 1
+    return Record(record.text, sorted(trimmed), list(record.relations), dict(record.meta))
+
+
+def normalise_boundaries(records: Iterable[Record]) -> tuple[list[Record], Counter]:
+    """Rewrite every record to the single convention; returns new records and rule counts.
+
+    Pure: the input records are not modified. Relations are kept as they are, which is only
+    safe because no span is dropped unless it consisted of punctuation alone (``span_emptied``);
+    records with relations should not contain such spans.
+    """
+    counts: Counter = Counter()
+    out = [normalise_record(record, counts) for record in records]
+    return out, counts

@@ -1,0 +1,46 @@
+import os
+from pathlib import Path
+
+import pytest
+
+from adaptlab.errors import RunDirError
+from adaptlab.runs import atomic_write_text, create_run_dir
+
+
+def test_run_dirs_are_unique_and_never_reused(tmp_path: Path):
+    a = create_run_dir(None, "exp", root=tmp_path)
+    b = create_run_dir(None, "exp", root=tmp_path)
+    assert a.path != b.path and a.path.is_dir() and b.path.is_dir()
+    (a.path / "keep.txt").write_text("precious")
+    with pytest.raises(RunDirError, match="never overwrites"):
+        create_run_dir(a.path, "exp")
+    assert (a.path / "keep.txt").read_text() == "precious"
+
+
+def test_explicit_empty_directory_is_accepted(tmp_path: Path):
+    target = tmp_path / "out"
+    target.mkdir()
+    assert create_run_dir(target, "exp").path == target
+
+
+def test_atomic_write_leaves_old_file_on_failure(tmp_path: Path, monkeypatch):
+    target = tmp_path / "metrics.json"
+    atomic_write_text(target, "old")
+
+    def boom(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", boom)
+    with pytest.raises(OSError):
+        atomic_write_text(target, "new")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+def test_atomic_write_honours_umask(tmp_path: Path):
+    old = os.umask(0o022)
+    try:
+        path = atomic_write_text(tmp_path / "r.html", "x")
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644
