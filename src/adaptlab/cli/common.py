@@ -7,7 +7,8 @@ import json
 from rich.console import Console
 from rich.table import Table
 
-console = Console()
+# User data (paths, texts with [E1] markers) must never be read as rich markup.
+console = Console(markup=False, highlight=False)
 
 
 def print_json(obj) -> None:

@@ -206,7 +206,6 @@ def _balanced_trim(text: str, start: int, end: int) -> tuple[int, int]:
                 start += 1
         if (start, end) == before:
             return start, end
-        inner = text[start:end]
 
 
 def normalise_record(record: Record, counts: Counter) -> Record:
@@ -240,21 +239,24 @@ def normalise_record(record: Record, counts: Counter) -> Record:
     trimmed = []
     for span in spans:
         start, end = _balanced_trim(record.text, span.start, span.end)
-        if (start, end) != (span.start, span.end):
-            counts["punctuation_outside"] += 1
-        if end > start:
+        if end <= start and record.relations:
+            trimmed.append(span)  # dropping it would break relation indices; keep as it is
+        elif end > start:
+            counts["punctuation_outside"] += (start, end) != (span.start, span.end)
             trimmed.append(Span(start, end, span.label))
         else:
             counts["span_emptied"] += 1
-    return Record(record.text, sorted(trimmed), list(record.relations), dict(record.meta))
+    if not record.relations:
+        trimmed.sort()
+    return Record(record.text, trimmed, list(record.relations), dict(record.meta))
 
 
 def normalise_boundaries(records: Iterable[Record]) -> tuple[list[Record], Counter]:
     """Rewrite every record to the single convention; returns new records and rule counts.
 
-    Pure: the input records are not modified. Relations are kept as they are, which is only
-    safe because no span is dropped unless it consisted of punctuation alone (``span_emptied``);
-    records with relations should not contain such spans.
+    Pure: the input records are not modified. A span made only of punctuation is dropped
+    (``span_emptied``) unless the record has relations, whose indices must stay valid; spans keep
+    their order when there are relations and are sorted by offset otherwise.
     """
     counts: Counter = Counter()
     out = [normalise_record(record, counts) for record in records]

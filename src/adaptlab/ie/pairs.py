@@ -10,24 +10,21 @@ none before it, the nearest after it): the sentences name the species at the sta
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from adaptlab.data.records import Record, Relation
+from adaptlab.metrics.classification import normalise_entity_text
 
 BIOSPECIES_RELATIONS = {"HABITAT": "live_in", "FEEDING": "feed_on", "BREEDING": "breed_by"}
 NO_RELATION = "no_relation"
 
 
-@dataclass(frozen=True)
-class Triple:
+class Triple(NamedTuple):
+    """A (head, relation, tail) fact with normalised mention strings (see ``normalise_entity_text``)."""
+
     head: str
     relation: str
     tail: str
-
-
-def normalise_mention(text: str) -> str:
-    """Case- and whitespace-insensitive mention text, stripped of edge punctuation, for triple matching."""
-    return " ".join(text.lower().split()).strip(" .,;:()[]\"'")
 
 
 def nearest_head(record: Record, tail_index: int, head_label: str) -> int | None:
@@ -70,8 +67,8 @@ def candidate_pairs(
 
 def record_triples(record: Record) -> set[Triple]:
     return {
-        Triple(normalise_mention(record.span_text(record.spans[r.head])), r.label,
-               normalise_mention(record.span_text(record.spans[r.tail])))
+        Triple(normalise_entity_text(record.span_text(record.spans[r.head])), r.label,
+               normalise_entity_text(record.span_text(record.spans[r.tail])))
         for r in record.relations
     }
 

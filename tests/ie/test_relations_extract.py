@@ -1,0 +1,98 @@
+"""RE student and text-to-triples with tiny random models on the shipped demo records."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from adaptlab.data.records import Record, Relation, Span, read_records, write_records
+from adaptlab.ie.pairs import NO_RELATION, candidate_pairs, derive_relations, record_triples
+from adaptlab.ie.relations import relation_examples
+
+DEMO = Path(__file__).resolve().parents[2] / "src" / "adaptlab" / "resources" / "demo"
+FAST = ["training.progress=false"]
+
+
+def species_record() -> Record:
+    text = "Axolotl lives in canals; Olm feeds on snails and breeds by laying eggs."
+    spans = [Span(0, 7, "SPECIES"), Span(17, 23, "HABITAT"), Span(25, 28, "SPECIES"),
+             Span(38, 44, "FEEDING"), Span(59, 70, "BREEDING")]
+    return Record(text, spans)
+
+
+def test_derive_relations_pairs_nearest_preceding_species():
+    record = derive_relations(species_record())
+    assert [(r.head, r.tail, r.label) for r in record.relations] == [
+        (0, 1, "live_in"), (2, 3, "feed_on"), (2, 4, "breed_by")]
+    assert ("olm", "feed_on", "snails") in {(t.head, t.relation, t.tail) for t in record_triples(record)}
+
+
+def test_examples_include_negative_pairs():
+    record = derive_relations(species_record())
+    assert len(candidate_pairs(record)) == 6
+    examples = relation_examples([record])
+    assert sum(e.label == NO_RELATION for e in examples) == 3
+    assert all(e.marked.count("[E1]") == 1 and e.marked.count("[/E2]") == 1 for e in examples)
+    assert len(relation_examples([record], with_negatives=False)) == 3
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, tiny_bert_dir):
+    from adaptlab.cli import main
+
+    root = tmp_path_factory.mktemp("re")
+    assert main(["re", "train", "--train", str(DEMO / "train.jsonl"), "--model", str(tiny_bert_dir),
+                 "--output", str(root / "re"), "--epochs", "1", *FAST]) == 0
+    assert main(["ner", "train", "--train", str(DEMO / "train.jsonl"), "--model", str(tiny_bert_dir),
+                 "--output", str(root / "ner"), "--epochs", "1", *FAST]) == 0
+    return root
+
+
+def test_re_model_has_marker_tokens_and_labels(runs):
+    from transformers import AutoConfig, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(runs / "re" / "model")
+    assert tok.tokenize("[E1]Olm[/E1] feeds on [E2]snails[/E2]")[0] == "[E1]"
+    config = AutoConfig.from_pretrained(runs / "re" / "model")
+    assert set(config.id2label.values()) == {"breed_by", "feed_on", "live_in", NO_RELATION}
+    assert config.vocab_size == len(tok)
+    metrics = json.loads((runs / "re" / "metrics.json").read_text())
+    assert 0.0 <= metrics["dev"]["weighted"]["f1"] <= 1.0
+
+
+def test_re_evaluate_and_predict(runs, run_cli):
+    code, out, _ = run_cli("re", "evaluate", "--model", runs / "re", "--data", DEMO / "test.jsonl", "--json")
+    assert code == 0
+    scores = json.loads(out)
+    assert set(scores["per_class"]) >= {"live_in", "feed_on", "breed_by"}
+    code, out, _ = run_cli("re", "predict", "--model", runs / "re", "--text", "[E1]Olm[/E1] eats [E2]snails[/E2]")
+    assert code == 0 and json.loads(out)["label"] in scores["per_class"]
+    code, _, err = run_cli("re", "predict", "--model", runs / "re", "--text", "no markers here")
+    assert code == 2 and "marker" in err.lower()
+
+
+def test_re_training_data_without_relations_is_refused(tmp_path, tiny_bert_dir, run_cli):
+    write_records([species_record()], tmp_path / "norel.jsonl")
+    code, _, err = run_cli("re", "train", "--train", tmp_path / "norel.jsonl", "--model", tiny_bert_dir)
+    assert code == 2 and "no relations" in err
+
+
+def test_extract_prints_triples_and_scores_against_gold(runs, run_cli, tmp_path):
+    code, out, _ = run_cli("extract", "--ner", runs / "ner", "--text", "Axolotl lives in canals.")
+    assert code == 0
+    code, out, _ = run_cli("extract", "--ner", runs / "ner", "--re", runs / "re", "--gold", DEMO / "test.jsonl")
+    assert code == 0
+    scores = json.loads(out)
+    assert 0.0 <= scores["micro"]["f1"] <= 1.0 and scores["counts"]["gold"] > 0
+    out_file = tmp_path / "triples.jsonl"
+    assert run_cli("extract", "--ner", runs / "ner", "--input", DEMO / "test.jsonl", "--output", out_file)[0] == 0
+    assert len(read_records(out_file)) == len(read_records(DEMO / "test.jsonl"))
+
+
+def test_perfect_predictions_score_one():
+    from adaptlab.recipes.relations import score_triples
+
+    gold = [derive_relations(species_record())]
+    assert score_triples(gold, [species_record()])["micro"]["f1"] == 1.0
+    wrong = Record(gold[0].text, gold[0].spans, [Relation(0, 1, "feed_on")])
+    assert score_triples([wrong], gold)["micro"]["f1"] == 0.0
