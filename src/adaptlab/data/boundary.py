@@ -47,10 +47,13 @@ RELATION_VERBS: dict[str, tuple[str, str]] = {
 LINK_PREPOSITIONS = frozenset(
     "in on by through along at among within near around under off upon from".split()
 )
-# Adverbs allowed between the verb and its preposition ("feed mainly on").
-VERB_ADVERBS = frozenset("mainly primarily only mostly exclusively largely typically usually chiefly".split())
+# Adverbs that may stand between a verb and its preposition ("feed mainly on") or before the verb.
+VERB_ADVERBS = frozenset(
+    "mainly primarily only mostly exclusively largely typically usually chiefly also often generally "
+    "presumably probably likely".split()
+)
 SUBJECT_TYPE = "SPECIES"
-TRAILING_PUNCT = ",;:.!?"
+TRAILING_PUNCT = ",;:.!? "
 CORE = re.compile(r"^\W+|\W+$")
 
 
@@ -107,7 +110,8 @@ def split_clauses(words: list[str], tags: list[str] | None = None) -> list[Claus
     separates them from the previous clause: this keeps ``... and their larvae feed on leaves``
     inside a feeding object. A clause starts after the last clause-final punctuation before its
     verb; within that range, at the last repetition of the first subject's first two words; with
-    neither, at the first ``B-SPECIES`` tag; else the subject is empty.
+    no such punctuation and no repetition, at the first ``B-SPECIES`` tag, else at the verb (an
+    empty subject, as in ``... of Madeira. feed on nectar``).
     """
     tags = tags or ["O"] * len(words)
     candidates = _verb_candidates(words)
@@ -128,16 +132,14 @@ def split_clauses(words: list[str], tags: list[str] | None = None) -> list[Claus
     starts = [0]
     for k in range(1, len(accepted)):
         low, verb = accepted[k - 1][1] + 1, accepted[k][0]
-        for j in range(verb - 1, low - 1, -1):
-            if ends_clause(words[j]):
-                low = j + 1
-                break
+        after_stop = next((j + 1 for j in range(verb - 1, low - 1, -1) if ends_clause(words[j])), None)
+        low = after_stop if after_stop is not None else low
         start = None
         if n_key:
             start = next((j for j in range(verb - n_key, low - 1, -1)
                           if [core(w) for w in words[j:j + n_key]] == key), None)
-        if start is None and low == accepted[k - 1][1] + 1:
-            start = next((j for j in range(low, verb) if tags[j] == f"B-{SUBJECT_TYPE}"), None)
+        if start is None and after_stop is None:
+            start = next((j for j in range(low, verb) if tags[j] == f"B-{SUBJECT_TYPE}"), verb)
         starts.append(start if start is not None else low)
     clauses = []
     for k, (verb, prep) in enumerate(accepted):

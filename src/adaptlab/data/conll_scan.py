@@ -22,6 +22,9 @@ How lines are read (each rule exists because a real file needed it):
 The entity types are either given or inferred: a type is real when it carries at least
 ``min_type_share`` of the tags of the most frequent type; rarer ones (``B-VERB`` six times among
 thousands) are stray.
+
+:func:`decode_tags` turns the raw tags of one sequence into valid IOB2 (rules 5-12 of
+:mod:`adaptlab.data.repair`), counting each rule it applies.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from adaptlab.data.boundary import RELATION_VERBS, core, ends_clause
 from adaptlab.data.formats.conll import OUTSIDE, split_tag
 from adaptlab.data.records import read_text_lines
 
@@ -55,6 +59,7 @@ PROBLEM_KINDS: dict[str, str] = {
     "parenthesis_split": "a span boundary falls inside a parenthesised group ((Necturus | alabamensis))",
     "punctuation_in_span": "a span starts or ends with punctuation glued to a word (Alabama,)",
     "preposition_in_span": "the linking preposition after the verb opens the object span (in rivers ...)",
+    "subject_boundary": "a SPECIES span that does not cover its subject (other types inside, head word out)",
     "garbled_clause": "a clause whose tags contradict its structure (SPECIES after the verb, ...)",
     "fragmented_clause": "a clause object broken into many small pieces with gaps",
     "no_relation_verb": "a sequence without a live/feed/breed clause (no structure to check)",
@@ -284,3 +289,51 @@ def _iob_problems(sequences: list[Sequence], types: set[str]) -> list[Problem]:
                     problems.append(Problem("i_type_change", entry.line, f"{entry.word} {entry.tag}"))
             previous = typ
     return problems
+
+
+def decode_tags(seq: Sequence, types: Iterable[str], fired: Counter, max_gap: int = 2) -> list[str]:
+    """One valid IOB2 tag per entry of ``seq`` (rules 5-12 of :mod:`adaptlab.data.repair`);
+    ``fired`` counts the rules applied (per line, not per word of a multi-word line)."""
+    entries, types = seq.entries, set(types)
+    tags: list[str] = []
+    for k, entry in enumerate(entries):
+        kind, tag = classify_tag(entry.tag, types)
+        first = not entry.continued
+        rule = {"bracketed": "unbracket_tag", "truncated": "expand_truncated_type",
+                "stray": "stray_type_to_o", "bare": "bare_type_to_iob", "missing": "fill_missing_tag"}.get(kind)
+        if rule:
+            fired[rule] += first
+        if kind == "missing":
+            tag = OUTSIDE
+            if core(entry.word) and tags and tags[-1] != OUTSIDE and (
+                    k + 1 == len(entries) or ends_clause(entry.word)):
+                tag = "I-" + tags[-1][2:]  # "tree/I-BREEDING cavities." closes the span
+        elif kind == "bare":
+            tag = ("I-" if _gap_start(tags, entries, k, tag, max_gap) is not None else "B-") + tag
+        elif entry.continued and tag.startswith("B-"):
+            tag = "I-" + tag[2:]
+        prefix, typ = split_tag(tag)
+        if prefix == "I" and not (tags and tags[-1] != OUTSIDE and tags[-1][2:] == typ):
+            gap = _gap_start(tags, entries, k, typ, max_gap)
+            if gap is not None:
+                tags[gap:k] = ["I-" + typ] * (k - gap)
+                fired["bridge_gap"] += 1
+            else:
+                fired["i_type_change_to_b" if tags and tags[-1] != OUTSIDE else "i_after_o_to_b"] += 1
+                tag = "B-" + typ
+        tags.append(tag)
+    return tags
+
+
+def _gap_start(tags: list[str], entries: list[Entry], k: int, typ: str, max_gap: int) -> int | None:
+    """Where an ``O`` gap before token ``k`` starts when an ``X = typ`` span ends right before it,
+    the gap is 1 to ``max_gap`` tokens and crosses no clause end or relation verb; ``k`` itself
+    when ``k`` directly follows such a span; otherwise None."""
+    j = k - 1
+    while j >= 0 and tags[j] == OUTSIDE and k - j <= max_gap:
+        if ends_clause(entries[j].word) or core(entries[j].word) in RELATION_VERBS:
+            return None
+        j -= 1
+    if j >= 0 and tags[j] != OUTSIDE and tags[j][2:] == typ:
+        return j + 1
+    return None

@@ -1,11 +1,12 @@
 """Deterministic repair of messy CoNLL/BIO files into canonical records.
 
 Every rule has a name; :class:`RepairReport` counts how often each fired, so a user can see what
-was changed and judge it. Rules only move, close or fill labels the annotator already gave; they
-never add an entity where the annotation has none. What cannot be repaired is listed with
-``file:line`` and dropped (or kept with ``drop_unrepairable=False``), never silently.
+was changed and judge it. The rules move, close, join or retype spans the annotator gave; the only
+labels they add are the words a displaced span lost (rules 14, 16-18) and the word of a line that
+had no tag. What cannot be repaired is listed with ``file:line`` and dropped (or kept with
+``drop_unrepairable=False``), never silently.
 
-Line rules (the scanner, :mod:`adaptlab.data.conll_scan`, reads every line):
+Line rules (:mod:`adaptlab.data.conll_scan` reads the lines and decodes the tags):
 
 1. ``skip_section_header``: ``TWO: List of endangered Arthropods`` lines are removed; the section
    name goes to ``meta["section"]`` of the records that follow.
@@ -26,28 +27,36 @@ Line rules (the scanner, :mod:`adaptlab.data.conll_scan`, reads every line):
 11. ``i_after_o_to_b``: any other ``I-X`` after ``O`` opens a span (``B-X``).
 12. ``i_type_change_to_b``: ``I-X`` right after a ``Y`` span opens an ``X`` span.
 
-Clause rules (clauses from :func:`adaptlab.data.boundary.split_clauses`):
+Clause rules (clauses from :func:`adaptlab.data.boundary.split_clauses`; the subject is the
+SPECIES mention before the verb, the object the HABITAT/FEEDING/BREEDING mention after it):
 
 13. ``verb_out_of_span``: the relation verb and its adverb (``live``, ``feed mainly``) are never
-    part of an entity: removed from the span they were tagged in.
+    part of an entity; they leave the span they were tagged in (``Schelly/B live/I``).
 14. ``shift_subject_span``: a SPECIES span that starts 1-2 tokens before its clause
-    (``system;/B-SPECIES Alabama/I-SPECIES``) or after it is moved to start at the clause, keeping
-    its length; these are the tags shifted by one token around clause boundaries.
-15. ``extend_span_to_clause_end``: a span that ends on a function word or comma with only 1-2
-    untagged words left in its clause is extended to the clause end (``Indian and|Atlantic Oceans;``
-    is what a shift leaves behind).
-16. ``trim_dangling_word``: otherwise trailing function words (``and``, ``of``, ``the``) leave
-    the span.
-17. ``close_parenthesis``: a span that ends inside ``( ... )`` is extended to the ``)`` when that is
-    at most 3 untagged tokens away in the subject.
-18. ``retype_object_by_verb``: an object span whose type contradicts the verb (HABITAT after
-    ``feed on``) takes the verb's type, when the clause's other object tags agree with the verb or
-    there are none.
-19. ``remove_duplicate``: a sequence identical (words and raw tags) to an earlier one is removed.
+    (``system;/B-SPECIES Alabama/I-SPECIES``) is moved to the clause start, keeping its length, and
+    the previous object gets back the words the shift took (``... Atlantic Oceans;``); one that
+    starts 1-2 tokens late gets its start moved to the clause start.
+15. ``clean_subject``: another type inside the subject is removed (``, a carnivorous/B-FEEDING
+    insect,``), or joins the SPECIES span when it is the subject's last word; an adverb right
+    before the verb leaves the span (``Vendace primarily/I-SPECIES feed``).
+16. ``complete_subject``: a SPECIES span that stops one word before the verb (``New Zealand|kaka``)
+    is extended to the verb.
+17. ``shift_object_span``: an object tagged from the preposition to the clause's last word but one
+    (``feed on/B small/I organisms/O``) is moved one token right.
+18. ``extend_span_to_clause_end``: a span left with one untagged word before its clause end, or
+    ending on a function word or comma with at most two, is extended to the clause end (or joined
+    to the next span of its type); the clause end is inside the object in 95% of clauses.
+19. ``trim_dangling_word``: trailing function words that could not be extended leave the span.
+20. ``close_parenthesis``: a subject span that ends inside ``( ... )`` is extended to the ``)``
+    when that is at most 3 untagged tokens away.
+21. ``retype_object_by_verb``: an object span whose type contradicts the verb (HABITAT after
+    ``feed on``) takes the verb's type when at most half of the clause's objects disagree.
+22. ``remove_duplicate``: a sequence identical (words and raw tags) to an earlier one is removed.
 
 Unrepairable (listed with file:line; dropped unless ``drop_unrepairable=False``): a clause with
-SPECIES tags after its verb or other types before it (``garbled_clause``), and a clause object in
-three or more pieces that cover less than 60% of it (``fragmented_clause``).
+SPECIES tags after its verb or two or more other-type tags before it (``garbled_clause``), and a
+clause object in three or more pieces covering under 60% of its words (``fragmented_clause``).
+With ``clause_records`` only the bad clauses are dropped, not their whole sequence.
 """
 
 from __future__ import annotations
@@ -59,8 +68,8 @@ from typing import Any
 
 from adaptlab.data import boundary
 from adaptlab.data.boundary import Clause, core, ends_clause, split_clauses
-from adaptlab.data.conll_scan import ScanResult, Sequence, classify_tag, scan_conll
-from adaptlab.data.formats.conll import split_tag, tokens_to_record
+from adaptlab.data.conll_scan import ScanResult, decode_tags, scan_conll
+from adaptlab.data.formats.conll import tokens_to_record
 from adaptlab.data.records import Record
 
 FUNCTION_WORDS = frozenset(
@@ -70,11 +79,23 @@ RULES = [
     "skip_section_header", "strip_invisible_chars", "unglue_tag", "split_multiword_line",
     "fill_missing_tag", "unbracket_tag", "expand_truncated_type", "stray_type_to_o", "bare_type_to_iob",
     "bridge_gap", "i_after_o_to_b", "i_type_change_to_b", "verb_out_of_span", "shift_subject_span",
-    "extend_span_to_clause_end", "trim_dangling_word", "close_parenthesis", "retype_object_by_verb",
-    "remove_duplicate",
+    "clean_subject", "complete_subject", "shift_object_span", "extend_span_to_clause_end",
+    "trim_dangling_word", "close_parenthesis", "retype_object_by_verb", "remove_duplicate",
 ]
 SCAN_RULES = {"section_header": "skip_section_header", "invisible_char": "strip_invisible_chars",
               "glued_tag": "unglue_tag", "multiword_line": "split_multiword_line"}
+
+
+class RuleLog(Counter):
+    """Rule counts plus ``(rule, token index)`` events, so checks can point at file lines."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.events: list[tuple[str, int]] = []
+
+    def hit(self, rule: str, index: int, n: int = 1) -> None:
+        self[rule] += n
+        self.events.append((rule, index))
 
 
 @dataclass
@@ -91,74 +112,30 @@ class RepairReport:
     tokens_out: int = 0
     tokens_in_duplicates: int = 0
     tokens_in_dropped: int = 0
+    records_dropped: int = 0
     conventions: Counter = field(default_factory=Counter)
     normalisation: Counter = field(default_factory=Counter)
-
-    @property
-    def dropped(self) -> int:
-        return len({u["where"] for u in self.unrepairable if u["action"] == "dropped"})
 
     def to_json(self) -> dict[str, Any]:
         return {
             "path": self.path,
             "sequences_in": self.sequences_in,
             "duplicates_removed": len(self.duplicates),
-            "dropped_unrepairable": self.dropped,
+            "unrepairable": len(self.unrepairable),
+            "records_dropped": self.records_dropped,
             "records_out": self.records_out,
             "tokens": {"in": self.tokens_in, "out": self.tokens_out, "in_duplicates": self.tokens_in_duplicates,
                        "in_dropped": self.tokens_in_dropped},
             "rules": {name: self.rules[name] for name in RULES},
-            "unrepairable": self.unrepairable,
-            "duplicates": self.duplicates,
             "clause_conventions": dict(self.conventions),
             "normalisation": dict(self.normalisation),
+            "unrepairable_items": self.unrepairable,
+            "duplicate_items": self.duplicates,
         }
 
 
-def decode_sequence(seq: Sequence, types: tuple[str, ...], fired: Counter, max_gap: int = 2) -> list[str]:
-    """Rules 4-12: one valid IOB2 tag per entry of ``seq``."""
-    entries = seq.entries
-    tags: list[str] = []
-    for k, entry in enumerate(entries):
-        kind, tag = classify_tag(entry.tag, types)
-        fired.update({"bracketed": ["unbracket_tag"], "truncated": ["expand_truncated_type"],
-                      "stray": ["stray_type_to_o"]}.get(kind, []))
-        if kind == "missing":
-            tag = "O"
-            if core(entry.word) and tags and tags[-1] != "O" and (
-                    k + 1 == len(entries) or ends_clause(entry.word)):
-                tag = "I-" + tags[-1][2:]
-            fired["fill_missing_tag"] += not entry.continued
-        elif kind == "bare":
-            fired["bare_type_to_iob"] += 1
-            tag = "I-" + tag if _gap_start(tags, entries, k, tag, max_gap) is not None else "B-" + tag
-        elif entry.continued and tag.startswith("B-"):
-            tag = "I-" + tag[2:]
-        prefix, typ = split_tag(tag)
-        if prefix == "I" and not (tags and tags[-1] != "O" and tags[-1][2:] == typ):
-            gap = _gap_start(tags, entries, k, typ, max_gap)
-            if gap is not None and gap < k:
-                tags[gap:k] = ["I-" + typ] * (k - gap)
-                fired["bridge_gap"] += 1
-            elif gap is None:
-                fired["i_type_change_to_b" if tags and tags[-1] != "O" else "i_after_o_to_b"] += kind != "bare"
-                tag = "B-" + typ
-        tags.append(tag)
-    return tags
-
-
-def _gap_start(tags: list[str], entries, k: int, typ: str, max_gap: int) -> int | None:
-    """Index where an ``O`` gap before ``k`` starts when an ``X=typ`` span ends right before it,
-    the gap is at most ``max_gap`` tokens and crosses no clause end or relation verb."""
-    j = k - 1
-    while j >= 0 and tags[j] == "O" and k - j <= max_gap:
-        word = entries[j].word
-        if ends_clause(word) or core(word) in boundary.RELATION_VERBS:
-            return None
-        j -= 1
-    if j >= 0 and tags[j] != "O" and tags[j][2:] == typ:
-        return j + 1
-    return None
+def _is_adverb(word: str) -> bool:
+    return core(word) in boundary.VERB_ADVERBS
 
 
 def _spans(tags: list[str]) -> list[list]:
@@ -180,53 +157,98 @@ def _to_tags(n: int, spans: list[list]) -> list[str]:
     return tags
 
 
-def repair_clauses(words: list[str], tags: list[str], fired: Counter) -> tuple[list[str], list[Clause]]:
-    """Rules 13-18 on one decoded sequence; returns the new tags and the clauses."""
-    clauses = split_clauses(words, tags)
-    n = len(words)
-    for clause in clauses:  # 13: verb (and adverb) out of any span
+def _subject_rules(words: list[str], tags: list[str], clauses: list[Clause], log: RuleLog) -> list[str]:
+    """Rules 13-16."""
+    n, species = len(words), boundary.SUBJECT_TYPE
+    for clause in clauses:  # 13
         trigger = range(clause.verb, clause.prep if clause.prep is not None else clause.verb + 1)
         spans = _spans(tags)
         for span in spans:
             if any(span[0] <= t < span[1] for t in trigger):
-                fired["verb_out_of_span"] += 1
+                log.hit("verb_out_of_span", clause.verb)
                 if span[0] >= clause.verb:
                     span[0] = trigger[-1] + 1
                 else:
                     span[1] = min(span[1], clause.verb)
         tags = _to_tags(n, spans)
-    for k, clause in enumerate(clauses):  # 14: subject span shifted around the clause start
+    for k, clause in enumerate(clauses):  # 14
         spans = _spans(tags)
-        if clause.verb - clause.start == 0:
+        subject = next((s for s in spans if s[2] == species and s[1] > clause.start - 2 and s[0] < clause.verb),
+                       None)
+        if clause.verb == clause.start or subject is None or not 0 < abs(subject[0] - clause.start) <= 2:
             continue
-        subject = next((s for s in spans if s[2] == boundary.SUBJECT_TYPE and s[1] > clause.start - 2
-                        and s[0] < clause.verb), None)
-        if subject is None or subject[0] == clause.start or abs(subject[0] - clause.start) > 2:
-            continue
-        length = subject[1] - subject[0]
-        subject[0], subject[1] = clause.start, min(clause.start + length, clause.verb)
-        fired["shift_subject_span"] += 1
+        shift, length = clause.start - subject[0], subject[1] - subject[0]
+        # Early (it took the previous clause's last words): moved, its end is early too.
+        # Late: only the start is; the end already sits at the name's last word or its "(".
+        subject[0], subject[1] = clause.start, min(clause.start + length if shift > 0 else subject[1], clause.verb)
+        log.hit("shift_subject_span", clause.start)
+        before = [s for s in spans if s[1] <= clause.start - shift and s is not subject]
+        if shift > 0 and k > 0 and before and before[-1][0] > clauses[k - 1].verb \
+                and clause.start - before[-1][1] <= shift + 1:
+            before[-1][1] = clause.start
+            log.hit("extend_span_to_clause_end", clause.start - 1)
         tags = _to_tags(n, spans)
-    for k, clause in enumerate(clauses):  # 15-16: dangling span ends
+    for clause in clauses:  # 15-16
         spans = _spans(tags)
-        inside = [s for s in spans if clause.object_start <= s[0] < clause.end]
-        if not inside:
-            continue
-        last = inside[-1]
-        rest = [j for j in range(last[1], clause.end) if core(words[j])]
-        dangling = core(words[last[1] - 1]) in FUNCTION_WORDS or words[last[1] - 1].endswith(",")
-        if dangling and 1 <= len(rest) <= 2 and all(tags[j] == "O" for j in range(last[1], clause.end)):
-            end = clause.end
-            while end > last[1] and not core(words[end - 1]):
-                end -= 1  # a lone ";" or "." closing the clause stays outside
-            last[1] = end
-            fired["extend_span_to_clause_end"] += 1
-        while last[1] - last[0] > 1 and core(words[last[1] - 1]) in FUNCTION_WORDS and words[
-                last[1] - 1][-1:].isalnum() is not False:
-            last[1] -= 1
-            fired["trim_dangling_word"] += 1
+        subject = next((s for s in spans if s[2] == species and clause.start <= s[0] < clause.verb), None)
+        for span in spans:
+            if span[2] == species or not (clause.start <= span[0] and span[1] <= clause.verb):
+                continue
+            if subject is not None and span[0] == subject[1] and span[1] == clause.verb:
+                subject[1], span[1] = span[1], span[0]
+            else:
+                span[1] = span[0]
+            log.hit("clean_subject", span[0])
+        while subject is not None and subject[1] - subject[0] > 1 and subject[1] == clause.verb \
+                and _is_adverb(words[subject[1] - 1]):
+            subject[1] -= 1
+            log.hit("clean_subject", subject[1])
+        rest = list(range(subject[1], clause.verb)) if subject is not None else []
+        head = words[rest[0]] if len(rest) == 1 else ""
+        if core(head) and tags[rest[0]] == "O" and not set("()") & set(head) and not _is_adverb(head):
+            subject[1] = clause.verb
+            log.hit("complete_subject", rest[0])
         tags = _to_tags(n, spans)
-    for clause in clauses:  # 17: close a parenthesis opened inside a subject span
+    return tags
+
+
+def _object_rules(words: list[str], tags: list[str], clauses: list[Clause], log: RuleLog) -> list[str]:
+    """Rules 17-21."""
+    n = len(words)
+    for clause in clauses:  # 17
+        spans = _spans(tags)
+        objects = [s for s in spans if clause.verb < s[0] < clause.end]
+        if clause.prep is None or len(objects) != 1 or objects[0][0] != clause.prep:
+            continue
+        rest = [j for j in range(objects[0][1], clause.end) if core(words[j])]
+        if len(rest) == 1 and rest[0] == objects[0][1]:
+            objects[0][0], objects[0][1] = objects[0][0] + 1, objects[0][1] + 1
+            log.hit("shift_object_span", clause.prep)
+            tags = _to_tags(n, spans)
+    for clause in clauses:  # 18-19
+        spans = _spans(tags)
+        objects = [s for s in spans if clause.verb < s[0] < clause.end]
+        for i, span in enumerate(objects):
+            last = words[span[1] - 1]
+            following = objects[i + 1] if i + 1 < len(objects) else None
+            limit = following[0] if following else clause.end
+            gap = [j for j in range(span[1], limit) if core(words[j])]
+            joins = following is None or (following[2] == span[2] and core(last) in FUNCTION_WORDS)
+            dangling = (core(last) in FUNCTION_WORDS or last.endswith(",")) and joins \
+                and (1 if following is None else 0) <= len(gap) <= 2
+            if dangling or (following is None and len(gap) == 1 and span[2] == clause.object_type):
+                end = limit
+                while following is None and end > span[1] and not core(words[end - 1]):
+                    end -= 1  # a lone ";" or "." closing the clause stays outside
+                log.hit("extend_span_to_clause_end", span[1])
+                span[1] = end
+                if following is not None:
+                    span[1], following[0] = following[1], following[1]
+            while span[1] - span[0] > 1 and core(words[span[1] - 1]) in FUNCTION_WORDS:
+                span[1] -= 1
+                log.hit("trim_dangling_word", span[1])
+        tags = _to_tags(n, spans)
+    for clause in clauses:  # 20
         spans = _spans(tags)
         for span in spans:
             opened = " ".join(words[span[0]:span[1]])
@@ -234,38 +256,43 @@ def repair_clauses(words: list[str], tags: list[str], fired: Counter) -> tuple[l
                 continue
             close = next((j for j in range(span[1], min(span[1] + 3, clause.verb)) if ")" in words[j]), None)
             if close is not None and all(tags[j] == "O" for j in range(span[1], close + 1)):
+                log.hit("close_parenthesis", span[1] - 1)
                 span[1] = close + 1
-                fired["close_parenthesis"] += 1
         tags = _to_tags(n, spans)
-    for clause in clauses:  # 18: object type from the verb
+    for clause in clauses:  # 21
         spans = _spans(tags)
         objects = [s for s in spans if clause.object_start <= s[0] < clause.end and s[2] != boundary.SUBJECT_TYPE]
         wrong = [s for s in objects if s[2] != clause.object_type]
-        if wrong and len(wrong) * 2 >= len(objects) - len(wrong) and len(objects) - len(wrong) <= len(wrong):
-            if all(s[2] == wrong[0][2] for s in wrong) or len(objects) == len(wrong):
-                for s in wrong:
-                    s[2] = clause.object_type
-                fired["retype_object_by_verb"] += len(wrong)
+        if wrong and 2 * len(wrong) <= len(objects) or wrong and len(wrong) == len(objects):
+            for span in wrong:
+                log.hit("retype_object_by_verb", span[0])
+                span[2] = clause.object_type
         tags = _to_tags(n, spans)
-    return tags, clauses
+    return tags
+
+
+def repair_clauses(words: list[str], tags: list[str], log: RuleLog) -> tuple[list[str], list[Clause]]:
+    """Rules 13-21 on one decoded sequence; returns the new tags and its clauses."""
+    clauses = split_clauses(words, tags)
+    tags = _subject_rules(words, tags, clauses, log)
+    return _object_rules(words, tags, clauses, log), clauses
 
 
 def structure_problems(words: list[str], tags: list[str], clauses: list[Clause]) -> list[tuple[str, int]]:
-    """``(kind, token index)`` for clauses that rules cannot fix: garbled or fragmented."""
+    """``(kind, clause index)`` for clauses the rules cannot fix: garbled or fragmented."""
     found = []
-    for clause in clauses:
-        subject = tags[clause.start:clause.verb]
-        obj = tags[clause.object_start:clause.end]
+    for k, clause in enumerate(clauses):
+        subject, obj = tags[clause.start:clause.verb], tags[clause.object_start:clause.end]
+        stop = next((i + 1 for i, w in enumerate(words[clause.object_start:clause.end]) if ends_clause(w)), len(obj))
+        species_after = sum(1 for t in obj[:stop] if t[2:] == boundary.SUBJECT_TYPE)
         wrong_subject = sum(1 for t in subject if t != "O" and t[2:] != boundary.SUBJECT_TYPE)
-        species_after = sum(1 for t in obj if t[2:] == boundary.SUBJECT_TYPE)
         if species_after or wrong_subject >= 2:
-            found.append(("garbled_clause", clause.start))
+            found.append(("garbled_clause", k))
             continue
-        pieces = sum(1 for t in obj if t.startswith("B-"))
         content = [t for w, t in zip(words[clause.object_start:clause.end], obj) if core(w)]
-        covered = sum(1 for t in content if t != "O")
-        if pieces >= 3 and content and covered / len(content) < 0.6:
-            found.append(("fragmented_clause", clause.start))
+        pieces = sum(1 for t in obj if t.startswith("B-"))
+        if pieces >= 3 and content and sum(t != "O" for t in content) / len(content) < 0.6:
+            found.append(("fragmented_clause", k))
     return found
 
 
@@ -278,43 +305,46 @@ def repair_scan(
 ) -> tuple[list[Record], RepairReport]:
     """Repair an already scanned file (see :func:`repair_file`)."""
     report = RepairReport(str(scan.path), sequences_in=len(scan.sequences), tokens_in=scan.n_tokens)
-    for problem in scan.problems:
-        if problem.kind in SCAN_RULES:
-            report.rules[SCAN_RULES[problem.kind]] += 1
-    stem, seen = scan.path.stem, {}
+    report.rules.update(SCAN_RULES[p.kind] for p in scan.problems if p.kind in SCAN_RULES)
+    seen: dict[tuple, int] = {}
     records: list[Record] = []
+    action = "dropped" if drop_unrepairable else "kept"
     for seq in scan.sequences:
         where = f"{scan.path}:{seq.first_line}"
         if seq.key() in seen:
             report.rules["remove_duplicate"] += 1
-            report.duplicates.append(f"{where} duplicates {scan.path}:{seen[seq.key()]}")
+            report.duplicates.append(f"{where} duplicates line {seen[seq.key()]}")
             report.tokens_in_duplicates += len(seq.entries)
             continue
         seen[seq.key()] = seq.first_line
-        fired: Counter = Counter()
-        words = seq.words
-        tags = decode_sequence(seq, scan.types, fired, max_gap)
-        tags, clauses = repair_clauses(words, tags, fired)
-        report.rules.update(fired)
+        log, words = RuleLog(), seq.words
+        tags, clauses = repair_clauses(words, decode_tags(seq, scan.types, log, max_gap), log)
+        report.rules.update(log)
         conventions = [boundary.preposition_convention(c, tags) for c in clauses]
         report.conventions.update(conventions)
         issues = structure_problems(words, tags, clauses)
-        action = "dropped" if issues and drop_unrepairable else "kept"
-        for kind, index in issues:
-            report.unrepairable.append({"kind": kind, "where": where, "line": seq.entries[index].line,
-                                        "excerpt": " ".join(words[index:index + 8]), "action": action})
-        if action == "dropped":
-            report.tokens_in_dropped += len(words)
-            continue
-        meta = {"id": f"{stem}-L{seq.first_line}", "source": where, "section": seq.section,
+        for kind, k in issues:
+            start = clauses[k].start
+            report.unrepairable.append({
+                "kind": kind, "where": f"{scan.path}:{seq.entries[start].line}", "sequence": where,
+                "excerpt": " ".join(words[start:start + 8]), "action": action})
+        bad = {k for _, k in issues} if drop_unrepairable else set()
+        meta = {"id": f"{scan.path.stem}-L{seq.first_line}", "source": where, "section": seq.section,
                 "lines": [seq.first_line, seq.entries[-1].line], "conventions": conventions,
-                "repairs": sorted(fired)}
+                "repairs": sorted(rule for rule, n in log.items() if n)}
         if clause_records and len(clauses) > 1:
             for k, clause in enumerate(clauses):
                 start = 0 if k == 0 else clause.start
+                if k in bad:
+                    report.tokens_in_dropped += clause.end - start
+                    report.records_dropped += 1
+                    continue
                 part = {**meta, "id": f"{meta['id']}-c{k + 1}", "source": f"{scan.path}:{seq.entries[start].line}",
                         "conventions": conventions[k:k + 1], "clause": k + 1}
                 records.append(tokens_to_record(words[start:clause.end], tags[start:clause.end], part))
+        elif bad:
+            report.tokens_in_dropped += len(words)
+            report.records_dropped += 1
         else:
             records.append(tokens_to_record(words, tags, meta))
     if normalise:
@@ -334,9 +364,10 @@ def repair_file(
     max_gap: int = 2,
 ) -> tuple[list[Record], RepairReport]:
     """Scan and repair a CoNLL-like file into canonical records (one per sequence, or one per
-    clause with ``clause_records``), applying the numbered rules of this module; with
-    ``normalise_boundaries`` the records are then rewritten to the convention of
-    :mod:`adaptlab.data.boundary`. ``first_section`` names the sequences before the first header.
+    clause with ``clause_records``) with the numbered rules of this module; with
+    ``normalise_boundaries`` the records are then rewritten to the single convention of
+    :mod:`adaptlab.data.boundary`. ``types`` fixes the tag set (inferred when None);
+    ``first_section`` names the sequences before the first section header.
     """
     scan = scan_conll(path, types=types, first_section=first_section)
     return repair_scan(scan, normalise_boundaries, drop_unrepairable, clause_records, max_gap)
