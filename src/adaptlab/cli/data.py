@@ -1,5 +1,149 @@
-"""Placeholder, filled in by its owner."""
+"""``adaptlab data inspect|convert``: look at a messy annotated file, repair it, convert it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
 
 import typer
+from rich.table import Table
+
+from adaptlab.cli.common import console, print_json
 
 app = typer.Typer(no_args_is_help=True)
+
+CONLL_SUFFIXES = {".conll", ".conllu", ".bio", ".iob", ".tsv", ".txt"}
+TYPES_HELP = "entity types, comma-separated (default: inferred from the tags)"
+FIRST_SECTION_HELP = "name for the sequences before the first section header (meta.section)"
+
+
+def _types(value: Optional[str]) -> Optional[list[str]]:
+    return [t.strip() for t in value.split(",") if t.strip()] if value else None
+
+
+@app.command()
+def inspect(
+    path: str = typer.Argument(..., help="CoNLL-like file (token and tag per line)"),
+    as_json: bool = typer.Option(False, "--json", help="print the report as JSON on stdout"),
+    examples: int = typer.Option(5, "--examples", min=0, help="examples (file:line) shown per problem"),
+    types: Optional[str] = typer.Option(None, "--types", help=TYPES_HELP),
+    first_section: Optional[str] = typer.Option(None, "--first-section", help=FIRST_SECTION_HELP),
+) -> None:
+    """Count records, tokens and labels and list every problem with file:line examples."""
+    from adaptlab.data.inspect import inspect_file
+
+    report = inspect_file(path, examples=examples, types=_types(types), first_section=first_section)
+    if as_json:
+        print_json(report.to_json())
+        return
+    data = report.to_json()
+    summary = Table(title=f"{path}", show_header=False)
+    summary.add_column("what")
+    summary.add_column("value")
+    summary.add_row("records (sequences)", str(data["records"]))
+    summary.add_row("tokens (words / lines)", f"{data['tokens']} / {data['token_lines']}")
+    summary.add_row("entity types", ", ".join(data["types"]) or "(none)")
+    summary.add_row("sections", ", ".join(f"{k} {v}" for k, v in data["sections"].items()))
+    conventions = ", ".join(f"{k} {v}" for k, v in data["clause_conventions"].items())
+    summary.add_row("clauses (by preposition convention)", f"{data['clauses']} ({conventions})")
+    console.print(summary)
+    labels = Table(title="labels")
+    for column in ("type", "spans", "tokens"):
+        labels.add_column(column, justify="left" if column == "type" else "right")
+    for typ, n in data["labels"]["entity_types"].items():
+        labels.add_row(typ, str(n), str(data["labels"]["token_types"].get(typ, 0)))
+    console.print(labels)
+    console.print("raw tags: " + ", ".join(f"{t} {n}" for t, n in data["labels"]["raw_tags"].items()))
+    problems = Table(title="problems")
+    problems.add_column("kind")
+    problems.add_column("count", justify="right")
+    problems.add_column("first examples (file:line: excerpt)", overflow="fold")
+    for kind, entry in data["problems"].items():
+        problems.add_row(kind, str(entry["count"]), "\n".join(entry["examples"]) or entry["description"])
+    console.print(problems if data["problems"] else "no problems found")
+
+
+@app.command()
+def convert(
+    source: str = typer.Argument(..., help="input file (CoNLL-like, JSONL, Label Studio, ...)"),
+    target: str = typer.Argument(..., help="output file; the format follows the suffix (must not exist)"),
+    from_fmt: Optional[str] = typer.Option(None, "--from", help="input format (default: detected)"),
+    to_fmt: Optional[str] = typer.Option(None, "--to", help="output format (default: from the suffix)"),
+    repair: bool = typer.Option(True, "--repair/--no-repair", help="repair CoNLL-like input"),
+    normalise: bool = typer.Option(False, "--normalise-boundaries",
+                                   help="one span-boundary convention (preposition and punctuation outside)"),
+    report_path: Optional[str] = typer.Option(None, "--report", help="write the repair report as JSON here"),
+    types: Optional[str] = typer.Option(None, "--types", help=TYPES_HELP),
+    first_section: Optional[str] = typer.Option(None, "--first-section", help=FIRST_SECTION_HELP),
+    keep_unrepairable: bool = typer.Option(False, "--keep-unrepairable",
+                                           help="keep garbled/fragmented sequences instead of dropping them"),
+    clauses: bool = typer.Option(False, "--clauses", help="one record per relation clause"),
+) -> None:
+    """Convert between formats; CoNLL-like input is repaired by default and the repair summarised."""
+    from adaptlab.data import boundary, io
+    from adaptlab.data.records import read_text_lines
+    from adaptlab.runs import atomic_write_json, refuse_existing
+
+    refuse_existing(target, "output")
+    if report_path:
+        refuse_existing(report_path, "report")
+    if not Path(source).is_dir():
+        read_text_lines(source)  # a missing or empty input file fails here, naming the file
+    fmt = io.resolve_format(from_fmt) if from_fmt else _detect(source)
+    report = None
+    if fmt == "conll" and repair:
+        from adaptlab.data.repair import repair_file
+
+        records, report = repair_file(source, normalise_boundaries=normalise, types=_types(types),
+                                      first_section=first_section, drop_unrepairable=not keep_unrepairable,
+                                      clause_records=clauses)
+    else:
+        records = io.load_records(source, fmt)
+        if normalise:
+            records, counts = boundary.normalise_boundaries(records)
+            changes = ", ".join(f"{k} {v}" for k, v in counts.items()) or "nothing to change"
+            console.print(f"normalised: {changes}")
+    written = io.save_records(records, target, to_fmt)
+    if report is not None:
+        _print_repair(report)
+        if report_path:
+            atomic_write_json(report_path, report.to_json())
+    console.print(f"wrote {len(records)} records to {written}")
+
+
+def _detect(source: str) -> str:
+    """The input format; a CoNLL-like suffix is trusted even when the first line is messy."""
+    from adaptlab.data import io
+    from adaptlab.errors import DataError
+
+    try:
+        return io.detect_format(source)
+    except DataError:
+        if Path(source).suffix.lower() in CONLL_SUFFIXES:
+            return "conll"
+        raise
+
+
+def _print_repair(report) -> None:
+    data = report.to_json()
+    table = Table(title="repair rules fired")
+    table.add_column("rule")
+    table.add_column("count", justify="right")
+    for rule, n in data["rules"].items():
+        if n:
+            table.add_row(rule, str(n))
+    console.print(table)
+    for item in data["unrepairable_items"][:10]:
+        console.print(f"unrepairable ({item['action']}): {item['where']}: {item['kind']}: {item['excerpt']}")
+    if len(data["unrepairable_items"]) > 10:
+        console.print(f"... and {len(data['unrepairable_items']) - 10} more (all are in --report)")
+    tokens = data["tokens"]
+    console.print(
+        f"records in {data['sequences_in']}, duplicates removed {data['duplicates_removed']}, "
+        f"dropped {data['records_dropped']}, records out {data['records_out']}; tokens in {tokens['in']} = "
+        f"out {tokens['out']} + duplicates {tokens['in_duplicates']} + dropped {tokens['in_dropped']}"
+    )
+    conventions = ", ".join(f"{k} {v}" for k, v in data["clause_conventions"].items())
+    console.print(f"clauses by preposition convention (after repair): {conventions}")
+    if data["normalisation"]:
+        console.print("normalised: " + ", ".join(f"{k} {v}" for k, v in data["normalisation"].items()))

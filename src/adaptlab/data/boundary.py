@@ -176,8 +176,8 @@ def preposition_convention(clause: Clause, tags: list[str]) -> str:
         return "n/a"
     if tags[clause.prep].startswith("B-") and tags[clause.prep][2:] != SUBJECT_TYPE:
         return "inside"
-    if tags[clause.prep] == "O" and any(
-            t.startswith(("B-", "I-")) and t[2:] != SUBJECT_TYPE for t in tags[clause.object_start:clause.end]):
+    objects = tags[clause.object_start:clause.end]
+    if tags[clause.prep] == "O" and any(t != "O" and t[2:] != SUBJECT_TYPE for t in objects):
         return "outside"
     return "n/a"
 
@@ -227,17 +227,19 @@ def normalise_record(record: Record, counts: Counter) -> Record:
         for k, span in enumerate(spans):
             if span.label != SUBJECT_TYPE:
                 continue
-            last = max((i for i, (s, e) in enumerate(offsets) if s < span.end and span.start < e), default=None)
+            covered = [i for i, (s, e) in enumerate(offsets) if s < span.end and span.start < e]
+            last = covered[-1] if covered else None
             if last is None or not clause.start <= last < clause.verb - 1:
                 continue
             nxt = last + 1
-            if not words[nxt].startswith("(") or any(
-                    offsets[nxt][0] < other.end and other.start < offsets[nxt][1] for other in spans):
-                continue
             close = next((i for i in range(nxt, clause.verb) if ")" in words[i]), None)
-            if close is not None:
-                spans[k] = replace(span, end=offsets[close][0] + words[close].rindex(")") + 1)
-                counts["parenthetical_in_species"] += 1
+            if not words[nxt].startswith("(") or close is None:
+                continue
+            end = offsets[close][0] + words[close].rindex(")") + 1
+            if any(offsets[nxt][0] < other.end and other.start < end for other in spans):
+                continue  # the name in parentheses is a mention of its own: keep the two apart
+            spans[k] = replace(span, end=end)
+            counts["parenthetical_in_species"] += 1
     trimmed = []
     for span in spans:
         start, end = _balanced_trim(record.text, span.start, span.end)
@@ -250,7 +252,9 @@ def normalise_record(record: Record, counts: Counter) -> Record:
             counts["span_emptied"] += 1
     if not record.relations:
         trimmed.sort()
-    return Record(record.text, trimmed, list(record.relations), dict(record.meta))
+    out = Record(record.text, trimmed, list(record.relations), dict(record.meta))
+    out.validate()  # the rules only shrink spans or grow them over untagged words: never overlaps
+    return out
 
 
 def normalise_boundaries(records: Iterable[Record]) -> tuple[list[Record], Counter]:

@@ -13,15 +13,17 @@ How lines are read (each rule exists because a real file needed it):
 * ``TWO: List of endangered Arthropods`` style lines (an upper-case word or number, a colon, a
   title) are section headers: skipped, counted, and the section name (last word of the title,
   lower-cased) is attached to the sequences that follow.
-* A one-field line ending in a known tag right after a lower-case letter (``whereO``) is a tag
-  glued to its word; any other one-field line is a word with no tag.
+* A one-field line ending in a known tag right after a lower-case letter, digit or punctuation
+  (``whereO``) is a tag glued to its word; any other one-field line, and a line whose last field
+  does not look like a tag, holds words with no tag.
 * Several words before one tag (``Papua New Guinea<TAB>I-HABITAT``) give one entry per word; the
   later words are marked ``continued`` so a decoder turns ``B-X`` into ``I-X`` for them.
 * Zero-width characters (U+200B and friends) are removed from words.
 
 The entity types are either given or inferred: a type is real when it carries at least
-``min_type_share`` of the tags of the most frequent type; rarer ones (``B-VERB`` six times among
-thousands) are stray.
+``min_type_share`` of the tags of the most frequent type and does not merely start a longer real
+type; rarer ones (``B-VERB`` six times among thousands) are stray. Small files should pass the
+types explicitly.
 
 :func:`decode_tags` turns the raw tags of one sequence into valid IOB2 (rules 5-12 of
 :mod:`adaptlab.data.repair`), counting each rule it applies.
@@ -54,7 +56,7 @@ PROBLEM_KINDS: dict[str, str] = {
     "duplicate_sequence": "a sequence identical (words and tags) to an earlier one",
     "shifted_tags": "a clause's subject span starts one or more tokens before or after the clause",
     "verb_in_span": "the relation verb (live/feed/breed) is tagged as part of an entity",
-    "type_mismatch_with_verb": "object tagged with a type that does not match the verb (HABITAT after 'feed on')",
+    "type_mismatch_with_verb": "object type does not match the verb (HABITAT after 'feed on')",
     "dangling_span_end": "a span ends on a function word or comma (... Indian and | Atlantic Oceans)",
     "parenthesis_split": "a span boundary falls inside a parenthesised group ((Necturus | alabamensis))",
     "punctuation_in_span": "a span starts or ends with punctuation glued to a word (Alabama,)",
@@ -65,6 +67,9 @@ PROBLEM_KINDS: dict[str, str] = {
     "no_relation_verb": "a sequence without a live/feed/breed clause (no structure to check)",
 }
 
+# Repair rule applied by decode_tags for each tag kind of classify_tag.
+DECODE_RULES = {"bracketed": "unbracket_tag", "truncated": "expand_truncated_type",
+                "stray": "stray_type_to_o", "bare": "bare_type_to_iob", "missing": "fill_missing_tag"}
 HEADER_PATTERN = re.compile(r"^(?:[A-Z]{2,}|\d+)\s*[:.)]\s+\S")
 TAG_LIKE = re.compile(r"^[(\[{\"']?(?:O|[BIESLU][-_][A-Za-z]+|[A-Z][A-Z_]+)[)\]}\"']?$")
 BRACKETED = re.compile(r"^[(\[{\"'](.+?)[)\]}\"']$")
@@ -171,7 +176,9 @@ def infer_types(tags: Counter, min_type_share: float = 0.02) -> tuple[str, ...]:
     if not by_type:
         return ()
     top = max(by_type.values())
-    return tuple(sorted(t for t, n in by_type.items() if n >= min_type_share * top))
+    kept = {t for t, n in by_type.items() if n >= min_type_share * top}
+    # A type that starts a longer kept type is a truncation of it (I-B for I-BREEDING).
+    return tuple(sorted(t for t in kept if not any(o != t and o.startswith(t) for o in kept)))
 
 
 def _is_header(line: str, types: set[str]) -> bool:
@@ -299,8 +306,7 @@ def decode_tags(seq: Sequence, types: Iterable[str], fired: Counter, max_gap: in
     for k, entry in enumerate(entries):
         kind, tag = classify_tag(entry.tag, types)
         first = not entry.continued
-        rule = {"bracketed": "unbracket_tag", "truncated": "expand_truncated_type",
-                "stray": "stray_type_to_o", "bare": "bare_type_to_iob", "missing": "fill_missing_tag"}.get(kind)
+        rule = DECODE_RULES.get(kind)
         if rule:
             fired[rule] += first
         if kind == "missing":

@@ -19,7 +19,9 @@ from typing import Any
 from adaptlab.data import boundary
 from adaptlab.data.conll_scan import PROBLEM_KINDS, Problem, decode_tags, scan_conll
 from adaptlab.data.formats.conll import tags_to_spans
+from adaptlab.data.records import read_text_lines
 from adaptlab.data.repair import RuleLog, repair_clauses, structure_problems
+from adaptlab.errors import DataError
 
 # Which problem a clause rule's firing reveals.
 RULE_PROBLEMS = {
@@ -86,6 +88,10 @@ def inspect_file(
     first_section: str | None = None,
 ) -> InspectReport:
     """Scan ``path`` and collect counts and problems (see the module docstring)."""
+    first = next((line for line in read_text_lines(path) if line.strip()), "")
+    if first.lstrip().startswith(("{", "[")):
+        raise DataError("looks like JSON; `adaptlab data inspect` reads CoNLL-like token/tag files "
+                        "(convert JSON with `adaptlab data convert` first)", path, 1)
     scan = scan_conll(path, types=types, first_section=first_section)
     problems: dict[str, list[Problem]] = defaultdict(list)
     for problem in scan.problems:
@@ -100,8 +106,8 @@ def inspect_file(
         sections[seq.section or "(none)"] += 1
         lines = [e.line for e in seq.entries]
         if seq.key() in seen:
-            problems["duplicate_sequence"].append(
-                Problem("duplicate_sequence", seq.first_line, f"same words and tags as line {seen[seq.key()]}"))
+            same = f"same words and tags as line {seen[seq.key()]}"
+            problems["duplicate_sequence"].append(Problem("duplicate_sequence", seq.first_line, same))
         seen.setdefault(seq.key(), seq.first_line)
         words = seq.words
         tags = decode_tags(seq, scan.types, Counter())
@@ -114,7 +120,8 @@ def inspect_file(
         clauses = boundary.split_clauses(words, tags)
         n_clauses += len(clauses)
         if not clauses:
-            problems["no_relation_verb"].append(Problem("no_relation_verb", seq.first_line, " ".join(words[:8])))
+            start = " ".join(words[:8])
+            problems["no_relation_verb"].append(Problem("no_relation_verb", seq.first_line, start))
         for clause in clauses:
             convention = boundary.preposition_convention(clause, tags)
             conventions[convention] += 1

@@ -124,8 +124,8 @@ class RepairReport:
             "unrepairable": len(self.unrepairable),
             "records_dropped": self.records_dropped,
             "records_out": self.records_out,
-            "tokens": {"in": self.tokens_in, "out": self.tokens_out, "in_duplicates": self.tokens_in_duplicates,
-                       "in_dropped": self.tokens_in_dropped},
+            "tokens": {"in": self.tokens_in, "out": self.tokens_out,
+                       "in_duplicates": self.tokens_in_duplicates, "in_dropped": self.tokens_in_dropped},
             "rules": {name: self.rules[name] for name in RULES},
             "clause_conventions": dict(self.conventions),
             "normalisation": dict(self.normalisation),
@@ -173,14 +173,15 @@ def _subject_rules(words: list[str], tags: list[str], clauses: list[Clause], log
         tags = _to_tags(n, spans)
     for k, clause in enumerate(clauses):  # 14
         spans = _spans(tags)
-        subject = next((s for s in spans if s[2] == species and s[1] > clause.start - 2 and s[0] < clause.verb),
-                       None)
+        subject = next(
+            (s for s in spans if s[2] == species and s[1] > clause.start - 2 and s[0] < clause.verb), None)
         if clause.verb == clause.start or subject is None or not 0 < abs(subject[0] - clause.start) <= 2:
             continue
         shift, length = clause.start - subject[0], subject[1] - subject[0]
         # Early (it took the previous clause's last words): moved, its end is early too.
         # Late: only the start is; the end already sits at the name's last word or its "(".
-        subject[0], subject[1] = clause.start, min(clause.start + length if shift > 0 else subject[1], clause.verb)
+        end = clause.start + length if shift > 0 else subject[1]
+        subject[0], subject[1] = clause.start, min(end, clause.verb)
         log.hit("shift_subject_span", clause.start)
         before = [s for s in spans if s[1] <= clause.start - shift and s is not subject]
         if shift > 0 and k > 0 and before and before[-1][0] > clauses[k - 1].verb \
@@ -261,7 +262,8 @@ def _object_rules(words: list[str], tags: list[str], clauses: list[Clause], log:
         tags = _to_tags(n, spans)
     for clause in clauses:  # 21
         spans = _spans(tags)
-        objects = [s for s in spans if clause.object_start <= s[0] < clause.end and s[2] != boundary.SUBJECT_TYPE]
+        objects = [s for s in spans
+                   if clause.object_start <= s[0] < clause.end and s[2] != boundary.SUBJECT_TYPE]
         wrong = [s for s in objects if s[2] != clause.object_type]
         if wrong and 2 * len(wrong) <= len(objects) or wrong and len(wrong) == len(objects):
             for span in wrong:
@@ -283,7 +285,8 @@ def structure_problems(words: list[str], tags: list[str], clauses: list[Clause])
     found = []
     for k, clause in enumerate(clauses):
         subject, obj = tags[clause.start:clause.verb], tags[clause.object_start:clause.end]
-        stop = next((i + 1 for i, w in enumerate(words[clause.object_start:clause.end]) if ends_clause(w)), len(obj))
+        object_words = words[clause.object_start:clause.end]
+        stop = next((i + 1 for i, w in enumerate(object_words) if ends_clause(w)), len(obj))
         species_after = sum(1 for t in obj[:stop] if t[2:] == boundary.SUBJECT_TYPE)
         wrong_subject = sum(1 for t in subject if t != "O" and t[2:] != boundary.SUBJECT_TYPE)
         if species_after or wrong_subject >= 2:
@@ -339,8 +342,9 @@ def repair_scan(
                     report.tokens_in_dropped += clause.end - start
                     report.records_dropped += 1
                     continue
-                part = {**meta, "id": f"{meta['id']}-c{k + 1}", "source": f"{scan.path}:{seq.entries[start].line}",
-                        "conventions": conventions[k:k + 1], "clause": k + 1}
+                part = {**meta, "id": f"{meta['id']}-c{k + 1}", "clause": k + 1,
+                        "source": f"{scan.path}:{seq.entries[start].line}",
+                        "conventions": conventions[k:k + 1]}
                 records.append(tokens_to_record(words[start:clause.end], tags[start:clause.end], part))
         elif bad:
             report.tokens_in_dropped += len(words)
