@@ -50,11 +50,36 @@ OURS = TrainingConfig(epochs=15, learning_rate=2e-4, batch_size=16, warmup=0.1,
                       early_stopping_patience=4, progress=False)
 
 
-def load_variant(normalise: bool) -> tuple[list[Record], dict]:
+def load_variant(normalise: bool) -> tuple[list[Record], list[Record], dict]:
+    """Repaired records, the sequences repair would drop as unrepairable (scored separately), report."""
     from adaptlab.data.repair import repair_file
 
-    records, report = repair_file(DATA, normalise_boundaries=normalise)
-    return records, report.to_json()
+    options = {"normalise_boundaries": normalise, "first_section": "amphibians"}
+    records, report = repair_file(DATA, **options)
+    everything, _ = repair_file(DATA, drop_unrepairable=False, **options)
+    kept = {r.meta["id"] for r in records}
+    return records, [r for r in everything if r.meta["id"] not in kept], report.to_json()
+
+
+def convention_of(record: Record) -> str:
+    """'inside' / 'outside' when all of a record's clauses follow one preposition convention, else 'mixed'."""
+    found = {c for c in record.meta.get("conventions", []) if c in ("inside", "outside")}
+    return found.pop() if len(found) == 1 else "mixed" if found else "n/a"
+
+
+def error_analysis(gold: list[Record], predicted: list[Record]) -> dict:
+    """Strict/token macro F1 of pooled out-of-fold predictions per original boundary convention."""
+    groups: dict[str, tuple[list, list]] = {}
+    for g, p in zip(gold, predicted):
+        bucket = groups.setdefault(convention_of(g), ([], []))
+        bucket[0].append(g)
+        bucket[1].append(p)
+    out = {}
+    for name, (g, p) in sorted(groups.items()):
+        report = summarise(ner_report(g, p, labels=TYPES))
+        out[name] = {"records": len(g), "strict_macro": report["strict"]["macro"],
+                     "token_macro": report["token"]["macro"], "strict": report["strict"]}
+    return out
 
 
 def folds_of(records: list[Record], k: int, seed: int) -> list[list[int]]:
@@ -79,7 +104,7 @@ def summarise(report: dict) -> dict:
     return out
 
 
-def plain_hf_recipe(train: list[Record], test: list[Record], work: Path, seed: int) -> list[Record]:
+def plain_hf_recipe(train: list[Record], tests: list[list[str]], work: Path, seed: int) -> list[list[Record]]:
     """The usual HF token-classification recipe, written out as users copy it from the docs.
 
     Whitespace tokens of the CoNLL form, a tag per token, labels on first subwords, lr 5e-4,
@@ -120,9 +145,9 @@ def plain_hf_recipe(train: list[Record], test: list[Record], work: Path, seed: i
     Trainer(model=model, args=args, train_dataset=train_ds,
             data_collator=DataCollatorForTokenClassification(tokenizer)).train()
     model.eval()
-    predicted = []
-    for record in test:
-        tokens = record.text.split(" ")
+
+    def tag(text: str) -> Record:
+        tokens = text.split(" ")
         enc = tokenizer(tokens, is_split_into_words=True, truncation=True, max_length=256, return_tensors="pt")
         with torch.no_grad():
             best = model(**enc).logits[0].argmax(-1).tolist()
@@ -131,8 +156,9 @@ def plain_hf_recipe(train: list[Record], test: list[Record], work: Path, seed: i
             if w is not None and w not in seen:
                 seen.add(w)
                 tags[w] = labels[best[pos]]
-        predicted.append(tokens_to_record(tokens, tags))
-    return predicted
+        return tokens_to_record(tokens, tags)
+
+    return [[tag(text) for text in texts] for texts in tests]
 
 
 def record_to_conll_tokens(record: Record) -> tuple[list[str], list[str]]:
@@ -145,18 +171,22 @@ def record_to_conll_tokens(record: Record) -> tuple[list[str], list[str]]:
     return tokens, tags
 
 
-def run_fold(train: list[Record], test: list[Record], recipe: str, work: Path, seed: int) -> dict:
+def run_fold(train: list[Record], tests: list[list[Record]], recipe: str, work: Path, seed: int):
+    """Train on ``train``; return (fold row with timing, predictions for each list in ``tests``)."""
     started = time.perf_counter()
     epochs = None
+    texts = [[r.text for r in test] for test in tests]
     if recipe == "adaptlab":
         fit, dev = split_dev(train, 0.1, seed)
         result = train_ner(fit, dev, resolve_student("minilm"), OURS.model_copy(update={"seed": seed}), work)
-        predicted = NERPredictor(result.model_dir).predict([r.text for r in test])
+        predictor = NERPredictor(result.model_dir)
+        predictions = [predictor.predict(t) if t else [] for t in texts]
         epochs = result.history[-1].get("epoch") if result.history else None
     else:
-        predicted = plain_hf_recipe(train, test, work, seed)
+        predictions = plain_hf_recipe(train, texts, work, seed)
     seconds = time.perf_counter() - started
-    return {"seconds": round(seconds, 1), "epochs": epochs, **summarise(ner_report(test, predicted, labels=TYPES))}
+    scores = summarise(ner_report(tests[0], predictions[0], labels=TYPES))
+    return {"seconds": round(seconds, 1), "epochs": epochs, **scores}, predictions
 
 
 def mean_std(rows: list[dict]) -> dict:
@@ -181,7 +211,23 @@ def print_table(results: dict) -> None:
             for mode in ("strict", "overlap", "token"):
                 cells = "".join(f"{s[mode][k]['mean']:>10.4f}+-{s[mode][k]['std']:.3f}" for k in TYPES + ["macro"])
                 print(f"{variant:<11}{recipe:<10}{mode:<9}{cells}{s['seconds']['mean']:>9.0f}")
+    print("\nStrict / token macro F1 of pooled out-of-fold predictions by the record's original boundary convention,"
+          "\nand on the sequences repair drops as unrepairable (mean over fold models):")
+    for variant, by_recipe in results["variants"].items():
+        for recipe, res in by_recipe.items():
+            groups = ", ".join(f"{name} ({g['records']}) {g['strict_macro']:.3f}/{g['token_macro']:.3f}"
+                               for name, g in res["by_convention"].items())
+            hard = res["unrepairable_sequences"]
+            extra = ""
+            if hard:
+                extra = f"; unrepairable ({hard['records']}) {hard['strict_macro_mean']:.3f}/{hard['token_macro_mean']:.3f}"
+            print(f"  {variant:<11}{recipe:<10}{groups}{extra}")
     print("paper (type of F1 not stated): " + ", ".join(f"{m} {v['macro']:.4f}" for m, v in PAPER.items()))
+
+
+def write_results(results: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -200,29 +246,39 @@ def main(argv: list[str] | None = None) -> int:
     results: dict = {"data": str(DATA), "folds": args.folds, "seed": args.seed, "student": "all-MiniLM-L6-v2",
                      "ours_config": OURS.model_dump(),
                      "plain_config": {"learning_rate": 5e-4, "epochs": 20, "batch_size": 16},
-                     "paper": PAPER, "variants": {}}
+                     "paper": PAPER, "variants": {}, "repair": {}}
     for variant in args.variants.split(","):
-        records, repair = load_variant(variant == "normalised")
+        records, unrepairable, repair = load_variant(variant == "normalised")
         folds = folds_of(records, args.folds, args.seed)
+        results["repair"][variant] = repair
         results["variants"][variant] = {}
         for recipe in args.recipes.split(","):
-            rows = []
+            rows, pooled_gold, pooled_pred, hard_preds = [], [], [], []
             for k, test_idx in enumerate(folds[: args.run_folds or args.folds]):
                 held = set(test_idx)
                 train = [r for i, r in enumerate(records) if i not in held]
                 test = [records[i] for i in test_idx]
                 with tempfile.TemporaryDirectory() as work:
-                    row = run_fold(train, test, recipe, Path(work), args.seed + k)
+                    row, (predicted, hard) = run_fold(train, [test, unrepairable], recipe, Path(work), args.seed + k)
                 rows.append({"fold": k, "train": len(train), "test": len(test), **row})
+                pooled_gold += test
+                pooled_pred += predicted
+                hard_preds.append(hard)
                 print(f"[{variant} {recipe} fold {k}] strict macro {row['strict']['macro']:.4f} "
                       f"token macro {row['token']['macro']:.4f} ({row['seconds']:.0f}s)", flush=True)
-            results["variants"][variant][recipe] = {"folds": rows, "summary": mean_std(rows)}
-        results["variants"][variant]["repair"] = repair
-    repairs = {v: results["variants"][v].pop("repair") for v in results["variants"]}
-    results["repair"] = repairs
+            unrepairable_scores = [summarise(ner_report(unrepairable, p, labels=TYPES)) for p in hard_preds]
+            results["variants"][variant][recipe] = {
+                "folds": rows,
+                "summary": mean_std(rows),
+                "by_convention": error_analysis(pooled_gold, pooled_pred),
+                "unrepairable_sequences": {
+                    "records": len(unrepairable),
+                    "strict_macro_mean": statistics.fmean(s["strict"]["macro"] for s in unrepairable_scores),
+                    "token_macro_mean": statistics.fmean(s["token"]["macro"] for s in unrepairable_scores),
+                } if unrepairable else None,
+            }
+            write_results(results, Path(args.output))  # after every recipe, so a stopped run keeps its folds
     print_table(results)
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {args.output}")
     return 0
 
