@@ -220,7 +220,8 @@ def print_table(results: dict) -> None:
             hard = res["unrepairable_sequences"]
             extra = ""
             if hard:
-                extra = f"; unrepairable ({hard['records']}) {hard['strict_macro_mean']:.3f}/{hard['token_macro_mean']:.3f}"
+                extra = (f"; unrepairable ({hard['records']}) "
+                         f"{hard['strict_macro_mean']:.3f}/{hard['token_macro_mean']:.3f}")
             print(f"  {variant:<11}{recipe:<10}{groups}{extra}")
     print("paper (type of F1 not stated): " + ", ".join(f"{m} {v['macro']:.4f}" for m, v in PAPER.items()))
 

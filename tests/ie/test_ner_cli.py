@@ -144,3 +144,17 @@ def test_debug_flag_shows_the_traceback(tmp_path):
 
     with pytest.raises(ModelError):
         main(["--debug", "ner", "evaluate", "--model", str(tmp_path / "nope"), "--data", "x.jsonl"])
+
+
+def test_evaluate_writes_a_run_directory_from_config(trained, run_cli, tmp_path):
+    root, run = trained
+    config = tmp_path / "eval.yaml"
+    config.write_text(f"model: {run}\ndata: {root / 'dev.jsonl'}\nbatch_size: 8\n")
+    out = tmp_path / "eval-run"
+    code, _, err = run_cli("ner", "evaluate", "--config", config, "--output", out, "constrained_decoding=false")
+    assert code == 0, err
+    assert {"config.yaml", "metrics.json", "report.html", "predictions.jsonl"} <= {p.name for p in out.iterdir()}
+    assert "constrained_decoding: false" in (out / "config.yaml").read_text()
+    assert len(read_records(out / "predictions.jsonl")) == 40
+    code, _, err = run_cli("ner", "evaluate", "--config", config, "--output", out)
+    assert code == 2 and "already exists" in err

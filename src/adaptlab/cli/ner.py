@@ -39,19 +39,23 @@ def train(
 
 @app.command()
 def evaluate(
-    model: str = typer.Option(..., "--model", help="run directory or model directory"),
-    data: str = typer.Option(..., "--data", help="gold data (JSONL, CoNLL, ...)"),
+    overrides: Optional[list[str]] = typer.Argument(None, help="key=value config overrides"),
+    model: Optional[str] = typer.Option(None, "--model", help="run directory or model directory"),
+    data: Optional[str] = typer.Option(None, "--data", help="gold data (JSONL, CoNLL, ...)"),
     output: Optional[str] = typer.Option(None, "--output", help="write a run directory with report"),
+    config: Optional[str] = typer.Option(None, "--config", help="YAML config"),
     as_json: bool = typer.Option(False, "--json", help="print metrics as JSON"),
 ) -> None:
     """Score a trained NER student on gold data: strict, overlap and token-level F1."""
+    from adaptlab.config import load_config
     from adaptlab.recipes import ner
 
-    report, run = ner.evaluate(model, data, output)
+    cfg = load_config(ner.NEREvalConfig, config, overrides, {"model": model, "data": data, "output": output})
+    report, run = ner.evaluate(cfg)
     if as_json:
         print_json(report)
         return
-    console.print(ner_summary_table(report, f"{data}"))
+    console.print(ner_summary_table(report, f"{cfg.data}"))
     if run:
         console.print(f"run directory: {run.path}")
 

@@ -39,15 +39,21 @@ def train(
 
 @app.command()
 def evaluate(
-    model: str = typer.Option(..., "--model", help="run directory or model directory"),
-    data: str = typer.Option(..., "--data", help="records with relations, or marker CSV"),
-    negatives: bool = typer.Option(True, help="also score unrelated candidate pairs as no_relation"),
+    overrides: Optional[list[str]] = typer.Argument(None, help="key=value config overrides"),
+    model: Optional[str] = typer.Option(None, "--model", help="run directory or model directory"),
+    data: Optional[str] = typer.Option(None, "--data", help="records with relations, or marker CSV"),
+    negatives: Optional[bool] = typer.Option(None, "--negatives/--no-negatives",
+                                             help="also score unrelated candidate pairs as no_relation"),
+    config: Optional[str] = typer.Option(None, "--config", help="YAML config"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Per-class and weighted F1 of a relation classifier."""
+    from adaptlab.config import load_config
     from adaptlab.recipes import relations
 
-    scores = relations.evaluate(model, data, negatives)
+    cfg = load_config(relations.REEvalConfig, config, overrides,
+                      {"model": model, "data": data, "negatives": negatives})
+    scores = relations.evaluate(cfg)
     if as_json:
         print_json(scores)
         return

@@ -6,7 +6,10 @@ Read top to bottom: validate config -> load data -> call building blocks -> writ
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
+from operator import attrgetter
 from pathlib import Path
+from typing import TypeVar
 
 from pydantic import Field
 
@@ -19,6 +22,8 @@ from adaptlab.ie.ner import NERPredictor, check_labels, train_ner
 from adaptlab.metrics.spans import ner_report
 from adaptlab.report.html import ner_report_sections, write_report
 from adaptlab.runs import RunDir, atomic_write_json, create_run_dir, get_logger, refuse_existing
+
+T = TypeVar("T")
 
 
 class NERTrainConfig(StrictModel):
@@ -33,14 +38,24 @@ class NERTrainConfig(StrictModel):
     training: TrainingConfig = TrainingConfig()
 
 
-def split_dev(records: list[Record], fraction: float, seed: int) -> tuple[list[Record], list[Record]]:
-    """Hold out ``fraction`` of the records (at least one) for dev, grouping identical texts together."""
-    if fraction <= 0 or len(records) < 2:
-        return records, []
-    texts = sorted({r.text for r in records})
-    random.Random(seed).shuffle(texts)
-    dev_texts = set(texts[: max(1, round(fraction * len(texts)))])
-    return [r for r in records if r.text not in dev_texts], [r for r in records if r.text in dev_texts]
+class NEREvalConfig(StrictModel):
+    """Config of ``adaptlab ner evaluate``."""
+
+    model: str | None = Field(None, description="run directory or model directory")
+    data: str | None = Field(None, description="gold records (JSONL, CoNLL, ...)")
+    output: str | None = Field(None, description="write a run directory with predictions and report")
+    batch_size: int = Field(32, ge=1)
+    constrained_decoding: bool = Field(True, description="IOB2-valid Viterbi decoding instead of argmax")
+
+
+def split_dev(items: list[T], fraction: float, seed: int, key: Callable[[T], str] = attrgetter("text")):
+    """Hold out ``fraction`` of the items (at least one) for dev; items with the same key stay together."""
+    if fraction <= 0 or len(items) < 2:
+        return items, []
+    keys = sorted({key(item) for item in items})
+    random.Random(seed).shuffle(keys)
+    dev_keys = set(keys[: max(1, round(fraction * len(keys)))])
+    return [i for i in items if key(i) not in dev_keys], [i for i in items if key(i) in dev_keys]
 
 
 def evaluate_records(predictor: NERPredictor, gold: list[Record], batch_size: int = 32) -> tuple[dict, list]:
@@ -77,17 +92,22 @@ def train(cfg: NERTrainConfig) -> tuple[RunDir, dict]:
     return run, metrics
 
 
-def evaluate(model_dir: str, data: str, output: str | None = None) -> tuple[dict, RunDir | None]:
+def evaluate(cfg: NEREvalConfig) -> tuple[dict, RunDir | None]:
     """Score a saved student on gold records; optionally write a run directory with the report."""
-    predictor = NERPredictor(model_dir)
-    gold = load_records(data)
-    report, predicted = evaluate_records(predictor, gold)
+    if not cfg.model or not cfg.data:
+        raise ConfigError("evaluation needs a model and data: pass --model DIR --data FILE")
+    if cfg.output:
+        refuse_existing(cfg.output, "run directory")
+    predictor = NERPredictor(cfg.model, constrained=cfg.constrained_decoding)
+    gold = load_records(cfg.data)
+    report, predicted = evaluate_records(predictor, gold, cfg.batch_size)
     run = None
-    if output:
-        run = create_run_dir(output, "ner-eval")
-        atomic_write_json(run.metrics, {"model": str(model_dir), "data": str(data), **report})
+    if cfg.output:
+        run = create_run_dir(cfg.output, "ner-eval")
+        save_config(cfg, run.config)
+        atomic_write_json(run.metrics, {"model": cfg.model, "data": cfg.data, **report})
         write_records(predicted, run.path / "predictions.jsonl")
-        write_report(run.report, f"NER evaluation of {model_dir} on {data}", ner_report_sections(report, None))
+        write_report(run.report, f"NER evaluation of {cfg.model} on {cfg.data}", ner_report_sections(report, None))
     return report, run
 
 

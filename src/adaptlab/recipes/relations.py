@@ -33,6 +33,14 @@ class RETrainConfig(StrictModel):
     training: TrainingConfig = TrainingConfig(epochs=5, learning_rate=5e-5, early_stopping_patience=2)
 
 
+class REEvalConfig(StrictModel):
+    """Config of ``adaptlab re evaluate``."""
+
+    model: str | None = Field(None, description="run directory or model directory")
+    data: str | None = Field(None, description="records with relations, or marker CSV")
+    negatives: bool = Field(True, description="also score unrelated candidate pairs as no_relation")
+
+
 def _relation_records(path: str) -> list[Record]:
     records = load_records(path)
     if not any(r.relations for r in records):
@@ -77,8 +85,10 @@ def _classification_sections(scores: dict | None) -> list[Section]:
     return [Section("Relation classification on dev", [Table(["label", "P", "R", "F1", "support"], rows)])]
 
 
-def evaluate(model_dir: str, data: str, negatives: bool = True) -> dict:
-    return _scores(REPredictor(model_dir), relation_examples(_relation_records(data), negatives))
+def evaluate(cfg: REEvalConfig) -> dict:
+    if not cfg.model or not cfg.data:
+        raise ConfigError("evaluation needs a model and data: pass --model DIR --data FILE")
+    return _scores(REPredictor(cfg.model), relation_examples(_relation_records(cfg.data), cfg.negatives))
 
 
 def predict(model_dir: str, marked: list[str]) -> list[dict]:
