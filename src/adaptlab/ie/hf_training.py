@@ -7,6 +7,8 @@ we only build ``TrainingArguments`` and callbacks, the Trainer does the rest.
 from __future__ import annotations
 
 import shutil
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from adaptlab.config import TrainingConfig
@@ -73,3 +75,38 @@ def epoch_history(log_history: list[dict]) -> list[dict]:
         if len(row) > 2:
             history.append(row)
     return history
+
+
+@dataclass
+class FitResult:
+    model_dir: Path
+    history: list[dict]
+    dev_metrics: dict
+    seconds: float
+
+
+def fit(model, tokenizer, collator, compute_metrics, metric: str, train_ds, dev_ds, cfg: TrainingConfig,
+        output_dir: Path) -> FitResult:
+    """Train with the HF Trainer, keep the best dev checkpoint, save ``output_dir/model``."""
+    from transformers import Trainer
+
+    checkpoints = output_dir / "checkpoints"
+    trainer = Trainer(
+        model=model,
+        args=training_arguments(cfg, checkpoints, has_eval=dev_ds is not None, metric=metric),
+        train_dataset=train_ds,
+        eval_dataset=dev_ds,
+        processing_class=tokenizer,
+        data_collator=collator,
+        compute_metrics=compute_metrics,
+        callbacks=early_stopping(cfg, dev_ds is not None),
+    )
+    started = time.perf_counter()
+    trainer.train(resume_from_checkpoint=cfg.resume_from_checkpoint)
+    seconds = time.perf_counter() - started
+    dev_metrics = trainer.evaluate() if dev_ds is not None else {}
+    model_dir = output_dir / "model"
+    trainer.save_model(str(model_dir))
+    finish_checkpoints(cfg, checkpoints)
+    get_logger().info("saved model to %s after %.1fs of training", model_dir, seconds)
+    return FitResult(model_dir, epoch_history(trainer.state.log_history), dev_metrics, seconds)

@@ -18,7 +18,7 @@ from adaptlab.config import TrainingConfig
 from adaptlab.data.formats.conll import tags_to_spans
 from adaptlab.data.records import Record
 from adaptlab.errors import ModelError
-from adaptlab.ie.hf_training import early_stopping, epoch_history, finish_checkpoints, training_arguments
+from adaptlab.ie.hf_training import fit
 from adaptlab.ie.models import saved_model_dir
 from adaptlab.ie.tagging import (
     IGNORE_INDEX,
@@ -90,14 +90,7 @@ def train_ner(
     output_dir: Path,
 ) -> NERTrainResult:
     """Fine-tune a token-classification student; writes ``output_dir/model`` (HF format)."""
-    import time
-
-    from transformers import (
-        AutoModelForTokenClassification,
-        AutoTokenizer,
-        DataCollatorForTokenClassification,
-        Trainer,
-    )
+    from transformers import AutoModelForTokenClassification, AutoTokenizer, DataCollatorForTokenClassification
 
     log = get_logger()
     seed_everything(cfg.seed)
@@ -125,28 +118,9 @@ def train_ner(
         log.warning("%d records exceed max_length=%d subwords and were truncated for training",
                     truncated, cfg.max_length)
 
-    checkpoints = output_dir / "checkpoints"
-    trainer = Trainer(
-        model=model,
-        args=training_arguments(cfg, checkpoints, has_eval=dev_ds is not None, metric="macro_f1"),
-        train_dataset=train_ds,
-        eval_dataset=dev_ds,
-        processing_class=tokenizer,
-        data_collator=DataCollatorForTokenClassification(tokenizer),
-        compute_metrics=word_level_f1(id2label),
-        callbacks=early_stopping(cfg, dev_ds is not None),
-    )
-    started = time.perf_counter()
-    trainer.train(resume_from_checkpoint=cfg.resume_from_checkpoint)
-    seconds = time.perf_counter() - started
-    dev_metrics = trainer.evaluate() if dev_ds is not None else {}
-
-    model_dir = output_dir / "model"
-    trainer.save_model(str(model_dir))
-    finish_checkpoints(cfg, checkpoints)
-    log.info("saved NER model to %s after %.1fs", model_dir, seconds)
-    return NERTrainResult(model_dir, labels, epoch_history(trainer.state.log_history), dev_metrics,
-                          truncated, seconds)
+    done = fit(model, tokenizer, DataCollatorForTokenClassification(tokenizer), word_level_f1(id2label),
+               "macro_f1", train_ds, dev_ds, cfg, output_dir)
+    return NERTrainResult(done.model_dir, labels, done.history, done.dev_metrics, truncated, done.seconds)
 
 
 class NERPredictor:

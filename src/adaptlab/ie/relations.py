@@ -19,11 +19,11 @@ from adaptlab.config import TrainingConfig
 from adaptlab.data.formats.markers import MARKERS, marked_from_record
 from adaptlab.data.records import Record
 from adaptlab.errors import ModelError
-from adaptlab.ie.hf_training import early_stopping, epoch_history, finish_checkpoints, training_arguments
+from adaptlab.ie.hf_training import fit
 from adaptlab.ie.models import saved_model_dir
 from adaptlab.ie.pairs import NO_RELATION, candidate_pairs
 from adaptlab.metrics.classification import classification_prf
-from adaptlab.runs import get_logger, seed_everything
+from adaptlab.runs import seed_everything
 
 
 @dataclass
@@ -91,9 +91,7 @@ def train_re(
     output_dir: Path,
 ) -> RETrainResult:
     """Fine-tune a relation classifier over marked pairs; writes ``output_dir/model``."""
-    import time
-
-    from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, Trainer
+    from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding
 
     seed_everything(cfg.seed)
     labels = sorted({e.label for e in train})
@@ -112,26 +110,9 @@ def train_re(
     model.resize_token_embeddings(len(tokenizer))
     train_ds = _dataset(train, tokenizer, label2id, cfg.max_length)
     dev_ds = _dataset(dev, tokenizer, label2id, cfg.max_length) if dev else None
-    checkpoints = output_dir / "checkpoints"
-    trainer = Trainer(
-        model=model,
-        args=training_arguments(cfg, checkpoints, has_eval=dev_ds is not None, metric="weighted_f1"),
-        train_dataset=train_ds,
-        eval_dataset=dev_ds,
-        processing_class=tokenizer,
-        data_collator=DataCollatorWithPadding(tokenizer),
-        compute_metrics=_weighted_f1(id2label),
-        callbacks=early_stopping(cfg, dev_ds is not None),
-    )
-    started = time.perf_counter()
-    trainer.train(resume_from_checkpoint=cfg.resume_from_checkpoint)
-    seconds = time.perf_counter() - started
-    dev_metrics = trainer.evaluate() if dev_ds is not None else {}
-    model_dir = output_dir / "model"
-    trainer.save_model(str(model_dir))
-    finish_checkpoints(cfg, checkpoints)
-    get_logger().info("saved RE model to %s after %.1fs", model_dir, seconds)
-    return RETrainResult(model_dir, labels, epoch_history(trainer.state.log_history), dev_metrics, seconds)
+    done = fit(model, tokenizer, DataCollatorWithPadding(tokenizer), _weighted_f1(id2label), "weighted_f1",
+               train_ds, dev_ds, cfg, output_dir)
+    return RETrainResult(done.model_dir, labels, done.history, done.dev_metrics, done.seconds)
 
 
 class REPredictor:
