@@ -3,6 +3,7 @@ arguments, calls a recipe or building block, and prints; no logic lives here."""
 
 from __future__ import annotations
 
+import os
 import sys
 
 import typer
@@ -37,10 +38,22 @@ def _register() -> None:
     app.command("demo")(demo.demo)
 
 
+def _quiet_libraries(debug: bool) -> None:
+    """Keep library chatter (weight-loading reports, per-file progress bars) out of the CLI output.
+
+    The training progress bar with its ETA stays; ``--debug`` or explicit environment settings
+    bring the rest back. Set before transformers is imported, which reads them once.
+    """
+    if not debug:
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point: user errors print one message and exit 2."""
-    _register()
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    _quiet_libraries(debug)
+    _register()
     try:
         app(args=argv, standalone_mode=False)
     except AdaptlabError as exc:
