@@ -13,7 +13,7 @@ edge; BIO tags exist only at the model boundary.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -139,8 +139,13 @@ def read_text_lines(path: str | Path) -> list[str]:
     return text.splitlines()
 
 
-def read_records(path: str | Path, allow_overlaps: bool = False) -> list[Record]:
-    """Read canonical JSONL, validating every line; errors name file:line."""
+def read_jsonl_records(
+    path: str | Path, parse: Callable[[Any], Record], allow_overlaps: bool = False
+) -> list[Record]:
+    """Read a JSONL file whose lines ``parse`` turns into records; every error names file:line.
+
+    ``parse`` raises ``ValueError`` for a line of the wrong shape; each record is then validated.
+    """
     records = []
     for lineno, line in enumerate(read_text_lines(path), start=1):
         if not line.strip():
@@ -150,12 +155,17 @@ def read_records(path: str | Path, allow_overlaps: bool = False) -> list[Record]
         except json.JSONDecodeError as exc:
             raise DataError(f"invalid JSON ({exc.msg} at column {exc.colno})", path, lineno) from None
         try:
-            record = Record.from_json(obj)
+            record = parse(obj)
             record.validate(allow_overlaps=allow_overlaps)
         except ValueError as exc:
             raise DataError(str(exc), path, lineno) from None
         records.append(record)
     return records
+
+
+def read_records(path: str | Path, allow_overlaps: bool = False) -> list[Record]:
+    """Read canonical JSONL, validating every line; errors name file:line."""
+    return read_jsonl_records(path, Record.from_json, allow_overlaps)
 
 
 def iter_jsonl(records: Iterable[Record]) -> Iterator[str]:

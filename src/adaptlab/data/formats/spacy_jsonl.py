@@ -27,7 +27,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from adaptlab.data.records import Record, Relation, Span, read_text_lines
+from adaptlab.data.records import Record, Relation, Span, read_jsonl_records
 from adaptlab.data.words import word_offsets
 from adaptlab.errors import DataError
 from adaptlab.runs import atomic_write_text
@@ -38,21 +38,7 @@ _OWN_KEYS = {"text", "spans", "relations", "meta", "tokens"}
 
 def read_spacy_jsonl(path: str | Path, allow_overlaps: bool = False) -> list[Record]:
     """Read spaCy/Prodigy span JSONL; errors name file:line."""
-    records = []
-    for lineno, line in enumerate(read_text_lines(path), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"invalid JSON ({exc.msg} at column {exc.colno})", path, lineno) from None
-        try:
-            record = object_to_record(obj)
-            record.validate(allow_overlaps=allow_overlaps)
-        except ValueError as exc:
-            raise DataError(str(exc), path, lineno) from None
-        records.append(record)
-    return records
+    return read_jsonl_records(path, object_to_record, allow_overlaps)
 
 
 def object_to_record(obj: Any) -> Record:
