@@ -29,8 +29,9 @@ from pathlib import Path
 import torch
 
 from adaptlab.config import TrainingConfig
-from adaptlab.data.formats.conll import tokens_to_record
-from adaptlab.data.records import Record
+from adaptlab.data.formats.conll import record_to_tokens, tags_to_spans
+from adaptlab.data.records import Record, Span
+from adaptlab.data.words import word_offsets
 from adaptlab.ie.models import resolve_student
 from adaptlab.ie.ner import NERPredictor, train_ner
 from adaptlab.metrics.spans import ner_report
@@ -107,8 +108,9 @@ def summarise(report: dict) -> dict:
 def plain_hf_recipe(train: list[Record], tests: list[list[str]], work: Path, seed: int) -> list[list[Record]]:
     """The usual HF token-classification recipe, written out as users copy it from the docs.
 
-    Whitespace tokens of the CoNLL form, a tag per token, labels on first subwords, lr 5e-4,
-    20 epochs, batch 16, linear decay without warm-up, no dev set, per-token argmax.
+    It reads the same repaired data in CoNLL form (the words and IOB2 tags that
+    ``adaptlab data convert x.jsonl x.conll`` writes), labels first subwords, trains with lr 5e-4,
+    20 epochs, batch 16, linear decay without warm-up and no dev set, and tags by per-word argmax.
     """
     from datasets import Dataset
     from transformers import (
@@ -122,7 +124,7 @@ def plain_hf_recipe(train: list[Record], tests: list[list[str]], work: Path, see
 
     set_seed(seed)
     student = resolve_student("minilm")
-    columns = [record_to_conll_tokens(r) for r in train]
+    columns = [record_to_tokens(r) for r in train]
     labels = sorted({t for _, tags in columns for t in tags})
     label2id = {t: i for i, t in enumerate(labels)}
     tokenizer = AutoTokenizer.from_pretrained(student)
@@ -147,7 +149,8 @@ def plain_hf_recipe(train: list[Record], tests: list[list[str]], work: Path, see
     model.eval()
 
     def tag(text: str) -> Record:
-        tokens = text.split(" ")
+        offsets = word_offsets(text)
+        tokens = [text[s:e] for s, e in offsets]
         enc = tokenizer(tokens, is_split_into_words=True, truncation=True, max_length=256, return_tensors="pt")
         with torch.no_grad():
             best = model(**enc).logits[0].argmax(-1).tolist()
@@ -156,19 +159,10 @@ def plain_hf_recipe(train: list[Record], tests: list[list[str]], work: Path, see
             if w is not None and w not in seen:
                 seen.add(w)
                 tags[w] = labels[best[pos]]
-        return tokens_to_record(tokens, tags)
+        spans = [Span(offsets[a][0], offsets[b - 1][1], label) for a, b, label in tags_to_spans(tags)]
+        return Record(text, spans)
 
     return [[tag(text) for text in texts] for texts in tests]
-
-
-def record_to_conll_tokens(record: Record) -> tuple[list[str], list[str]]:
-    """The CoNLL view of a repaired record: its space-separated tokens with IOB2 tags."""
-    tokens, tags, pos, previous = record.text.split(" "), [], 0, None
-    for token in tokens:
-        owner = next((s for s in record.spans if s.start < pos + len(token) and pos < s.end), None)
-        tags.append("O" if owner is None else ("I-" if owner == previous else "B-") + owner.label)
-        previous, pos = owner, pos + len(token) + 1
-    return tokens, tags
 
 
 def run_fold(train: list[Record], tests: list[list[Record]], recipe: str, work: Path, seed: int):
@@ -239,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--recipes", default="adaptlab,plain")
     parser.add_argument("--seed", type=int, default=13)
     parser.add_argument("--output", default=str(RESULTS))
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the other variants/recipes already in --output (same folds and seed)")
     args = parser.parse_args(argv)
     if not DATA.exists():
         print(f"data not found at {DATA}; this benchmark needs ../shared/data", file=sys.stderr)
@@ -248,11 +244,17 @@ def main(argv: list[str] | None = None) -> int:
                      "ours_config": OURS.model_dump(),
                      "plain_config": {"learning_rate": 5e-4, "epochs": 20, "batch_size": 16},
                      "paper": PAPER, "variants": {}, "repair": {}}
+    if args.merge and Path(args.output).exists():
+        previous = json.loads(Path(args.output).read_text())
+        if (previous["folds"], previous["seed"]) != (args.folds, args.seed):
+            print("--merge needs the same --folds and --seed as the results it extends", file=sys.stderr)
+            return 2
+        results["variants"], results["repair"] = previous["variants"], previous["repair"]
     for variant in args.variants.split(","):
         records, unrepairable, repair = load_variant(variant == "normalised")
         folds = folds_of(records, args.folds, args.seed)
         results["repair"][variant] = repair
-        results["variants"][variant] = {}
+        results["variants"].setdefault(variant, {})
         for recipe in args.recipes.split(","):
             rows, pooled_gold, pooled_pred, hard_preds = [], [], [], []
             for k, test_idx in enumerate(folds[: args.run_folds or args.folds]):
