@@ -220,6 +220,21 @@ def print_table(results: dict) -> None:
     print("paper (type of F1 not stated): " + ", ".join(f"{m} {v['macro']:.4f}" for m, v in PAPER.items()))
 
 
+def recipe_entry(rows: list[dict], gold: list[Record], predicted: list[Record], unrepairable: list[Record],
+                 unrepairable_predictions: list[list[Record]]) -> dict:
+    scores = [summarise(ner_report(unrepairable, p, labels=TYPES)) for p in unrepairable_predictions]
+    return {
+        "folds": rows,
+        "summary": mean_std(rows),
+        "by_convention": error_analysis(gold, predicted),
+        "unrepairable_sequences": {
+            "records": len(unrepairable),
+            "strict_macro_mean": statistics.fmean(s["strict"]["macro"] for s in scores),
+            "token_macro_mean": statistics.fmean(s["token"]["macro"] for s in scores),
+        } if unrepairable else None,
+    }
+
+
 def write_results(results: dict, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=2) + "\n")
@@ -269,18 +284,10 @@ def main(argv: list[str] | None = None) -> int:
                 hard_preds.append(hard)
                 print(f"[{variant} {recipe} fold {k}] strict macro {row['strict']['macro']:.4f} "
                       f"token macro {row['token']['macro']:.4f} ({row['seconds']:.0f}s)", flush=True)
-            unrepairable_scores = [summarise(ner_report(unrepairable, p, labels=TYPES)) for p in hard_preds]
-            results["variants"][variant][recipe] = {
-                "folds": rows,
-                "summary": mean_std(rows),
-                "by_convention": error_analysis(pooled_gold, pooled_pred),
-                "unrepairable_sequences": {
-                    "records": len(unrepairable),
-                    "strict_macro_mean": statistics.fmean(s["strict"]["macro"] for s in unrepairable_scores),
-                    "token_macro_mean": statistics.fmean(s["token"]["macro"] for s in unrepairable_scores),
-                } if unrepairable else None,
-            }
-            write_results(results, Path(args.output))  # after every recipe, so a stopped run keeps its folds
+                # after every fold, so a stopped run keeps what it measured ("folds" says how many)
+                results["variants"][variant][recipe] = recipe_entry(rows, pooled_gold, pooled_pred, unrepairable,
+                                                                    hard_preds)
+                write_results(results, Path(args.output))
     print_table(results)
     print(f"wrote {args.output}")
     return 0

@@ -18,8 +18,8 @@ def cell(stat: dict) -> str:
 
 def ner_tables(results: dict) -> str:
     lines = [f"NER, {results['folds']}-fold cross-validation, student {results['student']} (F1, mean ± std over folds)",
-             "", "| data | recipe | level | " + " | ".join(TYPES) + " | macro | s/fold (mean, max) |",
-             "|---|---|---|" + "---:|" * (len(TYPES) + 2)]
+             "", "| data | recipe | level | " + " | ".join(TYPES) + " | macro | folds | s/fold (mean, max) |",
+             "|---|---|---|" + "---:|" * (len(TYPES) + 3)]
     for variant in ("normalised", "raw"):
         for recipe in ("adaptlab", "plain"):
             res = results["variants"].get(variant, {}).get(recipe)
@@ -29,7 +29,7 @@ def ner_tables(results: dict) -> str:
             for level in ("strict", "overlap", "token"):
                 cells = " | ".join(cell(s[level][t]) for t in TYPES + ["macro"])
                 secs = f"{s['seconds']['mean']:.0f}, {s['seconds']['max']:.0f}"
-                lines.append(f"| {variant} | {recipe} | {level} | {cells} | {secs} |")
+                lines.append(f"| {variant} | {recipe} | {level} | {cells} | {len(res['folds'])} | {secs} |")
     lines += ["", "Paper (type of F1 not stated): "
               + ", ".join(f"{m} {v['macro']:.4f}" for m, v in results["paper"].items()), "",
               "Pooled out-of-fold strict / token macro F1 by the record's original preposition convention, "
