@@ -75,6 +75,11 @@ def test_re_training_data_without_relations_is_refused(tmp_path, tiny_bert_dir, 
     write_records([species_record()], tmp_path / "norel.jsonl")
     code, _, err = run_cli("re", "train", "--train", tmp_path / "norel.jsonl", "--model", tiny_bert_dir)
     assert code == 2 and "no relations" in err
+    code, _, err = run_cli("re", "train", "--train", tmp_path / "norel.jsonl", "--model", tiny_bert_dir,
+                           "--output", tmp_path / "run", "derive_relations=true", "dev_fraction=0", "--epochs", "1",
+                           *FAST)
+    assert code == 0, err
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["train_examples"] == 6
 
 
 def test_extract_prints_triples_and_scores_against_gold(runs, run_cli, tmp_path):

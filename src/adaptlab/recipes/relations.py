@@ -29,6 +29,8 @@ class RETrainConfig(StrictModel):
     dev: str | None = None
     dev_fraction: float = Field(0.1, ge=0, lt=1)
     negatives: bool = Field(True, description="train on unrelated SPECIES-argument pairs as no_relation")
+    derive_relations: bool = Field(
+        False, description="records without relations get them from entity types (biospecies schema)")
     output: str | None = None
     training: TrainingConfig = TrainingConfig(epochs=5, learning_rate=5e-5, early_stopping_patience=2)
 
@@ -41,10 +43,13 @@ class REEvalConfig(StrictModel):
     negatives: bool = Field(True, description="also score unrelated candidate pairs as no_relation")
 
 
-def _relation_records(path: str) -> list[Record]:
+def _relation_records(path: str, derive: bool = False) -> list[Record]:
     records = load_records(path)
+    if derive:
+        records = [r if r.relations else derive_relations(r) for r in records]
     if not any(r.relations for r in records):
-        raise DataError("holds no relations; RE needs records with relations or marker rows with labels", path)
+        raise DataError("holds no relations; RE needs records with relations or marker rows with labels "
+                        "(or derive_relations=true to pair arguments with species by entity type)", path)
     return records
 
 
@@ -57,8 +62,8 @@ def train(cfg: RETrainConfig) -> tuple[RunDir, dict]:
     if not cfg.train:
         raise ConfigError("no training data: pass --train FILE or set 'train' in the config")
     model_path = resolve_student(cfg.model)
-    train_records = _relation_records(cfg.train)
-    dev_records = _relation_records(cfg.dev) if cfg.dev else None
+    train_records = _relation_records(cfg.train, cfg.derive_relations)
+    dev_records = _relation_records(cfg.dev, cfg.derive_relations) if cfg.dev else None
     if dev_records is None:
         train_records, dev_records = split_dev(train_records, cfg.dev_fraction, cfg.training.seed)
     train_examples = relation_examples(train_records, cfg.negatives)
