@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from adaptlab.data.formats.conll import OUTSIDE, tags_to_spans
+from adaptlab.data.formats.conll import OUTSIDE, iob2_word_tags, tags_to_spans
 from adaptlab.data.records import Record, Span
-from adaptlab.data.words import word_offsets, words_in_spans
+from adaptlab.data.words import word_offsets
 
 IGNORE_INDEX = -100
 
@@ -31,15 +31,6 @@ def bio_labels(entity_types: Sequence[str]) -> list[str]:
 
 def entity_types(records: Sequence[Record]) -> list[str]:
     return sorted({s.label for r in records for s in r.spans})
-
-
-def word_tags(record: Record, offsets: list[tuple[int, int]]) -> list[str]:
-    owner = words_in_spans(offsets, record.spans)
-    tags, previous = [], -1
-    for idx in owner:
-        tags.append(OUTSIDE if idx == -1 else ("I-" if idx == previous else "B-") + record.spans[idx].label)
-        previous = idx
-    return tags
 
 
 @dataclass
@@ -59,7 +50,7 @@ def encode_record(record: Record, tokenizer, label2id: dict[str, int] | None, ma
     enc = tokenizer(words, is_split_into_words=True, truncation=True, max_length=max_length)
     word_ids = enc.word_ids()
     kept = {w for w in word_ids if w is not None}
-    tags = word_tags(record, offsets) if label2id is not None else None
+    tags = iob2_word_tags(record, offsets) if label2id is not None else None
     labels, previous = [], None
     for w in word_ids:
         if w is None or w == previous or tags is None:

@@ -84,19 +84,19 @@ def tokens_to_record(tokens: list[str], tags: list[str], meta: dict | None = Non
     return Record(text=text, spans=spans, meta=dict(meta or {}))
 
 
+def iob2_word_tags(record: Record, offsets: list[tuple[int, int]]) -> list[str]:
+    """IOB2 tag of each word (given by character offsets) from the record's spans."""
+    tags, previous = [], -1
+    for idx in words_in_spans(offsets, record.spans):
+        tags.append(OUTSIDE if idx == -1 else ("I-" if idx == previous else "B-") + record.spans[idx].label)
+        previous = idx
+    return tags
+
+
 def record_to_tokens(record: Record) -> tuple[list[str], list[str]]:
     """Split a record into words (see :mod:`adaptlab.data.words`) with IOB2 tags."""
     offsets = word_offsets(record.text)
-    owner = words_in_spans(offsets, record.spans)
-    tokens = [record.text[s:e] for s, e in offsets]
-    tags, previous = [], -1
-    for idx in owner:
-        if idx == -1:
-            tags.append(OUTSIDE)
-        else:
-            tags.append(("I-" if idx == previous else "B-") + record.spans[idx].label)
-        previous = idx
-    return tokens, tags
+    return [record.text[s:e] for s, e in offsets], iob2_word_tags(record, offsets)
 
 
 def read_conll(path: str | Path) -> list[Record]:
