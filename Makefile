@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/adaptlab demo
+	HF_HUB_OFFLINE=1 $(BIN)/adaptlab distill demo
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
@@ -27,12 +27,13 @@ test-slow: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m slow
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks tools
 
 # Needs ../shared/data (evaluation data); about 1.5 hours on 2 CPU cores.
 benchmark: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/ner_biospecies.py
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/re_biospecies.py
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/teacher_throughput.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info

@@ -110,7 +110,7 @@ def load_config(
 
 def save_config(config: BaseModel, path: str | Path) -> Path:
     """Write the resolved config as YAML (atomically) so a run can be reproduced."""
-    data = config.model_dump(mode="json")
+    data = config.model_dump(mode="json", by_alias=True)
     return atomic_write_text(path, yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
 
 

@@ -29,11 +29,14 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show full traceback
 
 
 def _register() -> None:
-    from adaptlab.cli import data, demo, extract, ner, re_cmd
+    from adaptlab.cli import data, demo, distill, extract, ner, re_cmd, synth, teacher
 
     app.add_typer(data.app, name="data", help="Inspect, repair and convert annotated data.")
     app.add_typer(ner.app, name="ner", help="Train, evaluate and run NER students.")
     app.add_typer(re_cmd.app, name="re", help="Train, evaluate and run relation-extraction students.")
+    app.add_typer(synth.app, name="synth", help="Generate annotated data with a teacher LLM and review it.")
+    app.add_typer(teacher.app, name="teacher", help="Use a teacher LLM directly (zero-shot tagging).")
+    app.add_typer(distill.app, name="distill", help="The whole teacher-to-student recipe.")
     app.command("extract")(extract.extract)
     app.command("demo")(demo.demo)
 

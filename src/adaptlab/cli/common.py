@@ -27,3 +27,10 @@ def ner_summary_table(report: dict, title: str) -> Table:
     for label, row in report.get("strict", {}).get("per_type", {}).items():
         table.add_row(f"  strict {label}", f"{row['f1']:.4f}", f"(support {row['support']})")
     return table
+
+
+def print_stage_accounting(stages: dict) -> None:
+    """One line per generation stage: proposed = accepted + rejected."""
+    for stage, row in stages.items():
+        console.print(f"{stage:>10}: {row['proposed']} proposed = {row['accepted']} accepted "
+                      f"+ {row['rejected']} rejected")

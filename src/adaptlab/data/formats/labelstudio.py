@@ -69,7 +69,7 @@ def read_labelstudio(
         raise DataError(f"expected a JSON array of tasks, got {type(tasks).__name__}", path)
     records, skipped, repaired = [], 0, 0
     for index, task in enumerate(tasks):
-        where = _task_name(index, task)
+        where = task_name(index, task)
         try:
             record, n_repaired = task_to_record(task, source, text_key, include_unlabelled)
             if record is not None:
@@ -90,7 +90,7 @@ def read_labelstudio(
     return records
 
 
-def _task_name(index: int, task: Any) -> str:
+def task_name(index: int, task: Any) -> str:
     if isinstance(task, dict) and "id" in task:
         return f"task {index} (id {task['id']})"
     return f"task {index}"
@@ -113,7 +113,7 @@ def task_to_record(
     text = data.get(text_key)
     if not isinstance(text, str):
         raise ValueError(f"data has no string field {text_key!r} (fields: {sorted(data)}); pass text_key=")
-    chosen = _choose_result_set(task, source)
+    chosen = choose_result_set(task, source)
     if chosen is None and not include_unlabelled:
         return None, 0
     meta: dict[str, Any] = {k: v for k, v in data.items() if k != text_key}
@@ -136,7 +136,7 @@ def task_to_record(
     return Record(text=text, spans=spans, relations=relations, meta=meta), repaired
 
 
-def _choose_result_set(task: dict, source: Source) -> dict | None:
+def choose_result_set(task: dict, source: Source) -> dict | None:
     """The latest non-cancelled annotation (or the latest prediction), or None."""
     items = task.get(source) or []
     if not isinstance(items, list):

@@ -1,0 +1,38 @@
+"""``adaptlab teacher zero-shot-ner``: a teacher LLM as a zero-shot tagger, scored like a student."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from adaptlab.cli.common import console, print_json
+
+app = typer.Typer(no_args_is_help=True)
+
+
+@app.command("zero-shot-ner")
+def zero_shot_ner(
+    config: str = typer.Argument(..., help="YAML config (see configs/zero_shot_ner.yaml)"),
+    overrides: Optional[list[str]] = typer.Argument(None, help="key=value config overrides"),
+    data: Optional[str] = typer.Option(None, "--data", help="gold records to tag and score"),
+    prompt: Optional[str] = typer.Option(None, "--prompt", help="universalner or json_spans"),
+    student: Optional[str] = typer.Option(None, "--student", help="NER run/model directory to compare"),
+    output: Optional[str] = typer.Option(None, "--output", help="run directory (must not exist)"),
+    as_json: bool = typer.Option(False, "--json", help="print all metrics as JSON"),
+) -> None:
+    """Tag gold data with the teacher and report strict / overlap / string-match F1 (teacher vs student)."""
+    from adaptlab.config import load_config
+    from adaptlab.recipes import zero_shot
+
+    cfg = load_config(zero_shot.ZeroShotConfig, config, overrides,
+                      {"data": data, "prompt": prompt, "student": student, "output": output})
+    run, metrics = zero_shot.run(cfg)
+    if as_json:
+        print_json(metrics)
+        return
+    for name in ("teacher", "student"):
+        if name in metrics:
+            scores = "  ".join(f"{mode} {metrics[name][mode]['micro']['f1']:.4f}" for mode in zero_shot.MODES)
+            console.print(f"{name:>8} micro F1: {scores}")
+    console.print(f"run directory: {run.path}")

@@ -1,0 +1,114 @@
+"""``adaptlab distill demo``: the whole teacher-to-student recipe, offline.
+
+1. generate: the replay teacher answers from the cassette shipped in the package (about 30
+   species in six classes), through the real pipeline (subjects, sentences, alignment, validation);
+2. review: import the shipped Label Studio export in which reviewers fixed, rejected and skipped
+   some of the teacher's sentences;
+3. train the default MiniLM NER student on the reviewed records;
+4. evaluate it on the held-out demo test set (species it never saw) and write one report with
+   the accounting, the teacher-vs-reviewer agreement and the student's scores.
+
+Everything lands in one run directory with ``synth/``, ``review/`` and ``student/`` inside.
+"""
+
+from __future__ import annotations
+
+from importlib.resources import files
+from pathlib import Path
+
+from adaptlab.config import TrainingConfig, save_config
+from adaptlab.data.records import read_records
+from adaptlab.errors import DataError
+from adaptlab.ie.ner import NERPredictor
+from adaptlab.ie.pairs import derive_relations
+from adaptlab.recipes import ner, review, synth
+from adaptlab.recipes.demo import demo_data
+from adaptlab.recipes.relations import score_triples
+from adaptlab.report.html import KeyValues, Section, Table, ner_report_sections, write_report
+from adaptlab.runs import atomic_write_json, create_run_dir
+from adaptlab.synth.config import SynthConfig
+from adaptlab.teacher.config import TeacherConfig
+
+DEMO_GROUPS = ["amphibians", "arthropods", "birds", "fishes", "reptiles", "mammals"]
+
+
+def demo_resources() -> Path:
+    return Path(str(files("adaptlab") / "resources" / "distill"))
+
+
+def demo_synth_config(cassette: str | Path, output: str | None) -> SynthConfig:
+    """The biospecies generation config with the replay teacher (schema: resources/distill/schema.yaml)."""
+    schema = review.load_schema(demo_resources() / "schema.yaml")
+    return SynthConfig.model_validate({
+        "name": "distill-demo-synth", "schema": schema.model_dump(), "output": output, "progress": False,
+        "teacher": TeacherConfig(backend="replay", model="demo-teacher", cassette=str(cassette)).model_dump(),
+        "subjects": {"groups": DEMO_GROUPS, "per_group": 5},
+        "sentences": {"per_request": 5},
+    })
+
+
+def run(output: str | None = None, epochs: float = 12) -> tuple[Path, dict]:
+    resources = demo_resources()
+    root = create_run_dir(output, "distill-demo")
+    synth_cfg = demo_synth_config(resources / "cassette.jsonl", str(root.path / "synth"))
+    save_config(synth_cfg, root.config)
+    synth_run, generation = synth.generate(synth_cfg)
+
+    review_run, reviewed = review.import_(str(resources / "reviewed.json"), str(synth_run.path),
+                                          str(root.path / "review"))
+    _check_same_sentences(read_records(synth_run.path / "records.jsonl"), reviewed.records)
+
+    train_path, test_path = demo_data()
+    student_cfg = ner.NERTrainConfig(
+        name="distill-demo-student", train=str(review_run.path / "records.jsonl"), output=str(root.path / "student"),
+        training=TrainingConfig(epochs=epochs, learning_rate=2e-4, batch_size=16, early_stopping_patience=4),
+    )
+    student_run, student = ner.train(student_cfg)
+    gold = read_records(test_path)
+    test_report, predicted = ner.evaluate_records(NERPredictor(student_run.model), gold)
+
+    metrics = {
+        "generation": {stage: generation[stage] for stage in synth.STAGES},
+        "review": {"counts": reviewed.counts, "agreement": reviewed.agreement},
+        "student": {"train_records": student["train_records"], "dev_records": student["dev_records"],
+                    "test": test_report,
+                    "test_triples": score_triples([derive_relations(p) for p in predicted], gold)},
+    }
+    atomic_write_json(root.metrics, metrics)
+    write_report(root.report, "adaptlab distill demo: teacher -> review -> student",
+                 _sections(metrics) + ner_report_sections(test_report, student["history"]))
+    return root.path, metrics
+
+
+def _check_same_sentences(generated, reviewed) -> None:
+    """The shipped review must belong to this generation; a changed prompt or cassette breaks that."""
+    known = {r.meta.get("id") for r in generated}
+    foreign = [r.meta.get("id") for r in reviewed if r.meta.get("id") not in known]
+    if foreign:
+        raise DataError(f"{len(foreign)} reviewed records (e.g. {foreign[0]!r}) are not in this generation run; "
+                        "rebuild the demo resources with tools/build_distill_demo.py")
+
+
+def _sections(metrics: dict) -> list[Section]:
+    generation, review_counts = metrics["generation"], metrics["review"]["counts"]
+    agreement = metrics["review"]["agreement"]["spans"]["strict"]
+    return [
+        Section("Generation (replay teacher)", [Table(
+            ["stage", "proposed", "accepted", "rejected", "reasons"],
+            [[stage, row["proposed"], row["accepted"], row["rejected"],
+              ", ".join(f"{k}: {v}" for k, v in sorted(row["reasons"].items()))] for stage, row in generation.items()],
+        )]),
+        Section("Review", [KeyValues(review_counts), Table(
+            ["type", "support", "teacher precision", "teacher recall", "teacher F1"],
+            [[label, row["support"], row["precision"], row["recall"], row["f1"]]
+             for label, row in agreement["per_type"].items()],
+            caption="teacher vs reviewers, strict spans",
+        )]),
+        Section("Student on the demo test set", [KeyValues({
+            "trained on (reviewed records)": metrics["student"]["train_records"],
+            "strict micro F1": metrics["student"]["test"]["strict"]["micro"]["f1"],
+            "strict macro F1": metrics["student"]["test"]["strict"]["macro"]["f1"],
+            "token macro F1": metrics["student"]["test"]["token"]["macro"]["f1"],
+            "triple micro F1 (NER + type rules)": metrics["student"]["test_triples"]["micro"]["f1"],
+        })]),
+    ]

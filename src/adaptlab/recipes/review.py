@@ -1,0 +1,82 @@
+"""Human verification of teacher data: Label Studio export/import and the fact-check sheet.
+
+``export`` turns a generation run into a Label Studio project (teacher spans as predictions);
+``import_`` reads the reviewed export back into a run directory with ``records.jsonl`` (verified
+flag, reviewers' edits, rejected items removed), ``removed.jsonl``, ``metrics.json`` (counts and
+teacher-vs-reviewer span F1 per type) and ``report.html``. The schema comes from the generation
+config (a YAML file with a ``schema:`` section, or a run directory holding ``config.yaml``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from adaptlab.config import read_yaml
+from adaptlab.data.records import read_records, write_records
+from adaptlab.errors import ConfigError
+from adaptlab.report.html import KeyValues, Paragraph, Section, Table, write_report
+from adaptlab.runs import RunDir, atomic_write_json, atomic_write_text, create_run_dir
+from adaptlab.synth import factcheck, review
+from adaptlab.synth.schema import Schema
+
+
+def load_schema(source: str | Path) -> Schema:
+    """The ``schema:`` section of a synth config file, or of ``config.yaml`` in a run directory."""
+    path = Path(source)
+    if path.is_dir():
+        path = path / "config.yaml"
+    data = read_yaml(path)
+    if "schema" not in data:
+        raise ConfigError(f"{path} has no 'schema' section; pass the generation config or its run directory")
+    try:
+        return Schema.model_validate(data["schema"])
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: invalid schema: {exc.errors()[0]['msg']}") from None
+
+
+def generated_records(source: str | Path):
+    """Records of a generation run directory (its records.jsonl) or of a records file."""
+    path = Path(source)
+    return read_records(path / "records.jsonl" if path.is_dir() else path)
+
+
+def export(records_source: str, schema_source: str, out_dir: str, model_version: str | None = None) -> dict:
+    return review.export_review(generated_records(records_source), out_dir, load_schema(schema_source),
+                                model_version)
+
+
+def import_(export_path: str, schema_source: str, output: str | None = None,
+            verified_only: bool = False) -> tuple[RunDir, review.ReviewResult]:
+    result = review.import_review(export_path, load_schema(schema_source), verified_only)
+    run = create_run_dir(output, "review")
+    write_records(result.records, run.path / "records.jsonl")
+    atomic_write_text(run.path / "removed.jsonl", "".join(
+        json.dumps({"id": item_id, "reason": reason}, ensure_ascii=False) + "\n" for item_id, reason in result.removed))
+    atomic_write_json(run.metrics, {"source": export_path, "counts": result.counts, "agreement": result.agreement})
+    write_report(run.report, f"Review import: {export_path}", report_sections(result))
+    return run, result
+
+
+def report_sections(result: review.ReviewResult) -> list[Section]:
+    rows = review.agreement_rows(result.agreement) if result.agreement.get("tasks") else []
+    columns = ["kind", "type", "support", "strict_precision", "strict_recall", "strict_f1", "overlap_f1"]
+    return [
+        Section("Review", [KeyValues(result.counts)]),
+        Section("Teacher vs reviewers", [
+            Paragraph(f"Over {result.agreement.get('tasks', 0)} verified tasks, the reviewers' annotation is "
+                      "the reference and the teacher's is scored against it."),
+            Table(columns, [[row[c] if row[c] is not None else "" for c in columns] for row in rows]),
+        ]),
+    ]
+
+
+def factcheck_export(records_source: str, schema_source: str, out_csv: str, per_aspect: int, seed: int) -> dict:
+    return factcheck.export_factcheck(generated_records(records_source), out_csv, load_schema(schema_source),
+                                      per_aspect, seed)
+
+
+def factcheck_score(sheet: str) -> dict:
+    return factcheck.score_factcheck(sheet)

@@ -1,0 +1,1 @@
+"""Synthetic annotated data from a teacher LLM: prompts, generation, alignment, validation, review."""

@@ -1,0 +1,1 @@
+"""Teacher LLMs behind one async interface: OpenAI-compatible HTTP, local transformers, replay."""

@@ -1,0 +1,72 @@
+"""The ``teacher:`` config section shared by every recipe that talks to a teacher LLM.
+
+Example (OpenAI-compatible server; the same block serves OpenAI, vLLM, SGLang, Ollama,
+llama.cpp's server and TGI)::
+
+    teacher:
+      backend: openai
+      model: gpt-4o
+      base_url: https://api.openai.com/v1
+      api_key_env: OPENAI_API_KEY        # the key itself is read from this variable only
+      concurrency: 16
+      requests_per_minute: 500
+      tokens_per_minute: 200000
+      price_input_per_million: 2.50
+      price_output_per_million: 10.00
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from adaptlab.config import StrictModel
+
+
+def default_cache_path() -> str:
+    """``$ADAPTLAB_CACHE_DIR/teacher-cache.sqlite``, else under ``$XDG_CACHE_HOME`` or ``~/.cache``."""
+    root = os.environ.get("ADAPTLAB_CACHE_DIR")
+    if not root:
+        root = str(Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "adaptlab")
+    return str(Path(root) / "teacher-cache.sqlite")
+
+
+class SamplingConfig(StrictModel):
+    temperature: float = Field(0.7, ge=0, le=2)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_tokens: int = Field(2048, ge=1)
+    seed: int | None = 0
+
+
+class TeacherConfig(StrictModel):
+    """Which teacher to ask and how hard to push it."""
+
+    backend: Literal["openai", "hf_local", "replay"] = "openai"
+    model: str = Field("gpt-4o", description="model name sent to the server, or HF name/path for hf_local")
+    # openai
+    base_url: str | None = Field(None, description="server URL ending in /v1; default: the openai package's")
+    api_key_env: str = Field("OPENAI_API_KEY", description="environment variable holding the API key")
+    structured_output: Literal["auto", "json_schema", "off"] = Field(
+        "auto", description="auto: JSON-schema output, falling back to free text if the server refuses it")
+    timeout_s: float = Field(120, gt=0)
+    # hf_local
+    device: str = Field("auto", description="hf_local: cpu, cuda, cuda:1, ... or auto")
+    batch_size: int = Field(8, ge=1, description="hf_local: prompts generated together")
+    # replay / record
+    cassette: str | None = Field(None, description="replay: cassette to read; with record: cassette to write")
+    record: bool = Field(False, description="answer with the real backend and append each answer to the cassette")
+    # runner
+    concurrency: int = Field(8, ge=1, description="requests in flight at once")
+    requests_per_minute: float | None = Field(None, gt=0)
+    tokens_per_minute: float | None = Field(None, gt=0)
+    max_retries: int = Field(6, ge=0, description="retries of 429 / 5xx / timeouts, with exponential backoff")
+    backoff_initial_s: float = Field(1.0, gt=0)
+    backoff_max_s: float = Field(60.0, gt=0)
+    price_input_per_million: float = Field(0.0, ge=0, description="USD per million prompt tokens")
+    price_output_per_million: float = Field(0.0, ge=0, description="USD per million completion tokens")
+    cache: bool = Field(True, description="persist answers so reruns send no repeated requests")
+    cache_path: str = Field(default_factory=default_cache_path)
+    sampling: SamplingConfig = SamplingConfig()

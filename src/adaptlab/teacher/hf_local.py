@@ -1,0 +1,251 @@
+"""The ``hf_local`` backend: a local transformers causal LM as the teacher, with micro-batching.
+
+Why micro-batching: the runner sends requests one at a time from many concurrent tasks, but a GPU
+generates a batch of prompts almost as fast as one. :meth:`HFLocalTeacher.complete` therefore only
+queues the request and awaits a future; one background worker task per event loop takes the
+oldest waiting request, waits ``batch_wait_s`` (a few ms) for more, and generates together up to
+``batch_size`` requests that share the same :class:`Sampling` (others wait for the next batch, in
+arrival order). Batches run one at a time in a worker thread (``asyncio.to_thread``) so the event
+loop keeps serving.
+
+Generation rules:
+
+- The prompt is ``tokenizer.apply_chat_template(messages, add_generation_prompt=True)``; a tokenizer
+  without a chat template is a :class:`TeacherError` (use an instruct/chat model).
+- Prompts are left-padded with the pad token (else the smallest EOS id, else id 0) and masked.
+- ``temperature == 0`` -> greedy (``do_sample=False``); otherwise sampling with ``temperature`` and
+  ``top_p``, after ``torch.manual_seed(seed)`` when ``seed`` is set. The seed fixes a whole batch, so
+  a sampled answer also depends on which requests shared its batch. Other generation settings
+  (``top_k``, repetition penalty) come from the model's ``generation_config``.
+- EOS ids are the union of ``generation_config.eos_token_id`` and the tokenizer's EOS token.
+  ``completion_tokens`` counts the new tokens up to and including the first EOS (``finish_reason``
+  "stop"), or all ``max_tokens`` of them ("length"); the text decodes the tokens before the EOS
+  with special tokens skipped. ``prompt_tokens`` counts the prompt without padding.
+- ``request.json_schema`` is not enforced: prompts must ask for JSON, callers extract it from text.
+
+Loading never downloads when ``HF_HUB_OFFLINE=1`` (transformers then reads local paths and the HF
+cache only).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from adaptlab.teacher.base import Sampling, Teacher, TeacherError, TeacherRequest, TeacherResponse, Usage
+from adaptlab.teacher.config import TeacherConfig
+
+DEFAULT_BATCH_WAIT_S = 0.005
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> ``cuda`` when available, else ``cpu``; anything else as torch spells it."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError as exc:
+        raise TeacherError(f"teacher.device {device!r} is not a torch device (use cpu, cuda, cuda:1 or auto)") from exc
+
+
+@dataclass
+class _Pending:
+    request: TeacherRequest
+    prompt_ids: list[int]
+    future: asyncio.Future[TeacherResponse]
+
+
+class HFLocalTeacher(Teacher):
+    """A local causal LM answering chat requests in micro-batches."""
+
+    backend = "hf_local"
+
+    def __init__(
+        self,
+        hf_model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        model_name: str,
+        batch_size: int = 8,
+        batch_wait_s: float = DEFAULT_BATCH_WAIT_S,
+    ):
+        super().__init__(model_name)
+        _require_chat_template(tokenizer, model_name)
+        self.hf_model = hf_model.eval()
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.batch_wait_s = batch_wait_s
+        self.eos_ids = _eos_ids(hf_model, tokenizer)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_ids, default=0)
+        self._queue: asyncio.Queue[_Pending] | None = None
+        self._worker: asyncio.Task[None] | None = None
+        self._worker_loop: asyncio.AbstractEventLoop | None = None
+        self._unresolved: set[asyncio.Future[TeacherResponse]] = set()
+        self._closed = False
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str, *, device: str = "auto", batch_size: int = 8) -> HFLocalTeacher:
+        target = resolve_device(device)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+            _require_chat_template(tokenizer, name_or_path)  # before loading the weights
+            hf_model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype="auto")
+        except (OSError, ValueError) as exc:
+            raise TeacherError(
+                f"cannot load teacher model {name_or_path!r} (teacher.model) as a causal LM: {exc}. "
+                "Give a local model directory or a hub name already in the HF cache (nothing is downloaded "
+                "while HF_HUB_OFFLINE=1)."
+            ) from exc
+        return cls(hf_model.to(target), tokenizer, model_name=name_or_path, batch_size=batch_size)
+
+    @classmethod
+    def from_config(cls, cfg: TeacherConfig) -> HFLocalTeacher:
+        return cls.from_pretrained(cfg.model, device=cfg.device, batch_size=cfg.batch_size)
+
+    async def complete(self, request: TeacherRequest) -> TeacherResponse:
+        if self._closed:
+            raise TeacherError(f"teacher {self.model!r} is closed; cannot answer {request.describe()}")
+        prompt_ids = self._prompt_ids(request)
+        queue = self._ensure_worker()
+        future: asyncio.Future[TeacherResponse] = asyncio.get_running_loop().create_future()
+        self._unresolved.add(future)
+        future.add_done_callback(self._unresolved.discard)
+        queue.put_nowait(_Pending(request, prompt_ids, future))
+        return await future
+
+    def _prompt_ids(self, request: TeacherRequest) -> list[int]:
+        messages = [{"role": m.role, "content": m.content} for m in request.messages]
+        try:
+            ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                                     return_dict=False)
+        except Exception as exc:  # jinja raises e.g. "System role not supported" from inside the template
+            raise TeacherError(f"the chat template of {self.model!r} rejected {request.describe()}: {exc}") from exc
+        return list(ids)
+
+    def _ensure_worker(self) -> asyncio.Queue[_Pending]:
+        loop = asyncio.get_running_loop()
+        if self._queue is None or self._worker is None or self._worker.done() or self._worker_loop is not loop:
+            self._queue = asyncio.Queue()
+            self._worker_loop = loop
+            self._worker = loop.create_task(self._serve(self._queue), name=f"hf_local-{self.model}")
+        return self._queue
+
+    async def _serve(self, queue: asyncio.Queue[_Pending]) -> None:
+        """Form batches forever: oldest request first, then everything waiting with the same sampling."""
+        waiting: list[_Pending] = []
+        while True:
+            if not waiting:
+                waiting.append(await queue.get())
+            _drain(queue, waiting)
+            if _count_same_sampling(waiting) < self.batch_size and self.batch_wait_s > 0:
+                await asyncio.sleep(self.batch_wait_s)
+                _drain(queue, waiting)
+            sampling = waiting[0].request.sampling
+            batch = [p for p in waiting if p.request.sampling == sampling][: self.batch_size]
+            chosen = {id(p) for p in batch}
+            waiting = [p for p in waiting if id(p) not in chosen]
+            live = [p for p in batch if not p.future.done()]  # callers that gave up are skipped
+            if live:
+                await self._answer_batch(live, sampling)
+
+    async def _answer_batch(self, batch: list[_Pending], sampling: Sampling) -> None:
+        try:
+            responses = await asyncio.to_thread(self._generate, [p.prompt_ids for p in batch], sampling)
+        except torch.OutOfMemoryError:
+            error = TeacherError(
+                f"out of memory generating a batch of {len(batch)} with {self.model!r}; "
+                "lower teacher.batch_size or sampling.max_tokens"
+            )
+            _fail(batch, error)
+            return
+        except Exception as exc:
+            _fail(batch, exc)
+            return
+        for pending, response in zip(batch, responses):
+            if not pending.future.done():
+                pending.future.set_result(response)
+
+    def _generate(self, prompts: list[list[int]], sampling: Sampling) -> list[TeacherResponse]:
+        """Left-pad, generate, and cut each row at its first EOS (runs in a worker thread)."""
+        width = max(len(ids) for ids in prompts)
+        input_ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
+        attention_mask = torch.zeros_like(input_ids)
+        for row, ids in enumerate(prompts):
+            input_ids[row, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
+            attention_mask[row, width - len(ids):] = 1
+        options: dict[str, Any] = {"max_new_tokens": sampling.max_tokens, "pad_token_id": self.pad_id}
+        if self.eos_ids:
+            options["eos_token_id"] = sorted(self.eos_ids)
+        if sampling.temperature == 0:
+            options["do_sample"] = False
+        else:
+            options.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p)
+            if sampling.seed is not None:
+                torch.manual_seed(sampling.seed)
+        device = self.hf_model.device
+        with torch.inference_mode():
+            output = self.hf_model.generate(
+                input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), **options
+            )
+        responses = []
+        for ids, new_tokens in zip(prompts, output[:, width:].tolist()):
+            end = next((i for i, token in enumerate(new_tokens) if token in self.eos_ids), None)
+            text_tokens = new_tokens if end is None else new_tokens[:end]
+            responses.append(TeacherResponse(
+                text=self.tokenizer.decode(text_tokens, skip_special_tokens=True),
+                usage=Usage(prompt_tokens=len(ids), completion_tokens=len(new_tokens) if end is None else end + 1),
+                model=self.model,
+                finish_reason="length" if end is None else "stop",
+            ))
+        return responses
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": self.backend, "model": self.model, "device": str(self.hf_model.device),
+                "batch_size": self.batch_size}
+
+    async def aclose(self) -> None:
+        """Stop the worker and fail requests still waiting; a batch already generating finishes in its thread."""
+        self._closed = True
+        if self._worker is not None and not self._worker.done():
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+        for future in list(self._unresolved):
+            if not future.done():
+                future.set_exception(TeacherError(f"teacher {self.model!r} was closed before answering"))
+
+
+def _require_chat_template(tokenizer: PreTrainedTokenizerBase, model_name: str) -> None:
+    if tokenizer.chat_template is None:
+        raise TeacherError(
+            f"the tokenizer of {model_name!r} (teacher.model) has no chat template; use an instruct/chat model "
+            "or add a chat_template (chat_template.jinja) to its directory"
+        )
+
+
+def _eos_ids(hf_model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> set[int]:
+    configured = getattr(getattr(hf_model, "generation_config", None), "eos_token_id", None)
+    ids = set(configured if isinstance(configured, list) else [configured])
+    ids.add(tokenizer.eos_token_id)
+    ids.discard(None)
+    return ids
+
+
+def _drain(queue: asyncio.Queue[_Pending], waiting: list[_Pending]) -> None:
+    while not queue.empty():
+        waiting.append(queue.get_nowait())
+
+
+def _count_same_sampling(waiting: list[_Pending]) -> int:
+    return sum(p.request.sampling == waiting[0].request.sampling for p in waiting)
+
+
+def _fail(batch: list[_Pending], error: BaseException) -> None:
+    for pending in batch:
+        if not pending.future.done():
+            pending.future.set_exception(error)
