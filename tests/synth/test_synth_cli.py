@@ -129,3 +129,37 @@ def test_review_export_import_and_factcheck_round_trip(tmp_path, stub, run_cli):
     assert code == 0, err
     scores = json.loads(out)
     assert scores["overall"]["checked"] == 6 and scores["overall"]["correct"] == 3
+
+
+def test_record_a_cassette_then_replay_it_offline(tmp_path, stub, run_cli):
+    config = write_config(tmp_path, stub.base_url)
+    cassette = tmp_path / "answers.jsonl"
+    code, _, err = run_cli("synth", "generate", config, "--record", cassette, "--output", tmp_path / "live")
+    assert code == 0, err
+    assert len(cassette.read_text().splitlines()) == stub.stats.received == 8
+    code, _, err = run_cli("synth", "generate", config, "teacher.backend=replay", f"teacher.cassette={cassette}",
+                           "teacher.model=gpt-4o", "--output", tmp_path / "replayed")
+    assert code == 0, err
+    assert stub.stats.received == 8
+    live, replayed = (read_records(tmp_path / name / "records.jsonl") for name in ("live", "replayed"))
+    assert [(r.text, r.spans, r.relations) for r in live] == [(r.text, r.spans, r.relations) for r in replayed]
+    assert {r.meta["backend"] for r in replayed} == {"replay"}
+
+
+def test_edited_prompt_templates_override_the_packaged_ones(tmp_path, stub, run_cli):
+    prompts = tmp_path / "prompts"
+    prompts.mkdir()
+    (prompts / "sentences.yaml").write_text(yaml.safe_dump({
+        "name": "sentences-short", "version": "7",
+        "user": 'Write $n_sentences different sentences about the species "$subject". $entity_guidelines',
+    }))
+    config = write_config(tmp_path, stub.base_url)
+    code, _, err = run_cli("synth", "generate", config, f"prompts_dir={prompts}", "--output", tmp_path / "run")
+    assert code == 0, err
+    meta = read_records(tmp_path / "run" / "records.jsonl")[0].meta
+    assert (meta["prompt"], meta["prompt_version"]) == ("sentences-short", "7")
+
+    (prompts / "sentences.yaml").write_text(yaml.safe_dump({"user": "About $subjekt"}))
+    code, _, err = run_cli("synth", "generate", config, f"prompts_dir={prompts}", "--output", tmp_path / "bad")
+    assert code == 2 and "$subjekt" in err and "sentences.yaml" in err
+    assert not (tmp_path / "bad").exists()

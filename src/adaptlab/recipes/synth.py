@@ -26,6 +26,7 @@ from adaptlab.report.html import KeyValues, Paragraph, Section, Table, write_rep
 from adaptlab.runs import RunDir, atomic_write_json, atomic_write_text, create_run_dir, get_logger
 from adaptlab.synth import generate as gen
 from adaptlab.synth.config import SynthConfig
+from adaptlab.teacher.base import Sampling
 from adaptlab.teacher.prompts import load_prompt
 from adaptlab.teacher.registry import build_teacher, open_cache
 from adaptlab.teacher.runner import TeacherRunner
@@ -38,6 +39,9 @@ def generate(cfg: SynthConfig) -> tuple[RunDir, dict]:
     """Run the whole generation; returns the run directory and its metrics."""
     subjects_prompt = load_prompt("subjects", PROMPTS_PACKAGE, cfg.prompts_dir)
     sentences_prompt = load_prompt("sentences", PROMPTS_PACKAGE, cfg.prompts_dir)
+    # Render both templates once so that a bad placeholder fails before anything is created.
+    gen.subject_requests(subjects_prompt, cfg.schema_, ["example"], 1, Sampling())
+    gen.sentence_requests(sentences_prompt, cfg.schema_, [gen.Subject("example")], 1, 1, Sampling())
     teacher = build_teacher(cfg.teacher)
     cache = open_cache(cfg.teacher)
     run = create_run_dir(cfg.output, cfg.name)

@@ -25,15 +25,15 @@ def build_teacher(cfg: TeacherConfig) -> Teacher:
     """The configured backend; with ``record: true`` its answers are also written to the cassette."""
     if cfg.backend not in BACKENDS:
         raise ConfigError(f"teacher.backend {cfg.backend!r} is not one of {sorted(BACKENDS)}")
+    if cfg.record and cfg.backend == "replay":
+        raise ConfigError("teacher.record=true needs a real backend (openai or hf_local), not replay")
+    if cfg.record and not cfg.cassette:
+        raise ConfigError("teacher.record=true needs teacher.cassette: the file to write answers to")
     module, _, name = BACKENDS[cfg.backend].partition(":")
     teacher = getattr(import_module(module), name).from_config(cfg)
     if cfg.record:
         from adaptlab.teacher.replay import RecordingTeacher
 
-        if cfg.backend == "replay":
-            raise ConfigError("teacher.record=true needs a real backend (openai or hf_local), not replay")
-        if not cfg.cassette:
-            raise ConfigError("teacher.record=true needs teacher.cassette: the file to write answers to")
         teacher = RecordingTeacher(teacher, cfg.cassette)
     return teacher
 

@@ -31,6 +31,7 @@ import hashlib
 import itertools
 import json
 import random
+import sys
 import threading
 import time
 from collections import Counter
@@ -158,7 +159,7 @@ class StubServer:
 
     def start(self) -> StubServer:
         handler = type("BoundStubHandler", (_StubHandler,), {"stub": self})
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._httpd = _QuietThreadingServer(("127.0.0.1", 0), handler)
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(
             target=self._httpd.serve_forever, kwargs={"poll_interval": 0.02}, name="adaptlab-stub-server", daemon=True
@@ -248,8 +249,20 @@ def _error(message: str, kind: str, code: str | None, param: str | None = None) 
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
+class _QuietThreadingServer(ThreadingHTTPServer):
+    """A deep listen backlog (the default 5 drops bursts of connections, which the kernel retries
+    after 1-3 s) and no tracebacks when a client goes away mid-answer (a killed generator)."""
+
+    request_queue_size = 256
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if not isinstance(sys.exc_info()[1], ConnectionResetError | BrokenPipeError):
+            super().handle_error(request, client_address)
+
+
 class _StubHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as the openai client expects
+    disable_nagle_algorithm = True  # headers and body go out as two writes; Nagle would delay the body ~40 ms
     stub: StubServer
 
     def do_POST(self) -> None:
