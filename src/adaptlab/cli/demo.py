@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from adaptlab.cli.common import console, ner_summary_table
+from adaptlab.cli.common import console, print_student_result
 
 
 def demo(
@@ -18,6 +18,4 @@ def demo(
 
     console.print("Training the default student (all-MiniLM-L6-v2) on the shipped demo set...")
     path, metrics = recipe.run(output, epochs)
-    console.print(ner_summary_table(metrics["test"], "demo test set"))
-    console.print(f"triple F1 (NER + type rules): {metrics['test_triples']['micro']['f1']:.4f}")
-    console.print(f"run directory: {path}\nreport: {path / 'report.html'}")
+    print_student_result(metrics["test"], metrics["test_triples"], "demo test set", path)

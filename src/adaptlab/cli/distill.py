@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from adaptlab.cli.common import console, ner_summary_table, print_stage_accounting
+from adaptlab.cli.common import console, print_stage_accounting, print_student_result
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -14,7 +14,7 @@ app = typer.Typer(no_args_is_help=True)
 @app.command()
 def demo(
     output: Optional[str] = typer.Option(None, "--output", help="run directory (default runs/<time>-distill-demo)"),
-    epochs: float = typer.Option(12, "--epochs"),
+    epochs: float = typer.Option(20, "--epochs"),
 ) -> None:
     """Replay teacher -> validated synthetic data -> reviewed data -> MiniLM student -> test F1 (minutes on CPU)."""
     from adaptlab.recipes import distill
@@ -26,6 +26,5 @@ def demo(
     agreement = metrics["review"]["agreement"]["spans"]["strict"]["micro"]["f1"]
     console.print(f"review: {counts['verified']} verified ({counts['edited']} edited), {counts['unverified']} "
                   f"unverified, {counts['removed']} removed; teacher vs reviewers strict span F1 {agreement:.4f}")
-    console.print(ner_summary_table(metrics["student"]["test"], "student on the demo test set"))
-    console.print(f"triple F1 (NER + type rules): {metrics['student']['test_triples']['micro']['f1']:.4f}")
-    console.print(f"run directory: {path}\nreport: {path / 'report.html'}")
+    student = metrics["student"]
+    print_student_result(student["test"], student["test_triples"], "student on the demo test set", path)

@@ -47,7 +47,7 @@ def demo_synth_config(cassette: str | Path, output: str | None) -> SynthConfig:
     })
 
 
-def run(output: str | None = None, epochs: float = 12) -> tuple[Path, dict]:
+def run(output: str | None = None, epochs: float = 20) -> tuple[Path, dict]:
     resources = demo_resources()
     root = create_run_dir(output, "distill-demo")
     synth_cfg = demo_synth_config(resources / "cassette.jsonl", str(root.path / "synth"))
