@@ -63,6 +63,12 @@ def generate(cfg: SynthConfig) -> tuple[RunDir, dict]:
     atomic_write_text(run.path / "subjects.jsonl",
                       "".join(json.dumps(asdict(s), ensure_ascii=False) + "\n" for s in subjects))
     metrics = accounting(records, rejects, proposed, len(subjects), runner_stats)
+    if cfg.subjects.groups:
+        asked = len(cfg.subjects.groups) * cfg.subjects.per_group
+        metrics["subjects"]["asked_for"] = asked + len(cfg.subjects.given)
+        if len(subjects) < asked:
+            log.warning("asked for %d subjects per group, the teacher gave %d distinct ones in all (of %d)",
+                        cfg.subjects.per_group, len(subjects), asked)
     metrics["teacher"] = teacher.describe()
     atomic_write_json(run.metrics, metrics)
     write_report(run.report, f"Synthetic data: {cfg.name}", report_sections(metrics, records))
