@@ -79,7 +79,8 @@ def test_json_span_prompt_ignores_unknown_types_and_maps_strings(tmp_path, run_c
     AutoTokenizer.from_pretrained(tiny_bert_dir).save_pretrained(student)
     with StubServer(json_spans_teacher, supports_json_schema=False) as server:
         code, out, err = run_cli("teacher", "zero-shot-ner", config(tmp_path, server.base_url, "json_spans"),
-                                 "--data", tmp_path / "gold.jsonl", "--student", student, "--json")
+                                 "--data", tmp_path / "gold.jsonl", "--student", student, "--json",
+                                 "--output", tmp_path / "run")
         assert code == 0, err
     metrics = json.loads(out)
     teacher = metrics["teacher"]
