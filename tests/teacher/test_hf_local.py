@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from adaptlab.teacher.base import Message, Sampling, TeacherError, TeacherRequest
@@ -156,3 +158,19 @@ def test_closed_teacher_refuses_requests(tiny_llama_dir):
     assert asyncio.run(go()).usage.completion_tokens >= 1
     assert closing.describe() == {"backend": "hf_local", "model": str(tiny_llama_dir), "device": "cpu",
                                   "batch_size": 8}
+
+
+def test_synth_generate_runs_on_a_local_model_and_rejects_its_gibberish(tiny_llama_dir, tmp_path, run_cli):
+    """Through the registry and the whole recipe: a random model writes no JSON, and every answer is a reject."""
+    config = tmp_path / "local.yaml"
+    config.write_text(yaml.safe_dump({
+        "schema": {"subject": "SPECIES", "entities": [{"name": "SPECIES"}, {"name": "HABITAT"}]},
+        "subjects": {"given": [{"name": "Olm"}, {"name": "Axolotl"}]}, "progress": False,
+        "teacher": {"backend": "hf_local", "model": str(tiny_llama_dir), "device": "cpu", "cache": False,
+                    "sampling": {"temperature": 0.0, "max_tokens": 8}},
+    }))
+    code, out, err = run_cli("synth", "generate", config, "--output", tmp_path / "run")
+    assert code == 0, err
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["answers"] == {"proposed": 2, "accepted": 0, "rejected": 2, "reasons": {"unparseable answer": 2}}
+    assert metrics["teacher"]["backend"] == "hf_local" and metrics["runner"]["completion_tokens"] > 0
