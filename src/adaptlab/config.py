@@ -94,7 +94,11 @@ def load_config(
     for dotted, value in (flags or {}).items():
         if value is not None:
             set_dotted(data, dotted, value)
-    source = f" (from {path})" if path else ""
+    return validate_config(model, data, f" (from {path})" if path else "")
+
+
+def validate_config(model: type[T], data: dict[str, Any], source: str = "") -> T:
+    """``model`` built from ``data``; every problem becomes one ConfigError naming its key path."""
     try:
         return model.model_validate(data)
     except ValidationError as exc:

@@ -12,9 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pydantic import ValidationError
-
-from adaptlab.config import read_yaml
+from adaptlab.config import read_yaml, validate_config
 from adaptlab.data.records import read_records, write_records
 from adaptlab.errors import ConfigError
 from adaptlab.report.html import KeyValues, Paragraph, Section, Table, write_report
@@ -31,10 +29,7 @@ def load_schema(source: str | Path) -> Schema:
     data = read_yaml(path)
     if "schema" not in data:
         raise ConfigError(f"{path} has no 'schema' section; pass the generation config or its run directory")
-    try:
-        return Schema.model_validate(data["schema"])
-    except ValidationError as exc:
-        raise ConfigError(f"{path}: invalid schema: {exc.errors()[0]['msg']}") from None
+    return validate_config(Schema, data["schema"], f" (schema in {path})")
 
 
 def generated_records(source: str | Path):

@@ -1,0 +1,86 @@
+"""``adaptlab merge CONFIG | merge chat-vector ... | merge search CONFIG``."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+from typer.core import TyperGroup
+
+from adaptlab.cli.common import console, print_json
+
+
+class RunByDefault(TyperGroup):
+    """``adaptlab merge CONFIG`` means ``adaptlab merge run CONFIG``; named subcommands still work."""
+
+    def parse_args(self, ctx, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            args = ["run", *args]
+        return super().parse_args(ctx, args)
+
+
+app = typer.Typer(cls=RunByDefault, no_args_is_help=True)
+
+
+def _summary(result) -> None:
+    report = result.report
+    console.print(f"{report['tensors']} tensors ({', '.join(f'{k} {v}' for k, v in report['actions'].items())}) "
+                  f"-> {report['output_dtype']} in {report['seconds']} s, peak RSS {report['peak_rss_mb']} MB")
+    console.print(f"merged model: {result.output_dir}")
+
+
+@app.command()
+def run(
+    config: str = typer.Argument(..., help="YAML merge config (see configs/merge_ties.yaml)"),
+    overrides: Optional[list[str]] = typer.Argument(None, help="key=value config overrides"),
+    output: Optional[str] = typer.Option(None, "--output", help="output model directory (must not exist)"),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="float32, float16 or bfloat16"),
+) -> None:
+    """Merge models as the config says (linear, task_arithmetic, ties, dare_linear, dare_ties, slerp)."""
+    from adaptlab.config import load_config
+    from adaptlab.merge.config import MergeConfig
+    from adaptlab.merge.engine import merge_models
+
+    _summary(merge_models(load_config(MergeConfig, config, overrides, {"output": output, "dtype": dtype})))
+
+
+@app.command("chat-vector")
+def chat_vector(
+    base: str = typer.Option(..., "--base", help="the base model both others started from"),
+    instruct: str = typer.Option(..., "--instruct", help="the base model's instruction-tuned version"),
+    domain: str = typer.Option(..., "--domain", help="the base model after continual pretraining on domain text"),
+    output: str = typer.Option(..., "--output", help="output model directory (must not exist)"),
+    scale: float = typer.Option(1.0, "--scale", help="λ in θ_domain + λ·(θ_instruct − θ_base)"),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="default: the base model's"),
+    vocab: str = typer.Option("strict", "--vocab", help="strict, base or union when tokenizers differ"),
+) -> None:
+    """θ_out = θ_domain + λ·(θ_instruct − θ_base): the domain tokenizer, the instruct chat template."""
+    from adaptlab.merge.chat_vector import chat_vector_config
+    from adaptlab.merge.engine import merge_models
+
+    _summary(merge_models(chat_vector_config(base, instruct, domain, output, scale, dtype, vocab)))
+
+
+@app.command()
+def search(
+    config: str = typer.Argument(..., help="YAML search config (see configs/merge_search.yaml)"),
+    overrides: Optional[list[str]] = typer.Argument(None, help="key=value config overrides"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Try a grid of λ (or weights) and rank the merges by perplexity on held-out text."""
+    from adaptlab.config import load_config
+    from adaptlab.merge.search import SearchConfig, run_search
+
+    run_dir, result = run_search(load_config(SearchConfig, config, overrides))
+    if as_json:
+        print_json(result)
+        return
+    console.print(result["objective"])
+    for row in result["rows"]:
+        general = f"  ppl_general {row['ppl_general']:.3f}" if row.get("ppl_general") is not None else ""
+        marker = "  <- best" if row is result["best"] or row == result["best"] else ""
+        console.print(f"{result['target']} {row['value']:g}: ppl_domain {row['ppl_domain']:.3f}{general}  "
+                      f"score {row['score']:.4f}{marker}")
+    if result["best_model"]:
+        console.print(f"best merged model: {result['best_model']}")
+    console.print(f"run directory: {run_dir.path}")

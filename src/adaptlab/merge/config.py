@@ -1,0 +1,81 @@
+"""The merge config (``adaptlab merge CONFIG``)::
+
+    method: task_arithmetic          # linear | task_arithmetic | ties | dare_linear | dare_ties | slerp
+    base_model: models/base
+    models:
+      - {model: models/domain, weight: 1.0}
+      - {model: models/instruct, weight: 0.8, density: 0.5}   # density: ties / dare only
+    parameters: {normalize: false, lambda: 1.0}                 # method-wide (t for slerp)
+    rules:                                                       # first match wins, by re.search on names
+      - {match: 'embed_tokens|lm_head', action: copy, copy_from: models/domain}
+      - {match: 'norm', action: skip}                            # keep the base model's tensor
+      - {match: 'layers\\.[0-3]\\.', parameters: {lambda: 0.5}}
+    dtype: bfloat16                  # float32 | float16 | bfloat16; default: the base model's
+    vocab: strict                    # strict | base | union (when tokenizers differ)
+    tokenizer_from: models/domain    # default: base model
+    chat_template_from: models/instruct
+    output: merged/
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from adaptlab.config import StrictModel
+
+
+class InputModel(StrictModel):
+    model: str = Field(min_length=1, description="HF model directory (or hub name when online)")
+    weight: float = 1.0
+    density: float = Field(1.0, gt=0, le=1, description="ties / dare: fraction of delta entries kept")
+
+
+class TensorRule(StrictModel):
+    match: str = Field(description="regular expression searched in each tensor name")
+    action: Literal["merge", "skip", "copy"] = Field(
+        "merge", description="merge (with 'parameters' overrides), skip (keep the base's tensor), copy (copy_from's)")
+    copy_from: str | None = Field(None, description="copy: the model path (base_model or one of models)")
+    parameters: dict[str, Any] = {}
+    weights: list[float] | None = Field(None, description="per-model weights for matching tensors")
+
+    @field_validator("match")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"not a regular expression: {exc}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _copy_source(self) -> TensorRule:
+        if (self.action == "copy") != (self.copy_from is not None):
+            raise ValueError("'copy_from' goes with action 'copy' (and only with it)")
+        return self
+
+
+class MergeConfig(StrictModel):
+    name: str = "merge"
+    method: str = "task_arithmetic"
+    base_model: str | None = Field(None, description="required by every method but linear")
+    models: list[InputModel] = Field(min_length=1)
+    parameters: dict[str, Any] = {}
+    rules: list[TensorRule] = []
+    dtype: Literal["float32", "float16", "bfloat16"] | None = Field(None, description="default: the base's")
+    vocab: Literal["strict", "base", "union"] = "strict"
+    tokenizer_from: str | None = Field(None, description="model whose tokenizer files are copied; default: base")
+    chat_template_from: str | None = Field(None, description="model whose chat template and special tokens win")
+    config_from: str | None = Field(None, description="model whose config.json is copied; default: tokenizer_from")
+    allow_pickle: bool = Field(False, description="also read .bin checkpoints (torch.load weights_only=True)")
+    shard_size_mb: float = Field(2000, gt=0, description="largest output shard, in MiB")
+    seed: int = 0
+    output: str | None = None
+    progress: bool = True
+
+    def all_models(self) -> list[str]:
+        """Every distinct input path: base first, then models in order."""
+        paths = ([self.base_model] if self.base_model else []) + [m.model for m in self.models]
+        return list(dict.fromkeys(paths))

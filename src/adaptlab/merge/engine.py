@@ -1,0 +1,157 @@
+"""Stream a merge tensor by tensor into a complete Hugging Face model directory.
+
+For every output tensor, in order: read it from each input through a memory map, convert to
+float32, apply the method (:mod:`adaptlab.merge.methods`), round once to the output dtype, and
+append its bytes to the current output shard (:class:`SafetensorsShardWriter`). Peak memory is a
+few float32 copies of the largest tensor, never a shard or a model.
+
+The output is built in a hidden temporary directory beside ``output`` and renamed when it is
+complete (config, tokenizer, generation config, chat template, shards + index,
+``merge_report.json``). ``output`` must not exist and must not be an input; on any failure the
+temporary directory is removed, so a half-written model never sits where the merged one belongs.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import shutil
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from adaptlab.errors import ConfigError, ModelError, RunDirError
+from adaptlab.merge import files
+from adaptlab.merge.config import MergeConfig
+from adaptlab.merge.methods import METHODS, tensor_generator
+from adaptlab.merge.plan import MergePlan, TensorPlan, build_plan
+from adaptlab.merge.tensors_io import ModelTensors, SafetensorsShardWriter
+from adaptlab.runs import atomic_write_json, get_logger
+
+
+@dataclass
+class MergeResult:
+    output_dir: Path
+    report: dict[str, Any]
+
+
+def check_output(cfg: MergeConfig) -> Path:
+    """The output directory, if it can be created without touching anything that exists."""
+    if not cfg.output:
+        raise ConfigError("no output directory: pass --output DIR or set 'output' in the config")
+    output = Path(cfg.output).resolve()
+    for path in cfg.all_models():
+        if Path(path).exists() and Path(path).resolve() == output:
+            raise RunDirError(f"output {cfg.output} is one of the inputs; a merge never writes over an input")
+    if output.exists():
+        raise RunDirError(f"merge output {output} already exists; adaptlab never overwrites it. "
+                          "Choose another path or remove it yourself.")
+    parent = output.parent
+    if not parent.exists():
+        parent.mkdir(parents=True)
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise RunDirError(f"cannot write in {parent} (read-only); choose another output directory")
+    return output
+
+
+def merge_models(cfg: MergeConfig) -> MergeResult:
+    """Run the merge described by ``cfg``; returns the output directory and the report."""
+    started = time.perf_counter()
+    output = check_output(cfg)
+    inputs = [files.resolve_model_dir(path) for path in cfg.all_models()]
+    log = get_logger()
+    with ExitStack() as stack:
+        sources = [stack.enter_context(ModelTensors(path, cfg.allow_pickle)) for path in inputs]
+        plan = build_plan(cfg, sources)
+        temporary = output.parent / f".{output.name}.partial-{os.getpid()}"
+        shutil.rmtree(temporary, ignore_errors=True)
+        temporary.mkdir()
+        try:
+            stats = write_tensors(cfg, plan, sources, temporary)
+            files.write_side_files(cfg, plan, inputs, temporary)
+            report = merge_report(cfg, plan, stats, time.perf_counter() - started)
+            atomic_write_json(temporary / "merge_report.json", report)
+            os.rename(temporary, output)
+        except OSError as exc:
+            shutil.rmtree(temporary, ignore_errors=True)
+            raise RunDirError(f"writing the merged model to {output} failed ({exc}); nothing was left there") from exc
+        except BaseException:
+            shutil.rmtree(temporary, ignore_errors=True)
+            raise
+    log.info("merged %d tensors (%s) into %s in %.1f s", len(plan.tensors), cfg.method, output, report["seconds"])
+    return MergeResult(output, report)
+
+
+def write_tensors(cfg: MergeConfig, plan: MergePlan, sources: list[ModelTensors], out_dir: Path) -> list[dict]:
+    method = METHODS[cfg.method]
+    layout = [(t.name, t.shape, plan.dtype if t.floating else sources[0].dtype(stored_name(plan, 0, t.name)))
+              for t in plan.tensors]
+    stats = []
+    with SafetensorsShardWriter(out_dir, layout, int(cfg.shard_size_mb * 1024 * 1024),
+                                metadata={"merged_by": "adaptlab", "method": cfg.method}) as writer, \
+            _progress(cfg.progress) as bar:
+        task = bar.add_task(f"merging ({cfg.method})", total=len(plan.tensors))
+        for tensor in plan.tensors:
+            out, row = merged_tensor(method, plan, sources, tensor, cfg.seed)
+            writer.write(tensor.name, out)
+            stats.append(row)
+            bar.advance(task)
+    return stats
+
+
+def stored_name(plan: MergePlan, index: int, name: str) -> str:
+    return plan.aliases[index].get(name, name)
+
+
+def read(plan: MergePlan, sources: list[ModelTensors], index: int, name: str) -> torch.Tensor:
+    return sources[index].get(stored_name(plan, index, name))
+
+
+def merged_tensor(method, plan: MergePlan, sources: list[ModelTensors], tensor: TensorPlan,
+                  seed: int) -> tuple[torch.Tensor, dict[str, Any]]:
+    """The output tensor (in its output dtype) and its statistics row for the report."""
+    row: dict[str, Any] = {"name": tensor.name, "shape": list(tensor.shape), "action": tensor.action}
+    if not tensor.floating:
+        values = [read(plan, sources, i, tensor.name) for i in range(len(sources))]
+        if any(not torch.equal(values[0], v) for v in values[1:]):
+            raise_different_buffers(plan, tensor.name)
+        return values[0], row
+    if tensor.action in ("skip", "copy"):
+        row["source"] = plan.inputs[tensor.source]
+        return read(plan, sources, tensor.source, tensor.name).to(plan.dtype), row
+    base = read(plan, sources, plan.base, tensor.name).to(torch.float32) if plan.base is not None else None
+    models = [read(plan, sources, i, tensor.name).to(torch.float32) for i in plan.models]
+    generator = tensor_generator(seed, tensor.name)
+    merged = method.fn(base, models, list(tensor.weights), plan.densities, tensor.params, generator)
+    reference = base if base is not None else models[0]
+    row["max_abs_change"] = float((merged - reference).abs().max()) if merged.numel() else 0.0
+    row["rms"] = float(merged.pow(2).mean().sqrt()) if merged.numel() else 0.0
+    return merged.to(plan.dtype), row
+
+
+def raise_different_buffers(plan: MergePlan, name: str) -> None:
+    raise ModelError(f"{name} is not a floating-point tensor, so it cannot be merged, and it differs between the "
+                     f"inputs ({', '.join(plan.inputs)})")
+
+
+def merge_report(cfg: MergeConfig, plan: MergePlan, stats: list[dict], seconds: float) -> dict[str, Any]:
+    return {
+        "config": cfg.model_dump(mode="json"),
+        "inputs": plan.inputs,
+        "output_dtype": str(plan.dtype).removeprefix("torch."),
+        "tensors": len(plan.tensors),
+        "actions": {a: sum(t.action == a for t in plan.tensors) for a in ("merge", "skip", "copy")},
+        "seconds": round(seconds, 2),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "per_tensor": stats,
+    }
+
+
+def _progress(enabled: bool) -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                    disable=not enabled)

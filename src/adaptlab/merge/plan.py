@@ -1,0 +1,200 @@
+"""Check the inputs of a merge and decide, tensor by tensor, what the output gets.
+
+Checks (every one is an error listing the offending names, never a skipped tensor):
+
+* every input is a model directory with a ``config.json`` of the same ``model_type`` and
+  ``architectures``;
+* every tensor name is present in every input. One exception is tied embeddings: a model whose
+  config says ``tie_word_embeddings`` may store only the input embedding; its output embedding
+  (e.g. ``lm_head.weight``) is then read from the input embedding, so it takes part in the merge
+  like any other tensor;
+* every tensor has the same shape in every input. Different shapes of the embedding rows are a
+  vocabulary mismatch, explained with the ``vocab`` options.
+
+Rules are tried in order, the first whose regular expression is found in the tensor name wins:
+``skip`` keeps the base model's tensor, ``copy`` takes the named model's tensor, ``merge`` merges
+with the rule's parameter and weight overrides. Tensors that are not floating point (integer
+buffers) are never merged: they must be equal in every input and are copied from the first.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from adaptlab.errors import ConfigError, ModelError
+from adaptlab.merge.config import MergeConfig
+from adaptlab.merge.methods import METHODS, check_inputs, check_params
+from adaptlab.merge.tensors_io import ModelTensors, parse_dtype
+
+INPUT_EMBEDDING_SUFFIXES = ("embed_tokens.weight", "wte.weight", "word_embeddings.weight", "embed_in.weight")
+OUTPUT_EMBEDDING_NAMES = ("lm_head.weight", "embed_out.weight", "cls.predictions.decoder.weight")
+LISTED = 8  # names shown in an error before "... and N more"
+
+
+@dataclass(frozen=True)
+class TensorPlan:
+    """What the output tensor ``name`` is made of."""
+
+    name: str
+    shape: tuple[int, ...]
+    action: str  # "merge", "skip" (base's), "copy" (inputs[source]'s)
+    source: int | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    weights: tuple[float, ...] = ()
+    floating: bool = True
+
+
+@dataclass
+class MergePlan:
+    inputs: list[str]
+    base: int | None  # index into inputs
+    models: list[int]  # index into inputs of each configured model, in config order
+    densities: list[float]
+    tensors: list[TensorPlan]
+    dtype: torch.dtype
+    aliases: list[dict[str, str]]  # per input: tensor name -> stored name (tied embeddings)
+    configs: list[dict[str, Any]]
+
+
+def read_model_config(path: str | Path) -> dict[str, Any]:
+    file = Path(path) / "config.json"
+    if not file.is_file():
+        raise ModelError(f"{path}: no config.json; every input must be a Hugging Face model directory")
+    try:
+        return json.loads(file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ModelError(f"{file}: invalid JSON ({exc.msg}, line {exc.lineno})") from None
+
+
+def listing(names: list[str]) -> str:
+    shown = ", ".join(names[:LISTED])
+    return shown + (f" ... and {len(names) - LISTED} more" if len(names) > LISTED else "")
+
+
+def check_architectures(inputs: list[str], configs: list[dict[str, Any]]) -> None:
+    reference = (configs[0].get("model_type"), configs[0].get("architectures"))
+    for path, config in zip(inputs[1:], configs[1:]):
+        found = (config.get("model_type"), config.get("architectures"))
+        if found != reference:
+            raise ModelError(f"architectures differ: {inputs[0]} is {reference[0]} {reference[1]}, {path} is "
+                             f"{found[0]} {found[1]}; only models of one architecture can be merged")
+
+
+def ties_embeddings(path: str) -> bool:
+    """``tie_word_embeddings`` as transformers resolves it (config.json omits values equal to defaults)."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError, KeyError):
+        return bool(read_model_config(path).get("tie_word_embeddings", False))
+    return bool(getattr(config, "tie_word_embeddings", False))
+
+
+def tied_aliases(path: str, source: ModelTensors, all_names: set[str]) -> dict[str, str]:
+    """For a tied model storing only its input embedding: output embedding name -> input embedding name."""
+    if not ties_embeddings(path):
+        return {}
+    present = set(source.names())
+    embedding = next((n for n in present if n.endswith(INPUT_EMBEDDING_SUFFIXES)), None)
+    if embedding is None:
+        return {}
+    return {name: embedding for name in OUTPUT_EMBEDDING_NAMES if name in all_names and name not in present}
+
+
+def check_names_and_shapes(inputs: list[str], sources: list[ModelTensors],
+                           aliases: list[dict[str, str]]) -> list[str]:
+    """The tensor names of the merge (the first input's order); raises on any missing name or shape."""
+    per_input = [set(s.names()) | set(a) for s, a in zip(sources, aliases)]
+    everything = set().union(*per_input)
+    for path, names in zip(inputs, per_input):
+        missing = sorted(everything - names)
+        if missing:
+            raise ModelError(f"{path} lacks {len(missing)} tensor(s) the other inputs have: {listing(missing)}; "
+                             "the models are not the same architecture or a checkpoint is incomplete")
+    order = list(sources[0].names()) + sorted(set(aliases[0]))
+    mismatched, vocab_rows = [], []
+    for name in order:
+        shapes = [s.shape(a.get(name, name)) for s, a in zip(sources, aliases)]
+        if len(set(shapes)) > 1:
+            detail = f"{name}: " + ", ".join(f"{tuple(shape)}" for shape in shapes)
+            is_vocab = name.endswith(INPUT_EMBEDDING_SUFFIXES) or name in OUTPUT_EMBEDDING_NAMES
+            (vocab_rows if is_vocab else mismatched).append(detail)
+    if mismatched:
+        raise ModelError(f"{len(mismatched)} tensor(s) differ in shape between the inputs ({', '.join(inputs)}): "
+                         f"{listing(mismatched)}")
+    if vocab_rows:
+        raise ModelError(f"the vocabularies differ (embedding rows: {listing(vocab_rows)}). Merging row by row "
+                         "would mix different tokens. Set vocab: base (align every model to the base tokenizer "
+                         "by token string) or vocab: union (also keep tokens only some models have)")
+    return order
+
+
+def rule_for(cfg: MergeConfig, name: str):
+    return next((rule for rule in cfg.rules if re.search(rule.match, name)), None)
+
+
+def build_plan(cfg: MergeConfig, sources: list[ModelTensors]) -> MergePlan:
+    method = METHODS.get(cfg.method)
+    if method is None:
+        raise ConfigError(f"method {cfg.method!r} is not one of {', '.join(sorted(METHODS))}")
+    if method.needs_base and not cfg.base_model:
+        raise ConfigError(f"method {cfg.method} needs base_model")
+    inputs = cfg.all_models()
+    base = inputs.index(cfg.base_model) if cfg.base_model else None
+    params = {**method.defaults, **cfg.parameters}
+    check_params(method, params)
+    check_inputs(method, has_base=cfg.base_model is not None, weights=[m.weight for m in cfg.models],
+                 densities=[m.density for m in cfg.models])
+    configs = [read_model_config(path) for path in inputs]
+    check_architectures(inputs, configs)
+    all_names = set().union(*(set(s.names()) for s in sources))
+    aliases = [tied_aliases(p, s, all_names) for p, s in zip(inputs, sources)]
+    names = check_names_and_shapes(inputs, sources, aliases)
+    weights = tuple(m.weight for m in cfg.models)
+    tensors = []
+    for name in names:
+        stored = aliases[0].get(name, name)
+        floating = sources[0].dtype(stored).is_floating_point
+        rule = rule_for(cfg, name)
+        shape = tuple(sources[0].shape(stored))
+        if not floating:
+            tensors.append(TensorPlan(name, shape, "copy", 0, floating=False))
+        elif rule is None or rule.action == "merge":
+            overrides = rule.parameters if rule else {}
+            merged_params = {**params, **overrides}
+            check_params(method, merged_params, where=f"rules[{cfg.rules.index(rule)}].parameters" if rule else
+                         "parameters")
+            rule_weights = tuple(rule.weights) if rule and rule.weights is not None else weights
+            if len(rule_weights) != len(weights):
+                raise ConfigError(f"rule {rule.match!r}: weights has {len(rule_weights)} values for "
+                                  f"{len(weights)} models")
+            tensors.append(TensorPlan(name, shape, "merge", None, merged_params, rule_weights))
+        elif rule.action == "skip":
+            if base is None:
+                raise ConfigError(f"rule {rule.match!r}: 'skip' keeps the base model's tensor, but there is no "
+                                  "base_model")
+            tensors.append(TensorPlan(name, shape, "skip", base))
+        else:
+            if rule.copy_from not in inputs:
+                raise ConfigError(f"rule {rule.match!r}: copy_from {rule.copy_from!r} is not one of the inputs "
+                                  f"({', '.join(inputs)})")
+            tensors.append(TensorPlan(name, shape, "copy", inputs.index(rule.copy_from)))
+    dtype = parse_dtype(cfg.dtype) if cfg.dtype else output_dtype_default(sources[base or 0], names, aliases[base or 0])
+    return MergePlan(inputs, base, [inputs.index(m.model) for m in cfg.models], [m.density for m in cfg.models],
+                     tensors, dtype, aliases, configs)
+
+
+def output_dtype_default(source: ModelTensors, names: list[str], aliases: dict[str, str]) -> torch.dtype:
+    """The dtype of the (base) model's first floating-point tensor."""
+    for name in names:
+        dtype = source.dtype(aliases.get(name, name))
+        if dtype.is_floating_point:
+            return dtype
+    return torch.float32
