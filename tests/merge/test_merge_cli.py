@@ -48,3 +48,22 @@ def test_bad_configs_exit_2_with_the_key(model_family, tmp_path, run_cli):
     code, _, err = run_cli("merge", config, "method=linear", "parameters.lamda=2")
     assert code == 2 and "lamda" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_merge_search_command_ranks_the_grid(model_family, tmp_path, run_cli):
+    family = model_family("llama")
+    text = tmp_path / "domain.txt"
+    text.write_text("Olms live in caves.\n\nAxolotls eat worms and small fish in canals.\n")
+    config = tmp_path / "search.yaml"
+    config.write_text(yaml.safe_dump({
+        "merge": {"method": "task_arithmetic", "base_model": str(family["base"]),
+                  "models": [{"model": str(family["domain"])}, {"model": str(family["instruct"])}]},
+        "target": "weight", "vary": str(family["instruct"]), "grid": [0.0, 1.0], "domain_text": str(text),
+        "max_length": 32, "progress": False, "output": str(tmp_path / "search"),
+    }))
+    code, out, err = run_cli("merge", "search", config)
+    assert code == 0, err
+    assert sum(line.startswith("weight ") for line in out.splitlines()) == 2 and "<- best" in out
+    result = json.loads((tmp_path / "search" / "search.json").read_text())
+    assert [row["value"] for row in result["rows"]] == [0.0, 1.0]
+    assert (tmp_path / "search" / "best" / "model.safetensors").is_file()

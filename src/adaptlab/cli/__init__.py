@@ -37,7 +37,8 @@ def _register() -> None:
     app.add_typer(synth.app, name="synth", help="Generate annotated data with a teacher LLM and review it.")
     app.add_typer(teacher.app, name="teacher", help="Use a teacher LLM directly (zero-shot tagging).")
     app.add_typer(distill.app, name="distill", help="The whole teacher-to-student recipe.")
-    app.add_typer(merge.app, name="merge", help="Merge models (chat vector, task arithmetic, TIES, DARE, SLERP).")
+    app.add_typer(merge.app, name="merge",
+                  help="Merge models (chat vector, task arithmetic, TIES, DARE, SLERP); 'merge CONFIG' runs a config.")
     app.command("extract")(extract.extract)
     app.command("demo")(demo.demo)
 

@@ -78,7 +78,7 @@ def search(
     console.print(result["objective"])
     for row in result["rows"]:
         general = f"  ppl_general {row['ppl_general']:.3f}" if row.get("ppl_general") is not None else ""
-        marker = "  <- best" if row is result["best"] or row == result["best"] else ""
+        marker = "  <- best" if row == result["best"] else ""
         console.print(f"{result['target']} {row['value']:g}: ppl_domain {row['ppl_domain']:.3f}{general}  "
                       f"score {row['score']:.4f}{marker}")
     if result["best_model"]:
