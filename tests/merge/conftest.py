@@ -101,3 +101,14 @@ def model_family(tmp_path_factory, tokenizer_dir):
         return cache[key]
 
     return build
+
+
+@pytest.fixture(scope="session")
+def derive():
+    """``derive(model, seed)``: a seeded noisy copy of a model, as a fine-tuned version of it."""
+    return derived
+
+
+@pytest.fixture(scope="session")
+def chat_template() -> str:
+    return CHAT_TEMPLATE

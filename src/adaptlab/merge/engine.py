@@ -121,11 +121,16 @@ def merged_tensor(method, plan: MergePlan, sources: list[ModelTensors], tensor: 
         if any(not torch.equal(values[0], v) for v in values[1:]):
             raise_different_buffers(plan, tensor.name)
         return values[0], row
+    if tensor.vocab_rows:  # every input's rows in the output token order (see merge/vocab.py)
+        inputs = plan.vocab.align([read(plan, sources, i, tensor.name) for i in range(len(sources))])
+    else:
+        wanted = {tensor.source} if tensor.action != "merge" else {plan.base, *plan.models} - {None}
+        inputs = {i: read(plan, sources, i, tensor.name).to(torch.float32) for i in wanted}
     if tensor.action in ("skip", "copy"):
         row["source"] = plan.inputs[tensor.source]
-        return read(plan, sources, tensor.source, tensor.name).to(plan.dtype), row
-    base = read(plan, sources, plan.base, tensor.name).to(torch.float32) if plan.base is not None else None
-    models = [read(plan, sources, i, tensor.name).to(torch.float32) for i in plan.models]
+        return inputs[tensor.source].to(plan.dtype), row
+    base = inputs[plan.base] if plan.base is not None else None
+    models = [inputs[i] for i in plan.models]
     generator = tensor_generator(seed, tensor.name)
     merged = method.fn(base, models, list(tensor.weights), plan.densities, tensor.params, generator)
     reference = base if base is not None else models[0]
@@ -148,6 +153,7 @@ def merge_report(cfg: MergeConfig, plan: MergePlan, stats: list[dict], seconds: 
         "actions": {a: sum(t.action == a for t in plan.tensors) for a in ("merge", "skip", "copy")},
         "seconds": round(seconds, 2),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "vocab": plan.vocab.report() if plan.vocab is not None else {"mode": cfg.vocab},
         "per_tensor": stats,
     }
 

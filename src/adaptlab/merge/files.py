@@ -20,6 +20,7 @@ from typing import Any
 
 from adaptlab.errors import ModelError
 from adaptlab.merge.config import MergeConfig
+from adaptlab.merge.vocab import write_output_tokenizer
 from adaptlab.runs import atomic_write_json
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "vocab.json",
@@ -64,10 +65,14 @@ def write_side_files(cfg: MergeConfig, plan, inputs: list[str], out_dir: Path) -
     config["dtype"] = dtype
     if "torch_dtype" in config:
         config["torch_dtype"] = dtype
+    if plan.vocab is not None:
+        config["vocab_size"] = plan.vocab.out_rows
     atomic_write_json(out_dir / "config.json", config)
     for name in TOKENIZER_FILES:
         if (Path(sources["tokenizer"]) / name).is_file():
             shutil.copyfile(Path(sources["tokenizer"]) / name, out_dir / name)
+    if plan.vocab is not None:  # union: the output tokenizer gains the new tokens before special tokens are set
+        write_output_tokenizer(sources["tokenizer"], plan.vocab, out_dir)
     generation_source = sources["chat"] or sources["config"]
     if (Path(generation_source) / "generation_config.json").is_file():
         shutil.copyfile(Path(generation_source) / "generation_config.json", out_dir / "generation_config.json")

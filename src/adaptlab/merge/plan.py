@@ -31,6 +31,7 @@ from adaptlab.errors import ConfigError, ModelError
 from adaptlab.merge.config import MergeConfig
 from adaptlab.merge.methods import METHODS, check_inputs, check_params
 from adaptlab.merge.tensors_io import ModelTensors, parse_dtype
+from adaptlab.merge.vocab import VocabAlignment, describe_vocab_difference, plan_vocab
 
 INPUT_EMBEDDING_SUFFIXES = ("embed_tokens.weight", "wte.weight", "word_embeddings.weight", "embed_in.weight")
 OUTPUT_EMBEDDING_NAMES = ("lm_head.weight", "embed_out.weight", "cls.predictions.decoder.weight")
@@ -48,6 +49,7 @@ class TensorPlan:
     params: dict[str, Any] = field(default_factory=dict)
     weights: tuple[float, ...] = ()
     floating: bool = True
+    vocab_rows: bool = False  # an embedding matrix whose rows are aligned by token string
 
 
 @dataclass
@@ -60,6 +62,7 @@ class MergePlan:
     dtype: torch.dtype
     aliases: list[dict[str, str]]  # per input: tensor name -> stored name (tied embeddings)
     configs: list[dict[str, Any]]
+    vocab: VocabAlignment | None = None
 
 
 def read_model_config(path: str | Path) -> dict[str, Any]:
@@ -108,8 +111,12 @@ def tied_aliases(path: str, source: ModelTensors, all_names: set[str]) -> dict[s
     return {name: embedding for name in OUTPUT_EMBEDDING_NAMES if name in all_names and name not in present}
 
 
-def check_names_and_shapes(inputs: list[str], sources: list[ModelTensors],
-                           aliases: list[dict[str, str]]) -> list[str]:
+def is_vocab_tensor(name: str) -> bool:
+    return name.endswith(INPUT_EMBEDDING_SUFFIXES) or name in OUTPUT_EMBEDDING_NAMES
+
+
+def check_names_and_shapes(inputs: list[str], sources: list[ModelTensors], aliases: list[dict[str, str]],
+                           align_vocab: bool) -> list[str]:
     """The tensor names of the merge (the first input's order); raises on any missing name or shape."""
     per_input = [set(s.names()) | set(a) for s, a in zip(sources, aliases)]
     everything = set().union(*per_input)
@@ -121,19 +128,60 @@ def check_names_and_shapes(inputs: list[str], sources: list[ModelTensors],
     order = list(sources[0].names()) + sorted(set(aliases[0]))
     mismatched, vocab_rows = [], []
     for name in order:
-        shapes = [s.shape(a.get(name, name)) for s, a in zip(sources, aliases)]
-        if len(set(shapes)) > 1:
-            detail = f"{name}: " + ", ".join(f"{tuple(shape)}" for shape in shapes)
-            is_vocab = name.endswith(INPUT_EMBEDDING_SUFFIXES) or name in OUTPUT_EMBEDDING_NAMES
-            (vocab_rows if is_vocab else mismatched).append(detail)
+        shapes = [tuple(s.shape(a.get(name, name))) for s, a in zip(sources, aliases)]
+        compared = [shape[1:] for shape in shapes] if align_vocab and is_vocab_tensor(name) else shapes
+        if len(set(compared)) > 1:
+            detail = f"{name}: " + ", ".join(f"{shape}" for shape in shapes)
+            (vocab_rows if is_vocab_tensor(name) and len({s[1:] for s in shapes}) == 1 else mismatched).append(detail)
     if mismatched:
         raise ModelError(f"{len(mismatched)} tensor(s) differ in shape between the inputs ({', '.join(inputs)}): "
                          f"{listing(mismatched)}")
     if vocab_rows:
-        raise ModelError(f"the vocabularies differ (embedding rows: {listing(vocab_rows)}). Merging row by row "
-                         "would mix different tokens. Set vocab: base (align every model to the base tokenizer "
-                         "by token string) or vocab: union (also keep tokens only some models have)")
+        raise ModelError(vocab_error(f"embedding rows differ: {listing(vocab_rows)}"))
     return order
+
+
+def vocab_error(difference: str) -> str:
+    return (f"the tokenizers differ ({difference}). Merging embeddings row by row would mix different "
+            "tokens. Set vocab: base (align every model's rows to the output tokenizer by token string, "
+            "dropping tokens it lacks) or vocab: union (also add the tokens only some models have, e.g. an "
+            "instruct model's chat tokens)")
+
+
+def has_tokenizer(path: str) -> bool:
+    return any((Path(path) / name).is_file() for name in ("tokenizer.json", "vocab.txt", "vocab.json",
+                                                           "tokenizer.model", "spiece.model"))
+
+
+def side_file_indices(cfg: MergeConfig, inputs: list[str]) -> tuple[int, list[int]]:
+    """Index of the tokenizer source (the output vocabulary) and the order inputs donate missing rows."""
+    reference = inputs.index(cfg.tokenizer_from) if cfg.tokenizer_from in inputs else (
+        inputs.index(cfg.base_model) if cfg.base_model else 0)
+    first = [inputs.index(cfg.chat_template_from)] if cfg.chat_template_from in inputs else []
+    return reference, first + [i for i in range(len(inputs)) if i not in first]
+
+
+def check_same_tokenizers(cfg: MergeConfig, inputs: list[str]) -> None:
+    """vocab: strict: the inputs' tokenizers must be identical (checked when every input has one)."""
+    if all(has_tokenizer(path) for path in inputs):
+        difference = describe_vocab_difference(inputs, side_file_indices(cfg, inputs)[0])
+        if difference:
+            raise ModelError(vocab_error(difference))
+
+
+def plan_vocabulary(cfg: MergeConfig, inputs: list[str], sources: list[ModelTensors],
+                    aliases: list[dict[str, str]], names: list[str]) -> VocabAlignment:
+    """The row alignment of vocab: base | union."""
+    reference, priority = side_file_indices(cfg, inputs)
+    if not all(has_tokenizer(path) for path in inputs):
+        missing = [path for path in inputs if not has_tokenizer(path)]
+        raise ModelError(f"vocab: {cfg.vocab} aligns rows by token string, but {listing(missing)} has no tokenizer")
+    embedding = next((n for n in names if n.endswith(INPUT_EMBEDDING_SUFFIXES)), None)
+    if embedding is None:
+        raise ModelError(f"vocab: {cfg.vocab} needs an input embedding (a tensor ending in "
+                         f"{' / '.join(INPUT_EMBEDDING_SUFFIXES)}); none found")
+    rows = [s.shape(a.get(embedding, embedding))[0] for s, a in zip(sources, aliases)]
+    return plan_vocab(inputs, cfg.vocab, reference, priority, rows)
 
 
 def rule_for(cfg: MergeConfig, name: str):
@@ -156,7 +204,10 @@ def build_plan(cfg: MergeConfig, sources: list[ModelTensors]) -> MergePlan:
     check_architectures(inputs, configs)
     all_names = set().union(*(set(s.names()) for s in sources))
     aliases = [tied_aliases(p, s, all_names) for p, s in zip(inputs, sources)]
-    names = check_names_and_shapes(inputs, sources, aliases)
+    if cfg.vocab == "strict":
+        check_same_tokenizers(cfg, inputs)
+    names = check_names_and_shapes(inputs, sources, aliases, cfg.vocab != "strict")
+    vocab = plan_vocabulary(cfg, inputs, sources, aliases, names) if cfg.vocab != "strict" else None
     weights = tuple(m.weight for m in cfg.models)
     tensors = []
     for name in names:
@@ -164,6 +215,9 @@ def build_plan(cfg: MergeConfig, sources: list[ModelTensors]) -> MergePlan:
         floating = sources[0].dtype(stored).is_floating_point
         rule = rule_for(cfg, name)
         shape = tuple(sources[0].shape(stored))
+        vocab_rows = vocab is not None and is_vocab_tensor(name)
+        if vocab_rows:
+            shape = (vocab.out_rows, *shape[1:])
         if not floating:
             tensors.append(TensorPlan(name, shape, "copy", 0, floating=False))
         elif rule is None or rule.action == "merge":
@@ -175,20 +229,20 @@ def build_plan(cfg: MergeConfig, sources: list[ModelTensors]) -> MergePlan:
             if len(rule_weights) != len(weights):
                 raise ConfigError(f"rule {rule.match!r}: weights has {len(rule_weights)} values for "
                                   f"{len(weights)} models")
-            tensors.append(TensorPlan(name, shape, "merge", None, merged_params, rule_weights))
+            tensors.append(TensorPlan(name, shape, "merge", None, merged_params, rule_weights, vocab_rows=vocab_rows))
         elif rule.action == "skip":
             if base is None:
                 raise ConfigError(f"rule {rule.match!r}: 'skip' keeps the base model's tensor, but there is no "
                                   "base_model")
-            tensors.append(TensorPlan(name, shape, "skip", base))
+            tensors.append(TensorPlan(name, shape, "skip", base, vocab_rows=vocab_rows))
         else:
             if rule.copy_from not in inputs:
                 raise ConfigError(f"rule {rule.match!r}: copy_from {rule.copy_from!r} is not one of the inputs "
                                   f"({', '.join(inputs)})")
-            tensors.append(TensorPlan(name, shape, "copy", inputs.index(rule.copy_from)))
+            tensors.append(TensorPlan(name, shape, "copy", inputs.index(rule.copy_from), vocab_rows=vocab_rows))
     dtype = parse_dtype(cfg.dtype) if cfg.dtype else output_dtype_default(sources[base or 0], names, aliases[base or 0])
     return MergePlan(inputs, base, [inputs.index(m.model) for m in cfg.models], [m.density for m in cfg.models],
-                     tensors, dtype, aliases, configs)
+                     tensors, dtype, aliases, configs, vocab)
 
 
 def output_dtype_default(source: ModelTensors, names: list[str], aliases: dict[str, str]) -> torch.dtype:
