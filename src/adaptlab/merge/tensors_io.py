@@ -1,8 +1,11 @@
 """Streaming tensor I/O: read model weights one tensor at a time, write safetensors shards incrementally.
 
 Why: merging 7B+ models must not need RAM for a whole model or even a whole output shard. Inputs
-are read through memory maps (``safe_open`` keeps one handle per shard file; a tensor's bytes are
-touched only when :meth:`ModelTensors.get` asks for it). Outputs are streamed: since the merge
+are read one tensor at a time with positioned reads into a fresh buffer (the shard headers say
+where each tensor lies). Not a memory map: pages of a mapped file that were touched stay resident
+in the process until it unmaps the file, so mapping whole shards makes the resident memory grow to
+the size of the inputs. The operating system's page cache still caches the files, without
+counting against the process. Outputs are streamed: since the merge
 knows every output tensor's name, shape and dtype before computing any of them, each shard's
 safetensors header can be written first and the tensors appended after it, one at a time.
 
@@ -32,7 +35,6 @@ from pathlib import Path
 from typing import IO, Any
 
 import torch
-from safetensors import safe_open
 
 from adaptlab.errors import ConfigError, ModelError
 from adaptlab.runs import atomic_write_json
@@ -49,6 +51,7 @@ SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 PICKLE_FILE = "pytorch_model.bin"
 PICKLE_INDEX_FILE = "pytorch_model.bin.index.json"
+MAX_HEADER_BYTES = 100 * 1024 * 1024
 
 
 def parse_dtype(name: str, key: str = "dtype") -> torch.dtype:
@@ -68,6 +71,8 @@ class _StoredTensor:
     shape: tuple[int, ...]
     dtype: torch.dtype | None  # None: a safetensors code adaptlab does not handle (kept in dtype_code)
     dtype_code: str
+    offset: int = 0  # safetensors: first byte of the tensor in the file
+    nbytes: int = 0
 
 
 class ModelTensors:
@@ -156,18 +161,36 @@ class ModelTensors:
                 self._tensors[name] = stored
 
     def _open_safetensors(self, file: Path) -> list[tuple[str, _StoredTensor]]:
-        try:
-            handle = safe_open(str(file), framework="pt")
-        except Exception as exc:  # safetensors raises its own error type for corrupt headers
-            raise ModelError(f"{file}: not a readable safetensors file ({exc})") from exc
+        """Parse the header (8-byte little-endian length, JSON); keep an unbuffered handle for reads."""
+        handle = open(file, "rb", buffering=0)  # noqa: SIM115 - closed in close()
         self._handles[file] = handle
+        try:
+            length = int.from_bytes(handle.read(8), "little")
+            if not 2 <= length <= MAX_HEADER_BYTES:
+                raise ValueError(f"header length {length} is implausible")
+            header = json.loads(handle.read(length))
+            if not isinstance(header, dict):
+                raise ValueError("the header is not a JSON object")
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ModelError(f"{file}: not a readable safetensors file ({exc})") from None
+        metadata = header.pop("__metadata__", None) or {}
         if not self._metadata:
-            self._metadata = dict(handle.metadata() or {})
+            self._metadata = {str(k): str(v) for k, v in metadata.items()}
+        data_start, size = 8 + length, file.stat().st_size
         entries = []
-        for name in handle.offset_keys():
-            info = handle.get_slice(name)
-            code = info.get_dtype()
-            entries.append((name, _StoredTensor(file, tuple(info.get_shape()), _DTYPE_BY_CODE.get(code), code)))
+        for name, info in sorted(header.items(), key=lambda item: item[1].get("data_offsets", [0])[0]):
+            try:
+                begin, end = (int(v) for v in info["data_offsets"])
+                code, shape = str(info["dtype"]), tuple(int(d) for d in info["shape"])
+            except (KeyError, TypeError, ValueError):
+                raise ModelError(f"{file}: malformed header entry for {name!r}: {info!r}") from None
+            if data_start + end > size or begin > end:
+                raise ModelError(f"{file}: tensor {name!r} lies outside the file (truncated download?)")
+            dtype = _DTYPE_BY_CODE.get(code)
+            if dtype is not None and tensor_nbytes(shape, dtype) != end - begin:
+                raise ModelError(f"{file}: tensor {name!r} has {end - begin} bytes, but {code}{list(shape)} needs "
+                                 f"{tensor_nbytes(shape, dtype)}")
+            entries.append((name, _StoredTensor(file, shape, dtype, code, data_start + begin, end - begin)))
         return entries
 
     def _open_pickle(self, file: Path) -> list[tuple[str, _StoredTensor]]:
@@ -221,13 +244,23 @@ class ModelTensors:
         return self._stored(name).file
 
     def get(self, name: str) -> torch.Tensor:
-        """Load one tensor (CPU, stored dtype) from its memory-mapped shard."""
+        """Read one tensor (CPU, stored dtype) into a new buffer: one positioned read of its bytes."""
         stored = self._stored(name)
         if stored.file in self._pickled:
             return self._pickled[stored.file][name]
         if stored.file not in self._handles:
             raise ValueError(f"ModelTensors({self.path}) is closed")
-        return self._handles[stored.file].get_tensor(name)
+        dtype = self.dtype(name)
+        buffer = torch.empty(stored.nbytes, dtype=torch.uint8)
+        handle = self._handles[stored.file]
+        handle.seek(stored.offset)
+        view, done = memoryview(buffer.numpy()), 0
+        while done < stored.nbytes:
+            read = handle.readinto(view[done:])
+            if not read:
+                raise ModelError(f"{stored.file}: file ended inside tensor {name!r}")
+            done += read
+        return buffer.view(dtype).reshape(stored.shape)
 
     def metadata(self) -> dict[str, str]:
         """The first safetensors shard's ``__metadata__`` (e.g. ``{"format": "pt"}``); ``{}`` for pickles."""
@@ -235,7 +268,7 @@ class ModelTensors:
 
     def close(self) -> None:
         for handle in self._handles.values():
-            handle.__exit__(None, None, None)
+            handle.close()
         self._handles.clear()
         self._pickled.clear()
 
