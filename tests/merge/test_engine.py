@@ -175,7 +175,7 @@ def test_existing_output_input_as_output_and_read_only(model_family, tmp_path, m
 def test_a_failure_while_writing_leaves_nothing(model_family, tmp_path, monkeypatch):
     from adaptlab.merge import tensors_io
 
-    original = tensors_io.SafetensorsShardWriter.write
+    original = tensors_io.SafetensorsShardWriter.write_chunk
     calls = {"n": 0}
 
     def failing_write(self, name, tensor):
@@ -184,7 +184,23 @@ def test_a_failure_while_writing_leaves_nothing(model_family, tmp_path, monkeypa
             raise OSError(28, "No space left on device")
         return original(self, name, tensor)
 
-    monkeypatch.setattr(tensors_io.SafetensorsShardWriter, "write", failing_write)
+    monkeypatch.setattr(tensors_io.SafetensorsShardWriter, "write_chunk", failing_write)
     with pytest.raises(AdaptlabError, match="No space left"):
         merge_models(cv(model_family("llama"), tmp_path / "out"))
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_element_wise_methods_give_the_same_result_in_slices(model_family, tmp_path, monkeypatch, state):
+    family = model_family("llama")
+    whole = tmp_path / "whole"
+    merge_models(cv(family, whole, scale=0.3))
+    monkeypatch.setattr("adaptlab.merge.engine.SLICE_ELEMENTS", 37)  # slices end inside rows
+    sliced = tmp_path / "sliced"
+    merge_models(cv(family, sliced, scale=0.3))
+    a, b = state(whole), state(sliced)
+    assert all(torch.equal(a[name], b[name]) for name in a)
+    report = json.loads((sliced / "merge_report.json").read_text())
+    rows = {row["name"]: row for row in json.loads((whole / "merge_report.json").read_text())["per_tensor"]}
+    for row in report["per_tensor"]:
+        assert row["max_abs_change"] == pytest.approx(rows[row["name"]]["max_abs_change"])
+        assert row["rms"] == pytest.approx(rows[row["name"]]["rms"], rel=1e-5)

@@ -1,9 +1,13 @@
 """Stream a merge tensor by tensor into a complete Hugging Face model directory.
 
-For every output tensor, in order: read it from each input through a memory map, convert to
-float32, apply the method (:mod:`adaptlab.merge.methods`), round once to the output dtype, and
-append its bytes to the current output shard (:class:`SafetensorsShardWriter`). Peak memory is a
-few float32 copies of the largest tensor, never a shard or a model.
+For every output tensor, in order: read it from each input, convert to float32, apply the method
+(:mod:`adaptlab.merge.methods`), round once to the output dtype, and append its bytes to the
+current output shard (:class:`SafetensorsShardWriter`). Methods whose output entry depends only on
+the same entry of the inputs (linear, task arithmetic, DARE) run on slices of ``SLICE_ELEMENTS``
+entries, so memory stays at a few slices and the arithmetic stays in the CPU cache; DARE's random
+masks are then seeded by tensor name and slice index. TIES (a global magnitude threshold) and
+SLERP (a global angle) take whole tensors: a few float32 copies of the largest tensor. Never a
+shard or a model.
 
 The output is built in a hidden temporary directory beside ``output`` and renamed when it is
 complete (config, tokenizer, generation config, chat template, shards + index,
@@ -13,6 +17,7 @@ temporary directory is removed, so a half-written model never sits where the mer
 
 from __future__ import annotations
 
+import math
 import os
 import resource
 import shutil
@@ -32,6 +37,8 @@ from adaptlab.merge.methods import METHODS, tensor_generator
 from adaptlab.merge.plan import MergePlan, TensorPlan, build_plan
 from adaptlab.merge.tensors_io import ModelTensors, SafetensorsShardWriter
 from adaptlab.runs import atomic_write_json, get_logger
+
+SLICE_ELEMENTS = 1 << 20
 
 
 @dataclass
@@ -97,8 +104,11 @@ def write_tensors(cfg: MergeConfig, plan: MergePlan, sources: list[ModelTensors]
             _progress(cfg.progress) as bar:
         task = bar.add_task(f"merging ({cfg.method})", total=len(plan.tensors))
         for tensor in plan.tensors:
-            out, row = merged_tensor(method, plan, sources, tensor, cfg.seed)
-            writer.write(tensor.name, out)
+            if method.elementwise and tensor.action == "merge" and not tensor.vocab_rows:
+                row = merge_in_slices(method, plan, sources, tensor, cfg.seed, writer)
+            else:
+                out, row = merged_tensor(method, plan, sources, tensor, cfg.seed)
+                writer.write(tensor.name, out)
             stats.append(row)
             bar.advance(task)
     return stats
@@ -110,6 +120,30 @@ def stored_name(plan: MergePlan, index: int, name: str) -> str:
 
 def read(plan: MergePlan, sources: list[ModelTensors], index: int, name: str) -> torch.Tensor:
     return sources[index].get(stored_name(plan, index, name))
+
+
+def merge_in_slices(method, plan: MergePlan, sources: list[ModelTensors], tensor: TensorPlan, seed: int,
+                    writer: SafetensorsShardWriter) -> dict[str, Any]:
+    """Merge an element-wise method slice by slice, writing each slice as it is done."""
+    total = math.prod(tensor.shape)
+    max_change, squares = 0.0, 0.0
+    wanted = [i for i in dict.fromkeys([plan.base, *plan.models]) if i is not None]
+    for k, start in enumerate(range(0, total, SLICE_ELEMENTS)):
+        count = min(SLICE_ELEMENTS, total - start)
+        inputs = {i: sources[i].read_slice(stored_name(plan, i, tensor.name), start, count).to(torch.float32)
+                  for i in wanted}
+        base = inputs[plan.base] if plan.base is not None else None
+        generator = tensor_generator(seed, f"{tensor.name}#{k}") if method.uses_density else None
+        merged = method.fn(base, [inputs[i] for i in plan.models], list(tensor.weights), plan.densities,
+                           tensor.params, generator)
+        reference = base if base is not None else inputs[plan.models[0]]
+        max_change = max(max_change, float((merged - reference).abs().max()))
+        squares += float(torch.sum(merged * merged, dtype=torch.float64))
+        writer.write_chunk(tensor.name, merged.to(plan.dtype))
+    if total == 0:
+        writer.write_chunk(tensor.name, torch.empty(0, dtype=plan.dtype))
+    return {"name": tensor.name, "shape": list(tensor.shape), "action": "merge", "max_abs_change": max_change,
+            "rms": math.sqrt(squares / total) if total else 0.0}
 
 
 def merged_tensor(method, plan: MergePlan, sources: list[ModelTensors], tensor: TensorPlan,

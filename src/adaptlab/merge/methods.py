@@ -66,6 +66,7 @@ class MergeMethod:
     uses_weights: bool = True
     uses_density: bool = False
     summary: str = ""
+    elementwise: bool = False  # out[k] depends on the inputs' entry k only: the engine may work in slices
     allowed: frozenset[str] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -86,7 +87,7 @@ def register(method: MergeMethod) -> MergeMethod:
 
 def merge_method(name: str, *, needs_base: bool, defaults: Mapping[str, Any], n_models: int | None = None,
                  required: tuple[str, ...] = (), uses_weights: bool = True,
-                 uses_density: bool = False) -> Callable[[MergeFn], MergeFn]:
+                 uses_density: bool = False, elementwise: bool = False) -> Callable[[MergeFn], MergeFn]:
     """Register the decorated formula under ``name``, wrapped so every call checks inputs and parameters."""
 
     def decorate(formula: MergeFn) -> MergeFn:
@@ -101,7 +102,7 @@ def merge_method(name: str, *, needs_base: bool, defaults: Mapping[str, Any], n_
 
         summary = (formula.__doc__ or "").strip().splitlines()[0]
         register(MergeMethod(name, checked, needs_base, n_models, defaults, required, uses_weights, uses_density,
-                             summary))
+                             summary, elementwise))
         return checked
 
     return decorate
@@ -192,7 +193,7 @@ def describe_methods() -> str:
 # --- methods -------------------------------------------------------------------------------------------------
 
 
-@merge_method("linear", needs_base=False, defaults={"normalize": True})
+@merge_method("linear", needs_base=False, defaults={"normalize": True}, elementwise=True)
 def linear(base, tensors, weights, densities, params, generator=None) -> torch.Tensor:
     """Weighted average of the models: out = Σ w_i θ_i / Σ w_i (Σ w_i θ_i when normalize is false).
 
@@ -211,7 +212,7 @@ def linear(base, tensors, weights, densities, params, generator=None) -> torch.T
     return total / weight_sum
 
 
-@merge_method("task_arithmetic", needs_base=True, defaults={"normalize": False, "lambda": 1.0})
+@merge_method("task_arithmetic", needs_base=True, defaults={"normalize": False, "lambda": 1.0}, elementwise=True)
 def task_arithmetic(base, tensors, weights, densities, params, generator=None) -> torch.Tensor:
     """Add weighted task vectors to the base: θ_b + λ·Σ w_i δ_i, with δ_i = θ_i − θ_b.
 
@@ -245,7 +246,7 @@ _DARE_RESCALING = """
 """
 
 
-@merge_method("dare_linear", needs_base=True, defaults=_DARE_DEFAULTS, uses_density=True)
+@merge_method("dare_linear", needs_base=True, defaults=_DARE_DEFAULTS, uses_density=True, elementwise=True)
 def dare_linear(base, tensors, weights, densities, params, generator=None) -> torch.Tensor:
     """DARE + task arithmetic: θ_b + λ·Σ w_i δ̃_i, with δ̃_i = δ_i randomly dropped to density p_i.
 
@@ -255,7 +256,7 @@ def dare_linear(base, tensors, weights, densities, params, generator=None) -> to
     return _combine(base, deltas, weights, params, elect_sign=False)
 
 
-@merge_method("dare_ties", needs_base=True, defaults=_DARE_DEFAULTS, uses_density=True)
+@merge_method("dare_ties", needs_base=True, defaults=_DARE_DEFAULTS, uses_density=True, elementwise=True)
 def dare_ties(base, tensors, weights, densities, params, generator=None) -> torch.Tensor:
     """DARE + TIES sign election: the ties formula with δ̂_i replaced by randomly dropped δ̃_i.
 

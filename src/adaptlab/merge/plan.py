@@ -90,7 +90,11 @@ def check_architectures(inputs: list[str], configs: list[dict[str, Any]]) -> Non
 
 
 def ties_embeddings(path: str) -> bool:
-    """``tie_word_embeddings`` as transformers resolves it (config.json omits values equal to defaults)."""
+    """``tie_word_embeddings`` from config.json, or as transformers resolves it when the file omits it
+    (save_pretrained leaves out values equal to the architecture's default)."""
+    saved = read_model_config(path).get("tie_word_embeddings")
+    if isinstance(saved, bool):
+        return saved
     from transformers import AutoConfig
 
     try:

@@ -248,19 +248,26 @@ class ModelTensors:
         stored = self._stored(name)
         if stored.file in self._pickled:
             return self._pickled[stored.file][name]
+        return self.read_slice(name, 0, math.prod(stored.shape)).reshape(stored.shape)
+
+    def read_slice(self, name: str, start: int, count: int) -> torch.Tensor:
+        """Elements ``start .. start+count`` of the flattened tensor (stored dtype, 1-D), read from disk."""
+        stored = self._stored(name)
+        dtype = self.dtype(name)
+        if stored.file in self._pickled:
+            return self._pickled[stored.file][name].reshape(-1)[start:start + count]
         if stored.file not in self._handles:
             raise ValueError(f"ModelTensors({self.path}) is closed")
-        dtype = self.dtype(name)
-        buffer = torch.empty(stored.nbytes, dtype=torch.uint8)
+        buffer = torch.empty(count * dtype.itemsize, dtype=torch.uint8)
         handle = self._handles[stored.file]
-        handle.seek(stored.offset)
+        handle.seek(stored.offset + start * dtype.itemsize)
         view, done = memoryview(buffer.numpy()), 0
-        while done < stored.nbytes:
+        while done < len(view):
             read = handle.readinto(view[done:])
             if not read:
                 raise ModelError(f"{stored.file}: file ended inside tensor {name!r}")
             done += read
-        return buffer.view(dtype).reshape(stored.shape)
+        return buffer.view(dtype)
 
     def metadata(self) -> dict[str, str]:
         """The first safetensors shard's ``__metadata__`` (e.g. ``{"format": "pt"}``); ``{}`` for pickles."""
@@ -382,6 +389,7 @@ class SafetensorsShardWriter:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self._created: list[Path] = []
         self._next = 0  # index into the plan of the next tensor to write
+        self._written = 0  # bytes of that tensor written so far
         self._file: IO[bytes] | None = None
         self._closed = False
 
@@ -392,6 +400,33 @@ class SafetensorsShardWriter:
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
         """Append ``tensor`` as planned tensor ``name`` (must be the next one in the plan)."""
+        planned = self._expect(name)
+        if tuple(tensor.shape) != planned.shape or tensor.dtype != planned.dtype:
+            raise ValueError(f"write({name!r}): got {tuple(tensor.shape)} {tensor.dtype}, "
+                             f"planned {planned.shape} {planned.dtype}")
+        self.write_chunk(name, tensor.reshape(-1))
+
+    def write_chunk(self, name: str, chunk: torch.Tensor) -> None:
+        """Append the next consecutive elements of planned tensor ``name``; it is complete when all are written."""
+        planned = self._expect(name)
+        if chunk.dtype != planned.dtype:
+            raise ValueError(f"write_chunk({name!r}): got {chunk.dtype}, planned {planned.dtype}")
+        raw = chunk.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8)
+        if self._written + raw.numel() > planned.nbytes:
+            raise ValueError(f"write_chunk({name!r}): {self._written + raw.numel()} bytes, planned {planned.nbytes}")
+        if self._file is None:
+            self._open_next_shard()
+        assert self._file is not None
+        self._file.write(raw.numpy().data)  # safetensors is little-endian, as are the hosts torch ships for
+        self._written += raw.numel()
+        if self._written < planned.nbytes:
+            return
+        self._next, self._written = self._next + 1, 0
+        if self._next in self._shard_ends:  # that was the shard's last tensor
+            self._file.close()
+            self._file = None
+
+    def _expect(self, name: str) -> PlannedTensor:
         if self._closed:
             raise ValueError(f"write({name!r}) after the writer was closed or aborted")
         if self._next >= len(self._plan):
@@ -399,18 +434,7 @@ class SafetensorsShardWriter:
         planned = self._plan[self._next]
         if name != planned.name:
             raise ValueError(f"write({name!r}) out of plan order: expected {planned.name!r} next")
-        if tuple(tensor.shape) != planned.shape or tensor.dtype != planned.dtype:
-            raise ValueError(f"write({name!r}): got {tuple(tensor.shape)} {tensor.dtype}, "
-                             f"planned {planned.shape} {planned.dtype}")
-        if self._file is None:
-            self._open_next_shard()
-        assert self._file is not None
-        raw = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8)
-        self._file.write(raw.numpy().data)  # safetensors is little-endian, as are the hosts torch ships for
-        self._next += 1
-        if self._next in self._shard_ends:  # that was the shard's last tensor
-            self._file.close()
-            self._file = None
+        return planned
 
     def _open_next_shard(self) -> None:
         shard = len(self._created)
