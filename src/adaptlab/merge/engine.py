@@ -19,9 +19,12 @@ from __future__ import annotations
 
 import math
 import os
+import queue
 import resource
 import shutil
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +42,52 @@ from adaptlab.merge.tensors_io import ModelTensors, SafetensorsShardWriter
 from adaptlab.runs import atomic_write_json, get_logger
 
 SLICE_ELEMENTS = 1 << 20
+QUEUED_WRITES = 8  # chunks waiting for the writer thread (a few MB)
+
+
+class BackgroundWriter:
+    """Hands chunks to a writer thread so that disk writes overlap reading and arithmetic.
+
+    At most ``QUEUED_WRITES`` chunks wait; an error on the thread is raised in the caller at its
+    next write or when the context ends, and nothing after it is written.
+    """
+
+    def __init__(self, writer: SafetensorsShardWriter):
+        self._writer = writer
+        self._queue: queue.Queue = queue.Queue(maxsize=QUEUED_WRITES)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._drain, name="adaptlab-merge-writer", daemon=True)
+        self._thread.start()
+
+    def _drain(self) -> None:
+        while (item := self._queue.get()) is not None:
+            if self._error is None:
+                try:
+                    self._writer.write_chunk(*item)
+                except BaseException as exc:  # re-raised in the caller's thread
+                    self._error = exc
+
+    def write_chunk(self, name: str, chunk: torch.Tensor) -> None:
+        self._raise_error()
+        self._queue.put((name, chunk))
+
+    def write(self, name: str, tensor: torch.Tensor) -> None:
+        self._raise_error()
+        self._writer.check_shape(name, tensor)
+        self._queue.put((name, tensor.reshape(-1)))
+
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def __enter__(self) -> BackgroundWriter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        if exc_info[0] is None:
+            self._raise_error()
 
 
 @dataclass
@@ -100,12 +149,13 @@ def write_tensors(cfg: MergeConfig, plan: MergePlan, sources: list[ModelTensors]
               for t in plan.tensors]
     stats = []
     with SafetensorsShardWriter(out_dir, layout, int(cfg.shard_size_mb * 1024 * 1024),
-                                metadata={"merged_by": "adaptlab", "method": cfg.method}) as writer, \
+                                metadata={"merged_by": "adaptlab", "method": cfg.method}) as shards, \
+            BackgroundWriter(shards) as writer, ThreadPoolExecutor(1, "adaptlab-merge-reader") as reader, \
             _progress(cfg.progress) as bar:
         task = bar.add_task(f"merging ({cfg.method})", total=len(plan.tensors))
         for tensor in plan.tensors:
             if method.elementwise and tensor.action == "merge" and not tensor.vocab_rows:
-                row = merge_in_slices(method, plan, sources, tensor, cfg.seed, writer)
+                row = merge_in_slices(method, plan, sources, tensor, cfg.seed, writer, reader)
             else:
                 out, row = merged_tensor(method, plan, sources, tensor, cfg.seed)
                 writer.write(tensor.name, out)
@@ -123,15 +173,23 @@ def read(plan: MergePlan, sources: list[ModelTensors], index: int, name: str) ->
 
 
 def merge_in_slices(method, plan: MergePlan, sources: list[ModelTensors], tensor: TensorPlan, seed: int,
-                    writer: SafetensorsShardWriter) -> dict[str, Any]:
-    """Merge an element-wise method slice by slice, writing each slice as it is done."""
+                    writer: BackgroundWriter, reader: ThreadPoolExecutor) -> dict[str, Any]:
+    """Merge an element-wise method slice by slice; the next slice is read while this one is computed."""
     total = math.prod(tensor.shape)
     max_change, squares = 0.0, 0.0
     wanted = [i for i in dict.fromkeys([plan.base, *plan.models]) if i is not None]
-    for k, start in enumerate(range(0, total, SLICE_ELEMENTS)):
+
+    def read_slice(start: int) -> dict[int, torch.Tensor]:
         count = min(SLICE_ELEMENTS, total - start)
-        inputs = {i: sources[i].read_slice(stored_name(plan, i, tensor.name), start, count).to(torch.float32)
-                  for i in wanted}
+        return {i: sources[i].read_slice(stored_name(plan, i, tensor.name), start, count) for i in wanted}
+
+    starts = range(0, total, SLICE_ELEMENTS)
+    pending = reader.submit(read_slice, 0) if total else None
+    for k, start in enumerate(starts):
+        stored = pending.result()
+        if start + SLICE_ELEMENTS < total:
+            pending = reader.submit(read_slice, start + SLICE_ELEMENTS)
+        inputs = {i: values.to(torch.float32) for i, values in stored.items()}
         base = inputs[plan.base] if plan.base is not None else None
         generator = tensor_generator(seed, f"{tensor.name}#{k}") if method.uses_density else None
         merged = method.fn(base, [inputs[i] for i in plan.models], list(tensor.weights), plan.densities,

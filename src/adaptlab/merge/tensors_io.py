@@ -388,6 +388,7 @@ class SafetensorsShardWriter:
         self._shard_ends = [sum(len(shard) for shard in self.shards[: i + 1]) for i in range(count)]
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self._created: list[Path] = []
+        self._by_name = {t.name: t for t in self._plan}
         self._next = 0  # index into the plan of the next tensor to write
         self._written = 0  # bytes of that tensor written so far
         self._file: IO[bytes] | None = None
@@ -400,11 +401,17 @@ class SafetensorsShardWriter:
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
         """Append ``tensor`` as planned tensor ``name`` (must be the next one in the plan)."""
-        planned = self._expect(name)
+        self.check_shape(name, tensor)
+        self.write_chunk(name, tensor.reshape(-1))
+
+    def check_shape(self, name: str, tensor: torch.Tensor) -> None:
+        """ValueError unless ``tensor`` has the shape and dtype planned for ``name``."""
+        planned = self._by_name.get(name)
+        if planned is None:
+            raise ValueError(f"write({name!r}): not a planned tensor")
         if tuple(tensor.shape) != planned.shape or tensor.dtype != planned.dtype:
             raise ValueError(f"write({name!r}): got {tuple(tensor.shape)} {tensor.dtype}, "
                              f"planned {planned.shape} {planned.dtype}")
-        self.write_chunk(name, tensor.reshape(-1))
 
     def write_chunk(self, name: str, chunk: torch.Tensor) -> None:
         """Append the next consecutive elements of planned tensor ``name``; it is complete when all are written."""
