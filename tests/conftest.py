@@ -61,3 +61,26 @@ def tiny_bert_dir(tmp_path_factory, tokenizer_dir) -> Path:
     BertModel(config).save_pretrained(out)
     AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tokenizer_dir):
+    """``tiny_llama(head_scale=1.0)``: a seeded random Llama (hidden 32, 2 layers) over the MiniLM vocabulary.
+
+    ``head_scale`` sharpens the output layer, so that context changes the predictions (and perplexity).
+    """
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    vocab = len(AutoTokenizer.from_pretrained(tokenizer_dir))
+
+    def build(head_scale: float = 1.0) -> LlamaForCausalLM:
+        torch.manual_seed(0)
+        config = LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                             num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256)
+        model = LlamaForCausalLM(config)
+        with torch.no_grad():
+            model.lm_head.weight.mul_(head_scale)
+        return model
+
+    return build

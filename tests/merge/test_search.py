@@ -27,16 +27,8 @@ def tokenizer(tokenizer_dir):
 
 
 @pytest.fixture(scope="module")
-def base_model(tokenizer):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=128)
-    model = LlamaForCausalLM(config).eval()
-    with torch.no_grad():
-        model.lm_head.weight.mul_(10)
-    return model
+def base_model(tiny_llama):
+    return tiny_llama(head_scale=10).eval()
 
 
 def scaled_model(base_model, value: float):

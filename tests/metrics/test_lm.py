@@ -22,16 +22,10 @@ def tokenizer(tokenizer_dir):
 
 
 @pytest.fixture(scope="module")
-def model(tokenizer):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256)
-    model = LlamaForCausalLM(config)
-    with torch.no_grad():  # sharper than the default init, so that context matters to the numbers
-        model.lm_head.weight.mul_(20)
-    return model.train()  # perplexity must switch to eval itself (and restore this)
+def model(tiny_llama):
+    # a sharp output layer, so that context matters to the numbers; left in train mode because
+    # perplexity must switch to eval itself (and restore this)
+    return tiny_llama(head_scale=20).train()
 
 
 def _ids(tokenizer, text: str) -> list[int]:
