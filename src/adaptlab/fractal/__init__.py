@@ -1,0 +1,1 @@
+"""FRACTAL: sentence-level scores learned from response-level labels (multiple-instance learning)."""
