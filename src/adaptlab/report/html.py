@@ -1,7 +1,7 @@
 """Self-contained HTML reports (``report.html`` in every run directory).
 
 A report is a title and a list of :class:`Section` objects; a section is a heading and a list of
-blocks: :class:`Paragraph`, :class:`KeyValues`, :class:`Table` and :class:`Image`. The output is
+blocks: :class:`Paragraph`, :class:`KeyValues`, :class:`Table`, :class:`Image` and :class:`RawHTML`. The output is
 one file with inline CSS and images embedded as ``data:image/png;base64,...`` URIs: it opens
 offline, can be mailed or attached to an issue, and never fetches anything. There is no
 JavaScript. Every string that comes from data (labels, texts, config values) is HTML-escaped.
@@ -48,7 +48,14 @@ class Image:
     caption: str | None = None
 
 
-Block = Paragraph | KeyValues | Table | Image
+@dataclass(frozen=True)
+class RawHTML:
+    """Markup built (and escaped) by adaptlab code, e.g. sentences coloured by score; never user text."""
+
+    markup: str
+
+
+Block = Paragraph | KeyValues | Table | Image | RawHTML
 
 
 @dataclass
@@ -108,7 +115,9 @@ def render_block(block: Block) -> str:
         caption = f"<figcaption>{html.escape(block.caption)}</figcaption>" if block.caption else ""
         img = f'<img src="data:image/png;base64,{data}" alt="{html.escape(block.alt)}">'
         return f"<figure>{img}{caption}</figure>"
-    raise TypeError(f"unknown report block {type(block).__name__}; use Paragraph, KeyValues, Table or Image")
+    if isinstance(block, RawHTML):
+        return block.markup
+    raise TypeError(f"unknown report block {type(block).__name__}; use Paragraph, KeyValues, Table, Image or RawHTML")
 
 
 def render_report(title: str, sections: Sequence[Section]) -> str:

@@ -1,0 +1,210 @@
+"""FRACTAL recipes: ``fractal train``, ``fractal score`` and ``fractal evaluate``.
+
+``evaluate`` compares, on the same grouped folds and seeds (bags of one question stay together):
+
+* ``cosine``: the sentence–context cosine similarity as the score (no training);
+* ``bagloss``: the MLP trained with the bag loss only;
+* ``fractal``: bag loss + cosine and correlation priors (the configured weights);
+* ``fractal_pseudo``: FRACTAL, then a fresh scorer trained on consistent pseudo-labels;
+* ``supervised``: the MLP trained on the true sentence labels (the upper bound).
+
+Metrics per fold: sentence AUC-ROC and AUC-PR on the test bags' labelled sentences, and bag
+accuracy of the aggregated scores; reported as mean ± std over folds × seeds.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from pydantic import Field
+
+from adaptlab.config import StrictModel, save_config
+from adaptlab.errors import ConfigError
+from adaptlab.fractal.aggregate import AGGREGATORS
+from adaptlab.fractal.bags import Bag, read_bags
+from adaptlab.fractal.features import FeatureCache, bag_features
+from adaptlab.fractal.folds import grouped_kfold
+from adaptlab.fractal.model import load_scorer, save_scorer
+from adaptlab.fractal.train import BagTensors, FractalTrainConfig, fit, make_bag_tensors, train_sentences
+from adaptlab.fractal.view import scored_responses_html
+from adaptlab.metrics.ranking import bag_accuracy, mean_std, sentence_auc
+from adaptlab.report.html import KeyValues, Paragraph, RawHTML, Section, Table, write_report
+from adaptlab.runs import RunDir, atomic_write_json, atomic_write_text, create_run_dir, get_logger, refuse_existing
+
+METHODS = ("cosine", "bagloss", "fractal", "fractal_pseudo", "supervised")
+DATASETS = ("multispanqa", "qa_feedback")
+
+
+class FractalDataConfig(StrictModel):
+    data: str | None = Field(None, description="bags JSONL, or 'multispanqa' / 'qa_feedback' (with data_root)")
+    data_root: str | None = Field(None, description="folder of the named dataset (e.g. ../shared/data/fractal/...)")
+    limit: int | None = Field(None, ge=1, description="use only the first N source records")
+    feature_model: str | None = Field(None, description="sentence-transformers model; default: packaged MiniLM")
+    cache_dir: str = Field(".adaptlab-cache/features", description="where sentence embeddings are cached")
+
+
+class FractalEvalConfig(FractalDataConfig):
+    name: str = "fractal-eval"
+    folds: int = Field(5, ge=2)
+    seeds: list[int] = [0, 1, 2]
+    methods: list[Literal["cosine", "bagloss", "fractal", "fractal_pseudo", "supervised"]] = list(METHODS)
+    train: FractalTrainConfig = FractalTrainConfig()
+    output: str | None = None
+
+
+class FractalTrainRunConfig(FractalDataConfig):
+    name: str = "fractal"
+    train: FractalTrainConfig = FractalTrainConfig()
+    output: str | None = None
+
+
+def load_bags(cfg: FractalDataConfig) -> tuple[list[Bag], dict]:
+    """Bags from a JSONL file or a named loader; returns them with the loader's counts."""
+    if not cfg.data:
+        raise ConfigError("no data: pass --data BAGS.jsonl (or data: multispanqa with data_root)")
+    if cfg.data in DATASETS:
+        from adaptlab.fractal import datasets
+
+        if not cfg.data_root:
+            raise ConfigError(f"data: {cfg.data} needs data_root, the folder holding it")
+        if cfg.data == "multispanqa":
+            loaded = datasets.load_multispanqa(cfg.data_root, limit=cfg.limit)
+        else:
+            loaded = datasets.load_qa_feedback(cfg.data_root, limit=cfg.limit)
+        return loaded.bags, loaded.stats.as_dict()
+    bags, pairs = read_bags(cfg.data)
+    bags = bags[: cfg.limit] if cfg.limit else bags
+    return bags, {"bags": len(bags), "pairs_not_used": len(pairs)}
+
+
+def featurize(cfg: FractalDataConfig, bags: list[Bag]) -> BagTensors:
+    with FeatureCache(cfg.cache_dir, cfg.feature_model) as cache:
+        feats = bag_features(cache, bags)
+    labels = [label for bag in bags for label in (bag.sentence_labels or [None] * len(bag.sentences))]
+    return make_bag_tensors(feats.features, [len(b.sentences) for b in bags], [b.label for b in bags],
+                            feats.context_sim, feats.sentence_embeddings, labels)
+
+
+def method_scores(method: str, train: BagTensors, test: BagTensors, cfg: FractalTrainConfig) -> torch.Tensor:
+    """Sentence scores of the test bags after training ``method`` on the train bags."""
+    if method == "cosine":
+        return torch.nan_to_num(test.similarities, nan=0.0)
+    if method == "supervised":
+        return train_sentences(train.features, train.sentence_labels, cfg).score(test.features)
+    if method == "bagloss":
+        cfg = cfg.model_copy(update={"weights": {"cosine": 0.0, "correlation": 0.0, "hybrid": 0.0},
+                                     "pseudo_label": False})
+    elif method == "fractal":
+        cfg = cfg.model_copy(update={"pseudo_label": False})
+    else:
+        cfg = cfg.model_copy(update={"pseudo_label": True})
+    model, _ = fit(train, cfg)
+    return model.score(test.features)
+
+
+def fold_metrics(scores: torch.Tensor, test: BagTensors, aggregation: str, temperature: float) -> dict:
+    bag_scores = AGGREGATORS[aggregation](scores.clamp(1e-6, 1 - 1e-6), test.bag_index, test.n_bags, temperature)
+    auc = sentence_auc(test.sentence_labels.numpy(), scores.numpy())
+    bags = bag_accuracy(test.bag_labels.numpy(), bag_scores.numpy())
+    return {"auc_roc": auc["auc_roc"], "auc_pr": auc["auc_pr"], "bag_accuracy": bags["accuracy"],
+            "bag_mae": bags["mae"]}
+
+
+def evaluate(cfg: FractalEvalConfig) -> tuple[RunDir, dict]:
+    bags, load_stats = load_bags(cfg)
+    if not any(b.sentence_labels for b in bags):
+        raise ConfigError("no bag has sentence_labels, so sentence AUC cannot be computed")
+    run = create_run_dir(cfg.output, cfg.name)
+    save_config(cfg, run.config)
+    log = get_logger()
+    started = time.perf_counter()
+    data = featurize(cfg, bags)
+    log.info("features for %d bags / %d sentences in %.1f s", data.n_bags, len(data.features),
+             time.perf_counter() - started)
+    per_method: dict[str, list[dict]] = {m: [] for m in cfg.methods}
+    train_seconds: list[float] = []
+    for seed in cfg.seeds:
+        train_cfg = cfg.train.model_copy(update={"seed": seed})
+        for fold, (train_idx, test_idx) in enumerate(grouped_kfold([b.group for b in bags], cfg.folds, seed)):
+            train, test = data.subset(list(train_idx)), data.subset(list(test_idx))
+            for method in cfg.methods:
+                tic = time.perf_counter()
+                scores = method_scores(method, train, test, train_cfg)
+                row = {"seed": seed, "fold": fold, "seconds": time.perf_counter() - tic,
+                       **fold_metrics(scores, test, cfg.train.aggregation, cfg.train.temperature)}
+                per_method[method].append(row)
+                if method == "fractal":
+                    train_seconds.append(row["seconds"])
+            log.info("seed %d fold %d: %s", seed, fold, {m: round(per_method[m][-1]["auc_roc"], 4)
+                                                          for m in cfg.methods})
+    keys = ("auc_roc", "auc_pr", "bag_accuracy", "bag_mae", "seconds")
+    summary = {m: {k: mean_std([r[k] for r in rows]) for k in keys} for m, rows in per_method.items()}
+    metrics = {"data": load_stats, "bags": data.n_bags, "sentences": len(data.features), "folds": cfg.folds,
+               "seeds": cfg.seeds, "summary": summary, "per_fold": per_method,
+               "fractal_train_seconds_per_fold": mean_std(train_seconds) if train_seconds else None}
+    atomic_write_json(run.metrics, metrics)
+    write_report(run.report, f"FRACTAL evaluation: {cfg.data}", report_sections(cfg, bags, data, metrics))
+    return run, metrics
+
+
+def report_sections(cfg: FractalEvalConfig, bags: list[Bag], data: BagTensors, metrics: dict) -> list[Section]:
+    rows = []
+    for method, row in metrics["summary"].items():
+        rows.append([method] + [f"{row[k]['mean']:.4f} ± {row[k]['std']:.4f}" if k in row else ""
+                                for k in ("auc_roc", "auc_pr", "bag_accuracy")])
+    preview_cfg = cfg.train.model_copy(update={"pseudo_label": False})
+    model, _ = fit(data.subset(list(range(min(data.n_bags, 200)))), preview_cfg)
+    shown = list(range(min(10, data.n_bags)))
+    scores = model.score(data.subset(shown).features).tolist()
+    items, k = [], 0
+    for b in shown:
+        n = len(bags[b].sentences)
+        items.append({"id": bags[b].id, "context": bags[b].context, "sentences": bags[b].sentences,
+                      "scores": scores[k:k + n], "labels": bags[b].sentence_labels})
+        k += n
+    return [
+        Section("Methods", [
+            Paragraph(f"{cfg.folds}-fold cross-validation grouped by question, seeds {cfg.seeds}; mean ± std."),
+            Table(["method", "sentence AUC-ROC", "sentence AUC-PR", "bag accuracy"], rows),
+            KeyValues({"bags": metrics["bags"], "sentences": metrics["sentences"], **metrics["data"]}),
+        ]),
+        Section("Scored responses (FRACTAL, first bags)", [Paragraph("Green: high score; red: low."),
+                                                           RawHTML(scored_responses_html(items, limit=10))]),
+    ]
+
+
+def train(cfg: FractalTrainRunConfig) -> tuple[RunDir, dict]:
+    bags, load_stats = load_bags(cfg)
+    run = create_run_dir(cfg.output, cfg.name)
+    save_config(cfg, run.config)
+    data = featurize(cfg, bags)
+    model, history = fit(data, cfg.train)
+    save_scorer(model, run.model, {"feature_model": cfg.feature_model, "aggregation": cfg.train.aggregation,
+                                   "temperature": cfg.train.temperature, "cache_dir": cfg.cache_dir})
+    metrics = {"data": load_stats, "bags": data.n_bags, "sentences": len(data.features), "history": history}
+    atomic_write_json(run.metrics, metrics)
+    return run, metrics
+
+
+def score(model_dir: str, input_path: str, output: str, cache_dir: str | None = None) -> int:
+    """Write one JSON line per bag: ``{"id", "sentences", "scores"}`` (scores in [0, 1], in order)."""
+    refuse_existing(output, "output file")
+    model, info = load_scorer(model_dir)
+    bags, _ = read_bags(input_path)
+    with FeatureCache(cache_dir or info.get("cache_dir") or ".adaptlab-cache/features", info.get("feature_model")) as c:
+        feats = bag_features(c, bags)
+    scores = model.score(torch.as_tensor(np.asarray(feats.features), dtype=torch.float32)).tolist()
+    lines, k = [], 0
+    for bag in bags:
+        n = len(bag.sentences)
+        lines.append(json.dumps({"id": bag.id, "sentences": bag.sentences, "scores": scores[k:k + n]},
+                                ensure_ascii=False))
+        k += n
+    atomic_write_text(Path(output), "\n".join(lines) + "\n")
+    return len(bags)
+
