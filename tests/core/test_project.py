@@ -19,6 +19,25 @@ def test_example_configs_validate(name, model):
     assert cfg.model == "minilm"
 
 
+def example_config_models():
+    from adaptlab.merge.config import MergeConfig
+    from adaptlab.merge.search import SearchConfig
+    from adaptlab.recipes.fractal import FractalEvalConfig
+    from adaptlab.recipes.zero_shot import ZeroShotConfig
+    from adaptlab.synth.config import SynthConfig
+
+    return {"synth_biospecies.yaml": SynthConfig, "zero_shot_ner.yaml": ZeroShotConfig,
+            "merge_chat_vector.yaml": MergeConfig, "merge_ties.yaml": MergeConfig,
+            "merge_search.yaml": SearchConfig, "fractal.yaml": FractalEvalConfig}
+
+
+def test_every_example_config_validates():
+    models = {"ner.yaml": NERTrainConfig, "re.yaml": RETrainConfig, **example_config_models()}
+    assert {p.name for p in (ROOT / "configs").glob("*.yaml")} == set(models)
+    for name, model in models.items():
+        load_config(model, ROOT / "configs" / name)
+
+
 def test_demo_data_is_valid_and_disjoint():
     train_path, test_path = demo_data()
     train, test = read_records(train_path), read_records(test_path)
