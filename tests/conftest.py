@@ -64,20 +64,27 @@ def tiny_bert_dir(tmp_path_factory, tokenizer_dir) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_llama(tokenizer_dir):
+def tokenizer(tokenizer_dir):
+    """The packaged MiniLM tokenizer (a fast BERT WordPiece tokenizer)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tokenizer_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tokenizer):
     """``tiny_llama(head_scale=1.0)``: a seeded random Llama (hidden 32, 2 layers) over the MiniLM vocabulary.
 
     ``head_scale`` sharpens the output layer, so that context changes the predictions (and perplexity).
     """
     import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    vocab = len(AutoTokenizer.from_pretrained(tokenizer_dir))
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     def build(head_scale: float = 1.0) -> LlamaForCausalLM:
         torch.manual_seed(0)
-        config = LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                             num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256)
+        config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                             num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
+                             pad_token_id=tokenizer.pad_token_id)
         model = LlamaForCausalLM(config)
         with torch.no_grad():
             model.lm_head.weight.mul_(head_scale)

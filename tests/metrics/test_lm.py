@@ -15,13 +15,6 @@ LONG_TEXT = " ".join([TEXT, "Blood pressure stayed normal.", "No further treatme
 
 
 @pytest.fixture(scope="module")
-def tokenizer(tokenizer_dir):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(tokenizer_dir)
-
-
-@pytest.fixture(scope="module")
 def model(tiny_llama):
     # a sharp output layer, so that context matters to the numbers; left in train mode because
     # perplexity must switch to eval itself (and restore this)
