@@ -38,6 +38,16 @@ def test_train_score_and_evaluate(tmp_path, run_cli):
     assert all(len(r["scores"]) == len(r["sentences"]) and all(0 <= s <= 1 for s in r["scores"]) for r in rows)
     assert rows[0]["scores"][2] > max(rows[0]["scores"][:2])  # the fact outscores the chatter
 
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"prompt": "Tell me a fact.", "responses": [
+        f"{NOISE[0]} {NOISE[1]}", f"{FACTS[0]} {FACTS[1]}"]}) + "\n" + json.dumps({"prompt": "x", "responses": ["A."]}))
+    code, out, err = run_cli("fractal", "dpo-pairs", "--model", tmp_path / "run", "--input", prompts,
+                             "--output", tmp_path / "dpo.jsonl", "--reduce", "mean")
+    assert code == 0, err
+    pair = json.loads((tmp_path / "dpo.jsonl").read_text().splitlines()[0])
+    assert pair["chosen"].startswith(FACTS[0]) and pair["chosen_reward"] > pair["rejected_reward"]
+    assert "1 pairs from 2 prompts (1 with < 2 responses" in out
+
     code, out, err = run_cli("fractal", "evaluate", "--data", data, "--output", tmp_path / "eval", cache, "folds=2",
                              "seeds=[0]", "train.epochs=10", "train.hidden=16", "--json")
     assert code == 0, err

@@ -44,6 +44,23 @@ def score(
     console.print(f"scored {count} bags into {output}")
 
 
+@app.command("dpo-pairs")
+def dpo_pairs(
+    model: str = typer.Option(..., "--model", help="a 'fractal train' run or model directory"),
+    input_file: str = typer.Option(..., "--input", help='JSONL: {"prompt": ..., "responses": [...]} per line'),
+    output: str = typer.Option(..., "--output", help="DPO JSONL to write: prompt, chosen, rejected"),
+    reduce: str = typer.Option("min", "--reduce", help="a response's reward: min or mean of its sentence scores"),
+    min_margin: float = typer.Option(0.0, "--min-margin", help="skip prompts whose best and worst differ less"),
+) -> None:
+    """Use the scorer as a process reward: best vs worst response per prompt, as DPO training pairs."""
+    from adaptlab.recipes import fractal
+
+    counts = fractal.dpo_pairs(model, input_file, output, reduce, min_margin)
+    console.print(f"{counts['pairs']} pairs from {counts['prompts']} prompts "
+                  f"({counts['skipped_too_few_responses']} with < 2 responses, {counts['skipped_small_margin']} "
+                  f"below the margin) in {output}")
+
+
 @app.command()
 def evaluate(
     config: Optional[str] = typer.Argument(None, help="YAML config (see configs/fractal.yaml)"),

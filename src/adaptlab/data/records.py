@@ -139,6 +139,17 @@ def read_text_lines(path: str | Path) -> list[str]:
     return text.splitlines()
 
 
+def iter_json_lines(path: str | Path) -> Iterator[tuple[int, Any]]:
+    """``(line number, parsed object)`` for every non-blank line of a JSONL file; bad JSON names file:line."""
+    for lineno, line in enumerate(read_text_lines(path), start=1):
+        if not line.strip():
+            continue
+        try:
+            yield lineno, json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"invalid JSON ({exc.msg} at column {exc.colno})", path, lineno) from None
+
+
 def read_jsonl_records(
     path: str | Path, parse: Callable[[Any], Record], allow_overlaps: bool = False
 ) -> list[Record]:
@@ -147,13 +158,7 @@ def read_jsonl_records(
     ``parse`` raises ``ValueError`` for a line of the wrong shape; each record is then validated.
     """
     records = []
-    for lineno, line in enumerate(read_text_lines(path), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"invalid JSON ({exc.msg} at column {exc.colno})", path, lineno) from None
+    for lineno, obj in iter_json_lines(path):
         try:
             record = parse(obj)
             record.validate(allow_overlaps=allow_overlaps)

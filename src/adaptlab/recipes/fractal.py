@@ -38,6 +38,7 @@ from adaptlab.runs import RunDir, atomic_write_json, atomic_write_text, create_r
 
 METHODS = ("cosine", "bagloss", "fractal", "fractal_pseudo", "supervised")
 DATASETS = ("multispanqa", "qa_feedback")
+DEFAULT_CACHE = ".adaptlab-cache/features"
 
 
 class FractalDataConfig(StrictModel):
@@ -45,7 +46,7 @@ class FractalDataConfig(StrictModel):
     data_root: str | None = Field(None, description="folder of the named dataset (e.g. ../shared/data/fractal/...)")
     limit: int | None = Field(None, ge=1, description="use only the first N source records")
     feature_model: str | None = Field(None, description="sentence-transformers model; default: packaged MiniLM")
-    cache_dir: str = Field(".adaptlab-cache/features", description="where sentence embeddings are cached")
+    cache_dir: str = Field(DEFAULT_CACHE, description="where sentence embeddings are cached")
 
 
 class FractalEvalConfig(FractalDataConfig):
@@ -191,12 +192,36 @@ def train(cfg: FractalTrainRunConfig) -> tuple[RunDir, dict]:
     return run, metrics
 
 
+def dpo_pairs(model_dir: str, input_path: str, output: str, reduce: str = "min", min_margin: float = 0.0,
+              cache_dir: str | None = None) -> dict:
+    """Rank each prompt's responses by the scorer (min or mean sentence score) into DPO pairs.
+
+    Input: one JSON object per line, ``{"prompt": str, "responses": [str, ...]}``; output: TRL's
+    ``{"prompt", "chosen", "rejected"}`` lines plus both rewards. Returns the counts.
+    """
+    from adaptlab.data.records import iter_json_lines
+    from adaptlab.fractal.use import preference_pairs, write_dpo_jsonl
+
+    refuse_existing(output, "output file")
+    model, info = load_scorer(model_dir)
+    items = [obj for _, obj in iter_json_lines(input_path)]
+    with FeatureCache(cache_dir or info.get("cache_dir") or DEFAULT_CACHE, info.get("feature_model")) as cache:
+        def score_fn(context: str | None, sentences: list[str]) -> list[float]:
+            bag = Bag(id="candidate", context=context, sentences=sentences, offsets=None, label=0.0)
+            features = bag_features(cache, [bag]).features
+            return model.score(torch.as_tensor(np.asarray(features), dtype=torch.float32)).tolist()
+
+        pairs, counts = preference_pairs(items, score_fn, reduce, min_margin)
+    write_dpo_jsonl(pairs, output)
+    return counts
+
+
 def score(model_dir: str, input_path: str, output: str, cache_dir: str | None = None) -> int:
     """Write one JSON line per bag: ``{"id", "sentences", "scores"}`` (scores in [0, 1], in order)."""
     refuse_existing(output, "output file")
     model, info = load_scorer(model_dir)
     bags, _ = read_bags(input_path)
-    with FeatureCache(cache_dir or info.get("cache_dir") or ".adaptlab-cache/features", info.get("feature_model")) as c:
+    with FeatureCache(cache_dir or info.get("cache_dir") or DEFAULT_CACHE, info.get("feature_model")) as c:
         feats = bag_features(c, bags)
     scores = model.score(torch.as_tensor(np.asarray(feats.features), dtype=torch.float32)).tolist()
     lines, k = [], 0
