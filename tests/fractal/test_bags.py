@@ -117,7 +117,7 @@ def test_bad_records_name_file_line_and_id(tmp_path, record, expected):
 def test_missing_id_malformed_json_and_duplicates(tmp_path):
     with pytest.raises(DataError, match=r"bad\.jsonl:1: .*missing field 'id'"):
         read_bags(write_lines(tmp_path / "bad.jsonl", {"context": None, "response": "One.", "label": 1}))
-    with pytest.raises(DataError, match=r"bad\.jsonl:2: not valid JSON"):
+    with pytest.raises(DataError, match=r"bad\.jsonl:2: invalid JSON"):
         read_bags(write_lines(tmp_path / "bad.jsonl", GOOD, '{"id": "x2", '))
     with pytest.raises(DataError, match=r"bad\.jsonl:3: record 'x1': duplicate id \(first used on line 1\)"):
         read_bags(write_lines(tmp_path / "bad.jsonl", GOOD, {**GOOD, "id": "x2"},

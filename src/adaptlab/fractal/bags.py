@@ -37,6 +37,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from adaptlab.data.records import iter_json_lines
 from adaptlab.errors import DataError
 from adaptlab.runs import atomic_write_text
 
@@ -230,30 +231,20 @@ def _parse_record(obj: Any) -> Bag | PairBag:
 def read_bags(path: str | Path) -> tuple[list[Bag], list[PairBag]]:
     """Read a bag JSONL file into (bags, pairs); blank lines are ignored, anything malformed raises."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError("file not found; give a JSONL file of bags (see adaptlab.fractal.bags)", path)
     bags: list[Bag] = []
     pairs: list[PairBag] = []
     first_line: dict[str, int] = {}
-    with path.open(encoding="utf-8") as fh:
-        for line_no, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise _fail(f"not valid JSON ({exc.msg} at column {exc.colno}); one object per line", path,
-                            line_no) from None
-            record_id = obj.get("id") if isinstance(obj, dict) else None
-            try:
-                record = _parse_record(obj)
-            except ValueError as exc:
-                raise _fail(str(exc), path, line_no, record_id) from None
-            if record.id in first_line:
-                raise _fail(f"duplicate id (first used on line {first_line[record.id]}); ids must be unique",
-                            path, line_no, record.id)
-            first_line[record.id] = line_no
-            (pairs if isinstance(record, PairBag) else bags).append(record)
+    for line_no, obj in iter_json_lines(path):
+        record_id = obj.get("id") if isinstance(obj, dict) else None
+        try:
+            record = _parse_record(obj)
+        except ValueError as exc:
+            raise _fail(str(exc), path, line_no, record_id) from None
+        if record.id in first_line:
+            raise _fail(f"duplicate id (first used on line {first_line[record.id]}); ids must be unique",
+                        path, line_no, record.id)
+        first_line[record.id] = line_no
+        (pairs if isinstance(record, PairBag) else bags).append(record)
     return bags, pairs
 
 
