@@ -31,7 +31,7 @@ from adaptlab.errors import ConfigError, ModelError
 from adaptlab.merge.config import MergeConfig
 from adaptlab.merge.methods import METHODS, check_inputs, check_params
 from adaptlab.merge.tensors_io import ModelTensors, parse_dtype
-from adaptlab.merge.vocab import VocabAlignment, describe_vocab_difference, plan_vocab
+from adaptlab.merge.vocab import VocabAlignment, describe_vocab_difference, has_tokenizer, plan_vocab
 
 INPUT_EMBEDDING_SUFFIXES = ("embed_tokens.weight", "wte.weight", "word_embeddings.weight", "embed_in.weight")
 OUTPUT_EMBEDDING_NAMES = ("lm_head.weight", "embed_out.weight", "cls.predictions.decoder.weight")
@@ -89,10 +89,10 @@ def check_architectures(inputs: list[str], configs: list[dict[str, Any]]) -> Non
                              f"{found[0]} {found[1]}; only models of one architecture can be merged")
 
 
-def ties_embeddings(path: str) -> bool:
+def ties_embeddings(path: str, config: dict[str, Any]) -> bool:
     """``tie_word_embeddings`` from config.json, or as transformers resolves it when the file omits it
     (save_pretrained leaves out values equal to the architecture's default)."""
-    saved = read_model_config(path).get("tie_word_embeddings")
+    saved = config.get("tie_word_embeddings")
     if isinstance(saved, bool):
         return saved
     from transformers import AutoConfig
@@ -100,13 +100,13 @@ def ties_embeddings(path: str) -> bool:
     try:
         config = AutoConfig.from_pretrained(path)
     except (OSError, ValueError, KeyError):
-        return bool(read_model_config(path).get("tie_word_embeddings", False))
+        return False
     return bool(getattr(config, "tie_word_embeddings", False))
 
 
-def tied_aliases(path: str, source: ModelTensors, all_names: set[str]) -> dict[str, str]:
+def tied_aliases(path: str, config: dict[str, Any], source: ModelTensors, all_names: set[str]) -> dict[str, str]:
     """For a tied model storing only its input embedding: output embedding name -> input embedding name."""
-    if not ties_embeddings(path):
+    if not ties_embeddings(path, config):
         return {}
     present = set(source.names())
     embedding = next((n for n in present if n.endswith(INPUT_EMBEDDING_SUFFIXES)), None)
@@ -152,11 +152,6 @@ def vocab_error(difference: str) -> str:
             "instruct model's chat tokens)")
 
 
-def has_tokenizer(path: str) -> bool:
-    return any((Path(path) / name).is_file() for name in ("tokenizer.json", "vocab.txt", "vocab.json",
-                                                           "tokenizer.model", "spiece.model"))
-
-
 def side_file_indices(cfg: MergeConfig, inputs: list[str]) -> tuple[int, list[int]]:
     """Index of the tokenizer source (the output vocabulary) and the order inputs donate missing rows."""
     reference = inputs.index(cfg.tokenizer_from) if cfg.tokenizer_from in inputs else (
@@ -165,10 +160,10 @@ def side_file_indices(cfg: MergeConfig, inputs: list[str]) -> tuple[int, list[in
     return reference, first + [i for i in range(len(inputs)) if i not in first]
 
 
-def check_same_tokenizers(cfg: MergeConfig, inputs: list[str]) -> None:
+def check_same_tokenizers(cfg: MergeConfig, inputs: list[str], paths: list[str]) -> None:
     """vocab: strict: the inputs' tokenizers must be identical (checked when every input has one)."""
-    if all(has_tokenizer(path) for path in inputs):
-        difference = describe_vocab_difference(inputs, side_file_indices(cfg, inputs)[0])
+    if all(has_tokenizer(path) for path in paths):
+        difference = describe_vocab_difference(paths, side_file_indices(cfg, inputs)[0])
         if difference:
             raise ModelError(vocab_error(difference))
 
@@ -177,15 +172,16 @@ def plan_vocabulary(cfg: MergeConfig, inputs: list[str], sources: list[ModelTens
                     aliases: list[dict[str, str]], names: list[str]) -> VocabAlignment:
     """The row alignment of vocab: base | union."""
     reference, priority = side_file_indices(cfg, inputs)
-    if not all(has_tokenizer(path) for path in inputs):
-        missing = [path for path in inputs if not has_tokenizer(path)]
+    paths = [str(source.path) for source in sources]
+    if not all(has_tokenizer(path) for path in paths):
+        missing = [name for name, path in zip(inputs, paths) if not has_tokenizer(path)]
         raise ModelError(f"vocab: {cfg.vocab} aligns rows by token string, but {listing(missing)} has no tokenizer")
     embedding = next((n for n in names if n.endswith(INPUT_EMBEDDING_SUFFIXES)), None)
     if embedding is None:
         raise ModelError(f"vocab: {cfg.vocab} needs an input embedding (a tensor ending in "
                          f"{' / '.join(INPUT_EMBEDDING_SUFFIXES)}); none found")
     rows = [s.shape(a.get(embedding, embedding))[0] for s, a in zip(sources, aliases)]
-    return plan_vocab(inputs, cfg.vocab, reference, priority, rows)
+    return plan_vocab(paths, cfg.vocab, reference, priority, rows)
 
 
 def rule_for(cfg: MergeConfig, name: str):
@@ -204,12 +200,13 @@ def build_plan(cfg: MergeConfig, sources: list[ModelTensors]) -> MergePlan:
     check_params(method, params)
     check_inputs(method, has_base=cfg.base_model is not None, weights=[m.weight for m in cfg.models],
                  densities=[m.density for m in cfg.models])
-    configs = [read_model_config(path) for path in inputs]
+    paths = [str(source.path) for source in sources]  # inputs as resolved directories (hub names downloaded)
+    configs = [read_model_config(path) for path in paths]
     check_architectures(inputs, configs)
     all_names = set().union(*(set(s.names()) for s in sources))
-    aliases = [tied_aliases(p, s, all_names) for p, s in zip(inputs, sources)]
+    aliases = [tied_aliases(p, c, s, all_names) for p, c, s in zip(paths, configs, sources)]
     if cfg.vocab == "strict":
-        check_same_tokenizers(cfg, inputs)
+        check_same_tokenizers(cfg, inputs, paths)
     names = check_names_and_shapes(inputs, sources, aliases, cfg.vocab != "strict")
     vocab = plan_vocabulary(cfg, inputs, sources, aliases, names) if cfg.vocab != "strict" else None
     weights = tuple(m.weight for m in cfg.models)

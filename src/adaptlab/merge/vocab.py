@@ -57,6 +57,11 @@ REPORTED_TOKENS = 50  # new or dropped special tokens listed in the report
 COPY_BLOCK_BYTES = 8 << 20  # align() gathers rows in blocks of about this size: cache-sized temporaries are fastest
 
 
+def has_tokenizer(path: str | Path) -> bool:
+    """Whether a model directory ships a vocabulary file a tokenizer can be built from."""
+    return any((Path(path) / name).is_file() for name in VOCAB_FILES)
+
+
 def load_tokenizer(path: str | Path):
     """``AutoTokenizer.from_pretrained(path)`` of a local model directory that ships tokenizer files.
 
@@ -66,7 +71,7 @@ def load_tokenizer(path: str | Path):
     directory = Path(path)
     if not directory.is_dir():
         raise ModelError(f"{path}: not a model directory, so its tokenizer cannot be read")
-    if not any((directory / name).is_file() for name in VOCAB_FILES):
+    if not has_tokenizer(directory):
         raise ModelError(f"{path}: no tokenizer files (none of {', '.join(VOCAB_FILES)}); vocabularies can only be "
                          "aligned between models that ship their tokenizer")
     from transformers import AutoTokenizer

@@ -129,6 +129,8 @@ def evaluate(cfg: FractalEvalConfig) -> tuple[RunDir, dict]:
              time.perf_counter() - started)
     per_method: dict[str, list[dict]] = {m: [] for m in cfg.methods}
     train_seconds: list[float] = []
+    shown_method = "fractal" if "fractal" in cfg.methods else cfg.methods[-1]
+    held_out: dict[int, list[float]] = {}  # bag -> its scores when it was a test bag (first seed), for the report
     for seed in cfg.seeds:
         train_cfg = cfg.train.model_copy(update={"seed": seed})
         for fold, (train_idx, test_idx) in enumerate(grouped_kfold([b.group for b in bags], cfg.folds, seed)):
@@ -139,6 +141,9 @@ def evaluate(cfg: FractalEvalConfig) -> tuple[RunDir, dict]:
                 row = {"seed": seed, "fold": fold, "seconds": time.perf_counter() - tic,
                        **fold_metrics(scores, test, cfg.train.aggregation, cfg.train.temperature)}
                 per_method[method].append(row)
+                if method == shown_method and seed == cfg.seeds[0]:
+                    lengths = [len(bags[b].sentences) for b in test_idx]
+                    held_out.update(zip(test_idx, split_by_bag(scores.tolist(), lengths)))
                 if method == "fractal":
                     train_seconds.append(row["seconds"])
             log.info("seed %d fold %d: %s", seed, fold, {m: round(per_method[m][-1]["auc_roc"], 4)
@@ -149,33 +154,33 @@ def evaluate(cfg: FractalEvalConfig) -> tuple[RunDir, dict]:
                "seeds": cfg.seeds, "summary": summary, "per_fold": per_method,
                "fractal_train_seconds_per_fold": mean_std(train_seconds) if train_seconds else None}
     atomic_write_json(run.metrics, metrics)
-    write_report(run.report, f"FRACTAL evaluation: {cfg.data}", report_sections(cfg, bags, data, metrics))
+    write_report(run.report, f"FRACTAL evaluation: {cfg.data}",
+                 report_sections(cfg, bags, metrics, shown_method, held_out))
     return run, metrics
 
 
-def report_sections(cfg: FractalEvalConfig, bags: list[Bag], data: BagTensors, metrics: dict) -> list[Section]:
-    rows = []
-    for method, row in metrics["summary"].items():
-        rows.append([method] + [f"{row[k]['mean']:.4f} ± {row[k]['std']:.4f}" if k in row else ""
-                                for k in ("auc_roc", "auc_pr", "bag_accuracy")])
-    preview_cfg = cfg.train.model_copy(update={"pseudo_label": False})
-    model, _ = fit(data.subset(list(range(min(data.n_bags, 200)))), preview_cfg)
-    shown = list(range(min(10, data.n_bags)))
-    scores = model.score(data.subset(shown).features).tolist()
-    items, k = [], 0
-    for b in shown:
-        n = len(bags[b].sentences)
-        items.append({"id": bags[b].id, "context": bags[b].context, "sentences": bags[b].sentences,
-                      "scores": scores[k:k + n], "labels": bags[b].sentence_labels})
-        k += n
+def split_by_bag(scores: list[float], lengths: list[int]) -> list[list[float]]:
+    """Flat sentence scores (bags one after another) -> one list per bag."""
+    ends = np.cumsum(lengths).tolist()
+    return [scores[end - n:end] for n, end in zip(lengths, ends)]
+
+
+def report_sections(cfg: FractalEvalConfig, bags: list[Bag], metrics: dict, shown_method: str,
+                    held_out: dict[int, list[float]]) -> list[Section]:
+    rows = [[method] + [f"{row[k]['mean']:.4f} ± {row[k]['std']:.4f}" for k in ("auc_roc", "auc_pr", "bag_accuracy")]
+            for method, row in metrics["summary"].items()]
+    items = [{"id": bags[b].id, "context": bags[b].context, "sentences": bags[b].sentences,
+              "scores": held_out[b], "labels": bags[b].sentence_labels} for b in sorted(held_out)[:10]]
     return [
         Section("Methods", [
             Paragraph(f"{cfg.folds}-fold cross-validation grouped by question, seeds {cfg.seeds}; mean ± std."),
             Table(["method", "sentence AUC-ROC", "sentence AUC-PR", "bag accuracy"], rows),
             KeyValues({"bags": metrics["bags"], "sentences": metrics["sentences"], **metrics["data"]}),
         ]),
-        Section("Scored responses (FRACTAL, first bags)", [Paragraph("Green: high score; red: low."),
-                                                           RawHTML(scored_responses_html(items, limit=10))]),
+        Section(f"Scored responses ({shown_method}, held-out scores)", [
+            Paragraph("Each bag scored by the model of the fold that held it out. Green: high score; red: low."),
+            RawHTML(scored_responses_html(items, limit=10)),
+        ]),
     ]
 
 
@@ -224,12 +229,9 @@ def score(model_dir: str, input_path: str, output: str, cache_dir: str | None = 
     with FeatureCache(cache_dir or info.get("cache_dir") or DEFAULT_CACHE, info.get("feature_model")) as c:
         feats = bag_features(c, bags)
     scores = model.score(torch.as_tensor(np.asarray(feats.features), dtype=torch.float32)).tolist()
-    lines, k = [], 0
-    for bag in bags:
-        n = len(bag.sentences)
-        lines.append(json.dumps({"id": bag.id, "sentences": bag.sentences, "scores": scores[k:k + n]},
-                                ensure_ascii=False))
-        k += n
+    per_bag = split_by_bag(scores, [len(bag.sentences) for bag in bags])
+    lines = [json.dumps({"id": bag.id, "sentences": bag.sentences, "scores": bag_scores}, ensure_ascii=False)
+             for bag, bag_scores in zip(bags, per_bag)]
     atomic_write_text(Path(output), "\n".join(lines) + "\n")
     return len(bags)
 
