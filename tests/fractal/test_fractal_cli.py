@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from adaptlab.fractal.bags import Bag, write_bags
+from adaptlab.fractal.bags import Bag, PairBag, Response, write_bags
 
 FACTS = ["The Nile flows north into the Mediterranean Sea.", "Water boils at 100 degrees Celsius at sea level.",
          "The Moon orbits the Earth about once a month.", "Mount Everest is the highest mountain above sea level."]
@@ -62,3 +62,29 @@ def test_evaluate_needs_sentence_labels(tmp_path, run_cli):
     write_bags(unlabelled, tmp_path / "bags.jsonl")
     code, _, err = run_cli("fractal", "evaluate", "--data", tmp_path / "bags.jsonl")
     assert code == 2 and "sentence_labels" in err
+
+
+def test_train_on_preference_pairs_only(tmp_path, run_cli):
+    """Pairs alone (no labelled bags) train a scorer that prefers the facts; pairs_not_used counts when off."""
+    pairs = [PairBag(id=f"p{i}", context="Tell me a fact.", a=Response([FACTS[i % 4], NOISE[i % 4]]),
+                     b=Response([NOISE[(i + 1) % 4], NOISE[(i + 2) % 4]]), preference=float(i % 2 == 0), group=None)
+             for i in range(16)]
+    for pair in pairs[1::2]:  # odd pairs: the facts are on side b, preferred
+        pair.a, pair.b = pair.b, pair.a
+    data = tmp_path / "pairs.jsonl"
+    write_bags(pairs, data)
+    cache = f"cache_dir={tmp_path / 'cache'}"
+    code, out, err = run_cli("fractal", "train", "--data", data, "--output", tmp_path / "run", cache,
+                             "train.epochs=30", "train.hidden=16")
+    assert code == 0, err
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["pairs"] == 16 and metrics["bags"] == 0
+    assert metrics["history"][-1]["preference"] < metrics["history"][0]["preference"]
+    probe = tmp_path / "probe.jsonl"
+    write_bags([Bag(id="t", context="Tell me a fact.", sentences=[NOISE[3], FACTS[2]], offsets=None, label=1.0)], probe)
+    assert run_cli("fractal", "score", "--model", tmp_path / "run", "--input", probe,
+                   "--output", tmp_path / "s.jsonl")[0] == 0
+    scores = json.loads((tmp_path / "s.jsonl").read_text())["scores"]
+    assert scores[1] > scores[0]
+    code, _, err = run_cli("fractal", "train", "--data", data, "--output", tmp_path / "run2", cache, "pairs=false")
+    assert code == 2 and "no bags and no pairs" in err

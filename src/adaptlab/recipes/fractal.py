@@ -3,13 +3,15 @@
 ``evaluate`` compares, on the same grouped folds and seeds (bags of one question stay together):
 
 * ``cosine``: the sentence–context cosine similarity as the score (no training);
-* ``bagloss``: the MLP trained with the bag loss only;
+* ``bagloss``: the MLP trained with the bag loss only (plus the preference term on pairs, when the
+  data has pairs and ``pairs: true``: pairs are labels, not priors);
 * ``fractal``: bag loss + cosine and correlation priors (the configured weights);
 * ``fractal_pseudo``: FRACTAL, then a fresh scorer trained on consistent pseudo-labels;
 * ``supervised``: the MLP trained on the true sentence labels (the upper bound).
 
 Metrics per fold: sentence AUC-ROC and AUC-PR on the test bags' labelled sentences, and bag
-accuracy of the aggregated scores; reported as mean ± std over folds × seeds.
+accuracy of the aggregated scores; reported as mean ± std over folds × seeds. Pairs follow their
+``group`` into the folds: a pair whose question is in the test fold is never trained on.
 """
 
 from __future__ import annotations
@@ -26,11 +28,19 @@ from pydantic import Field
 from adaptlab.config import StrictModel, save_config
 from adaptlab.errors import ConfigError
 from adaptlab.fractal.aggregate import AGGREGATORS
-from adaptlab.fractal.bags import Bag, read_bags
+from adaptlab.fractal.bags import Bag, PairBag, read_bags
 from adaptlab.fractal.features import FeatureCache, bag_features
 from adaptlab.fractal.folds import grouped_kfold
 from adaptlab.fractal.model import load_scorer, save_scorer
-from adaptlab.fractal.train import BagTensors, FractalTrainConfig, fit, make_bag_tensors, train_sentences
+from adaptlab.fractal.train import (
+    BagTensors,
+    FractalTrainConfig,
+    PairTensors,
+    fit,
+    make_bag_tensors,
+    make_pair_tensors,
+    train_sentences,
+)
 from adaptlab.fractal.view import scored_responses_html
 from adaptlab.metrics.ranking import bag_accuracy, mean_std, sentence_auc
 from adaptlab.report.html import KeyValues, Paragraph, RawHTML, Section, Table, write_report
@@ -47,6 +57,7 @@ class FractalDataConfig(StrictModel):
     limit: int | None = Field(None, ge=1, description="use only the first N source records")
     feature_model: str | None = Field(None, description="sentence-transformers model; default: packaged MiniLM")
     cache_dir: str = Field(DEFAULT_CACHE, description="where sentence embeddings are cached")
+    pairs: bool = Field(True, description="also train on the data's preference pairs (Bradley–Terry)")
 
 
 class FractalEvalConfig(FractalDataConfig):
@@ -64,8 +75,21 @@ class FractalTrainRunConfig(FractalDataConfig):
     output: str | None = None
 
 
-def load_bags(cfg: FractalDataConfig) -> tuple[list[Bag], dict]:
-    """Bags from a JSONL file or a named loader; returns them with the loader's counts."""
+def load_bags(cfg: FractalDataConfig) -> tuple[list[Bag], list[PairBag], dict]:
+    """Bags and pairs from a JSONL file or a named loader, with the loader's counts.
+
+    With ``pairs: false`` the pairs are dropped here (and counted as not used).
+    """
+    bags, pairs, stats = _read_source(cfg)
+    if not cfg.pairs and pairs:
+        stats["pairs_not_used"] = len(pairs)
+        pairs = []
+    if not bags and not pairs:
+        raise ConfigError(f"{cfg.data}: no bags and no pairs to train on")
+    return bags, pairs, stats
+
+
+def _read_source(cfg: FractalDataConfig) -> tuple[list[Bag], list[PairBag], dict]:
     if not cfg.data:
         raise ConfigError("no data: pass --data BAGS.jsonl (or data: multispanqa with data_root)")
     if cfg.data in DATASETS:
@@ -77,22 +101,44 @@ def load_bags(cfg: FractalDataConfig) -> tuple[list[Bag], dict]:
             loaded = datasets.load_multispanqa(cfg.data_root, limit=cfg.limit)
         else:
             loaded = datasets.load_qa_feedback(cfg.data_root, limit=cfg.limit)
-        return loaded.bags, loaded.stats.as_dict()
+        return loaded.bags, loaded.pairs, loaded.stats.as_dict()
     bags, pairs = read_bags(cfg.data)
     bags = bags[: cfg.limit] if cfg.limit else bags
-    return bags, {"bags": len(bags), "pairs_not_used": len(pairs)}
+    pairs = pairs[: cfg.limit] if cfg.limit else pairs
+    return bags, pairs, {"bags": len(bags), "pairs": len(pairs)}
 
 
-def featurize(cfg: FractalDataConfig, bags: list[Bag]) -> BagTensors:
-    with FeatureCache(cfg.cache_dir, cfg.feature_model) as cache:
-        feats = bag_features(cache, bags)
+def _bag_tensors(cache: FeatureCache, bags: list[Bag]) -> BagTensors:
+    feats = bag_features(cache, bags)
     labels = [label for bag in bags for label in (bag.sentence_labels or [None] * len(bag.sentences))]
     return make_bag_tensors(feats.features, [len(b.sentences) for b in bags], [b.label for b in bags],
                             feats.context_sim, feats.sentence_embeddings, labels)
 
 
-def method_scores(method: str, train: BagTensors, test: BagTensors, cfg: FractalTrainConfig) -> torch.Tensor:
-    """Sentence scores of the test bags after training ``method`` on the train bags."""
+def featurize(cfg: FractalDataConfig, bags: list[Bag],
+              pairs: list[PairBag] = ()) -> tuple[BagTensors, PairTensors | None]:
+    """Features of the bags and of both sides of every pair (side a of pair p is side bag 2p)."""
+    sides = [Bag(id=f"{pair.id}:{name}", context=pair.context, sentences=side.sentences, offsets=None, label=0.0)
+             for pair in pairs for name, side in (("a", pair.a), ("b", pair.b))]
+    with FeatureCache(cfg.cache_dir, cfg.feature_model) as cache:
+        data = _bag_tensors(cache, bags) if bags else None
+        pair_data = make_pair_tensors(_bag_tensors(cache, sides), [p.preference for p in pairs]) if pairs else None
+    if data is None:  # pairs only: an empty bag set with the pairs' feature width
+        data = pair_data.sides.subset([])
+    return data, pair_data
+
+
+def pairs_outside(pairs: list[PairBag], pair_data: PairTensors | None, test_groups: set) -> PairTensors | None:
+    """The pairs whose question (group) is not among ``test_groups``: those a fold may train on."""
+    if pair_data is None:
+        return None
+    keep = [i for i, pair in enumerate(pairs) if pair.group is None or pair.group not in test_groups]
+    return pair_data.subset(keep) if keep else None
+
+
+def method_scores(method: str, train: BagTensors, test: BagTensors, cfg: FractalTrainConfig,
+                  pairs: PairTensors | None = None) -> torch.Tensor:
+    """Sentence scores of the test bags after training ``method`` on the train bags (and pairs)."""
     if method == "cosine":
         return torch.nan_to_num(test.similarities, nan=0.0)
     if method == "supervised":
@@ -104,7 +150,7 @@ def method_scores(method: str, train: BagTensors, test: BagTensors, cfg: Fractal
         cfg = cfg.model_copy(update={"pseudo_label": False})
     else:
         cfg = cfg.model_copy(update={"pseudo_label": True})
-    model, _ = fit(train, cfg)
+    model, _ = fit(train, cfg, pairs)
     return model.score(test.features)
 
 
@@ -117,16 +163,16 @@ def fold_metrics(scores: torch.Tensor, test: BagTensors, aggregation: str, tempe
 
 
 def evaluate(cfg: FractalEvalConfig) -> tuple[RunDir, dict]:
-    bags, load_stats = load_bags(cfg)
+    bags, pairs, load_stats = load_bags(cfg)
     if not any(b.sentence_labels for b in bags):
         raise ConfigError("no bag has sentence_labels, so sentence AUC cannot be computed")
     run = create_run_dir(cfg.output, cfg.name)
     save_config(cfg, run.config)
     log = get_logger()
     started = time.perf_counter()
-    data = featurize(cfg, bags)
-    log.info("features for %d bags / %d sentences in %.1f s", data.n_bags, len(data.features),
-             time.perf_counter() - started)
+    data, pair_data = featurize(cfg, bags, pairs)
+    log.info("features for %d bags / %d sentences and %d pairs in %.1f s", data.n_bags, len(data.features),
+             len(pairs), time.perf_counter() - started)
     per_method: dict[str, list[dict]] = {m: [] for m in cfg.methods}
     train_seconds: list[float] = []
     shown_method = "fractal" if "fractal" in cfg.methods else cfg.methods[-1]
@@ -135,9 +181,10 @@ def evaluate(cfg: FractalEvalConfig) -> tuple[RunDir, dict]:
         train_cfg = cfg.train.model_copy(update={"seed": seed})
         for fold, (train_idx, test_idx) in enumerate(grouped_kfold([b.group for b in bags], cfg.folds, seed)):
             train, test = data.subset(list(train_idx)), data.subset(list(test_idx))
+            train_pairs = pairs_outside(pairs, pair_data, {bags[b].group for b in test_idx})
             for method in cfg.methods:
                 tic = time.perf_counter()
-                scores = method_scores(method, train, test, train_cfg)
+                scores = method_scores(method, train, test, train_cfg, train_pairs)
                 row = {"seed": seed, "fold": fold, "seconds": time.perf_counter() - tic,
                        **fold_metrics(scores, test, cfg.train.aggregation, cfg.train.temperature)}
                 per_method[method].append(row)
@@ -150,7 +197,8 @@ def evaluate(cfg: FractalEvalConfig) -> tuple[RunDir, dict]:
                                                           for m in cfg.methods})
     keys = ("auc_roc", "auc_pr", "bag_accuracy", "bag_mae", "seconds")
     summary = {m: {k: mean_std([r[k] for r in rows]) for k in keys} for m, rows in per_method.items()}
-    metrics = {"data": load_stats, "bags": data.n_bags, "sentences": len(data.features), "folds": cfg.folds,
+    metrics = {"data": load_stats, "bags": data.n_bags, "sentences": len(data.features), "pairs": len(pairs),
+               "folds": cfg.folds,
                "seeds": cfg.seeds, "summary": summary, "per_fold": per_method,
                "fractal_train_seconds_per_fold": mean_std(train_seconds) if train_seconds else None}
     atomic_write_json(run.metrics, metrics)
@@ -185,14 +233,15 @@ def report_sections(cfg: FractalEvalConfig, bags: list[Bag], metrics: dict, show
 
 
 def train(cfg: FractalTrainRunConfig) -> tuple[RunDir, dict]:
-    bags, load_stats = load_bags(cfg)
+    bags, pairs, load_stats = load_bags(cfg)
     run = create_run_dir(cfg.output, cfg.name)
     save_config(cfg, run.config)
-    data = featurize(cfg, bags)
-    model, history = fit(data, cfg.train)
+    data, pair_data = featurize(cfg, bags, pairs)
+    model, history = fit(data, cfg.train, pair_data)
     save_scorer(model, run.model, {"feature_model": cfg.feature_model, "aggregation": cfg.train.aggregation,
                                    "temperature": cfg.train.temperature, "cache_dir": cfg.cache_dir})
-    metrics = {"data": load_stats, "bags": data.n_bags, "sentences": len(data.features), "history": history}
+    metrics = {"data": load_stats, "bags": data.n_bags, "sentences": len(data.features), "pairs": len(pairs),
+               "history": history}
     atomic_write_json(run.metrics, metrics)
     return run, metrics
 
