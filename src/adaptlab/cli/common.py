@@ -1,14 +1,32 @@
-"""Small printing helpers shared by the CLI modules."""
+"""Small helpers shared by the CLI modules: printing, and a group that runs a config by default."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperGroup
 
 # User data (paths, texts with [E1] markers) must never be read as rich markup.
 console = Console(markup=False, highlight=False)
+
+
+class RunByDefault(TyperGroup):
+    """``adaptlab GROUP CONFIG`` means ``adaptlab GROUP run CONFIG``; named subcommands still work."""
+
+    def parse_args(self, ctx, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            args = ["run", *args]
+        return super().parse_args(ctx, args)
+
+
+def config_or_override(config: str | None, overrides: list[str] | None) -> tuple[str | None, list[str] | None]:
+    """``COMMAND key=value ...`` with no config file: the first argument is an override too."""
+    if config and "=" in config and not Path(config).exists():
+        return None, [config, *(overrides or [])]
+    return config, overrides
 
 
 def print_json(obj) -> None:

@@ -5,19 +5,8 @@ from __future__ import annotations
 from typing import Optional
 
 import typer
-from typer.core import TyperGroup
 
-from adaptlab.cli.common import console, print_json
-
-
-class RunByDefault(TyperGroup):
-    """``adaptlab merge CONFIG`` means ``adaptlab merge run CONFIG``; named subcommands still work."""
-
-    def parse_args(self, ctx, args: list[str]) -> list[str]:
-        if args and args[0] not in self.commands and not args[0].startswith("-"):
-            args = ["run", *args]
-        return super().parse_args(ctx, args)
-
+from adaptlab.cli.common import RunByDefault, console, print_json
 
 app = typer.Typer(cls=RunByDefault, no_args_is_help=True)
 

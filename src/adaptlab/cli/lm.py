@@ -1,0 +1,64 @@
+"""``adaptlab lm prepare | train | evaluate``: continual pretraining and SFT of causal language models."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from adaptlab.cli.common import config_or_override, console, print_json
+
+app = typer.Typer(no_args_is_help=True)
+
+
+@app.command()
+def prepare(
+    config: str = typer.Argument(..., help="YAML config (see configs/lm_prepare.yaml)"),
+    overrides: Optional[list[str]] = typer.Argument(None, help="key=value config overrides"),
+    output: Optional[str] = typer.Option(None, "--output", help="run directory (must not exist)"),
+) -> None:
+    """Clean, de-duplicate, tokenize and pack a corpus into blocks; held-out domain and general splits."""
+    from adaptlab.config import load_config
+    from adaptlab.recipes import lm_prepare
+
+    run, metrics = lm_prepare.prepare(load_config(lm_prepare.PrepareConfig, config, overrides, {"output": output}))
+    splits = metrics["splits"]
+    console.print(", ".join(f"{name}: {row['rows']} blocks / {row['tokens']} tokens" for name, row in splits.items()))
+    console.print(f"prepared corpus: {run.path}")
+
+
+@app.command()
+def train(
+    config: str = typer.Argument(..., help="YAML config (see configs/lm_cpt.yaml, configs/lm_sft.yaml)"),
+    overrides: Optional[list[str]] = typer.Argument(None, help="key=value config overrides"),
+    output: Optional[str] = typer.Option(None, "--output", help="run directory (an existing one only with resume)"),
+) -> None:
+    """Continual pretraining (mode cpt, packed blocks) or chat SFT (mode sft, assistant tokens only)."""
+    from adaptlab.config import load_config
+    from adaptlab.recipes import lm_train
+
+    run, metrics = lm_train.train(load_config(lm_train.LMTrainConfig, config, overrides, {"output": output}))
+    final = {k: v for k, v in metrics.items() if k.startswith("final_")}
+    console.print("  ".join(f"{k.removeprefix('final_')} {v:.4g}" for k, v in final.items()))
+    console.print(f"model: {run.model}")
+
+
+@app.command()
+def evaluate(
+    config: Optional[str] = typer.Argument(None, help="YAML config (see configs/lm_evaluate.yaml)"),
+    overrides: Optional[list[str]] = typer.Argument(None, help="key=value config overrides"),
+    output: Optional[str] = typer.Option(None, "--output", help="run directory (must not exist)"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Perplexity on text files, multiple-choice tasks by log-likelihood, and the instruction-following probe."""
+    from adaptlab.config import load_config
+    from adaptlab.recipes import lm_evaluate
+
+    config, overrides = config_or_override(config, overrides)
+    run, metrics = lm_evaluate.evaluate(load_config(lm_evaluate.LMEvalConfig, config, overrides, {"output": output}))
+    if as_json:
+        print_json(metrics["table"])
+        return
+    for row in metrics["table"]:
+        console.print("  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
+    console.print(f"run directory: {run.path}")

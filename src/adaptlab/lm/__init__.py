@@ -1,0 +1,1 @@
+"""Language-model adaptation: corpus preparation, packing, continual pretraining, SFT and evaluation."""
