@@ -1,4 +1,4 @@
-"""``adaptlab fractal train | score | evaluate``: sentence scores learned from response labels."""
+"""``adaptlab fractal train | score | evaluate | dpo-pairs | sft``: sentence scores learned from response labels."""
 
 from __future__ import annotations
 
@@ -85,4 +85,33 @@ def evaluate(
     for method, row in metrics["summary"].items():
         console.print(f"{method:>15}: AUC-ROC {row['auc_roc']['mean']:.4f} ± {row['auc_roc']['std']:.4f}  "
                       f"AUC-PR {row['auc_pr']['mean']:.4f}  bag accuracy {row['bag_accuracy']['mean']:.4f}")
+    console.print(f"run directory: {run.path}")
+
+
+@app.command()
+def sft(
+    config: Optional[str] = typer.Argument(None, help="YAML config (see configs/fractal_sft.yaml)"),
+    overrides: Optional[list[str]] = typer.Argument(None, help="key=value overrides (mode=mask threshold=0.6)"),
+    model: Optional[str] = typer.Option(None, "--model", help="causal LM to fine-tune (HF name or directory)"),
+    scores: Optional[str] = typer.Option(None, "--scores", help="'fractal score' output: {id, sentences, scores}"),
+    bags: Optional[str] = typer.Option(None, "--bags", help="the bags JSONL that was scored (context, response)"),
+    output: Optional[str] = typer.Option(None, "--output", help="run directory (must not exist)"),
+) -> None:
+    """Fine-tune a causal LM on the scored responses, each token's loss weighted (or masked) by its sentence score."""
+    from pathlib import Path
+
+    from adaptlab.config import load_config
+    from adaptlab.recipes import fractal_sft
+
+    if config and "=" in config and not Path(config).exists():  # no config file, only overrides
+        config, overrides = None, [config, *(overrides or [])]
+    cfg = load_config(fractal_sft.FractalSFTConfig, config, overrides,
+                      {"model": model, "scores": scores, "bags": bags, "output": output})
+    run, metrics = fractal_sft.sft(cfg)
+    counts, history = metrics["counts"], metrics["history"]
+    console.print(f"trained on {counts['examples']} examples ({counts['skipped_nothing_to_learn']} skipped: nothing "
+                  f"to learn; {counts['truncated']} truncated); masked token share {counts['masked_token_share']:.3f}, "
+                  f"mean weight {counts['mean_weight']:.3f}")
+    if history:
+        console.print(f"loss {history[0]['loss']:.4f} -> {history[-1]['loss']:.4f} in {metrics['train_steps']} steps")
     console.print(f"run directory: {run.path}")
