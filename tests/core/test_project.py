@@ -22,13 +22,21 @@ def test_example_configs_validate(name, model):
 def example_config_models():
     from adaptlab.merge.config import MergeConfig
     from adaptlab.merge.search import SearchConfig
+    from adaptlab.recipes.domain_instruct import DomainInstructConfig
     from adaptlab.recipes.fractal import FractalEvalConfig
+    from adaptlab.recipes.fractal_sft import FractalSFTConfig
+    from adaptlab.recipes.lm_evaluate import LMEvalConfig
+    from adaptlab.recipes.lm_prepare import PrepareConfig
+    from adaptlab.recipes.lm_train import LMTrainConfig
     from adaptlab.recipes.zero_shot import ZeroShotConfig
     from adaptlab.synth.config import SynthConfig
 
     return {"synth_biospecies.yaml": SynthConfig, "zero_shot_ner.yaml": ZeroShotConfig,
             "merge_chat_vector.yaml": MergeConfig, "merge_ties.yaml": MergeConfig,
-            "merge_search.yaml": SearchConfig, "fractal.yaml": FractalEvalConfig}
+            "merge_search.yaml": SearchConfig, "fractal.yaml": FractalEvalConfig,
+            "fractal_sft.yaml": FractalSFTConfig, "lm_prepare.yaml": PrepareConfig, "lm_cpt.yaml": LMTrainConfig,
+            "lm_sft.yaml": LMTrainConfig, "lm_evaluate.yaml": LMEvalConfig,
+            "domain_instruct.yaml": DomainInstructConfig}
 
 
 def test_every_example_config_validates():

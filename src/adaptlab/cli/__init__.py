@@ -29,7 +29,20 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show full traceback
 
 
 def _register() -> None:
-    from adaptlab.cli import data, demo, distill, extract, fractal, merge, ner, re_cmd, synth, teacher
+    from adaptlab.cli import (
+        data,
+        demo,
+        distill,
+        domain_instruct,
+        extract,
+        fractal,
+        lm,
+        merge,
+        ner,
+        re_cmd,
+        synth,
+        teacher,
+    )
 
     app.add_typer(data.app, name="data", help="Inspect, repair and convert annotated data.")
     app.add_typer(ner.app, name="ner", help="Train, evaluate and run NER students.")
@@ -40,6 +53,9 @@ def _register() -> None:
     app.add_typer(merge.app, name="merge",
                   help="Merge models (chat vector, task arithmetic, TIES, DARE, SLERP); 'merge CONFIG' runs a config.")
     app.add_typer(fractal.app, name="fractal", help="FRACTAL: sentence scores learned from response-level labels.")
+    app.add_typer(lm.app, name="lm", help="Continual pretraining and SFT of causal LMs: prepare, train, evaluate.")
+    app.add_typer(domain_instruct.app, name="domain-instruct",
+                  help="A domain instruct model without instruction data: CPT, chat vector, evaluation.")
     app.command("extract")(extract.extract)
     app.command("demo")(demo.demo)
 

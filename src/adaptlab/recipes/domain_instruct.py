@@ -1,0 +1,219 @@
+"""``adaptlab domain-instruct CONFIG``: a domain instruction model without instruction data.
+
+The recipe of Hirano & Imajo (2024), read top to bottom:
+
+1. **Continual pretraining** of the base model on a prepared domain corpus (``adaptlab lm prepare``;
+   replay of general text is the corpus' ``replay_ratio``), with a re-warmed, re-decayed learning
+   rate: ``base -> domain`` (:func:`adaptlab.recipes.lm_train.train`, mode ``cpt``).
+2. **The chat vector**: ``merged = domain + λ·(instruct − base)`` with the merging engine
+   (:func:`adaptlab.merge.chat_vector.chat_vector_config`); the domain model's tokenizer, the instruct
+   model's chat template. With ``merge.search`` the λ's are tried in turn and the one with the lowest
+   ``log(ppl_domain) + general_weight·log(ppl_general)`` on the corpus' held-out text is kept
+   (:func:`adaptlab.merge.search.run_search`).
+3. **Evaluation** of base, instruct, domain and merged on held-out domain and general perplexity,
+   the configured multiple-choice tasks and the instruction-following probe
+   (:func:`adaptlab.recipes.lm_evaluate.evaluate`).
+4. **One report**: the comparison table and the continual-pretraining loss curves in ``report.html``.
+
+Stages leave their results in sub-directories of the run (``cpt/``, ``merge/`` or ``merged/``,
+``evaluate/``). Running the same config again with the same ``--output`` continues an interrupted
+run: a finished stage is kept, continual pretraining resumes from its newest valid checkpoint,
+and the evaluation is redone.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import Field
+
+from adaptlab.config import StrictModel, save_config
+from adaptlab.errors import ConfigError, RunDirError
+from adaptlab.lm.train import loss_curve_png
+from adaptlab.recipes.lm_evaluate import LMEvalConfig
+from adaptlab.recipes.lm_train import LMTrainConfig
+from adaptlab.report.html import Image, KeyValues, Paragraph, Section, Table, write_report
+from adaptlab.runs import RunDir, atomic_write_json, attach_log_file, create_run_dir, get_logger
+
+RECIPE_SETS = {"train": ("mode", "model", "data", "output", "resume"), "evaluate": ("models", "output")}
+MODEL_ROLES = ("base", "instruct", "domain", "merged")
+
+
+class ChatVectorStep(StrictModel):
+    scale: float = Field(1.0, description="λ in domain + λ·(instruct − base) when there is no search")
+    search: list[float] | None = Field(None, description="λ values to try; the best on held-out perplexity is kept")
+    general_weight: float = Field(1.0, ge=0, description="weight of log(ppl_general) in the search score")
+    max_length: int = Field(512, ge=2, description="tokens per perplexity window in the search")
+    dtype: str | None = Field(None, description="merged weights' dtype; default: the base model's")
+
+
+class DomainInstructConfig(StrictModel):
+    name: str = "domain-instruct"
+    base: str = Field(description="the base model (HF directory or hub name)")
+    instruct: str = Field(description="the base model's instruction-tuned version")
+    corpus: str = Field(description="a prepared corpus directory (adaptlab lm prepare)")
+    train: LMTrainConfig = Field(LMTrainConfig(), description="continual-pretraining settings (adaptlab lm train)")
+    merge: ChatVectorStep = ChatVectorStep()
+    evaluate: LMEvalConfig = Field(LMEvalConfig(), description="evaluation settings; models are set by the recipe")
+    output: str | None = None
+
+
+def check_config(cfg: DomainInstructConfig) -> None:
+    """Keys the recipe sets itself must not be set by the user (they would be silently replaced)."""
+    for section, keys in RECIPE_SETS.items():
+        given = sorted(set(keys) & getattr(cfg, section).model_fields_set)
+        if given:
+            raise ConfigError(f"{section}.{given[0]} is set by the domain-instruct recipe; remove it from the config "
+                              f"(the recipe sets {', '.join(f'{section}.{k}' for k in keys)})")
+    if cfg.merge.search is not None and not cfg.merge.search:
+        raise ConfigError("merge.search is an empty list; give λ values to try, or remove it")
+
+
+def _open_run(cfg: DomainInstructConfig) -> RunDir:
+    """A fresh run directory, or the unfinished one of the same config in ``output``."""
+    output = Path(cfg.output) if cfg.output else None
+    if output is None or not output.is_dir() or not any(output.iterdir()):
+        return create_run_dir(cfg.output, cfg.name)
+    run = RunDir(output)
+    previous = yaml.safe_load(run.config.read_text(encoding="utf-8")) if run.config.is_file() else None
+    if previous != cfg.model_dump(mode="json", by_alias=True):
+        raise RunDirError(f"{output} is not empty and is not an unfinished run of this same config; choose another "
+                          "output (adaptlab never overwrites a directory)")
+    attach_log_file(run.log)
+    get_logger().info("continuing the run in %s", output)
+    return run
+
+
+def continual_pretraining(cfg: DomainInstructConfig, run: RunDir) -> dict[str, Any]:
+    from adaptlab.recipes import lm_train
+
+    stage = run.path / "cpt"
+    if (stage / "model").is_dir() and (stage / "metrics.json").is_file():
+        get_logger().info("continual pretraining already done: %s", stage / "model")
+        return json.loads((stage / "metrics.json").read_text(encoding="utf-8"))
+    train_cfg = cfg.train.model_copy(update={"mode": "cpt", "model": cfg.base, "data": cfg.corpus,
+                                             "output": str(stage), "resume": "auto"})
+    _, metrics = lm_train.train(train_cfg)
+    return metrics
+
+
+def chat_vector_merge(cfg: DomainInstructConfig, run: RunDir, domain: Path) -> tuple[Path, dict[str, Any]]:
+    """The merged model's directory and what was chosen (λ, and the search rows when searching)."""
+    from adaptlab.merge.chat_vector import chat_vector_config
+    from adaptlab.merge.engine import merge_models
+    from adaptlab.merge.search import SearchConfig, run_search
+
+    merged = run.path / "merged"
+    step = cfg.merge
+    if merged.is_dir():
+        get_logger().info("chat-vector merge already done: %s", merged)
+        return merged, json.loads((run.path / "merge.json").read_text(encoding="utf-8"))
+    merge_config = chat_vector_config(cfg.base, cfg.instruct, str(domain), str(merged), step.scale, step.dtype)
+    if step.search is None:
+        merge_models(merge_config)
+        info: dict[str, Any] = {"scale": step.scale, "search": None}
+    else:
+        search_dir = run.path / "merge-search"
+        shutil.rmtree(search_dir, ignore_errors=True)  # an interrupted search starts over
+        texts = prepared_texts(cfg.corpus)
+        search = SearchConfig(merge=merge_config, grid=step.search, target="weight", vary=cfg.instruct,
+                              domain_text=texts["domain"], general_text=texts.get("general"),
+                              general_weight=step.general_weight, max_length=step.max_length,
+                              output=str(search_dir), progress=cfg.train.progress)
+        _, result = run_search(search)
+        if result["best_model"] is None:
+            raise ConfigError("no λ of merge.search gave a finite held-out perplexity; see "
+                              f"{search_dir / 'report.html'}")
+        Path(result["best_model"]).rename(merged)
+        info = {"scale": result["best"]["value"], "search": result["rows"]}
+    atomic_write_json(run.path / "merge.json", info)
+    return merged, info
+
+
+def prepared_texts(corpus: str) -> dict[str, str]:
+    """The corpus' held-out raw text files: ``{"domain": path, "general": path}`` (general when present)."""
+    folder = Path(corpus) / "text"
+    texts = {role: str(folder / f"eval_{role}.txt") for role in ("domain", "general")
+             if (folder / f"eval_{role}.txt").is_file()}
+    if "domain" not in texts:
+        raise ConfigError(f"corpus {corpus} has no held-out domain text ({folder / 'eval_domain.txt'}); "
+                          "give a directory written by `adaptlab lm prepare`")
+    return texts
+
+
+def evaluate_models(cfg: DomainInstructConfig, run: RunDir, models: dict[str, str]) -> dict[str, Any]:
+    from adaptlab.recipes import lm_evaluate
+
+    stage = run.path / "evaluate"
+    shutil.rmtree(stage, ignore_errors=True)  # cheap next to training: always redone
+    settings = cfg.evaluate.model_dump()
+    if not settings["perplexity"]["texts"]:
+        settings["perplexity"]["texts"] = prepared_texts(cfg.corpus)
+    settings.update(models=[{"name": name, "path": path} for name, path in models.items()], output=str(stage))
+    _, metrics = lm_evaluate.evaluate(lm_evaluate.LMEvalConfig.model_validate(settings))
+    return metrics
+
+
+def read_evaluation(run_dir: RunDir) -> dict[str, Any]:
+    """The evaluation stage's metrics (``evaluate/metrics.json``) of a finished recipe run."""
+    return json.loads((run_dir.path / "evaluate" / "metrics.json").read_text(encoding="utf-8"))
+
+
+def run(cfg: DomainInstructConfig) -> tuple[RunDir, dict[str, Any]]:
+    check_config(cfg)
+    prepared_texts(cfg.corpus)
+    run_dir = _open_run(cfg)
+    save_config(cfg, run_dir.config)
+    log = get_logger()
+    log.info("1/3 continual pretraining of %s on %s", cfg.base, cfg.corpus)
+    cpt = continual_pretraining(cfg, run_dir)
+    domain = run_dir.path / "cpt" / "model"
+    log.info("2/3 chat-vector merge: domain + λ·(instruct − base)")
+    merged, merge_info = chat_vector_merge(cfg, run_dir, domain)
+    log.info("3/3 evaluating base, instruct, domain and merged")
+    models = dict(zip(MODEL_ROLES, (cfg.base, cfg.instruct, str(domain), str(merged))))
+    evaluation = evaluate_models(cfg, run_dir, models)
+    metrics = {"models": models, "merge": merge_info, "table": evaluation["table"],
+               "cpt": {k: v for k, v in cpt.items() if k != "history"}, "cpt_history": cpt["history"]}
+    atomic_write_json(run_dir.metrics, metrics)
+    write_report(run_dir.report, f"Domain instruct: {cfg.name}", report_sections(metrics, evaluation))
+    return run_dir, metrics
+
+
+def _cell(value: Any) -> Any:
+    return f"{value:.4g}" if isinstance(value, float) else ("–" if value is None else value)
+
+
+def report_sections(metrics: dict[str, Any], evaluation: dict[str, Any]) -> list[Section]:
+    table = metrics["table"]
+    columns = list(table[0]) if table else []
+    merge = metrics["merge"]
+    sections = [
+        Section("Base, instruct, domain and merged", [
+            Paragraph("ppl_*: held-out perplexity (lower is better); *_acc: multiple-choice accuracy by "
+                      "log-likelihood; probe_both: share of probe prompts answered in the chat format and "
+                      "stopped at EOS. The recipe's aim: the merged model near the domain model on domain "
+                      "perplexity and near the instruct model on the probe."),
+            Table(columns, [[_cell(row[c]) for c in columns] for row in table]),
+            KeyValues({"models": ", ".join(f"{k}: {v}" for k, v in metrics["models"].items()),
+                       "chat-vector λ": merge["scale"]}),
+        ]),
+        Section("Continual pretraining", [
+            Image(loss_curve_png(metrics["cpt_history"], "continual pretraining"), alt="CPT loss curves"),
+            KeyValues({k: v for k, v in metrics["cpt"].items() if not isinstance(v, (dict, list))}),
+        ]),
+    ]
+    if merge["search"]:
+        rows = [[row["value"], _cell(row["ppl_domain"]), _cell(row["ppl_general"]), _cell(row["score"])]
+                for row in merge["search"]]
+        sections.append(Section("λ search", [Table(["λ", "ppl_domain", "ppl_general", "score"], rows)]))
+    examples = {name: m.get("probe", {}).get("examples", []) for name, m in evaluation["models"].items()}
+    if any(examples.values()):
+        rows = [[name, ex.get("prompt"), ex.get("response"), ex.get("stopped")]
+                for name, items in examples.items() for ex in items]
+        sections.append(Section("Probe examples", [Table(["model", "prompt", "response", "stopped"], rows)]))
+    return sections
