@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from adaptlab.cli.common import console, print_json
+from adaptlab.cli.common import config_or_override, console, print_json
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -70,13 +70,11 @@ def evaluate(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Cosine, BagLoss, FRACTAL, FRACTAL + pseudo-labels and supervised on grouped folds: AUC and bag accuracy."""
-    from pathlib import Path
 
     from adaptlab.config import load_config
     from adaptlab.recipes import fractal
 
-    if config and "=" in config and not Path(config).exists():  # no config file, only overrides
-        config, overrides = None, [config, *(overrides or [])]
+    config, overrides = config_or_override(config, overrides)
     cfg = load_config(fractal.FractalEvalConfig, config, overrides, {"data": data, "output": output})
     run, metrics = fractal.evaluate(cfg)
     if as_json:
@@ -98,13 +96,11 @@ def sft(
     output: Optional[str] = typer.Option(None, "--output", help="run directory (must not exist)"),
 ) -> None:
     """Fine-tune a causal LM on the scored responses, each token's loss weighted (or masked) by its sentence score."""
-    from pathlib import Path
 
     from adaptlab.config import load_config
     from adaptlab.recipes import fractal_sft
 
-    if config and "=" in config and not Path(config).exists():  # no config file, only overrides
-        config, overrides = None, [config, *(overrides or [])]
+    config, overrides = config_or_override(config, overrides)
     cfg = load_config(fractal_sft.FractalSFTConfig, config, overrides,
                       {"model": model, "scores": scores, "bags": bags, "output": output})
     run, metrics = fractal_sft.sft(cfg)
