@@ -35,6 +35,8 @@ benchmark: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/re_biospecies.py
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/teacher_throughput.py
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/merge_bench.py
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/fractal_bench.py --seeds 0,1,2
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/cpt_throughput.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info

@@ -125,19 +125,26 @@ def instructions(rng: random.Random, n: int) -> list[dict]:
 
 
 def domain_quiz() -> list[dict]:
-    """Cloze questions: which habitat / diet completes the sentence about a species (lm-eval style)."""
+    """Cloze questions in lm-eval style: which phrase completes a sentence about a species.
+
+    The wrong choices are one other species' habitat (or diet) and two everyday places (or foods)
+    from the general text: a model that has learned the domain text should at least prefer the
+    domain phrases, and one that has bound species to facts picks the right one.
+    """
     rows: list[dict] = [{"task": {"prompt": "{stem}", "choice": " {choice}."}}]
     for i, (name, habitat, diet, _, _) in enumerate(SPECIES):
-        others = [s for s in SPECIES if s[0] != name]
-        wrong = random.Random(i).sample(others, 3)
-        for field, question, stem, truth, pick in (
-            ("habitat", f"Where does the {name} live?", f"The {name} lives in", habitat, lambda s: s[1]),
-            ("diet", f"What does the {name} eat?", f"In the wild, the {name} feeds mainly on", diet, lambda s: s[2]),
+        rng = random.Random(i)
+        other = rng.choice([s for s in SPECIES if s[0] != name])
+        places = [f"{a} and {b}" for a, b in zip(rng.sample(PLACES, 2), rng.sample(PLACES, 2))]
+        foods = [f"{a} and {b}" for a, b in zip(rng.sample(FOODS, 2), rng.sample(FOODS, 2))]
+        for field, stem, truth, wrong in (
+            ("habitat", f"The {name} lives in", habitat, [other[1], *places]),
+            ("diet", f"In the wild, the {name} feeds mainly on", diet, [other[2], *foods]),
         ):
-            choices = [truth] + [pick(s) for s in wrong]
-            order = random.Random(f"{i}{field}").sample(range(4), 4)
-            rows.append({"id": f"{name}-{field}", "question": question, "stem": stem,
-                         "choices": [choices[k] for k in order], "answer": order.index(0)})
+            choices = [truth, *wrong]
+            order = rng.sample(range(4), 4)
+            rows.append({"id": f"{name}-{field}", "stem": stem, "choices": [choices[k] for k in order],
+                         "answer": order.index(0)})
     return rows
 
 

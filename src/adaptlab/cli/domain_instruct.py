@@ -35,12 +35,12 @@ def run(
 @app.command()
 def demo(
     output: Optional[str] = typer.Option(None, "--output", help="run directory (default runs/<time>-...)"),
-    cpt_steps: int = typer.Option(150, "--cpt-steps", help="continual-pretraining steps"),
+    cpt_steps: int = typer.Option(120, "--cpt-steps", help="continual-pretraining steps"),
 ) -> None:
     """The whole recipe offline on tiny models trained from scratch here (a few minutes on 2 CPU cores)."""
     from adaptlab.recipes import domain_instruct_demo
 
     console.print("Training a tiny base and instruct model from scratch, then running the recipe...")
-    run_dir, metrics = domain_instruct_demo.run_demo(output, cpt_steps)
+    run_dir, metrics = domain_instruct_demo.run_demo(output, cpt_steps, say=console.print)
     _print_table(metrics["table"])
     console.print(f"took {metrics['seconds']} s; report: {run_dir.report}")

@@ -17,6 +17,7 @@ it makes both from the text shipped in ``resources/lm_demo`` (built by ``tools/b
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -81,24 +82,30 @@ def train(model: Path, data: Path, output: Path, mode: str, **settings: Any) -> 
     return run.model, metrics
 
 
-def run_demo(output: str | None = None, cpt_steps: int = 150) -> tuple[RunDir, dict[str, Any]]:
+def run_demo(output: str | None = None, cpt_steps: int = 120,
+             say: Callable[[str], None] = lambda message: None) -> tuple[RunDir, dict[str, Any]]:
+    """Run the demo; ``say`` receives one line per stage (the CLI prints them)."""
     run = create_run_dir(output, "domain-instruct-demo")
     work = run.path / "work"
     work.mkdir()
-    log = get_logger()
     started = time.perf_counter()
-    log.info("tokenizer and a random tiny Llama")
+
+    def stage(message: str) -> None:
+        get_logger().info(message)
+        say(f"[{time.perf_counter() - started:6.0f} s] {message}")
+
+    stage("tokenizer and a random tiny Llama")
     tokenizer = build_tokenizer(work / "tokenizer")
     init = save_random_llama(tokenizer, work / "init", hidden=64, layers=2, heads=4, max_positions=256)
     general_base, general_rest = split_general(work)
-    log.info("base: pretraining on general text")
+    stage("base: pretraining on general text")
     base_corpus = prepare(init, [{"name": "general", "path": str(general_base), "role": "domain"}],
                           work / "corpus-base", eval_documents=20)
-    base, base_metrics = train(init, base_corpus, work / "base", "cpt", max_steps=400)
-    log.info("instruct: chat SFT of the base")
+    base, base_metrics = train(init, base_corpus, work / "base", "cpt", max_steps=300)
+    stage("instruct: chat SFT of the base")
     instruct, instruct_metrics = train(base, _resource("instructions.jsonl"), work / "instruct", "sft",
-                                       max_steps=150, learning_rate=1e-3, max_length=128)
-    log.info("domain corpus with general replay")
+                                       max_steps=60, learning_rate=5e-4, max_length=128)
+    stage("domain corpus with general replay")
     corpus = prepare(base, [{"name": "wildlife", "path": str(_resource("domain.txt")), "role": "domain"},
                             {"name": "general", "path": str(general_rest), "role": "general"}],
                      work / "corpus-domain", eval_documents=20, replay_ratio=0.1)
@@ -110,6 +117,7 @@ def run_demo(output: str | None = None, cpt_steps: int = 150) -> tuple[RunDir, d
                      "probe": {"prompts": str(_resource("probe.jsonl")), "max_new_tokens": 40},
                      "perplexity": {"max_length": 128}, "progress": False},
     })
+    stage("the recipe: continual pretraining, chat-vector merge, evaluation of the four models")
     recipe_run, metrics = domain_instruct.run(recipe_cfg)
     metrics = {**metrics, "seconds": round(time.perf_counter() - started, 1),
                "base_training": {k: v for k, v in base_metrics.items() if k.startswith("final_")},
