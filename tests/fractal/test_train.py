@@ -46,7 +46,7 @@ def test_pseudo_labels_and_supervised_training_run_and_agree(tmp_path):
     cfg = FractalTrainConfig(epochs=30, pseudo_label=True, weights={"cosine": 0.0, "correlation": 0.0}, hidden=16)
     model, _ = fit(data, cfg)
     assert sentence_auc(data.sentence_labels.numpy(), model.score(data.features).numpy())["auc_roc"] > 0.85
-    supervised = train_sentences(data.features, data.sentence_labels, cfg.model_copy(update={"epochs": 150}))
+    supervised = train_sentences(data, data.sentence_labels, cfg.model_copy(update={"epochs": 150}))
     assert sentence_auc(data.sentence_labels.numpy(), supervised.score(data.features).numpy())["auc_roc"] > 0.95
     save_scorer(supervised, tmp_path / "scorer", {"aggregation": "max"})
     loaded, info = load_scorer(tmp_path / "scorer")

@@ -22,9 +22,11 @@ encoder truncates one longer than the window (sentences are short).
 **Cache layout.** ``root/<model-key>/`` holds ``meta.json`` (model, dim, dtype), ``vectors.bin`` (rows of
 float32 or float16, read through ``np.memmap``) and ``keys.bin`` (32-byte sha256 digests, one per row). The
 model key is a readable slug of the model name plus a hash of its identity: for a local directory, every
-file's relative path and size and the contents of its JSON configs; for a hub name, the name; plus any
-``max_seq_length`` override. A text's key is sha256 of its normalised form (Unicode NFC, whitespace runs
-collapsed to one space, stripped); the normalised text is what gets encoded, so equal keys mean equal inputs.
+file's relative path and size and the contents of its JSON configs (an encoder fine-tuned by adaptlab
+carries a JSON fingerprint of its weights, so fine-tunings of one architecture never share rows); for a hub
+name, the name; plus any ``max_seq_length`` override. A text's key is sha256 of its normalised form (Unicode
+NFC, whitespace runs collapsed to one space, stripped); the normalised text is what gets encoded, so equal
+keys mean equal inputs.
 Writes are append-only under an ``flock``: rows first, then their keys, each fsync'ed. A crash between the two
 leaves rows without keys, which the next opener truncates away, so a row is never read without its key.
 """
@@ -90,6 +92,34 @@ def model_cache_key(model_name_or_path: str, max_seq_length: int | None = None) 
     identity.update(f"\0max_seq_length={max_seq_length}".encode())
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", readable).strip("-")[-60:]
     return f"{slug}-{identity.hexdigest()[:16]}"
+
+
+def chunk_context(tokenizer, context: str, max_seq_length: int, model_name: str = "encoder") -> list[str]:
+    """The normalised ``context`` cut into word-aligned pieces of at most ``max_seq_length`` tokens with specials.
+
+    Shared by the feature cache and end-to-end fine-tuning (:mod:`adaptlab.fractal.finetune`), so both see the
+    same chunks. Needs a fast tokenizer (character offsets and word ids).
+    """
+    text = normalise_text(context)
+    if not getattr(tokenizer, "is_fast", False):
+        raise ModelError(f"{model_name}: chunking long contexts needs a fast (Rust) tokenizer")
+    window = max_seq_length - tokenizer.num_special_tokens_to_add(pair=False)
+    encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    offsets, word_ids = encoding["offset_mapping"], encoding.word_ids()
+    n_tokens = len(offsets)
+    if n_tokens <= window:
+        return [text]
+    chunks, start = [], 0
+    while start < n_tokens:
+        end = min(start + window, n_tokens)
+        word_start = end
+        while end < n_tokens and word_start > start and word_ids[word_start] == word_ids[word_start - 1]:
+            word_start -= 1
+        if end < n_tokens and word_start > start:
+            end = word_start
+        chunks.append(text[offsets[start][0] : offsets[end - 1][1]])
+        start = end
+    return chunks
 
 
 class _RowStore:
@@ -288,27 +318,7 @@ class FeatureCache:
 
     def context_chunks(self, context: str) -> list[str]:
         """The normalised context cut into pieces that each fit the encoder window (one piece if it fits)."""
-        text = normalise_text(context)
-        tokenizer = self.model.tokenizer
-        if not getattr(tokenizer, "is_fast", False):
-            raise ModelError(f"{self.model_name_or_path}: chunking long contexts needs a fast (Rust) tokenizer")
-        window = self.max_seq_length - tokenizer.num_special_tokens_to_add(pair=False)
-        encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        offsets, word_ids = encoding["offset_mapping"], encoding.word_ids()
-        n_tokens = len(offsets)
-        if n_tokens <= window:
-            return [text]
-        chunks, start = [], 0
-        while start < n_tokens:
-            end = min(start + window, n_tokens)
-            word_start = end
-            while end < n_tokens and word_start > start and word_ids[word_start] == word_ids[word_start - 1]:
-                word_start -= 1
-            if end < n_tokens and word_start > start:
-                end = word_start
-            chunks.append(text[offsets[start][0] : offsets[end - 1][1]])
-            start = end
-        return chunks
+        return chunk_context(self.model.tokenizer, context, self.max_seq_length, self.model_name_or_path)
 
     def embed_contexts(self, contexts: Sequence[str]) -> np.ndarray:
         """Float32 ``[len(contexts), d]``: each context's embedding, max over chunks when it is too long."""

@@ -3,6 +3,9 @@
 ``score = σ(MLP(features))`` with ``features`` from :mod:`adaptlab.fractal.features`
 (``[e_s, e_c, e_s⊙e_c, |e_s − e_c|]``). A saved scorer is a directory with ``scorer.safetensors``
 and ``scorer.json`` (head shape, the feature model it expects, the aggregation it was trained for).
+A scorer whose encoder was fine-tuned (:mod:`adaptlab.fractal.finetune`) also holds that encoder in a
+subdirectory named by ``scorer.json``'s ``"encoder"``; loading points ``feature_model`` at it, so the
+head always sees features of the encoder it was trained with.
 """
 
 from __future__ import annotations
@@ -63,6 +66,12 @@ def load_scorer(directory: str | Path) -> tuple[SentenceScorer, dict[str, Any]]:
     if not meta_path.is_file():
         raise ModelError(f"{directory} is not a FRACTAL scorer (no scorer.json); pass a 'fractal train' output")
     info = json.loads(meta_path.read_text(encoding="utf-8"))
+    if info.get("encoder"):  # a fine-tuned encoder saved beside the head
+        encoder_dir = directory / info["encoder"]
+        if not encoder_dir.is_dir():
+            raise ModelError(f"{meta_path} names the fine-tuned encoder {info['encoder']!r}, but {encoder_dir} "
+                             "is missing; copy the whole scorer directory")
+        info["feature_model"] = str(encoder_dir.resolve())
     model = SentenceScorer(**info["head"])
     model.load_state_dict(load_file(directory / "scorer.safetensors"))
     return model.eval(), info

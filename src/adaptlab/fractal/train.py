@@ -19,19 +19,28 @@ pairs only (no labelled bags) trains on the preference term and the priors alone
 Curriculum. ``curriculum_start`` gives the loss weights of the first epoch; they move linearly to the
 configured weights over ``curriculum_epochs`` (:func:`adaptlab.fractal.priors.weights_at`).
 
+Encoder. ``encoder: frozen`` (default) trains the head on cached features. ``encoder: finetune`` trains
+the head the same way for ``epochs``, then the sentence-transformers encoder and the head jointly for
+``encoder_epochs`` more epochs on the same loss (:mod:`adaptlab.fractal.finetune`: LP-FT, GradCache,
+priors from the initial embeddings); the encoder restarts from the initial weights at every call, so
+each fold and each pseudo-label model starts from the same encoder. Such a model is an
+:class:`~adaptlab.fractal.finetune.EncoderScorer`; :func:`sentence_scores` scores either kind.
+
 Bags are kept contiguous: the sentences of bag ``b`` are rows ``starts[b] .. starts[b+1]``.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
+from tqdm.auto import tqdm
 
 from adaptlab.config import StrictModel
 from adaptlab.errors import ConfigError
@@ -44,9 +53,11 @@ from adaptlab.fractal.aggregate import (
     bce_bag_loss,
     bradley_terry,
 )
+from adaptlab.fractal.finetune import EncoderScorer, load_encoder
 from adaptlab.fractal.model import SentenceScorer
 from adaptlab.fractal.priors import LOSS_WEIGHT_PRESETS, LossWeights, fractal_loss, weights_at
 from adaptlab.fractal.pseudo import pseudo_labels
+from adaptlab.runs import get_logger
 
 PSEUDO_RULE = {"max": "max", "lse_max": "max", "noisy_or": "max", "min": "min", "softmin": "min",
                "noisy_and": "min", "avg": "avg"}
@@ -74,6 +85,21 @@ class FractalTrainConfig(StrictModel):
     epochs: int = Field(30, ge=1)
     batch_bags: int = Field(64, ge=1)
     seed: int = 0
+    encoder: Literal["frozen", "finetune"] = Field(
+        "frozen", description="frozen: head over cached features; finetune: then train the encoder jointly")
+    encoder_learning_rate: float = Field(2e-5, gt=0, description="finetune: learning rate of the encoder")
+    encoder_epochs: int = Field(2, ge=1, description="finetune: joint epochs after the head's `epochs`")
+    encoder_batch_size: int = Field(32, ge=1, description="finetune: texts per encoder pass (bounds memory)")
+    encoder_max_length: int | None = Field(
+        None, ge=3, description="finetune: tokens per encoder input (longer sentences truncated, contexts "
+                                "chunked); default: the encoder's own max_seq_length")
+
+    @model_validator(mode="after")
+    def _finetune_keys_need_finetune(self) -> FractalTrainConfig:
+        if self.encoder == "frozen" and self.encoder_max_length is not None:
+            raise ConfigError("train.encoder_max_length applies to train.encoder=finetune only; remove it or "
+                              "set train.encoder=finetune")
+        return self
 
     def loss_weights(self) -> LossWeights:
         if self.loss_preset not in LOSS_WEIGHT_PRESETS:
@@ -97,6 +123,14 @@ def _checked_terms(terms: dict[str, float], key: str) -> dict[str, float]:
 
 
 @dataclass
+class BagTexts:
+    """The texts behind a :class:`BagTensors` (needed to fine-tune the encoder)."""
+
+    sentences: list[str]  # [N]
+    contexts: list[str | None]  # [B]; None (or blank): the bag has no context
+
+
+@dataclass
 class BagTensors:
     """Features and targets of a set of bags, sentences of one bag contiguous."""
 
@@ -106,6 +140,7 @@ class BagTensors:
     similarities: torch.Tensor  # [N] sentence-context cosine (NaN: no context)
     sentence_embeddings: torch.Tensor  # [N, d]
     sentence_labels: torch.Tensor  # [N], NaN where unknown
+    texts: BagTexts | None = None
 
     @property
     def n_bags(self) -> int:
@@ -117,23 +152,36 @@ class BagTensors:
         return torch.repeat_interleave(torch.arange(self.n_bags), lengths)
 
     def subset(self, bags: Sequence[int]) -> BagTensors:
-        if not len(bags):
-            return BagTensors(self.features[:0], [0], self.bag_labels[:0], self.similarities[:0],
-                              self.sentence_embeddings[:0], self.sentence_labels[:0])
-        rows = torch.cat([torch.arange(self.starts[b], self.starts[b + 1]) for b in bags])
+        rows = torch.cat([torch.arange(self.starts[b], self.starts[b + 1]) for b in bags]) if len(bags) else \
+            torch.zeros(0, dtype=torch.long)
         lengths = [self.starts[b + 1] - self.starts[b] for b in bags]
-        return BagTensors(self.features[rows], [0, *np.cumsum(lengths).tolist()], self.bag_labels[list(bags)],
-                          self.similarities[rows], self.sentence_embeddings[rows], self.sentence_labels[rows])
+        texts = None if self.texts is None else BagTexts([self.texts.sentences[r] for r in rows.tolist()],
+                                                         [self.texts.contexts[b] for b in bags])
+        return BagTensors(self.features[rows], [0, *np.cumsum(lengths, dtype=int).tolist()],
+                          self.bag_labels[list(bags)], self.similarities[rows], self.sentence_embeddings[rows],
+                          self.sentence_labels[rows], texts)
+
+    def rows_as_bags(self, rows: Sequence[int]) -> BagTensors:
+        """The given sentences, each as a bag of its own (keeping its bag's context); bag label = its label."""
+        index = torch.as_tensor(list(rows), dtype=torch.long)
+        bag_of_row = self.bag_index[index].tolist()
+        texts = None if self.texts is None else BagTexts([self.texts.sentences[r] for r in index.tolist()],
+                                                         [self.texts.contexts[b] for b in bag_of_row])
+        return BagTensors(self.features[index], list(range(len(index) + 1)), self.sentence_labels[index],
+                          self.similarities[index], self.sentence_embeddings[index], self.sentence_labels[index],
+                          texts)
 
     def concat(self, other: BagTensors) -> BagTensors:
         """This set's bags followed by ``other``'s."""
         offset = self.starts[-1]
+        texts = None if self.texts is None or other.texts is None else BagTexts(
+            self.texts.sentences + other.texts.sentences, self.texts.contexts + other.texts.contexts)
         return BagTensors(torch.cat([self.features, other.features]),
                           self.starts + [offset + s for s in other.starts[1:]],
                           torch.cat([self.bag_labels, other.bag_labels]),
                           torch.cat([self.similarities, other.similarities]),
                           torch.cat([self.sentence_embeddings, other.sentence_embeddings]),
-                          torch.cat([self.sentence_labels, other.sentence_labels]))
+                          torch.cat([self.sentence_labels, other.sentence_labels]), texts)
 
 
 @dataclass
@@ -153,21 +201,43 @@ class PairTensors:
 
 
 def make_bag_tensors(features, lengths: Sequence[int], bag_labels: Sequence[float], similarities,
-                     sentence_embeddings, sentence_labels: Sequence[float] | None = None) -> BagTensors:
+                     sentence_embeddings, sentence_labels: Sequence[float] | None = None,
+                     texts: BagTexts | None = None) -> BagTensors:
     n = int(sum(lengths))
+    if texts is not None and (len(texts.sentences) != n or len(texts.contexts) != len(lengths)):
+        raise ValueError(f"texts hold {len(texts.sentences)} sentences / {len(texts.contexts)} contexts for "
+                         f"{n} sentences / {len(lengths)} bags")
     labels = torch.full((n,), float("nan")) if sentence_labels is None else torch.tensor(
         [float("nan") if v is None else float(v) for v in sentence_labels], dtype=torch.float32)
     return BagTensors(torch.as_tensor(np.asarray(features), dtype=torch.float32),
                       [0, *np.cumsum(lengths).tolist()], torch.tensor(bag_labels, dtype=torch.float32),
                       torch.as_tensor(np.asarray(similarities), dtype=torch.float32),
-                      torch.as_tensor(np.asarray(sentence_embeddings), dtype=torch.float32), labels)
+                      torch.as_tensor(np.asarray(sentence_embeddings), dtype=torch.float32), labels, texts)
 
 
-def _new_scorer(data: BagTensors, cfg: FractalTrainConfig) -> tuple[SentenceScorer, torch.optim.Optimizer]:
+def _new_scorer(feature_dim: int, cfg: FractalTrainConfig) -> tuple[SentenceScorer, torch.optim.Optimizer]:
     torch.manual_seed(cfg.seed)
-    model = SentenceScorer(data.features.shape[1], cfg.hidden, cfg.layers, cfg.dropout)
+    model = SentenceScorer(feature_dim, cfg.hidden, cfg.layers, cfg.dropout)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     return model, optimizer
+
+
+def _with_encoder(head: SentenceScorer, optimizer: torch.optim.Optimizer, cfg: FractalTrainConfig,
+                  encoder_model: str | None) -> EncoderScorer:
+    """The head joined to a fresh copy of the initial encoder, whose parameters join the optimizer."""
+    model = EncoderScorer(load_encoder(encoder_model, cfg.encoder_max_length), head, cfg.encoder_batch_size)
+    optimizer.add_param_group({"params": list(model.encoder.parameters()), "lr": cfg.encoder_learning_rate})
+    return model.train()
+
+
+def _require_texts(*sets: BagTensors) -> None:
+    if any(bags.texts is None for bags in sets):
+        raise ConfigError("train.encoder=finetune needs the bags' texts (make_bag_tensors(..., texts=...))")
+
+
+def sentence_scores(model: SentenceScorer | EncoderScorer, data: BagTensors) -> torch.Tensor:
+    """Scores in (0, 1) of every sentence of ``data``: the head over its features, or encoder + head over texts."""
+    return model.score(data) if isinstance(model, EncoderScorer) else model.score(data.features)
 
 
 def make_pair_tensors(sides: BagTensors, preferences: Sequence[float]) -> PairTensors:
@@ -186,12 +256,14 @@ def _batches(n: int, steps: int, rng: random.Random) -> list[list[int]]:
     return [order[i * size:(i + 1) * size] for i in range(steps)]
 
 
-def _step_loss(model: SentenceScorer, bags: BagTensors, pairs: PairTensors | None, hybrid: torch.Tensor,
+def _step_loss(scores: torch.Tensor, bags: BagTensors, pairs: PairTensors | None, hybrid: torch.Tensor,
                weights: LossWeights, cfg: FractalTrainConfig) -> dict[str, torch.Tensor]:
-    """The FRACTAL loss of one step: bag loss on ``bags``, priors on all sentences, preference on ``pairs``."""
+    """The FRACTAL loss of one step: bag loss on ``bags``, priors on all sentences, preference on ``pairs``.
+
+    ``scores`` are the sentence scores of ``bags`` followed by those of the pair sides.
+    """
     batch = bags if pairs is None else bags.concat(pairs.sides)
     bag_index = batch.bag_index
-    scores = model(batch.features)
     n_labelled = bags.n_bags
     labelled = bag_index < n_labelled
     bag_scores = AGGREGATORS[cfg.aggregation](scores[labelled], bag_index[labelled], max(n_labelled, 1),
@@ -213,46 +285,78 @@ def _step_loss(model: SentenceScorer, bags: BagTensors, pairs: PairTensors | Non
     return terms
 
 
-def train_bags(data: BagTensors, cfg: FractalTrainConfig,
-               pairs: PairTensors | None = None) -> tuple[SentenceScorer, list[dict]]:
+def _backward(model: SentenceScorer | EncoderScorer, batch: BagTensors,
+              loss_of_scores: Callable[[torch.Tensor], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Scores of ``batch``, their loss, and its gradients (through the encoder too when it is trained)."""
+    if isinstance(model, EncoderScorer):
+        return model.backward(batch, lambda features: loss_of_scores(model.head(features)))
+    terms = loss_of_scores(model(batch.features))
+    terms["loss"].backward()
+    return terms
+
+
+def train_bags(data: BagTensors, cfg: FractalTrainConfig, pairs: PairTensors | None = None,
+               encoder_model: str | None = None) -> tuple[SentenceScorer | EncoderScorer, list[dict]]:
     """Bag-level training with the configured aggregator, priors and (optional) pairs.
 
     Returns the scorer and per-epoch mean losses. Each epoch has as many steps as the larger of
     the bag and pair sets needs at ``batch_bags`` per step; the smaller set is spread over them.
+    With ``encoder: finetune`` the ``encoder_epochs`` joint epochs follow (history ``stage``
+    "head" then "joint"), starting from ``encoder_model``, the model the features came from.
     """
     n_pairs = pairs.n_pairs if pairs is not None else 0
     if data.n_bags == 0 and n_pairs == 0:
         raise ConfigError("nothing to train on: no labelled bags and no pairs")
-    model, optimizer = _new_scorer(data if data.n_bags else pairs.sides, cfg)
+    finetune = cfg.encoder == "finetune"
+    if finetune:
+        _require_texts(data, pairs.sides if pairs is not None else data)
+    features = (data if data.n_bags else pairs.sides).features
+    model, optimizer = _new_scorer(features.shape[1], cfg)
     rng = random.Random(cfg.seed)
     hybrid_bags = set(rng.sample(range(data.n_bags), round(cfg.hybrid_fraction * data.n_bags)))
     steps = -(-max(data.n_bags, n_pairs) // cfg.batch_bags)
-    history = []
-    for epoch in range(cfg.epochs):
-        weights = cfg.weights_at_epoch(epoch)
-        totals: dict[str, float] = {}
-        for bag_ids, pair_ids in zip(_batches(data.n_bags, steps, rng), _batches(n_pairs, steps, rng)):
-            bags = data.subset(bag_ids)
-            hybrid = torch.tensor([b in hybrid_bags for b in bag_ids], dtype=torch.bool)[bags.bag_index] \
-                if bag_ids else torch.zeros(0, dtype=torch.bool)
-            terms = _step_loss(model, bags, pairs.subset(pair_ids) if pair_ids else None, hybrid, weights, cfg)
-            optimizer.zero_grad()
-            terms["loss"].backward()
-            optimizer.step()
-            for name, value in terms.items():
-                totals[name] = totals.get(name, 0.0) + value.item()
-        history.append({"epoch": epoch + 1, **{k: v / steps for k, v in totals.items()}})
+    stages = [("head", cfg.epochs)] + ([("joint", cfg.encoder_epochs)] if finetune else [])
+    history: list[dict] = []
+    for stage, stage_epochs in stages:
+        if stage == "joint":
+            model = _with_encoder(model, optimizer, cfg, encoder_model)
+        progress = tqdm(total=stage_epochs * steps, desc="fine-tuning encoder", unit="step",
+                        disable=True if stage == "head" else None)  # None: shown on a terminal
+        for _ in range(stage_epochs):
+            weights = cfg.weights_at_epoch(len(history))
+            totals: dict[str, float] = {}
+            for bag_ids, pair_ids in zip(_batches(data.n_bags, steps, rng), _batches(n_pairs, steps, rng)):
+                bags = data.subset(bag_ids)
+                hybrid = torch.tensor([b in hybrid_bags for b in bag_ids], dtype=torch.bool)[bags.bag_index] \
+                    if bag_ids else torch.zeros(0, dtype=torch.bool)
+                pair_batch = pairs.subset(pair_ids) if pair_ids else None
+                batch = bags if pair_batch is None else bags.concat(pair_batch.sides)
+                optimizer.zero_grad()
+                terms = _backward(model, batch, partial(_step_loss, bags=bags, pairs=pair_batch, hybrid=hybrid,
+                                                        weights=weights, cfg=cfg))
+                optimizer.step()
+                progress.update()
+                for name, value in terms.items():
+                    totals[name] = totals.get(name, 0.0) + value.item()
+            history.append({"epoch": len(history) + 1, **({"stage": stage} if finetune else {}),
+                            **{k: v / steps for k, v in totals.items()}})
+            if stage == "joint":
+                get_logger().info("joint epoch %d: loss %.4f", history[-1]["epoch"], history[-1]["loss"])
+        progress.close()
     return model.eval(), history
 
 
-def train_sentences(features: torch.Tensor, labels: torch.Tensor, cfg: FractalTrainConfig,
-                    batch_size: int = 256) -> SentenceScorer:
-    """Sentence-level BCE on ``labels`` (0/1); rows with a NaN label are left out."""
+def train_sentences(data: BagTensors, labels: torch.Tensor, cfg: FractalTrainConfig, batch_size: int = 256,
+                    encoder_model: str | None = None) -> SentenceScorer | EncoderScorer:
+    """Sentence-level BCE on ``labels [N]`` (0/1) for the sentences of ``data``; rows with a NaN label are left out.
+
+    With ``encoder: finetune`` the ``encoder_epochs`` joint epochs follow, from ``encoder_model``.
+    """
+    if cfg.encoder == "finetune":
+        _require_texts(data)
     keep = ~torch.isnan(labels)
-    features, labels = features[keep], labels[keep].float()
-    data_stub = BagTensors(features, [0, len(features)], torch.zeros(1), torch.zeros(len(features)),
-                           torch.zeros(len(features), 1), labels)
-    model, optimizer = _new_scorer(data_stub, cfg)
+    features, labels, kept_rows = data.features[keep], labels[keep].float(), torch.nonzero(keep).flatten()
+    model, optimizer = _new_scorer(features.shape[1], cfg)
     generator = torch.Generator().manual_seed(cfg.seed)
     loss_fn = torch.nn.BCEWithLogitsLoss()
     for _ in range(cfg.epochs):
@@ -263,15 +367,29 @@ def train_sentences(features: torch.Tensor, labels: torch.Tensor, cfg: FractalTr
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-    return model.eval()
+    if cfg.encoder == "frozen":
+        return model.eval()
+    joint = _with_encoder(model, optimizer, cfg, encoder_model)
+    for _ in tqdm(range(cfg.encoder_epochs), desc="fine-tuning encoder (sentences)", unit="epoch", disable=None):
+        order = torch.randperm(len(features), generator=generator)
+        for first in range(0, len(order), batch_size):
+            rows = order[first:first + batch_size]
+            optimizer.zero_grad()
+            joint.backward(data.rows_as_bags(kept_rows[rows].tolist()),
+                           lambda feats, rows=rows: {"loss": loss_fn(joint.head.logits(feats), labels[rows])})
+            optimizer.step()
+    return joint.eval()
 
 
-def fit(data: BagTensors, cfg: FractalTrainConfig,
-        pairs: PairTensors | None = None) -> tuple[SentenceScorer, list[dict]]:
-    """The configured recipe: bag training, then optionally pseudo-labels and a fresh sentence model."""
-    model, history = train_bags(data, cfg, pairs)
+def fit(data: BagTensors, cfg: FractalTrainConfig, pairs: PairTensors | None = None,
+        encoder_model: str | None = None) -> tuple[SentenceScorer | EncoderScorer, list[dict]]:
+    """The configured recipe: bag training, then optionally pseudo-labels and a fresh sentence model.
+
+    ``encoder_model`` (finetune only) is the sentence-transformers model ``data``'s features came from.
+    """
+    model, history = train_bags(data, cfg, pairs, encoder_model)
     if cfg.pseudo_label and data.n_bags:
-        scores = model.score(data.features)
+        scores = sentence_scores(model, data)
         labels = pseudo_labels(scores, data.bag_index, data.bag_labels, PSEUDO_RULE[cfg.aggregation])
-        model = train_sentences(data.features, labels.float(), cfg)
+        model = train_sentences(data, labels.float(), cfg, encoder_model=encoder_model)
     return model, history

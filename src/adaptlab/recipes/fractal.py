@@ -12,6 +12,12 @@
 Metrics per fold: sentence AUC-ROC and AUC-PR on the test bags' labelled sentences, and bag
 accuracy of the aggregated scores; reported as mean ± std over folds × seeds. Pairs follow their
 ``group`` into the folds: a pair whose question is in the test fold is never trained on.
+
+With ``train.encoder: finetune`` every trained method also fine-tunes the encoder
+(:mod:`adaptlab.fractal.finetune`), restarting from ``feature_model``'s weights in every fold; the
+features (and the priors' similarities) are cached from that initial encoder, at
+``train.encoder_max_length`` when set. ``fractal train`` then saves the fine-tuned encoder inside the
+scorer directory, and ``score`` / ``dpo-pairs`` use it (its own feature-cache key).
 """
 
 from __future__ import annotations
@@ -30,15 +36,18 @@ from adaptlab.errors import ConfigError
 from adaptlab.fractal.aggregate import AGGREGATORS
 from adaptlab.fractal.bags import Bag, PairBag, read_bags
 from adaptlab.fractal.features import FeatureCache, bag_features
+from adaptlab.fractal.finetune import EncoderScorer, save_finetuned_scorer
 from adaptlab.fractal.folds import grouped_kfold
 from adaptlab.fractal.model import load_scorer, save_scorer
 from adaptlab.fractal.train import (
     BagTensors,
+    BagTexts,
     FractalTrainConfig,
     PairTensors,
     fit,
     make_bag_tensors,
     make_pair_tensors,
+    sentence_scores,
     train_sentences,
 )
 from adaptlab.fractal.view import scored_responses_html
@@ -111,16 +120,20 @@ def _read_source(cfg: FractalDataConfig) -> tuple[list[Bag], list[PairBag], dict
 def _bag_tensors(cache: FeatureCache, bags: list[Bag]) -> BagTensors:
     feats = bag_features(cache, bags)
     labels = [label for bag in bags for label in (bag.sentence_labels or [None] * len(bag.sentences))]
+    texts = BagTexts([s for bag in bags for s in bag.sentences], [bag.context for bag in bags])
     return make_bag_tensors(feats.features, [len(b.sentences) for b in bags], [b.label for b in bags],
-                            feats.context_sim, feats.sentence_embeddings, labels)
+                            feats.context_sim, feats.sentence_embeddings, labels, texts)
 
 
-def featurize(cfg: FractalDataConfig, bags: list[Bag],
-              pairs: list[PairBag] = ()) -> tuple[BagTensors, PairTensors | None]:
-    """Features of the bags and of both sides of every pair (side a of pair p is side bag 2p)."""
+def featurize(cfg: FractalDataConfig, bags: list[Bag], pairs: list[PairBag] = (),
+              max_seq_length: int | None = None) -> tuple[BagTensors, PairTensors | None]:
+    """Features (and texts) of the bags and of both sides of every pair (side a of pair p is side bag 2p).
+
+    ``max_seq_length`` overrides the encoder window (``train.encoder_max_length`` when fine-tuning).
+    """
     sides = [Bag(id=f"{pair.id}:{name}", context=pair.context, sentences=side.sentences, offsets=None, label=0.0)
              for pair in pairs for name, side in (("a", pair.a), ("b", pair.b))]
-    with FeatureCache(cfg.cache_dir, cfg.feature_model) as cache:
+    with FeatureCache(cfg.cache_dir, cfg.feature_model, max_seq_length=max_seq_length) as cache:
         data = _bag_tensors(cache, bags) if bags else None
         pair_data = make_pair_tensors(_bag_tensors(cache, sides), [p.preference for p in pairs]) if pairs else None
     if data is None:  # pairs only: an empty bag set with the pairs' feature width
@@ -137,12 +150,16 @@ def pairs_outside(pairs: list[PairBag], pair_data: PairTensors | None, test_grou
 
 
 def method_scores(method: str, train: BagTensors, test: BagTensors, cfg: FractalTrainConfig,
-                  pairs: PairTensors | None = None) -> torch.Tensor:
-    """Sentence scores of the test bags after training ``method`` on the train bags (and pairs)."""
+                  pairs: PairTensors | None = None, encoder_model: str | None = None) -> torch.Tensor:
+    """Sentence scores of the test bags after training ``method`` on the train bags (and pairs).
+
+    ``encoder_model``: the feature model, where ``cfg.encoder`` is finetune.
+    """
     if method == "cosine":
         return torch.nan_to_num(test.similarities, nan=0.0)
     if method == "supervised":
-        return train_sentences(train.features, train.sentence_labels, cfg).score(test.features)
+        model = train_sentences(train, train.sentence_labels, cfg, encoder_model=encoder_model)
+        return sentence_scores(model, test)
     if method == "bagloss":
         cfg = cfg.model_copy(update={"weights": {"cosine": 0.0, "correlation": 0.0, "hybrid": 0.0},
                                      "pseudo_label": False})
@@ -150,8 +167,8 @@ def method_scores(method: str, train: BagTensors, test: BagTensors, cfg: Fractal
         cfg = cfg.model_copy(update={"pseudo_label": False})
     else:
         cfg = cfg.model_copy(update={"pseudo_label": True})
-    model, _ = fit(train, cfg, pairs)
-    return model.score(test.features)
+    model, _ = fit(train, cfg, pairs, encoder_model)
+    return sentence_scores(model, test)
 
 
 def fold_metrics(scores: torch.Tensor, test: BagTensors, aggregation: str, temperature: float) -> dict:
@@ -170,7 +187,7 @@ def evaluate(cfg: FractalEvalConfig) -> tuple[RunDir, dict]:
     save_config(cfg, run.config)
     log = get_logger()
     started = time.perf_counter()
-    data, pair_data = featurize(cfg, bags, pairs)
+    data, pair_data = featurize(cfg, bags, pairs, cfg.train.encoder_max_length)
     log.info("features for %d bags / %d sentences and %d pairs in %.1f s", data.n_bags, len(data.features),
              len(pairs), time.perf_counter() - started)
     per_method: dict[str, list[dict]] = {m: [] for m in cfg.methods}
@@ -184,7 +201,7 @@ def evaluate(cfg: FractalEvalConfig) -> tuple[RunDir, dict]:
             train_pairs = pairs_outside(pairs, pair_data, {bags[b].group for b in test_idx})
             for method in cfg.methods:
                 tic = time.perf_counter()
-                scores = method_scores(method, train, test, train_cfg, train_pairs)
+                scores = method_scores(method, train, test, train_cfg, train_pairs, cfg.feature_model)
                 row = {"seed": seed, "fold": fold, "seconds": time.perf_counter() - tic,
                        **fold_metrics(scores, test, cfg.train.aggregation, cfg.train.temperature)}
                 per_method[method].append(row)
@@ -198,7 +215,7 @@ def evaluate(cfg: FractalEvalConfig) -> tuple[RunDir, dict]:
     keys = ("auc_roc", "auc_pr", "bag_accuracy", "bag_mae", "seconds")
     summary = {m: {k: mean_std([r[k] for r in rows]) for k in keys} for m, rows in per_method.items()}
     metrics = {"data": load_stats, "bags": data.n_bags, "sentences": len(data.features), "pairs": len(pairs),
-               "folds": cfg.folds,
+               "encoder": cfg.train.encoder, "folds": cfg.folds,
                "seeds": cfg.seeds, "summary": summary, "per_fold": per_method,
                "fractal_train_seconds_per_fold": mean_std(train_seconds) if train_seconds else None}
     atomic_write_json(run.metrics, metrics)
@@ -223,7 +240,8 @@ def report_sections(cfg: FractalEvalConfig, bags: list[Bag], metrics: dict, show
         Section("Methods", [
             Paragraph(f"{cfg.folds}-fold cross-validation grouped by question, seeds {cfg.seeds}; mean ± std."),
             Table(["method", "sentence AUC-ROC", "sentence AUC-PR", "bag accuracy"], rows),
-            KeyValues({"bags": metrics["bags"], "sentences": metrics["sentences"], **metrics["data"]}),
+            KeyValues({"bags": metrics["bags"], "sentences": metrics["sentences"], "encoder": metrics["encoder"],
+                       **metrics["data"]}),
         ]),
         Section(f"Scored responses ({shown_method}, held-out scores)", [
             Paragraph("Each bag scored by the model of the fold that held it out. Green: high score; red: low."),
@@ -236,10 +254,14 @@ def train(cfg: FractalTrainRunConfig) -> tuple[RunDir, dict]:
     bags, pairs, load_stats = load_bags(cfg)
     run = create_run_dir(cfg.output, cfg.name)
     save_config(cfg, run.config)
-    data, pair_data = featurize(cfg, bags, pairs)
-    model, history = fit(data, cfg.train, pair_data)
-    save_scorer(model, run.model, {"feature_model": cfg.feature_model, "aggregation": cfg.train.aggregation,
-                                   "temperature": cfg.train.temperature, "cache_dir": cfg.cache_dir})
+    data, pair_data = featurize(cfg, bags, pairs, cfg.train.encoder_max_length)
+    model, history = fit(data, cfg.train, pair_data, cfg.feature_model)
+    info = {"feature_model": cfg.feature_model, "aggregation": cfg.train.aggregation,
+            "temperature": cfg.train.temperature, "cache_dir": cfg.cache_dir}
+    if isinstance(model, EncoderScorer):
+        save_finetuned_scorer(model, run.model, {**info, "finetuned_from": cfg.feature_model})
+    else:
+        save_scorer(model, run.model, info)
     metrics = {"data": load_stats, "bags": data.n_bags, "sentences": len(data.features), "pairs": len(pairs),
                "history": history}
     atomic_write_json(run.metrics, metrics)
