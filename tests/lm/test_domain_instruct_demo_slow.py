@@ -1,4 +1,4 @@
-"""The offline demo end to end (about 2 minutes on 2 cores; `make test-slow`): the table shows the recipe's direction."""
+"""The offline demo end to end (about 2 minutes on 2 cores; `make test-slow`): the table shows the direction."""
 
 from __future__ import annotations
 
