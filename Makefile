@@ -29,7 +29,7 @@ test-slow: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks tools
 
-# Needs ../shared/data (evaluation data) and ~13 GB of free disk in /tmp; about 1.6 hours on 2 CPU cores.
+# Needs ../shared/data (evaluation data) and ~13 GB of free disk in /tmp; about 2 hours on 2 CPU cores (cpt_throughput runs its CPU mode without a GPU).
 benchmark: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/ner_biospecies.py
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/re_biospecies.py
