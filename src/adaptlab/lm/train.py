@@ -166,6 +166,7 @@ def training_arguments(cfg: LMTrainConfig, checkpoints_dir: str, has_eval: bool,
         logging_steps=cfg.logging_steps,
         logging_first_step=True,
         report_to="none",
+        use_cache=False,  # explicit: with a KV cache transformers would not mask packed documents apart
         disable_tqdm=not cfg.progress,
         ddp_find_unused_parameters=False,
         dataloader_num_workers=0,
