@@ -101,17 +101,19 @@ def continual_pretraining(cfg: DomainInstructConfig, run: RunDir) -> dict[str, A
     return metrics
 
 
-def chat_vector_merge(cfg: DomainInstructConfig, run: RunDir, domain: Path) -> tuple[Path, dict[str, Any]]:
+def chat_vector_merge(cfg: DomainInstructConfig, run: RunDir, domain: Path,
+                      texts: dict[str, str]) -> tuple[Path, dict[str, Any]]:
     """The merged model's directory and what was chosen (λ, and the search rows when searching)."""
     from adaptlab.merge.chat_vector import chat_vector_config
     from adaptlab.merge.engine import merge_models
     from adaptlab.merge.search import SearchConfig, run_search
 
-    merged = run.path / "merged"
+    merged, record = run.path / "merged", run.path / "merge.json"
     step = cfg.merge
-    if merged.is_dir():
+    if merged.is_dir() and record.is_file():
         get_logger().info("chat-vector merge already done: %s", merged)
-        return merged, json.loads((run.path / "merge.json").read_text(encoding="utf-8"))
+        return merged, json.loads(record.read_text(encoding="utf-8"))
+    shutil.rmtree(merged, ignore_errors=True)  # a merge interrupted before its record was written
     merge_config = chat_vector_config(cfg.base, cfg.instruct, str(domain), str(merged), step.scale, step.dtype)
     if step.search is None:
         merge_models(merge_config)
@@ -119,7 +121,6 @@ def chat_vector_merge(cfg: DomainInstructConfig, run: RunDir, domain: Path) -> t
     else:
         search_dir = run.path / "merge-search"
         shutil.rmtree(search_dir, ignore_errors=True)  # an interrupted search starts over
-        texts = prepared_texts(cfg.corpus)
         search = SearchConfig(merge=merge_config, grid=step.search, target="weight", vary=cfg.instruct,
                               domain_text=texts["domain"], general_text=texts.get("general"),
                               general_weight=step.general_weight, max_length=step.max_length,
@@ -130,7 +131,7 @@ def chat_vector_merge(cfg: DomainInstructConfig, run: RunDir, domain: Path) -> t
                               f"{search_dir / 'report.html'}")
         Path(result["best_model"]).rename(merged)
         info = {"scale": result["best"]["value"], "search": result["rows"]}
-    atomic_write_json(run.path / "merge.json", info)
+    atomic_write_json(record, info)
     return merged, info
 
 
@@ -145,27 +146,23 @@ def prepared_texts(corpus: str) -> dict[str, str]:
     return texts
 
 
-def evaluate_models(cfg: DomainInstructConfig, run: RunDir, models: dict[str, str]) -> dict[str, Any]:
+def evaluate_models(cfg: DomainInstructConfig, run: RunDir, models: dict[str, str],
+                    texts: dict[str, str]) -> dict[str, Any]:
     from adaptlab.recipes import lm_evaluate
 
     stage = run.path / "evaluate"
     shutil.rmtree(stage, ignore_errors=True)  # cheap next to training: always redone
     settings = cfg.evaluate.model_dump()
     if not settings["perplexity"]["texts"]:
-        settings["perplexity"]["texts"] = prepared_texts(cfg.corpus)
+        settings["perplexity"]["texts"] = texts
     settings.update(models=[{"name": name, "path": path} for name, path in models.items()], output=str(stage))
     _, metrics = lm_evaluate.evaluate(lm_evaluate.LMEvalConfig.model_validate(settings))
     return metrics
 
 
-def read_evaluation(run_dir: RunDir) -> dict[str, Any]:
-    """The evaluation stage's metrics (``evaluate/metrics.json``) of a finished recipe run."""
-    return json.loads((run_dir.path / "evaluate" / "metrics.json").read_text(encoding="utf-8"))
-
-
 def run(cfg: DomainInstructConfig) -> tuple[RunDir, dict[str, Any]]:
     check_config(cfg)
-    prepared_texts(cfg.corpus)
+    texts = prepared_texts(cfg.corpus)
     run_dir = _open_run(cfg)
     save_config(cfg, run_dir.config)
     log = get_logger()
@@ -173,14 +170,16 @@ def run(cfg: DomainInstructConfig) -> tuple[RunDir, dict[str, Any]]:
     cpt = continual_pretraining(cfg, run_dir)
     domain = run_dir.path / "cpt" / "model"
     log.info("2/3 chat-vector merge: domain + λ·(instruct − base)")
-    merged, merge_info = chat_vector_merge(cfg, run_dir, domain)
+    merged, merge_info = chat_vector_merge(cfg, run_dir, domain, texts)
     log.info("3/3 evaluating base, instruct, domain and merged")
     models = dict(zip(MODEL_ROLES, (cfg.base, cfg.instruct, str(domain), str(merged))))
-    evaluation = evaluate_models(cfg, run_dir, models)
+    evaluation = evaluate_models(cfg, run_dir, models, texts)
     metrics = {"models": models, "merge": merge_info, "table": evaluation["table"],
+               "probe_examples": {name: m.get("probe", {}).get("examples", [])
+                                  for name, m in evaluation["models"].items()},
                "cpt": {k: v for k, v in cpt.items() if k != "history"}, "cpt_history": cpt["history"]}
     atomic_write_json(run_dir.metrics, metrics)
-    write_report(run_dir.report, f"Domain instruct: {cfg.name}", report_sections(metrics, evaluation))
+    write_report(run_dir.report, f"Domain instruct: {cfg.name}", report_sections(metrics))
     return run_dir, metrics
 
 
@@ -188,7 +187,7 @@ def _cell(value: Any) -> Any:
     return f"{value:.4g}" if isinstance(value, float) else ("–" if value is None else value)
 
 
-def report_sections(metrics: dict[str, Any], evaluation: dict[str, Any]) -> list[Section]:
+def report_sections(metrics: dict[str, Any]) -> list[Section]:
     table = metrics["table"]
     columns = list(table[0]) if table else []
     merge = metrics["merge"]
@@ -211,7 +210,7 @@ def report_sections(metrics: dict[str, Any], evaluation: dict[str, Any]) -> list
         rows = [[row["value"], _cell(row["ppl_domain"]), _cell(row["ppl_general"]), _cell(row["score"])]
                 for row in merge["search"]]
         sections.append(Section("λ search", [Table(["λ", "ppl_domain", "ppl_general", "score"], rows)]))
-    examples = {name: m.get("probe", {}).get("examples", []) for name, m in evaluation["models"].items()}
+    examples = metrics["probe_examples"]
     if any(examples.values()):
         rows = [[name, ex.get("prompt"), ex.get("response"), ex.get("stopped")]
                 for name, items in examples.items() for ex in items]

@@ -118,16 +118,15 @@ def run_demo(output: str | None = None, cpt_steps: int = 120,
                      "perplexity": {"max_length": 128}, "progress": False},
     })
     stage("the recipe: continual pretraining, chat-vector merge, evaluation of the four models")
-    recipe_run, metrics = domain_instruct.run(recipe_cfg)
+    _, metrics = domain_instruct.run(recipe_cfg)
     metrics = {**metrics, "seconds": round(time.perf_counter() - started, 1),
                "base_training": {k: v for k, v in base_metrics.items() if k.startswith("final_")},
                "instruct_training": {k: v for k, v in instruct_metrics.items() if k.startswith("final_")}}
     atomic_write_json(run.metrics, metrics)
-    evaluation = domain_instruct.read_evaluation(recipe_run)
     write_report(run.report, "Domain instruct demo (tiny models, offline)", [
         Section("What this demo is", [Paragraph(__doc__.split("\n\n", 1)[1].replace("\n", " ")),
                                       Paragraph(CAVEATS)]),
-        *domain_instruct.report_sections(metrics, evaluation),
+        *domain_instruct.report_sections(metrics),
         Section("Making the base and instruct models", [
             Image(loss_curve_png(base_metrics["history"], "base pretraining"), alt="base pretraining"),
             Image(loss_curve_png(instruct_metrics["history"], "instruct SFT"), alt="instruct SFT"),
