@@ -34,7 +34,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from functools import partial
+from functools import cached_property, partial
 from typing import Literal
 
 import numpy as np
@@ -50,12 +50,13 @@ from adaptlab.fractal.aggregate import (
     DEFAULT_PREFERENCE_SCALE,
     DEFAULT_TEMPERATURE,
     avg_aggregate,
+    bag_index_from_lengths,
     bce_bag_loss,
     bradley_terry,
 )
 from adaptlab.fractal.finetune import EncoderScorer, load_encoder
 from adaptlab.fractal.model import SentenceScorer
-from adaptlab.fractal.priors import LOSS_WEIGHT_PRESETS, LossWeights, fractal_loss, weights_at
+from adaptlab.fractal.priors import LossWeights, fractal_loss, get_loss_weights, weights_at
 from adaptlab.fractal.pseudo import pseudo_labels
 from adaptlab.runs import get_logger
 
@@ -102,9 +103,7 @@ class FractalTrainConfig(StrictModel):
         return self
 
     def loss_weights(self) -> LossWeights:
-        if self.loss_preset not in LOSS_WEIGHT_PRESETS:
-            raise ConfigError(f"loss_preset {self.loss_preset!r} is not one of {sorted(LOSS_WEIGHT_PRESETS)}")
-        return replace(LOSS_WEIGHT_PRESETS[self.loss_preset], **_checked_terms(self.weights, "weights"))
+        return replace(get_loss_weights(self.loss_preset), **_checked_terms(self.weights, "weights"))
 
     def weights_at_epoch(self, epoch: int) -> LossWeights:
         """The loss weights of ``epoch`` (0-based): the curriculum's, else the configured ones."""
@@ -146,10 +145,10 @@ class BagTensors:
     def n_bags(self) -> int:
         return len(self.starts) - 1
 
-    @property
+    @cached_property
     def bag_index(self) -> torch.Tensor:
-        lengths = torch.tensor(np.diff(self.starts))
-        return torch.repeat_interleave(torch.arange(self.n_bags), lengths)
+        """Which bag each sentence belongs to (computed once: a batch's bags never change)."""
+        return bag_index_from_lengths(np.diff(self.starts).tolist())
 
     def subset(self, bags: Sequence[int]) -> BagTensors:
         rows = torch.cat([torch.arange(self.starts[b], self.starts[b + 1]) for b in bags]) if len(bags) else \
@@ -256,13 +255,12 @@ def _batches(n: int, steps: int, rng: random.Random) -> list[list[int]]:
     return [order[i * size:(i + 1) * size] for i in range(steps)]
 
 
-def _step_loss(scores: torch.Tensor, bags: BagTensors, pairs: PairTensors | None, hybrid: torch.Tensor,
-               weights: LossWeights, cfg: FractalTrainConfig) -> dict[str, torch.Tensor]:
+def _step_loss(scores: torch.Tensor, batch: BagTensors, bags: BagTensors, pairs: PairTensors | None,
+               hybrid: torch.Tensor, weights: LossWeights, cfg: FractalTrainConfig) -> dict[str, torch.Tensor]:
     """The FRACTAL loss of one step: bag loss on ``bags``, priors on all sentences, preference on ``pairs``.
 
-    ``scores`` are the sentence scores of ``bags`` followed by those of the pair sides.
+    ``batch`` is ``bags`` followed by the pair sides, and ``scores`` are its sentence scores.
     """
-    batch = bags if pairs is None else bags.concat(pairs.sides)
     bag_index = batch.bag_index
     n_labelled = bags.n_bags
     labelled = bag_index < n_labelled
@@ -332,8 +330,9 @@ def train_bags(data: BagTensors, cfg: FractalTrainConfig, pairs: PairTensors | N
                 pair_batch = pairs.subset(pair_ids) if pair_ids else None
                 batch = bags if pair_batch is None else bags.concat(pair_batch.sides)
                 optimizer.zero_grad()
-                terms = _backward(model, batch, partial(_step_loss, bags=bags, pairs=pair_batch, hybrid=hybrid,
-                                                        weights=weights, cfg=cfg))
+                loss = partial(_step_loss, batch=batch, bags=bags, pairs=pair_batch, hybrid=hybrid, weights=weights,
+                               cfg=cfg)
+                terms = _backward(model, batch, loss)
                 optimizer.step()
                 progress.update()
                 for name, value in terms.items():
@@ -381,6 +380,15 @@ def train_sentences(data: BagTensors, labels: torch.Tensor, cfg: FractalTrainCon
     return joint.eval()
 
 
+def pseudo_label_retrain(model: SentenceScorer | EncoderScorer, data: BagTensors, cfg: FractalTrainConfig,
+                         encoder_model: str | None = None) -> SentenceScorer | EncoderScorer:
+    """A fresh sentence model trained on the most likely sentence labels consistent with each bag label,
+    under the bag-trained ``model``'s scores (:func:`adaptlab.fractal.pseudo.pseudo_labels`)."""
+    scores = sentence_scores(model, data)
+    labels = pseudo_labels(scores, data.bag_index, data.bag_labels, PSEUDO_RULE[cfg.aggregation])
+    return train_sentences(data, labels.float(), cfg, encoder_model=encoder_model)
+
+
 def fit(data: BagTensors, cfg: FractalTrainConfig, pairs: PairTensors | None = None,
         encoder_model: str | None = None) -> tuple[SentenceScorer | EncoderScorer, list[dict]]:
     """The configured recipe: bag training, then optionally pseudo-labels and a fresh sentence model.
@@ -389,7 +397,5 @@ def fit(data: BagTensors, cfg: FractalTrainConfig, pairs: PairTensors | None = N
     """
     model, history = train_bags(data, cfg, pairs, encoder_model)
     if cfg.pseudo_label and data.n_bags:
-        scores = sentence_scores(model, data)
-        labels = pseudo_labels(scores, data.bag_index, data.bag_labels, PSEUDO_RULE[cfg.aggregation])
-        model = train_sentences(data, labels.float(), cfg, encoder_model=encoder_model)
+        model = pseudo_label_retrain(model, data, cfg, encoder_model)
     return model, history
