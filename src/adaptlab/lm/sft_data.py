@@ -28,8 +28,8 @@ from typing import Any
 
 from adaptlab.data.records import iter_json_lines
 from adaptlab.errors import DataError, ModelError
+from adaptlab.lm.packing import IGNORE_INDEX
 
-IGNORE_INDEX = -100
 ROLES = ("system", "user", "assistant")
 Messages = list[dict[str, str]]
 

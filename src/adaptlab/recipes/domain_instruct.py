@@ -183,10 +183,6 @@ def run(cfg: DomainInstructConfig) -> tuple[RunDir, dict[str, Any]]:
     return run_dir, metrics
 
 
-def _cell(value: Any) -> Any:
-    return f"{value:.4g}" if isinstance(value, float) else ("–" if value is None else value)
-
-
 def report_sections(metrics: dict[str, Any]) -> list[Section]:
     table = metrics["table"]
     columns = list(table[0]) if table else []
@@ -197,7 +193,7 @@ def report_sections(metrics: dict[str, Any]) -> list[Section]:
                       "log-likelihood; probe_both: share of probe prompts answered in the chat format and "
                       "stopped at EOS. The recipe's aim: the merged model near the domain model on domain "
                       "perplexity and near the instruct model on the probe."),
-            Table(columns, [[_cell(row[c]) for c in columns] for row in table]),
+            Table(columns, [[row[c] for c in columns] for row in table]),
             KeyValues({"models": ", ".join(f"{k}: {v}" for k, v in metrics["models"].items()),
                        "chat-vector λ": merge["scale"]}),
         ]),
@@ -207,7 +203,7 @@ def report_sections(metrics: dict[str, Any]) -> list[Section]:
         ]),
     ]
     if merge["search"]:
-        rows = [[row["value"], _cell(row["ppl_domain"]), _cell(row["ppl_general"]), _cell(row["score"])]
+        rows = [[row["value"], row["ppl_domain"], row["ppl_general"], row["score"]]
                 for row in merge["search"]]
         sections.append(Section("λ search", [Table(["λ", "ppl_domain", "ppl_general", "score"], rows)]))
     examples = metrics["probe_examples"]

@@ -23,12 +23,13 @@ from pathlib import Path
 from typing import Any
 
 from adaptlab.config import validate_config
+from adaptlab.lm.prepared import write_documents
 from adaptlab.lm.tiny import save_random_llama, train_tokenizer
 from adaptlab.lm.train import loss_curve_png
 from adaptlab.metrics.lm import read_text_file
 from adaptlab.recipes import domain_instruct, lm_prepare, lm_train
 from adaptlab.report.html import Image, KeyValues, Paragraph, Section, write_report
-from adaptlab.runs import RunDir, atomic_write_json, atomic_write_text, create_run_dir, get_logger
+from adaptlab.runs import RunDir, atomic_write_json, create_run_dir, get_logger
 
 BASE_DOCUMENTS = 800  # paragraphs of general.txt for base pretraining; the rest is replay and held-out text
 CAVEATS = (
@@ -49,20 +50,19 @@ def _resource(name: str) -> Path:
     return Path(str(files("adaptlab") / "resources" / "lm_demo" / name))
 
 
-def build_tokenizer(folder: Path):
-    texts = read_text_file(_resource("general.txt")) + read_text_file(_resource("domain.txt"))
+def build_tokenizer(folder: Path, general: list[str]):
+    texts = general + read_text_file(_resource("domain.txt"))
     texts += _resource("instructions.jsonl").read_text(encoding="utf-8").splitlines()
     tokenizer = train_tokenizer(texts)
     tokenizer.save_pretrained(folder)
     return tokenizer
 
 
-def split_general(work: Path) -> tuple[Path, Path]:
+def split_general(work: Path, documents: list[str]) -> tuple[Path, Path]:
     """general.txt -> the base model's pretraining text and the text the continual pretraining replays."""
-    documents = read_text_file(_resource("general.txt"))
     base, rest = work / "general_base.txt", work / "general_rest.txt"
-    atomic_write_text(base, "\n\n".join(documents[:BASE_DOCUMENTS]) + "\n")
-    atomic_write_text(rest, "\n\n".join(documents[BASE_DOCUMENTS:]) + "\n")
+    write_documents(base, documents[:BASE_DOCUMENTS])
+    write_documents(rest, documents[BASE_DOCUMENTS:])
     return base, rest
 
 
@@ -95,9 +95,10 @@ def run_demo(output: str | None = None, cpt_steps: int = 120,
         say(f"[{time.perf_counter() - started:6.0f} s] {message}")
 
     stage("tokenizer and a random tiny Llama")
-    tokenizer = build_tokenizer(work / "tokenizer")
+    general = read_text_file(_resource("general.txt"))
+    tokenizer = build_tokenizer(work / "tokenizer", general)
     init = save_random_llama(tokenizer, work / "init", hidden=64, layers=2, heads=4, max_positions=256)
-    general_base, general_rest = split_general(work)
+    general_base, general_rest = split_general(work, general)
     stage("base: pretraining on general text")
     base_corpus = prepare(init, [{"name": "general", "path": str(general_base), "role": "domain"}],
                           work / "corpus-base", eval_documents=20)

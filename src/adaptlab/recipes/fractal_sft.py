@@ -50,6 +50,7 @@ from adaptlab.fractal.use import (
 )
 from adaptlab.fractal.view import scored_responses_html
 from adaptlab.lm.loading import load_tokenizer
+from adaptlab.lm.train import history_from_log, pad_token_id
 from adaptlab.report import plots
 from adaptlab.report.html import Image, KeyValues, Paragraph, RawHTML, Section, write_report
 from adaptlab.runs import RunDir, atomic_write_json, create_run_dir, get_logger, seed_everything
@@ -343,16 +344,14 @@ def sft(cfg: FractalSFTConfig) -> tuple[RunDir, dict]:
     log.info("weighted SFT of %s on %d examples (%d skipped, %d truncated) in %s", cfg.model, len(examples),
              counts["skipped_nothing_to_learn"], counts["truncated"], run.path)
 
-    pad_id = next((i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id) if i is not None), 0)
     trainer = WeightedSFTTrainer(model=model, args=training_arguments(cfg.training, str(run.path)),
-                                 train_dataset=examples, data_collator=WeightedSFTCollator(pad_id),
+                                 train_dataset=examples, data_collator=WeightedSFTCollator(pad_token_id(tokenizer)),
                                  processing_class=tokenizer)
     started = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - started
     trainer.save_model(str(run.model))
-    history = [{key: entry[key] for key in ("step", "epoch", "loss", "learning_rate") if key in entry}
-               for entry in trainer.state.log_history if "loss" in entry]
+    history = history_from_log(trainer.state.log_history)
     sentence_scores = [s for item in items for s in item.scores]
     metrics = {
         "data": {**data_stats, "scored_responses": len(items), "sentences": len(sentence_scores),

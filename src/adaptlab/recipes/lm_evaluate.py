@@ -291,10 +291,6 @@ def _progress_bar(enabled: bool) -> Progress:
                     TextColumn("ETA"), TimeRemainingColumn(), console=Console(stderr=True), disable=not enabled)
 
 
-def _number(value: Any) -> Any:
-    return float("nan") if value is None else value
-
-
 PROBE_DEFINITIONS = (
     "stopped: the response ended with an EOS id (generation config or tokenizer) within max_new_tokens. "
     "chat_format: the response has visible text and contains none of the chat template's turn markers "
@@ -308,7 +304,7 @@ def report_sections(metrics: dict[str, Any]) -> list[Section]:
         Paragraph("One row per model. ppl_*: perplexity on each text file (lower is better); *_acc / *_acc_norm: "
                   "multiple-choice accuracy by summed log-likelihood / by log-likelihood per character; probe_*: "
                   "shares of probe prompts (higher is better). A dash: not measured."),
-        Table(columns, [[_number(row[c]) for c in columns] for row in metrics["table"]]),
+        Table(columns, [[row[c] for c in columns] for row in metrics["table"]]),
     ])]
     models = metrics["models"]
     texts = metrics["inputs"]["texts"]
@@ -322,7 +318,7 @@ def report_sections(metrics: dict[str, Any]) -> list[Section]:
             Table(["text", "model", "perplexity", "tokens", "documents", "skipped documents"], rows)]))
     for task, described in metrics["inputs"]["tasks"].items():
         header = ["model", "acc", "acc_norm", "macro_f1", "items", "truncated items", "boundary mismatches"]
-        rows = [[name, s["acc"], s["acc_norm"], _number(s.get("macro_f1")), s["items"], s["truncated_items"],
+        rows = [[name, s["acc"], s["acc_norm"], s.get("macro_f1"), s["items"], s["truncated_items"],
                  s["boundary_mismatches"]] for name, m in models.items() for s in [m["mc"][task]]]
         sections.append(Section(f"Multiple choice: {task}", [
             KeyValues({"file": described["path"], "items": f"{described['items_used']} of {described['items']}",
@@ -338,7 +334,7 @@ def _probe_section(models: dict[str, Any], described: dict[str, Any]) -> Section
     blocks: list = [Paragraph(f"{described['prompts']} prompts from {described['path']}. {PROBE_DEFINITIONS}")]
     rows = [[name, m["probe"].get("stopped"), m["probe"].get("chat_format"), m["probe"].get("both"),
              m["probe"].get("skipped", "")] for name, m in models.items()]
-    blocks.append(Table(["model", "stopped", "chat_format", "both", "note"], [[_number(v) for v in r] for r in rows]))
+    blocks.append(Table(["model", "stopped", "chat_format", "both", "note"], rows))
     for name, m in models.items():
         examples = m["probe"].get("examples", [])
         if examples:

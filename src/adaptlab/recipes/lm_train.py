@@ -171,7 +171,7 @@ def report_sections(metrics: dict[str, Any]) -> list[Section]:
                                 Paragraph(PERPLEXITY_NOTE + NOTE_BY_MODE[metrics["mode"]])]),
     ]
     if evaluations:
-        rows = [[row["step"], *[_fmt(row.get(f"eval_{s}_perplexity")) for s in splits]] for row in evaluations]
+        rows = [[row["step"], *[row.get(f"eval_{s}_perplexity") for s in splits]] for row in evaluations]
         sections.append(Section("Held-out perplexity", [Table(["step", *splits], rows)]))
     stats = metrics["data_stats"]
     if "splits" in stats:  # cpt: the prepared corpus
@@ -183,5 +183,3 @@ def report_sections(metrics: dict[str, Any]) -> list[Section]:
     return sections
 
 
-def _fmt(value: float | None) -> str:
-    return "" if value is None else f"{value:.4g}"

@@ -82,7 +82,9 @@ p { white-space: pre-wrap; }
 
 
 def format_value(value: Any) -> str:
-    """Cell text: floats with 4 decimals (``nan`` as a dash), everything else via ``str``; not escaped."""
+    """Cell text: floats with 4 decimals, ``nan`` and ``None`` (not measured) as a dash, else ``str``; not escaped."""
+    if value is None:
+        return "–"
     if isinstance(value, float):
         return "–" if math.isnan(value) else f"{value:.4f}"
     return str(value)
