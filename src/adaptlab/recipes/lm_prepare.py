@@ -131,10 +131,13 @@ def prepare(cfg: PrepareConfig) -> tuple[RunDir, dict]:
             train = datasets.concatenate_datasets([train, packed["train_general"].select(replay_rows)])
         splits = {"train": train.shuffle(seed=cfg.seed),
                   **{name: packed[name] for name in ("eval_domain", "eval_general") if name in packed}}
+        # packing keeps every token and pads no row, so the packing counts are the splits' token counts
+        split_tokens = {"train": domain_tokens + replay["general_tokens_used"],
+                        **{name: packing[name]["tokens"] for name in splits if name != "train"}}
         split_info = {}
         for name, dataset in splits.items():
             dataset.save_to_disk(str(run.path / "data" / name))
-            split_info[name] = {"rows": len(dataset), "tokens": sum(prepared.row_lengths(dataset))}
+            split_info[name] = {"rows": len(dataset), "tokens": split_tokens[name]}
     shutil.rmtree(staging, ignore_errors=True)
     split_info["train"].update(domain_documents=len(parts["train_domain"]), domain_tokens=domain_tokens,
                                general_tokens=replay["general_tokens_used"])
