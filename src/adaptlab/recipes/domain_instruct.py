@@ -33,10 +33,10 @@ from pydantic import Field
 
 from adaptlab.config import StrictModel, save_config
 from adaptlab.errors import ConfigError, RunDirError
-from adaptlab.lm.train import loss_curve_png
 from adaptlab.recipes.lm_evaluate import LMEvalConfig
 from adaptlab.recipes.lm_train import LMTrainConfig
 from adaptlab.report.html import Image, KeyValues, Paragraph, Section, Table, write_report
+from adaptlab.report.plots import loss_curve_png
 from adaptlab.runs import RunDir, atomic_write_json, attach_log_file, create_run_dir, get_logger
 
 RECIPE_SETS = {"train": ("mode", "model", "data", "output", "resume"), "evaluate": ("models", "output")}

@@ -25,10 +25,10 @@ from typing import Any
 from adaptlab.config import validate_config
 from adaptlab.lm.prepared import write_documents
 from adaptlab.lm.tiny import save_random_llama, train_tokenizer
-from adaptlab.lm.train import loss_curve_png
 from adaptlab.metrics.lm import read_text_file
 from adaptlab.recipes import domain_instruct, lm_prepare, lm_train
 from adaptlab.report.html import Image, KeyValues, Paragraph, Section, write_report
+from adaptlab.report.plots import loss_curve_png
 from adaptlab.runs import RunDir, atomic_write_json, create_run_dir, get_logger
 
 BASE_DOCUMENTS = 800  # paragraphs of general.txt for base pretraining; the rest is replay and held-out text

@@ -25,7 +25,6 @@ from adaptlab.lm.train import (
     check_vocabulary,
     history_from_log,
     load_training_data,
-    loss_curve_png,
     pad_token_id,
     processes_on_cpu,
     resolve_bf16,
@@ -34,6 +33,7 @@ from adaptlab.lm.train import (
     training_arguments,
 )
 from adaptlab.report.html import Image, KeyValues, Paragraph, Section, Table, write_report
+from adaptlab.report.plots import loss_curve_png
 from adaptlab.runs import RunDir, atomic_write_json, get_logger
 
 __all__ = ["LMTrainConfig", "LoRAConfig", "train"]

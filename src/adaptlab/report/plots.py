@@ -174,3 +174,27 @@ def learning_curve(history: Sequence[Mapping[str, Any]], title: str = "Learning 
         _placeholder(score_ax, "no evaluation metrics logged")
     fig.suptitle(title)
     return figure_to_png(fig)
+
+
+def loss_curve_png(history: list[dict[str, Any]], title: str) -> bytes:
+    """Two panels against the optimizer step: training loss, and held-out perplexity per split (log scale)."""
+    fig = _new_figure(9.0, 3.2)
+    loss_ax, ppl_ax = fig.subplots(1, 2)
+    train = [(row["step"], row["loss"]) for row in history if "loss" in row]
+    if train:
+        loss_ax.plot(*zip(*train, strict=True), marker="o" if len(train) <= 30 else None, markersize=3)
+    loss_ax.set(xlabel="step", ylabel="training loss (nats/token)", title="training loss")
+    loss_ax.grid(alpha=0.3)
+    splits = sorted({k.removeprefix("eval_").removesuffix("_perplexity") for row in history for k in row
+                     if k.startswith("eval_") and k.endswith("_perplexity")})
+    for split in splits:
+        points = [(row["step"], row[f"eval_{split}_perplexity"]) for row in history
+                  if f"eval_{split}_perplexity" in row]
+        ppl_ax.plot(*zip(*points, strict=True), marker="o", markersize=3, label=split)
+    if splits:
+        ppl_ax.set_yscale("log")
+        ppl_ax.legend(fontsize=8)
+    ppl_ax.set(xlabel="step", ylabel="perplexity", title="held-out perplexity (token-weighted)")
+    ppl_ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    return figure_to_png(fig)
