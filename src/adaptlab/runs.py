@@ -146,3 +146,19 @@ def seed_everything(seed: int) -> None:
 
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def progress_bar(enabled: bool = True):
+    """A rich progress bar on stderr (description, bar, done/total, elapsed, ETA); ``enabled=False`` shows nothing."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TextColumn("ETA"), TimeRemainingColumn(), console=Console(stderr=True), disable=not enabled)

@@ -40,15 +40,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from adaptlab.config import StrictModel, save_config
 from adaptlab.errors import ConfigError, ModelError
 from adaptlab.merge.config import MergeConfig
 from adaptlab.metrics.lm import perplexity, read_text_file
 from adaptlab.report.html import Image, KeyValues, Paragraph, Section, Table, write_report
-from adaptlab.runs import RunDir, atomic_write_json, create_run_dir, get_logger
+from adaptlab.runs import RunDir, atomic_write_json, create_run_dir, get_logger, progress_bar
 
 MergeFunction = Callable[[MergeConfig], Path]
 
@@ -139,7 +137,7 @@ def run_search(cfg: SearchConfig, merge_fn: MergeFunction | None = None) -> tupl
                               "complete": False}
     best_dir: Path | None = None
     try:
-        with _progress_bar(cfg.progress) as bar:
+        with progress_bar(cfg.progress) as bar:
             task = bar.add_task("merge search", total=len(cfg.grid))
             for index, value in enumerate(cfg.grid):
                 bar.update(task, description=f"{cfg.target} = {value:g}")
@@ -212,11 +210,6 @@ def _better(row: dict[str, Any], best: dict[str, Any] | None) -> bool:
 
 def _fmt(value: float | None) -> str:
     return "–" if value is None else f"{value:.4f}"
-
-
-def _progress_bar(enabled: bool) -> Progress:
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TextColumn("ETA"), TimeRemainingColumn(), console=Console(stderr=True), disable=not enabled)
 
 
 def _finish(cfg: SearchConfig, run_dir: RunDir, result: dict[str, Any], domain: list[str],

@@ -25,8 +25,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from adaptlab.config import StrictModel, save_config
 from adaptlab.errors import ConfigError, ModelError
@@ -34,7 +32,7 @@ from adaptlab.lm.mc_tasks import MCTask, count_requests, load_mc_task, score_mc_
 from adaptlab.lm.probe import load_probe_prompts, probe_skip_reason, run_probe
 from adaptlab.metrics.lm import perplexity, read_text_file
 from adaptlab.report.html import KeyValues, Paragraph, Section, Table, write_report
-from adaptlab.runs import RunDir, atomic_write_json, atomic_write_text, create_run_dir, get_logger
+from adaptlab.runs import RunDir, atomic_write_json, atomic_write_text, create_run_dir, get_logger, progress_bar
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 PACKAGED_PREFIX = "packaged:"
@@ -153,7 +151,7 @@ def evaluate(cfg: LMEvalConfig) -> tuple[RunDir, dict[str, Any]]:
     save_config(cfg, run.config)
     log = get_logger()
     models: dict[str, Any] = {}
-    with _progress_bar(cfg.progress) as bar:
+    with progress_bar(cfg.progress) as bar:
         for spec in cfg.models:
             log.info("evaluating %s (%s) on %s", spec.name, spec.path, device)
             started = time.perf_counter()
@@ -284,11 +282,6 @@ def _free_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-
-
-def _progress_bar(enabled: bool) -> Progress:
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TextColumn("ETA"), TimeRemainingColumn(), console=Console(stderr=True), disable=not enabled)
 
 
 PROBE_DEFINITIONS = (

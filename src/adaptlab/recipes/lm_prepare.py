@@ -26,8 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import Field, model_validator
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from adaptlab.config import StrictModel, save_config
 from adaptlab.errors import DataError
@@ -36,7 +34,7 @@ from adaptlab.lm.corpus import CleaningConfig, SourceConfig
 from adaptlab.lm.dedup import DedupConfig, DedupResult, deduplicate
 from adaptlab.lm.loading import load_tokenizer
 from adaptlab.report.html import KeyValues, Paragraph, Section, Table, write_report
-from adaptlab.runs import RunDir, atomic_write_json, create_run_dir, get_logger
+from adaptlab.runs import RunDir, atomic_write_json, create_run_dir, get_logger, progress_bar
 
 ROLES = ("domain", "general")
 
@@ -170,7 +168,7 @@ def read_clean_deduplicate(cfg: PrepareConfig) -> CleanCorpus:
     texts: list[str] = []
     owner: list[int] = []
     source_stats: list[corpus.SourceStats] = []
-    with _progress(cfg.progress) as progress:
+    with progress_bar(cfg.progress) as progress:
         for k, source in enumerate(sources):
             task = progress.add_task(f"reading {source.name}", total=None)
             kept, stats = corpus.read_and_clean(source, cfg.cleaning, lambda n, t=task: progress.advance(t, n))
@@ -219,11 +217,6 @@ def _cache_dir(cfg: PrepareConfig) -> Path | None:
     import datasets
 
     return Path(datasets.config.HF_DATASETS_CACHE) / "adaptlab-lm-prepare"
-
-
-def _progress(enabled: bool) -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TimeRemainingColumn(), console=Console(stderr=True), disable=not enabled)
 
 
 @contextmanager
