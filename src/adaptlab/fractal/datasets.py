@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from adaptlab.errors import DataError
-from adaptlab.fractal.bags import Bag, PairBag, response_from_text, split_sentences
+from adaptlab.fractal.bags import Bag, PairBag, Response, response_from_text
 
 ANSWER_TAGS = {"B", "I"}
 IRRELEVANT = "Irrelevant"
@@ -187,21 +187,21 @@ def _passages_text(question: str, passages: list[list[str]]) -> str:
     return "\n\n".join(blocks)
 
 
-def feedback_bag(item: dict[str, Any], item_id: str, context: str, bag_rule: Literal["min", "mean"]) -> Bag | None:
-    """``prediction 1`` as a bag: a sentence is 0 iff it overlaps an Irrelevant span; None if no sentences."""
+def feedback_bag(item: dict[str, Any], item_id: str, context: str, bag_rule: Literal["min", "mean"],
+                 response: Response) -> Bag | None:
+    """``prediction 1`` (already split: ``response``) as a bag: a sentence is 0 iff it overlaps an Irrelevant span;
+    None if it has no sentences."""
     text = item["prediction 1"]
     spans = [(e["start"], e["end"]) for e in item["feedback"]["errors"] if e["error type"] == IRRELEVANT]
     for start, end in spans:
         if not 0 <= start < end <= len(text):
             raise ValueError(f"Irrelevant span [{start}, {end}) lies outside 'prediction 1' (length {len(text)})")
-    split = split_sentences(text)
-    if not split:
+    if not response.sentences:
         return None
-    labels = [0.0 if _overlaps(s, e, spans) else 1.0 for _, s, e in split]
+    labels = [0.0 if _overlaps(s, e, spans) else 1.0 for s, e in response.offsets]
     label = min(labels) if bag_rule == "min" else sum(labels) / len(labels)
-    return Bag(id=f"{item_id}:p1", context=context, sentences=[s for s, _, _ in split],
-               offsets=[(s, e) for _, s, e in split], label=label, sentence_labels=labels, group=item_id,
-               response=text)
+    return Bag(id=f"{item_id}:p1", context=context, sentences=response.sentences, offsets=response.offsets,
+               label=label, sentence_labels=labels, group=item_id, response=text)
 
 
 def load_qa_feedback(root: str | Path, limit: int | None = None,
@@ -221,8 +221,9 @@ def load_qa_feedback(root: str | Path, limit: int | None = None,
         item_id = f"qa_feedback-{index}"
         try:
             context = _passages_text(item["question"], item["passages"])
-            bag = feedback_bag(item, item_id, context, bag_rule)
-            item_pairs = feedback_pairs(item, item_id, context)
+            responses = [response_from_text(item[f"prediction {k}"]) for k in range(1, 5)]
+            bag = feedback_bag(item, item_id, context, bag_rule, responses[0])
+            item_pairs = feedback_pairs(item, item_id, context, responses)
         except (KeyError, TypeError, ValueError) as exc:
             raise DataError(f"item {index}: {exc}; expected the FineGrainedRLHF dev_feedback format", path) from None
         if bag is None:
@@ -237,9 +238,10 @@ def load_qa_feedback(root: str | Path, limit: int | None = None,
     return LoadedBags(bags, pairs, stats)
 
 
-def feedback_pairs(item: dict[str, Any], item_id: str, context: str) -> list[PairBag | None]:
-    """The six preference pairs of one question, in upstream order; None where a side has no sentences."""
-    responses = [response_from_text(item[f"prediction {k}"]) for k in range(1, 5)]
+def feedback_pairs(item: dict[str, Any], item_id: str, context: str,
+                   responses: list[Response]) -> list[PairBag | None]:
+    """The six preference pairs of one question (``responses``: predictions 1-4, split), in upstream order;
+    None where a side has no sentences."""
     order = list(combinations(range(4), 2))
     if len(item["preference"]) != len(order):
         raise ValueError(f"{len(item['preference'])} preferences, expected {len(order)}")
