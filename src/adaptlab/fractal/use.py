@@ -100,25 +100,19 @@ def token_weights(
     sentence_scores: Sequence[float],
     mode: Literal["weight", "mask"] = "weight",
     threshold: float = 0.5,
-    max_length: int | None = None,
 ) -> tuple[list[int], list[int], list[float]]:
     """Tokenise ``prompt + response`` and give each token its label and loss weight (rules in the module doc).
 
     ``sentence_offsets`` are character spans into ``response``. ``mode="weight"``: a response token's weight
     is its sentence's score. ``mode="mask"``: weight 1 if the score is >= ``threshold``, else weight 0 and
-    label -100. ``max_length`` truncates the sequence (from the right). Returns ``(input_ids, labels, weights)``.
+    label -100 (:func:`mask_below`). Returns ``(input_ids, labels, weights)``.
     """
     if mode not in ("weight", "mask"):
         raise ConfigError(f"mode={mode!r} is not known; use 'weight' or 'mask'")
     if not getattr(tokenizer, "is_fast", False):
         raise ConfigError("token_weights needs a fast tokenizer (character offsets); load it with use_fast=True")
     _check_sentences(response, sentence_offsets, sentence_scores)
-    encoding = tokenizer(
-        prompt + response,
-        return_offsets_mapping=True,
-        truncation=max_length is not None,
-        max_length=max_length,
-    )
+    encoding = tokenizer(prompt + response, return_offsets_mapping=True)
     input_ids: list[int] = list(encoding["input_ids"])
     labels: list[int] = []
     weights: list[float] = []
@@ -131,11 +125,17 @@ def token_weights(
             continue
         while sentence < len(sentence_offsets) and sentence_offsets[sentence][1] + shift <= start:
             sentence += 1
-        score = float(sentence_scores[sentence]) if sentence < len(sentence_offsets) else 1.0
-        weight = score if mode == "weight" else float(score >= threshold)
-        labels.append(token_id if mode == "weight" or weight > 0 else IGNORE_INDEX)
-        weights.append(weight)
+        labels.append(token_id)
+        weights.append(float(sentence_scores[sentence]) if sentence < len(sentence_offsets) else 1.0)
+    if mode == "mask":
+        labels, weights = mask_below(labels, weights, threshold)
     return input_ids, labels, weights
+
+
+def mask_below(labels: Sequence[int], weights: Sequence[float], threshold: float) -> tuple[list[int], list[float]]:
+    """Mask mode: a target token keeps weight 1 if its score is >= ``threshold``, else gets weight 0 and label -100."""
+    kept = [float(w >= threshold) if label != IGNORE_INDEX else 0.0 for label, w in zip(labels, weights)]
+    return [label if k > 0 else IGNORE_INDEX for label, k in zip(labels, kept)], kept
 
 
 def weighted_causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

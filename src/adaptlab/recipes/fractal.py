@@ -278,8 +278,7 @@ def train(cfg: FractalTrainRunConfig) -> tuple[RunDir, dict]:
     return run, metrics
 
 
-def dpo_pairs(model_dir: str, input_path: str, output: str, reduce: str = "min", min_margin: float = 0.0,
-              cache_dir: str | None = None) -> dict:
+def dpo_pairs(model_dir: str, input_path: str, output: str, reduce: str = "min", min_margin: float = 0.0) -> dict:
     """Rank each prompt's responses by the scorer (min or mean sentence score) into DPO pairs.
 
     Input: one JSON object per line, ``{"prompt": str, "responses": [str, ...]}``; output: TRL's
@@ -291,7 +290,7 @@ def dpo_pairs(model_dir: str, input_path: str, output: str, reduce: str = "min",
     refuse_existing(output, "output file")
     model, info = load_scorer(model_dir)
     items = [obj for _, obj in iter_json_lines(input_path)]
-    with FeatureCache(cache_dir or info.get("cache_dir") or DEFAULT_CACHE, info.get("feature_model")) as cache:
+    with FeatureCache(info.get("cache_dir") or DEFAULT_CACHE, info.get("feature_model")) as cache:
         def score_fn(context: str | None, sentences: list[str]) -> list[float]:
             bag = Bag(id="candidate", context=context, sentences=sentences, offsets=None, label=0.0)
             features = bag_features(cache, [bag]).features
@@ -302,12 +301,12 @@ def dpo_pairs(model_dir: str, input_path: str, output: str, reduce: str = "min",
     return counts
 
 
-def score(model_dir: str, input_path: str, output: str, cache_dir: str | None = None) -> int:
+def score(model_dir: str, input_path: str, output: str) -> int:
     """Write one JSON line per bag: ``{"id", "sentences", "scores"}`` (scores in [0, 1], in order)."""
     refuse_existing(output, "output file")
     model, info = load_scorer(model_dir)
     bags, _ = read_bags(input_path)
-    with FeatureCache(cache_dir or info.get("cache_dir") or DEFAULT_CACHE, info.get("feature_model")) as c:
+    with FeatureCache(info.get("cache_dir") or DEFAULT_CACHE, info.get("feature_model")) as c:
         feats = bag_features(c, bags)
     scores = model.score(torch.as_tensor(np.asarray(feats.features), dtype=torch.float32)).tolist()
     per_bag = split_by_bag(scores, [len(bag.sentences) for bag in bags])

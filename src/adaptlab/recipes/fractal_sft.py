@@ -46,6 +46,7 @@ from adaptlab.fractal.use import (
     WeightedSFTCollator,
     WeightedSFTTrainer,
     locate_sentences,
+    mask_below,
     token_weights,
 )
 from adaptlab.fractal.view import scored_responses_html
@@ -248,8 +249,7 @@ def build_examples(tokenizer: Any, items: list[ScoredResponse], cfg: FractalSFTC
                 eos_at = len(ids) - 1
             is_response = [label != IGNORE_INDEX for label in labels]
             if cfg.mode == "mask":
-                weights = [float(w >= cfg.threshold) if r else 0.0 for r, w in zip(is_response, weights)]
-                labels = [label if w > 0 else IGNORE_INDEX for label, w in zip(labels, weights)]
+                labels, weights = mask_below(labels, weights, cfg.threshold)
             if len(ids) > cfg.max_length:
                 counts["truncated"] += 1
                 counts["truncated_response_tokens"] += sum(is_response[cfg.max_length:])
