@@ -98,8 +98,9 @@ def token_offsets(tokens: list[str]) -> tuple[str, list[tuple[int, int]]]:
     return " ".join(tokens), offsets
 
 
-def multispanqa_bag(item: dict[str, Any]) -> Bag:
-    """One context as a bag: sentence label = 1 iff one of its own tokens is tagged B/I; bag = MAX."""
+def multispanqa_bag(item: dict[str, Any]) -> tuple[Bag, list[tuple[int, int]]]:
+    """One context as a bag (sentence label = 1 iff one of its own tokens is tagged B/I; bag = MAX) and the
+    character spans of its answer tokens."""
     tokens, tags = item["context"], item["label"]
     if len(tokens) != len(tags):
         raise ValueError(f"{len(tokens)} context tokens but {len(tags)} labels")
@@ -112,7 +113,7 @@ def multispanqa_bag(item: dict[str, Any]) -> Bag:
     labels = [float(_overlaps(s, e, answer_spans)) for s, e in response.offsets]
     return Bag(id=item["id"], context=" ".join(item["question"]), sentences=response.sentences,
                offsets=response.offsets, label=max(labels, default=0.0), sentence_labels=labels,
-               group=item["id"], response=text)
+               group=item["id"], response=text), answer_spans
 
 
 def longest_negative_run(labels: list[float]) -> tuple[int, int]:
@@ -158,14 +159,13 @@ def load_multispanqa(root: str | Path, split: str = "valid", limit: int | None =
             stats.dropped["no answer labels (unlabelled split)"] += 1
             continue
         try:
-            bag = multispanqa_bag(item)
+            bag, answer_spans = multispanqa_bag(item)
         except (KeyError, ValueError) as exc:
             raise DataError(f"item {index} (id {item.get('id')!r}): {exc}", path) from None
         if not bag.sentences:
             stats.dropped["empty context"] += 1
             continue
-        _, offsets = token_offsets(item["context"])
-        positives.append((bag, [o for o, t in zip(offsets, item["label"]) if t in ANSWER_TAGS]))
+        positives.append((bag, answer_spans))
     bags = [bag for bag, _ in positives]
     chosen = random.Random(seed).sample(range(len(positives)), round(negative_fraction * len(positives)))
     for index in sorted(chosen):
