@@ -34,7 +34,7 @@ from pydantic import Field
 from adaptlab.config import StrictModel, save_config
 from adaptlab.errors import ConfigError
 from adaptlab.fractal.aggregate import AGGREGATORS
-from adaptlab.fractal.bags import Bag, PairBag, read_bags
+from adaptlab.fractal.bags import Bag, PairBag, read_bags, split_sentences
 from adaptlab.fractal.features import FeatureCache, bag_features
 from adaptlab.fractal.finetune import EncoderScorer, save_finetuned_scorer
 from adaptlab.fractal.folds import grouped_kfold
@@ -290,13 +290,22 @@ def dpo_pairs(model_dir: str, input_path: str, output: str, reduce: str = "min",
     refuse_existing(output, "output file")
     model, info = load_scorer(model_dir)
     items = [obj for _, obj in iter_json_lines(input_path)]
-    with FeatureCache(info.get("cache_dir") or DEFAULT_CACHE, info.get("feature_model")) as cache:
-        def score_fn(context: str | None, sentences: list[str]) -> list[float]:
-            bag = Bag(id="candidate", context=context, sentences=sentences, offsets=None, label=0.0)
-            features = bag_features(cache, [bag]).features
-            return model.score(torch.as_tensor(np.asarray(features), dtype=torch.float32)).tolist()
-
-        pairs, counts = preference_pairs(items, score_fn, reduce, min_margin)
+    # every (prompt, response sentences) is featurized and scored in one pass; the ranking then looks them up
+    candidates = list(dict.fromkeys(
+        (item["prompt"], tuple(s for s, _, _ in split_sentences(response)))
+        for item in items if isinstance(item.get("prompt"), str) and isinstance(item.get("responses"), list)
+        for response in item["responses"] if isinstance(response, str)))
+    candidates = [(prompt, sentences) for prompt, sentences in candidates if sentences]
+    table: dict[tuple[str, tuple[str, ...]], list[float]] = {}
+    if candidates:
+        bags = [Bag(id=f"candidate-{i}", context=prompt, sentences=list(sentences), offsets=None, label=0.0)
+                for i, (prompt, sentences) in enumerate(candidates)]
+        with FeatureCache(info.get("cache_dir") or DEFAULT_CACHE, info.get("feature_model")) as cache:
+            features = bag_features(cache, bags).features
+        flat = model.score(torch.as_tensor(np.asarray(features), dtype=torch.float32)).tolist()
+        table = dict(zip(candidates, split_by_bag(flat, [len(sentences) for _, sentences in candidates])))
+    pairs, counts = preference_pairs(items, lambda context, sentences: table[(context, tuple(sentences))],
+                                     reduce, min_margin)
     write_dpo_jsonl(pairs, output)
     return counts
 
