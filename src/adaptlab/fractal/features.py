@@ -177,11 +177,18 @@ class _RowStore:
             if path.exists() and path.stat().st_size != size:
                 get_logger().warning("feature cache %s: dropping an unfinished append (%s)", self.directory, path.name)
                 os.truncate(path, size)
-        digests = keys_path.read_bytes() if keys_path.exists() else b""
-        self.row_of = {}
+        # the files only grow: read just the keys appended since the last reload (all of them if they shrank)
+        start = self.n_rows if n_keys >= self.n_rows else 0
+        if start == 0:
+            self.row_of = {}
+        digests = b""
+        if n_keys > start:
+            with open(keys_path, "rb") as fh:
+                fh.seek(start * KEY_BYTES)
+                digests = fh.read((n_keys - start) * KEY_BYTES)
+        for offset in range(n_keys - start):
+            self.row_of.setdefault(digests[offset * KEY_BYTES : (offset + 1) * KEY_BYTES], start + offset)
         self.n_rows = n_keys
-        for row in range(n_keys):
-            self.row_of.setdefault(digests[row * KEY_BYTES : (row + 1) * KEY_BYTES], row)
         self._matrix = None
 
     def append(self, digests: Sequence[bytes], vectors: np.ndarray) -> None:
