@@ -59,15 +59,21 @@ class PreparedCorpus:
         return str(self.manifest["tokenizer"])
 
 
+def corpus_root(path: str | Path) -> Path:
+    """The run directory of ``adaptlab lm prepare`` given it or its ``data/`` folder."""
+    root = Path(path)
+    if not (root / "data" / MANIFEST).is_file() and (root / MANIFEST).is_file():
+        return root.parent
+    return root
+
+
 def load_prepared(path: str | Path) -> PreparedCorpus:
     """Open the run directory of ``adaptlab lm prepare`` (or its ``data/`` folder); DataError names what is missing."""
     import datasets
 
-    root = Path(path)
-    if not root.is_dir():
-        raise DataError("prepared corpus not found; pass the run directory of `adaptlab lm prepare`", root)
-    if not (root / "data" / MANIFEST).is_file() and (root / MANIFEST).is_file():
-        root = root.parent
+    if not Path(path).is_dir():
+        raise DataError("prepared corpus not found; pass the run directory of `adaptlab lm prepare`", path)
+    root = corpus_root(path)
     manifest_path = root / "data" / MANIFEST
     if not manifest_path.is_file():
         raise DataError(f"no data/{MANIFEST}: not a corpus written by `adaptlab lm prepare` (or it did not "

@@ -136,8 +136,13 @@ def chat_vector_merge(cfg: DomainInstructConfig, run: RunDir, domain: Path,
 
 
 def prepared_texts(corpus: str) -> dict[str, str]:
-    """The corpus' held-out raw text files: ``{"domain": path, "general": path}`` (general when present)."""
-    folder = Path(corpus) / "text"
+    """The corpus' held-out raw text files: ``{"domain": path, "general": path}`` (general when present).
+
+    ``corpus`` is the run directory of ``adaptlab lm prepare`` or its ``data/`` folder, as for ``lm train``.
+    """
+    from adaptlab.lm.prepared import corpus_root
+
+    folder = corpus_root(corpus) / "text"
     texts = {role: str(folder / f"eval_{role}.txt") for role in ("domain", "general")
              if (folder / f"eval_{role}.txt").is_file()}
     if "domain" not in texts:
