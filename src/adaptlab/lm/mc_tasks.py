@@ -74,6 +74,7 @@ from typing import Any
 from adaptlab.data.records import iter_json_lines
 from adaptlab.errors import ConfigError, DataError
 from adaptlab.metrics.classification import classification_prf
+from adaptlab.metrics.lm import context_prefix_ids, right_pad
 
 DEFAULT_PROMPT = "{context}\nQuestion: {question}\nAnswer:"
 DEFAULT_CHOICE = " {choice}"
@@ -238,8 +239,7 @@ class ChoiceRequest:
 
 def build_requests(tokenizer, task: MCTask, max_length: int) -> tuple[list[ChoiceRequest], int, int]:
     """Token requests of every (item, choice), boundary mismatches and truncated items (module docstring)."""
-    prefix = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-    prefix_ids = [prefix] if prefix is not None else []
+    prefix_ids = context_prefix_ids(tokenizer)
     requests, mismatches, truncated_items = [], 0, set()
     for item_index, item in enumerate(task.items):
         context = item.prompt.rstrip()
@@ -284,12 +284,8 @@ def choice_loglikelihoods(model, tokenizer, requests: list[ChoiceRequest], batch
         with torch.no_grad():
             for first in range(0, len(order), batch_size):
                 batch = [requests[i] for i in order[first:first + batch_size]]
-                width = max(len(r.ids) for r in batch)
-                input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-                attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
-                for row, request in enumerate(batch):
-                    input_ids[row, :len(request.ids)] = torch.tensor(request.ids, dtype=torch.long)
-                    attention_mask[row, :len(request.ids)] = 1
+                input_ids, attention_mask = right_pad([r.ids for r in batch], pad_id)
+                width = input_ids.shape[1]
                 # only positions from the earliest continuation on need logits (vocab-sized rows are the big ones)
                 keep = width - min(r.start for r in batch) + 1 if slices_logits else width
                 options = {"logits_to_keep": keep} if slices_logits else {}

@@ -92,10 +92,29 @@ def _check_arguments(max_length: int, stride: int | None, batch_size: int) -> in
     return stride
 
 
-def _document_ids(tokenizer, texts: list[str]) -> list[list[int]]:
+def context_prefix_ids(tokenizer) -> list[int]:
+    """The token that starts every scored text: BOS, else EOS (the usual document separator), else none."""
     prefix = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    return [prefix] if prefix is not None else []
+
+
+def right_pad(rows: list[list[int]], pad_id: int):
+    """``(input_ids, attention_mask)`` LongTensors of ``rows`` right-padded to the longest."""
+    import torch
+
+    width = max(len(ids) for ids in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for row, ids in enumerate(rows):
+        input_ids[row, :len(ids)] = torch.tensor(ids, dtype=torch.long)
+        attention_mask[row, :len(ids)] = 1
+    return input_ids, attention_mask
+
+
+def _document_ids(tokenizer, texts: list[str]) -> list[list[int]]:
+    prefix = context_prefix_ids(tokenizer)
     encoded = tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
-    return [([prefix] if prefix is not None and ids else []) + list(ids) for ids in encoded]
+    return [(prefix if ids else []) + list(ids) for ids in encoded]
 
 
 def perplexity(
@@ -136,12 +155,7 @@ def perplexity(
         with torch.no_grad():
             for first in range(0, len(windows), batch_size):
                 batch = windows[first:first + batch_size]
-                width = max(end - begin for _, (begin, end, _) in batch)
-                input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-                attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
-                for row, (ids, (begin, end, _)) in enumerate(batch):
-                    input_ids[row, :end - begin] = torch.tensor(ids[begin:end], dtype=torch.long)
-                    attention_mask[row, :end - begin] = 1
+                input_ids, attention_mask = right_pad([ids[begin:end] for ids, (begin, end, _) in batch], pad_id)
                 input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
                 logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
                 for row, (_, (begin, end, score_from)) in enumerate(batch):
