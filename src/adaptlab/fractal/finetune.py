@@ -58,6 +58,7 @@ from torch import nn
 from adaptlab.errors import ConfigError, ModelError
 from adaptlab.fractal.features import chunk_context, default_model_path, normalise_text
 from adaptlab.fractal.model import SentenceScorer, save_scorer
+from adaptlab.models.gguf import resolve_model
 from adaptlab.runs import atomic_write_json
 
 if TYPE_CHECKING:
@@ -75,7 +76,7 @@ def load_encoder(model_name_or_path: str | None, max_length: int | None = None) 
     """A fresh copy of the sentence-transformers encoder (the initial weights), on the CPU."""
     from sentence_transformers import SentenceTransformer
 
-    name = model_name_or_path or default_model_path()
+    name = resolve_model(model_name_or_path, "feature_model") if model_name_or_path else default_model_path()
     try:
         encoder = SentenceTransformer(name, device="cpu")
     except OSError as err:

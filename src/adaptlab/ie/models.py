@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from adaptlab.errors import ModelError
+from adaptlab.models.gguf import is_gguf_path, resolve_model
 
 DEFAULT_STUDENT = "minilm"
 
@@ -25,6 +26,8 @@ def resolve_student(name_or_path: str) -> str:
     """Map the alias ``minilm`` to the packaged encoder; anything else is an HF name or a path."""
     if name_or_path in (DEFAULT_STUDENT, "default"):
         return str(default_student_path())
+    if is_gguf_path(name_or_path):
+        return resolve_model(name_or_path)
     path = Path(name_or_path)
     looks_local = path.is_absolute() or name_or_path.startswith((".", "~")) or path.exists()
     if looks_local and not path.exists():

@@ -21,6 +21,7 @@ from typing import Any
 from adaptlab.errors import ModelError
 from adaptlab.merge.config import MergeConfig
 from adaptlab.merge.vocab import write_output_tokenizer
+from adaptlab.models.gguf import is_gguf_path, resolve_model
 from adaptlab.runs import atomic_write_json
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "vocab.json",
@@ -31,9 +32,11 @@ SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "pad_token", "unk_token", "addit
 
 
 def resolve_model_dir(name: str) -> str:
-    """A local directory as is; otherwise a hub model's weights and configs (needs the network)."""
+    """A local directory as is, a GGUF file converted (cached); otherwise a hub model's files (needs the network)."""
     if Path(name).is_dir():
         return name
+    if is_gguf_path(name):
+        return resolve_model(name)
     if os.environ.get("HF_HUB_OFFLINE") == "1" or Path(name).is_absolute() or name.startswith("."):
         raise ModelError(f"model directory {name} not found (and hub downloads are off)")
     from huggingface_hub import snapshot_download

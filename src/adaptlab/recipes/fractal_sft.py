@@ -52,6 +52,7 @@ from adaptlab.fractal.use import (
 from adaptlab.fractal.view import scored_responses_html
 from adaptlab.lm.loading import load_tokenizer
 from adaptlab.lm.train import history_from_log, pad_token_id
+from adaptlab.models.gguf import resolve_model
 from adaptlab.report import plots
 from adaptlab.report.html import Image, KeyValues, Paragraph, RawHTML, Section, write_report
 from adaptlab.runs import RunDir, atomic_write_json, create_run_dir, get_logger, seed_everything
@@ -278,7 +279,7 @@ def load_causal_lm(name: str, examples: list[dict]) -> Any:
     from transformers import AutoModelForCausalLM
 
     try:
-        model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(resolve_model(name), dtype=torch.float32)
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot load a causal language model from model={name!r} ({exc})") from None
     vocabulary = model.get_input_embeddings().num_embeddings

@@ -31,6 +31,7 @@ from adaptlab.errors import ConfigError, ModelError
 from adaptlab.lm.mc_tasks import MCTask, count_requests, load_mc_task, score_mc_task
 from adaptlab.lm.probe import load_probe_prompts, probe_skip_reason, run_probe
 from adaptlab.metrics.lm import perplexity, read_text_file
+from adaptlab.models.gguf import resolve_model
 from adaptlab.report.html import KeyValues, Paragraph, Section, Table, write_report
 from adaptlab.runs import RunDir, atomic_write_json, atomic_write_text, create_run_dir, get_logger, progress_bar
 
@@ -40,7 +41,8 @@ PACKAGED_PREFIX = "packaged:"
 
 class ModelSpec(StrictModel):
     name: str = Field(pattern=NAME_PATTERN, description="row label in the table; letters, digits, . _ -")
-    path: str = Field(description="HF model directory (or a hub name already in the local cache)")
+    path: str = Field(description="HF model directory, a .gguf file (converted once, cached), or a hub name "
+                                  "already in the local cache")
 
 
 class PerplexityConfig(StrictModel):
@@ -145,8 +147,9 @@ def evaluate(cfg: LMEvalConfig) -> tuple[RunDir, dict[str, Any]]:
     check_config(cfg)
     inputs = load_inputs(cfg)
     device = _device(cfg.device)
+    model_dirs = {spec.name: resolve_model(spec.path, f"models[{index}].path") for index, spec in enumerate(cfg.models)}
     for index, spec in enumerate(cfg.models):
-        _check_model_config(spec.path, f"models[{index}].path")
+        _check_model_config(model_dirs[spec.name], f"models[{index}].path")
     run = create_run_dir(cfg.output, cfg.name)
     save_config(cfg, run.config)
     log = get_logger()
@@ -155,7 +158,7 @@ def evaluate(cfg: LMEvalConfig) -> tuple[RunDir, dict[str, Any]]:
         for spec in cfg.models:
             log.info("evaluating %s (%s) on %s", spec.name, spec.path, device)
             started = time.perf_counter()
-            model, tokenizer = load_causal_lm(spec.path, device, cfg.dtype)
+            model, tokenizer = load_causal_lm(model_dirs[spec.name], device, cfg.dtype)
             try:
                 task_id = bar.add_task(spec.name, total=_work_units(inputs, tokenizer))
                 scores = score_model(model, tokenizer, inputs, cfg, device,

@@ -32,6 +32,7 @@ from adaptlab.lm.train import (
     save_final_model,
     training_arguments,
 )
+from adaptlab.models.gguf import resolve_model
 from adaptlab.report.html import Image, KeyValues, Paragraph, Section, Table, write_report
 from adaptlab.report.plots import loss_curve_png
 from adaptlab.runs import RunDir, atomic_write_json, get_logger
@@ -70,7 +71,8 @@ def train(cfg: LMTrainConfig) -> tuple[RunDir, dict[str, Any]]:
     if state.num_processes > 1 and not cfg.output:
         raise ConfigError("set 'output' (--output DIR) when training with several processes, so that they all "
                           "find the same run directory")
-    tokenizer_source = cfg.tokenizer or cfg.model
+    model_dir = resolve_model(cfg.model, "model")
+    tokenizer_source = resolve_model(cfg.tokenizer, "tokenizer") if cfg.tokenizer else model_dir
     tokenizer = load_tokenizer(tokenizer_source, "tokenizer" if cfg.tokenizer else "model")
     data = load_training_data(cfg, tokenizer, tokenizer_source)
 
@@ -80,7 +82,7 @@ def train(cfg: LMTrainConfig) -> tuple[RunDir, dict[str, Any]]:
              f", resuming from {checkpoint}" if checkpoint else "")
 
     set_seed(cfg.seed)
-    model = AutoModelForCausalLM.from_pretrained(cfg.model, attn_implementation=cfg.attn_implementation)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation=cfg.attn_implementation)
     check_vocabulary(model, tokenizer, tokenizer_source)
     if cfg.lora is not None:
         model = apply_lora(model, cfg.lora)

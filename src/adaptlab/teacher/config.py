@@ -17,21 +17,17 @@ llama.cpp's server and TGI)::
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
 
 from adaptlab.config import StrictModel
+from adaptlab.runs import user_cache_dir
 
 
 def default_cache_path() -> str:
-    """``$ADAPTLAB_CACHE_DIR/teacher-cache.sqlite``, else under ``$XDG_CACHE_HOME`` or ``~/.cache``."""
-    root = os.environ.get("ADAPTLAB_CACHE_DIR")
-    if not root:
-        root = str(Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "adaptlab")
-    return str(Path(root) / "teacher-cache.sqlite")
+    """``teacher-cache.sqlite`` in adaptlab's cache folder (:func:`adaptlab.runs.user_cache_dir`)."""
+    return str(user_cache_dir() / "teacher-cache.sqlite")
 
 
 class SamplingConfig(StrictModel):

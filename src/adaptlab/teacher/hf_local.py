@@ -37,6 +37,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from adaptlab.models.gguf import resolve_model
 from adaptlab.teacher.base import Sampling, Teacher, TeacherError, TeacherRequest, TeacherResponse, Usage
 from adaptlab.teacher.config import TeacherConfig
 
@@ -91,10 +92,11 @@ class HFLocalTeacher(Teacher):
     @classmethod
     def from_pretrained(cls, name_or_path: str, *, device: str = "auto", batch_size: int = 8) -> HFLocalTeacher:
         target = resolve_device(device)
+        model_dir = resolve_model(name_or_path, "teacher.model")
         try:
-            tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+            tokenizer = AutoTokenizer.from_pretrained(model_dir)
             _require_chat_template(tokenizer, name_or_path)  # before loading the weights
-            hf_model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype="auto")
+            hf_model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="auto")
         except (OSError, ValueError) as exc:
             raise TeacherError(
                 f"cannot load teacher model {name_or_path!r} (teacher.model) as a causal LM: {exc}. "

@@ -1,0 +1,1 @@
+"""Model files adaptlab reads besides HF directories (GGUF)."""
