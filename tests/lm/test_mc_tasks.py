@@ -12,6 +12,7 @@ import torch
 
 from adaptlab.errors import DataError
 from adaptlab.lm.mc_tasks import build_requests, load_mc_task, score_mc_task
+from adaptlab.metrics.loglikelihood import encode_pair
 from adaptlab.recipes.lm_evaluate import resolve_input
 
 
@@ -26,6 +27,7 @@ class UnigramLM(torch.nn.Module):
     def __init__(self, logits: torch.Tensor):
         super().__init__()
         self.logits = torch.nn.Parameter(logits)
+        self.config = SimpleNamespace(max_position_embeddings=64)
 
     def forward(self, input_ids, attention_mask=None, use_cache=None):
         return SimpleNamespace(logits=self.logits.expand(*input_ids.shape, -1))
@@ -82,18 +84,28 @@ def test_format_errors_name_file_and_line(tmp_path, lines, where, message):
     assert text.startswith(f"{path}:{where}: " if where else f"{path}: ")
 
 
-def test_acc_and_acc_norm_pick_by_total_and_per_character_likelihood(tokenizer, tmp_path):
-    """' up' is one likelier token but has 2 characters; ' downward' is less likely yet wins per character."""
-    up, down = tokenizer.convert_tokens_to_ids(["up", "downward"])
-    logits = torch.zeros(len(tokenizer))
+@pytest.fixture(scope="module")
+def bpe(scoring_models):
+    """The Qwen2-like tokenizer (no BOS): the tokens of a text are exactly what lm-eval scores."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(scoring_models["qwen2-no-bos"])
+
+
+def test_acc_and_acc_norm_pick_by_total_and_per_character_likelihood(bpe, tmp_path):
+    """' up' is likelier in total, ' downward' per character (lm-eval's acc_norm: LL / len(choice))."""
+    up = encode_pair(bpe, "Prices went", " up")[0].continuation
+    down = encode_pair(bpe, "Prices went", " downward")[0].continuation
+    assert not set(up) & set(down)
+    logits = torch.zeros(len(bpe))
     logits[up], logits[down] = 3.0, 2.0
     log_probs = torch.log_softmax(logits, -1)
+    expected = [float(log_probs[up].sum()), float(log_probs[down].sum())]
+    assert expected[0] > expected[1] and expected[1] / len("downward") > expected[0] / len("up")
     path = write_task(tmp_path / "t.jsonl", {"task": {"prompt": "Prices went", "choices": ["up", "downward"]}},
                       {"answer": 1}, {"answer": 0}, {"answer": 1})
-    result = score_mc_task(UnigramLM(logits), tokenizer, load_mc_task(path), batch_size=2)
-    lls = result["predictions"][0]["loglikelihoods"]
-    assert lls == pytest.approx([float(log_probs[up]), float(log_probs[down])], abs=1e-6)
-    assert lls[0] > lls[1] and lls[1] / len("downward") > lls[0] / len("up")
+    result = score_mc_task(UnigramLM(logits), bpe, load_mc_task(path), batch_size=2)
+    assert result["predictions"][0]["loglikelihoods"] == pytest.approx(expected, abs=1e-5)
     assert [p["pred"] for p in result["predictions"]] == [0, 0, 0]
     assert [p["pred_norm"] for p in result["predictions"]] == [1, 1, 1]
     assert result["acc"] == pytest.approx(1 / 3) and result["acc_norm"] == pytest.approx(2 / 3)
@@ -103,57 +115,50 @@ def test_acc_and_acc_norm_pick_by_total_and_per_character_likelihood(tokenizer, 
     assert result["macro_f1_norm"] == pytest.approx((0.0 + 0.8) / 2)
 
 
-def test_loglikelihood_matches_an_unbatched_forward_of_a_real_model(tiny_llama, tokenizer, tmp_path):
-    model = tiny_llama(head_scale=20)
+def test_batching_does_not_change_the_scores(scoring_models, bpe, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(scoring_models["qwen2-no-bos"])
     path = write_task(tmp_path / "t.jsonl",
                       {"question": "Which asset is safest?", "choices": ["a deposit", "a lottery ticket", "stocks"],
                        "answer": 0},
                       {"question": "Rates rise; bond prices?", "context": "A longer context sentence about markets.",
                        "choices": ["fall", "rise"], "answer": 0})
     task = load_mc_task(path)
-    batched = score_mc_task(model, tokenizer, task, batch_size=5)["predictions"]
-    one_by_one = score_mc_task(model, tokenizer, task, batch_size=1)["predictions"]
-    requests, _, _ = build_requests(tokenizer, task, max_length=1024)
-    model.eval()
-    for request in requests:
-        with torch.no_grad():
-            log_probs = torch.log_softmax(model(input_ids=torch.tensor([request.ids])).logits[0].double(), -1)
-        expected = sum(float(log_probs[i - 1, request.ids[i]]) for i in range(request.start, len(request.ids)))
-        continuation = tokenizer(" " + task.items[request.item].choices[request.choice],
-                                 add_special_tokens=False)["input_ids"]
-        assert request.ids[request.start:] == continuation
-        for predictions in (batched, one_by_one):
-            assert predictions[request.item]["loglikelihoods"][request.choice] == pytest.approx(expected, abs=1e-4)
+    batched = score_mc_task(model, bpe, task, batch_size=5)["predictions"]
+    one_by_one = score_mc_task(model, bpe, task, batch_size=1)["predictions"]
+    for a, b in zip(batched, one_by_one):
+        assert a["loglikelihoods"] == pytest.approx(b["loglikelihoods"], abs=1e-5)
 
 
-def test_boundary_merge_is_counted_and_the_continuation_covers_the_whole_choice(tokenizer, tmp_path):
-    path = write_task(tmp_path / "t.jsonl", {"task": {"prompt": "Answer: play", "choice": "{choice}",
-                                                      "choices": ["ing", "ed"]}}, {"answer": 0})
-    task = load_mc_task(path)
-    requests, mismatches, truncated = build_requests(tokenizer, task, max_length=64)
-    assert mismatches == 2 and truncated == 0  # 'play' + 'ing' tokenizes as one token 'playing'
-    assert [tokenizer.convert_ids_to_tokens(r.ids[r.start:]) for r in requests] == [["playing"], ["played"]]
-    result = score_mc_task(UnigramLM(torch.zeros(len(tokenizer))), tokenizer, task)
-    assert result["boundary_mismatches"] == 2
+def test_boundary_merges_are_counted_and_a_choice_that_adds_no_token_is_an_error(bpe, tmp_path):
+    path = write_task(tmp_path / "t.jsonl", {"task": {"prompt": "Investors move", "choice": "{choice}",
+                                                      "choices": ["d", "s"]}}, {"answer": 0})
+    with pytest.raises(DataError, match=r"t.jsonl:2: choice 0 \('d'\) adds no token after the prompt"):
+        build_requests(bpe, load_mc_task(path), max_length=64)
+    path = write_task(tmp_path / "u.jsonl", {"task": {"prompt": "Investors move", "choice": "{choice}",
+                                                      "choices": ["ds", "d by"]}}, {"answer": 0})
+    built = build_requests(bpe, load_mc_task(path), max_length=64)
+    # 'move' + 'ds' tokenizes as 'moved' + 's': the context's tokens are not a prefix; lm-eval slices all the same
+    assert built.boundary_mismatches >= 1 and bpe.convert_ids_to_tokens(built.requests[0].continuation) == ["s"]
 
 
-def test_long_prompts_lose_their_start_and_are_counted(tokenizer, tmp_path):
+def test_long_prompts_lose_their_start_and_are_counted(bpe, tmp_path):
     long_question = " ".join(["word"] * 40)
     path = write_task(tmp_path / "t.jsonl", {"question": long_question, "choices": ["yes", "no"], "answer": 0},
                       {"question": "short", "choices": ["yes", "no"], "answer": 1})
     task = load_mc_task(path)
-    requests, _, truncated = build_requests(tokenizer, task, max_length=16)
-    assert truncated == 1 and all(len(r.ids) <= 16 for r in requests)
-    assert tokenizer.convert_ids_to_tokens(requests[0].ids[requests[0].start:]) == ["yes"]
-    logits = torch.zeros(len(tokenizer))
-    result = score_mc_task(UnigramLM(logits), tokenizer, task, max_length=16)
-    assert result["truncated_items"] == 1
-    assert result["predictions"][0]["loglikelihoods"][0] == pytest.approx(-math.log(len(tokenizer)), abs=1e-5)
-    with pytest.raises(DataError, match=r"t.jsonl:1: choice 0 is 1 tokens long, which leaves no prompt"):
-        build_requests(tokenizer, task, max_length=1)
+    built = build_requests(bpe, task, max_length=16)
+    assert built.truncated_items == 1
+    result = score_mc_task(UnigramLM(torch.zeros(len(bpe))), bpe, task, max_length=16)
+    assert result["truncated_items"] == 1 and result["max_length"] == 16
+    tokens = len(built.requests[0].continuation)
+    assert result["predictions"][0]["loglikelihoods"][0] == pytest.approx(-tokens * math.log(len(bpe)), abs=1e-4)
+    with pytest.raises(DataError, match=r"t.jsonl:1: choice 0 is \d+ tokens long, more than max_length 1"):
+        build_requests(bpe, task, max_length=1)
 
 
-def test_a_prompt_without_tokens_cannot_be_scored_without_bos(tokenizer, tmp_path):
+def test_a_prompt_without_tokens_uses_the_prefix_token(bpe, tmp_path):
     path = write_task(tmp_path / "t.jsonl", {"task": {"prompt": "{context}"}}, {"choices": ["a", "b"], "answer": 0})
-    with pytest.raises(DataError, match=r"t.jsonl:2: the prompt renders to no token"):
-        build_requests(tokenizer, load_mc_task(path), max_length=64)
+    built = build_requests(bpe, load_mc_task(path), max_length=64)
+    assert [r.context for r in built.requests] == [[bpe.eos_token_id]] * 2  # lm-eval's empty-context rule

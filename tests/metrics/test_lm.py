@@ -1,105 +1,88 @@
-"""Perplexity: hand-computed against the model's own loss, windowing, batching and bad input."""
+"""Perplexity: hand-computed against the model's own loss, lm-eval's word/byte metrics, batching, bad input."""
 
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from adaptlab.errors import ConfigError, DataError
-from adaptlab.metrics.lm import perplexity, plan_windows, read_text_file
+from adaptlab.metrics.lm import perplexity, read_text_file
 
-TEXT = "The patient was given aspirin after the operation and recovered within two days."
-LONG_TEXT = " ".join([TEXT, "Blood pressure stayed normal.", "No further treatment was needed."] * 4)
-
-
-@pytest.fixture(scope="module")
-def model(tiny_llama):
-    # a sharp output layer, so that context matters to the numbers; left in train mode because
-    # perplexity must switch to eval itself (and restore this)
-    return tiny_llama(head_scale=20).train()
+TEXT = "Bond prices fell as yields rose sharply after the central bank raised its policy rate."
+LONG_TEXT = " ".join([TEXT, "Investors moved money into deposits.", "Dividends rose."] * 3)
 
 
-def _ids(tokenizer, text: str) -> list[int]:
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
+@pytest.fixture(scope="module", params=["llama-bos", "qwen2-no-bos"])
+def lm(request, scoring_models):
+    """(model, tokenizer) of each tokenizer shape; the model is left in train mode, which perplexity must restore."""
+    path = scoring_models[request.param]
+    return AutoModelForCausalLM.from_pretrained(path).train(), AutoTokenizer.from_pretrained(path)
 
 
-def test_equals_exp_of_mean_cross_entropy_from_the_model_loss(model, tokenizer):
-    ids = _ids(tokenizer, TEXT)
+def test_equals_exp_of_the_model_loss_on_prefix_plus_tokens(lm):
+    model, tokenizer = lm
+    tokens = tokenizer(TEXT)["input_ids"]  # the tokenizer's own special tokens: BOS for llama-bos, none for qwen2
+    prefix = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    ids = torch.tensor([[prefix] + tokens])
     result = perplexity(model, tokenizer, TEXT)
     model.eval()
     with torch.no_grad():
-        loss = model(input_ids=torch.tensor([ids]), labels=torch.tensor([ids])).loss.item()
+        loss = model(input_ids=ids, labels=ids).loss.item()
     model.train()
-    assert tokenizer.bos_token_id is None and tokenizer.eos_token_id is None  # BERT vocab: no prefix token
-    assert result["tokens"] == len(ids) - 1 and result["windows"] == 1 and result["documents"] == 1
+    assert result["tokens"] == len(tokens) and result["windows"] == 1 and result["documents"] == 1
+    assert result["max_length"] == 256  # the model's context window by default, as lm-eval
     assert result["nll_per_token"] == pytest.approx(loss, rel=1e-5)
     assert result["perplexity"] == pytest.approx(math.exp(loss), rel=1e-5)
     assert model.training  # the caller's mode is restored
 
 
-def test_bos_prefix_makes_the_first_token_scored(model, tokenizer):
-    from transformers import AutoTokenizer
+def test_word_and_byte_metrics_use_lm_evals_counts(lm):
+    model, tokenizer = lm
+    texts = [TEXT, "Dividends rose.\nCash fell."]
+    result = perplexity(model, tokenizer, texts)
+    total = sum(result["document_loglikelihoods"])
+    words = sum(len(re.split(r"\s+", t)) for t in texts)
+    size = sum(len(t.encode("utf-8")) for t in texts)
+    assert (result["words"], result["bytes"]) == (words, size)
+    assert result["word_perplexity"] == pytest.approx(math.exp(-total / words))
+    assert result["byte_perplexity"] == pytest.approx(math.exp(-total / size))
+    assert result["bits_per_byte"] == pytest.approx(-total / size / math.log(2))
+    assert result["nll_per_token"] == pytest.approx(-total / result["tokens"])
 
-    with_bos = AutoTokenizer.from_pretrained(tokenizer.name_or_path, bos_token="[CLS]")
-    ids = [with_bos.bos_token_id] + _ids(with_bos, TEXT)
-    result = perplexity(model, with_bos, [TEXT])
-    model.eval()
-    with torch.no_grad():
-        loss = model(input_ids=torch.tensor([ids]), labels=torch.tensor([ids])).loss.item()
-    assert result["tokens"] == len(ids) - 1 == len(_ids(tokenizer, TEXT))
-    assert result["nll_per_token"] == pytest.approx(loss, rel=1e-5)
 
-
-def test_sum_over_documents_is_token_weighted_not_a_mean_of_means(model, tokenizer):
-    short, long = "Aspirin helps.", LONG_TEXT
-    a, b = perplexity(model, tokenizer, short), perplexity(model, tokenizer, long)
-    both = perplexity(model, tokenizer, [short, long, ""])
+def test_sum_over_documents_is_token_weighted_not_a_mean_of_means(lm):
+    model, tokenizer = lm
+    short = "Dividends rose."
+    a, b = perplexity(model, tokenizer, short), perplexity(model, tokenizer, LONG_TEXT)
+    both = perplexity(model, tokenizer, [short, LONG_TEXT])
     assert both["tokens"] == a["tokens"] + b["tokens"] and both["documents"] == 2
-    assert both["skipped_documents"] == 1  # the empty one is counted, not hidden
     expected = (a["nll_per_token"] * a["tokens"] + b["nll_per_token"] * b["tokens"]) / both["tokens"]
     assert both["nll_per_token"] == pytest.approx(expected, rel=1e-5)
     assert both["nll_per_token"] != pytest.approx((a["nll_per_token"] + b["nll_per_token"]) / 2, rel=1e-3)
 
 
-def test_stride_does_not_matter_when_the_text_fits_one_window(model, tokenizer):
-    n = len(_ids(tokenizer, TEXT))
-    reference = perplexity(model, tokenizer, TEXT, max_length=n)
-    for stride in (1, 3, n - 1):
-        result = perplexity(model, tokenizer, TEXT, max_length=n, stride=stride)
-        assert result == pytest.approx(reference, rel=1e-6)
-    assert reference["windows"] == 1
-
-
-def test_sliding_window_scores_every_token_once_whatever_the_stride(model, tokenizer):
-    n = len(_ids(tokenizer, LONG_TEXT))
-    full = perplexity(model, tokenizer, LONG_TEXT, max_length=n)
+def test_windows_score_every_token_once_and_context_matters(lm):
+    model, tokenizer = lm
+    n = len(tokenizer(LONG_TEXT)["input_ids"])
+    full = perplexity(model, tokenizer, LONG_TEXT)
     disjoint = perplexity(model, tokenizer, LONG_TEXT, max_length=16)
     overlapping = perplexity(model, tokenizer, LONG_TEXT, max_length=16, stride=4)
-    assert full["tokens"] == disjoint["tokens"] == overlapping["tokens"] == n - 1
-    assert disjoint["windows"] == 1 + math.ceil((n - 16) / 15)
-    assert overlapping["windows"] == 1 + math.ceil((n - 16) / 4)
-    # less context changes the numbers; more context (smaller stride) is closer to the full-context value
-    assert disjoint["nll_per_token"] != pytest.approx(full["nll_per_token"], rel=1e-4)
-    gap_disjoint = abs(disjoint["nll_per_token"] - full["nll_per_token"])
-    gap_overlap = abs(overlapping["nll_per_token"] - full["nll_per_token"])
-    assert gap_overlap < gap_disjoint
+    assert full["tokens"] == disjoint["tokens"] == overlapping["tokens"] == n
+    assert full["windows"] == 1
+    assert disjoint["windows"] == math.ceil(n / 16) and overlapping["windows"] == 1 + math.ceil((n - 16) / 4)
+    assert abs(disjoint["nll_per_token"] - full["nll_per_token"]) > 1e-3  # windows cut the context
+    assert abs(overlapping["nll_per_token"] - disjoint["nll_per_token"]) > 1e-3
+    for stride in (1, 5):  # one window: the stride does not matter
+        assert perplexity(model, tokenizer, LONG_TEXT, stride=stride)["nll_per_token"] == full["nll_per_token"]
 
 
-def test_window_plan_tiles_the_targets():
-    for length, max_length, stride in [(2, 2, 1), (10, 4, 3), (10, 4, 1), (37, 8, 5), (8, 8, 7)]:
-        windows = plan_windows(length, max_length, stride)
-        scored = [p for _, end, start in windows for p in range(start, end)]
-        assert scored == list(range(1, length))
-        for begin, end, start in windows:
-            assert 0 <= begin < start <= end and end - begin <= max_length
-            assert start - begin >= min(max_length - stride, start)  # the promised minimum context
-    assert plan_windows(1, 4, 3) == [] and plan_windows(0, 4, 3) == []
-
-
-def test_batching_and_padding_do_not_change_the_result(model, tokenizer):
-    texts = ["Aspirin helps.", LONG_TEXT, TEXT, "Two days."]
+def test_batching_and_padding_do_not_change_the_result(lm):
+    model, tokenizer = lm
+    texts = ["Dividends rose.", LONG_TEXT, TEXT, "Cash fell."]
     one = perplexity(model, tokenizer, texts, max_length=24, batch_size=1)
     many = perplexity(model, tokenizer, texts, max_length=24, batch_size=8)
     assert one["tokens"] == many["tokens"] and one["windows"] == many["windows"]
@@ -107,33 +90,38 @@ def test_batching_and_padding_do_not_change_the_result(model, tokenizer):
     assert perplexity(model, tokenizer, texts, max_length=24, batch_size=8) == many  # deterministic
 
 
-def test_longer_texts_score_more_tokens(model, tokenizer):
-    assert perplexity(model, tokenizer, LONG_TEXT)["tokens"] > perplexity(model, tokenizer, TEXT)["tokens"]
-    assert perplexity(model, tokenizer, [TEXT, TEXT])["tokens"] == 2 * perplexity(model, tokenizer, TEXT)["tokens"]
-
-
-def test_uniform_model_has_perplexity_equal_to_the_vocabulary_size(tokenizer):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=2)
-    uniform = LlamaForCausalLM(config)
+def test_uniform_model_has_perplexity_equal_to_the_vocabulary_size(scoring_models):
+    tokenizer = AutoTokenizer.from_pretrained(scoring_models["qwen2-no-bos"])
+    uniform = AutoModelForCausalLM.from_pretrained(scoring_models["qwen2-no-bos"])
     with torch.no_grad():
-        uniform.lm_head.weight.zero_()
-    assert perplexity(uniform, tokenizer, TEXT)["perplexity"] == pytest.approx(len(tokenizer), rel=1e-5)
+        uniform.get_output_embeddings().weight.zero_()
+    vocabulary = uniform.config.vocab_size
+    assert perplexity(uniform, tokenizer, TEXT)["perplexity"] == pytest.approx(vocabulary, rel=1e-5)
 
 
-def test_empty_input_and_bad_arguments(model, tokenizer):
+def test_bad_arguments(lm):
+    model, tokenizer = lm
     with pytest.raises(DataError, match="no texts"):
         perplexity(model, tokenizer, [])
-    with pytest.raises(DataError, match="has a token to predict"):
-        perplexity(model, tokenizer, ["", "   "])
     with pytest.raises(ConfigError, match="max_length"):
-        perplexity(model, tokenizer, TEXT, max_length=1)
+        perplexity(model, tokenizer, TEXT, max_length=0)
     with pytest.raises(ConfigError, match="stride"):
-        perplexity(model, tokenizer, TEXT, max_length=8, stride=8)
+        perplexity(model, tokenizer, TEXT, max_length=8, stride=9)
     with pytest.raises(ConfigError, match="batch_size"):
         perplexity(model, tokenizer, TEXT, batch_size=0)
+
+
+def test_empty_documents_follow_the_tokenizer(scoring_models):
+    """No tokens: skipped and counted. A BOS-adding tokenizer makes "" one BOS token, which lm-eval scores too."""
+    qwen = AutoModelForCausalLM.from_pretrained(scoring_models["qwen2-no-bos"])
+    qwen_tokenizer = AutoTokenizer.from_pretrained(scoring_models["qwen2-no-bos"])
+    with pytest.raises(DataError, match="has a token to predict"):
+        perplexity(qwen, qwen_tokenizer, ["", ""])
+    result = perplexity(qwen, qwen_tokenizer, [TEXT, ""])
+    assert result["skipped_documents"] == 1 and result["documents"] == 1
+    llama_tokenizer = AutoTokenizer.from_pretrained(scoring_models["llama-bos"])
+    llama = AutoModelForCausalLM.from_pretrained(scoring_models["llama-bos"])
+    assert perplexity(llama, llama_tokenizer, [""])["tokens"] == 1
 
 
 def test_read_text_file_paragraphs_and_errors(tmp_path):

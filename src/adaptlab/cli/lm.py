@@ -62,3 +62,20 @@ def evaluate(
     for row in metrics["table"]:
         console.print("  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
     console.print(f"run directory: {run.path}")
+
+
+@app.command("export-task")
+def export_task(
+    task: str = typer.Argument(..., help="task JSONL (adaptlab.lm.mc_tasks format), lm-eval YAML, packaged:NAME, "
+                                         "or a .txt file (documents separated by blank lines) for perplexity"),
+    output: str = typer.Option(..., "--output", help="folder to write NAME.yaml and NAME.jsonl to (must not exist)"),
+    name: Optional[str] = typer.Option(None, "--name", help="lm-eval task name; default: the file's stem"),
+) -> None:
+    """Write a task as an lm-evaluation-harness task, to run with `lm_eval --include_path DIR --tasks NAME`."""
+    from adaptlab.lm.lm_eval_tasks import export_task as export
+    from adaptlab.recipes.lm_evaluate import resolve_input
+
+    name, holds, path = export(resolve_input(task), output, name)
+    console.print(f"{holds} -> {path}")
+    console.print(f"run it with: lm_eval --model hf --model_args pretrained=MODEL --include_path {path.parent} "
+                  f"--tasks {name}")

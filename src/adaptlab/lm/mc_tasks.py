@@ -37,34 +37,28 @@ choices, a missing field, a placeholder that is neither a built-in nor a field o
 
 Scoring
 -------
-For item ``x`` with rendered prompt ``P`` and rendered choices ``C_1..C_k``::
+Every choice is one log-likelihood request, scored exactly as lm-evaluation-harness scores a
+``multiple_choice`` task with ``--model hf`` (:mod:`adaptlab.metrics.loglikelihood`: tokenization with
+the tokenizer's own special tokens, trailing whitespace of the prompt moved to the choice, the
+choice's tokens sliced off the tokenized whole). Each rendered choice is ``delimiter + text``, where
+``delimiter`` is the whitespace all rendered choices of the item start with (lm-eval's
+``target_delimiter``, " " for the default template) and ``text`` is lm-eval's choice. For item ``x``
+with rendered prompt ``P``::
 
-    LL_i   = Σ_t log p(c_t | P, c_<t)           over the tokens c_t of C_i
-    acc    = mean over items of [argmax_i LL_i == answer]
-    acc_norm = mean over items of [argmax_i LL_i / len(C_i.lstrip()) == answer]
+    LL_i     = Σ_t log p(c_t | P, c_<t)        over the tokens c_t of choice i
+    acc      = mean over items of [argmax_i LL_i == answer]
+    acc_norm = mean over items of [argmax_i LL_i / len(text_i) == answer]     (len in characters)
 
-``len`` counts characters (leading whitespace not counted), which equals lm-evaluation-harness's
-``len(choice)`` normalisation when the choice template is its target delimiter followed by
-``{choice}``. Ties go to the lower index. Tasks whose choices come from the header also get
-macro-F1 over those choices (fin-harness reports it for chabsa).
-
-Tokenization boundary (as lm-evaluation-harness): trailing whitespace of the prompt is moved to the
-start of the continuation, then ``prompt + continuation`` is tokenized as one string (no special
-tokens, BOS prefixed if the tokenizer has one, else EOS, as in :mod:`adaptlab.metrics.lm`) and the
-continuation starts after as many tokens as the prompt alone has. When the tokenizer merged text
-across the boundary (the prompt's tokens are not a prefix of the whole), the continuation starts
-at the first token that differs, so it still covers the whole choice; such requests are counted
-in ``boundary_mismatches``. A request longer than ``max_length`` loses tokens from the left of the
-prompt and is counted in ``truncated_items``. Requests are sorted by length and right-padded into
-batches of ``batch_size`` forward passes; log-probabilities are ``log_softmax`` in float32 of the
-continuation positions only, summed in float64. Models that take ``logits_to_keep`` (transformers'
-causal LMs) compute logits only from the batch's earliest continuation position on, which keeps
-the vocabulary-sized logits small for long prompts.
+Ties go to the lower index (numpy's argmax, as lm-eval). Tasks whose choices come from the header
+also get macro-F1 over those choices (fin-harness reports it for chabsa). Requests whose prompt
+tokens are not a prefix of the tokenized prompt + choice are counted in ``boundary_mismatches``;
+items with a request longer than ``max_length + 1`` tokens (the prompt loses its start) in
+``truncated_items``. ``max_length`` defaults to the model's context window, as lm-eval's.
 """
 
 from __future__ import annotations
 
-import inspect
+import os
 import string
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -74,7 +68,7 @@ from typing import Any
 from adaptlab.data.records import iter_json_lines
 from adaptlab.errors import ConfigError, DataError
 from adaptlab.metrics.classification import classification_prf
-from adaptlab.metrics.lm import context_prefix_ids, right_pad
+from adaptlab.metrics.loglikelihood import Request, context_length, encode_pair, loglikelihoods
 
 DEFAULT_PROMPT = "{context}\nQuestion: {question}\nAnswer:"
 DEFAULT_CHOICE = " {choice}"
@@ -88,10 +82,14 @@ OPTIONAL_FIELDS = {"context": ""}
 class MCItem:
     line: int
     id: str
-    prompt: str  # rendered prompt
-    continuations: list[str]  # rendered choice texts, in choice order
-    choices: list[str]  # raw choice texts
+    prompt: str  # rendered prompt: lm-eval's context
+    delimiter: str  # lm-eval's target_delimiter: what every scored choice starts with
+    choices: list[str]  # lm-eval's choices, in order; choice i is scored as delimiter + choices[i]
     answer: int
+
+    @property
+    def continuations(self) -> list[str]:
+        return [self.delimiter + choice for choice in self.choices]
 
 
 @dataclass
@@ -188,9 +186,10 @@ def _render_item(obj: dict, line: int, choices: list[str], prompt_template: str,
     continuations = [choice_template.format(choice=c, letter=_letter(i), index=i) for i, c in enumerate(choices)]
     if any(not c.strip() for c in continuations):
         raise DataError(f"the choice template {choice_template!r} renders a choice to blank text", path, line)
+    delimiter = os.path.commonprefix([c[:len(c) - len(c.lstrip())] for c in continuations])
     item_id = obj.get("id", f"line {line}")
-    return MCItem(line=line, id=str(item_id), prompt=prompt, continuations=continuations, choices=list(choices),
-                  answer=obj["answer"])
+    return MCItem(line=line, id=str(item_id), prompt=prompt, delimiter=delimiter,
+                  choices=[c[len(delimiter):] for c in continuations], answer=obj["answer"])
 
 
 def load_mc_task(path: str | Path, name: str | None = None) -> MCTask:
@@ -228,117 +227,75 @@ def load_mc_task(path: str | Path, name: str | None = None) -> MCTask:
 
 
 @dataclass
-class ChoiceRequest:
-    """One (item, choice) pair as token ids; ``ids[start:]`` is the scored continuation."""
+class ChoiceRequests:
+    """Every (item, choice) of a task as a log-likelihood request, with the task's tokenization counts."""
 
-    item: int
-    choice: int
-    ids: list[int]
-    start: int
+    keys: list[tuple[int, int]]  # (item index, choice index) of each request
+    requests: list[Request]
+    boundary_mismatches: int
+    truncated_items: int
 
 
-def build_requests(tokenizer, task: MCTask, max_length: int) -> tuple[list[ChoiceRequest], int, int]:
-    """Token requests of every (item, choice), boundary mismatches and truncated items (module docstring)."""
-    prefix_ids = context_prefix_ids(tokenizer)
-    requests, mismatches, truncated_items = [], 0, set()
+def build_requests(tokenizer, task: MCTask, max_length: int) -> ChoiceRequests:
+    """The requests of every (item, choice), by lm-eval's pairing (module docstring)."""
+    keys, requests, mismatches, truncated = [], [], 0, set()
     for item_index, item in enumerate(task.items):
-        context = item.prompt.rstrip()
-        moved = item.prompt[len(context):]  # trailing whitespace joins the continuation (lm-eval convention)
-        context_ids = prefix_ids + tokenizer(context, add_special_tokens=False)["input_ids"]
         for choice_index, continuation in enumerate(item.continuations):
-            whole = prefix_ids + tokenizer(context + moved + continuation, add_special_tokens=False)["input_ids"]
-            start = len(context_ids)
-            if whole[:start] != context_ids:
-                mismatches += 1
-                start = next((i for i, (a, b) in enumerate(zip(whole, context_ids)) if a != b), len(whole))
-            if start < 1:
-                raise DataError("the prompt renders to no token and the tokenizer has no BOS/EOS token to predict "
-                                "the choice from; give the prompt template some text", task.path, item.line)
-            if start >= len(whole):
-                raise DataError(f"choice {choice_index} ({continuation!r}) adds no token after the prompt",
-                                task.path, item.line)
-            if len(whole) > max_length:
-                cut = len(whole) - max_length
-                if start - cut < 1:
-                    raise DataError(f"choice {choice_index} is {len(whole) - start} tokens long, which leaves no "
-                                    f"prompt within max_length {max_length}; raise mc.max_length", task.path, item.line)
-                whole, start = whole[cut:], start - cut
-                truncated_items.add(item_index)
-            requests.append(ChoiceRequest(item_index, choice_index, whole, start))
-    return requests, mismatches, len(truncated_items)
-
-
-def choice_loglikelihoods(model, tokenizer, requests: list[ChoiceRequest], batch_size: int, device=None,
-                          advance: Callable[[int], None] | None = None) -> list[float]:
-    """Σ log p(continuation tokens | prefix) for each request, batched (longest first) and right-padded."""
-    import torch
-
-    device = device if device is not None else next(model.parameters()).device
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    slices_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
-    order = sorted(range(len(requests)), key=lambda i: -len(requests[i].ids))
-    scores = [0.0] * len(requests)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for first in range(0, len(order), batch_size):
-                batch = [requests[i] for i in order[first:first + batch_size]]
-                input_ids, attention_mask = right_pad([r.ids for r in batch], pad_id)
-                width = input_ids.shape[1]
-                # only positions from the earliest continuation on need logits (vocab-sized rows are the big ones)
-                keep = width - min(r.start for r in batch) + 1 if slices_logits else width
-                options = {"logits_to_keep": keep} if slices_logits else {}
-                logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
-                               use_cache=False, **options).logits
-                offset = width - keep  # logits[:, j] belong to position offset + j
-                for row, (index, request) in enumerate(zip(order[first:first + batch_size], batch)):
-                    # logits at position p predict the token at p + 1
-                    begin, end = request.start - 1 - offset, len(request.ids) - 1 - offset
-                    log_probs = torch.log_softmax(logits[row, begin:end].float(), dim=-1)
-                    targets = torch.tensor(request.ids[request.start:], device=log_probs.device).unsqueeze(-1)
-                    scores[index] = float(log_probs.gather(-1, targets).double().sum())
-                if advance is not None:
-                    advance(len(batch))
-    finally:
-        model.train(was_training)
-    return scores
+            try:
+                request, clean_boundary = encode_pair(tokenizer, item.prompt, continuation)
+            except DataError as exc:
+                raise DataError(str(exc), task.path, item.line) from None
+            if not request.context or not request.continuation:
+                missing = "the prompt renders to no token" if not request.context else \
+                    f"choice {choice_index} ({continuation!r}) adds no token after the prompt"
+                raise DataError(missing, task.path, item.line)
+            if len(request.continuation) > max_length:
+                raise DataError(f"choice {choice_index} is {len(request.continuation)} tokens long, more than "
+                                f"max_length {max_length}; raise mc.max_length", task.path, item.line)
+            mismatches += not clean_boundary
+            if len(request.context) + len(request.continuation) > max_length + 1:
+                truncated.add(item_index)
+            keys.append((item_index, choice_index))
+            requests.append(request)
+    return ChoiceRequests(keys, requests, mismatches, len(truncated))
 
 
 def count_requests(task: MCTask) -> int:
-    return sum(len(item.continuations) for item in task.items)
+    return sum(len(item.choices) for item in task.items)
 
 
 def _argmax(values: list[float]) -> int:
     return max(range(len(values)), key=values.__getitem__)  # the first of equal maxima
 
 
-def score_mc_task(model, tokenizer, task: MCTask, batch_size: int = 8, max_length: int = 1024, device=None,
+def score_mc_task(model, tokenizer, task: MCTask, batch_size: int = 8, max_length: int | None = None, device=None,
                   advance: Callable[[int], None] | None = None) -> dict[str, Any]:
     """acc, acc_norm (and macro-F1 for shared choices) of ``model`` on ``task``; see the module docstring.
 
     Returns ``{"acc", "acc_norm", "items", "correct", "correct_norm", "truncated_items",
-    "boundary_mismatches", ["macro_f1", "macro_f1_norm"], "predictions": [{"id", "answer", "pred",
-    "pred_norm", "loglikelihoods"}]}``.
+    "boundary_mismatches", "max_length", ["macro_f1", "macro_f1_norm"], "predictions": [{"id", "answer",
+    "pred", "pred_norm", "loglikelihoods"}]}``.
     """
-    if batch_size < 1 or max_length < 2:
-        raise ConfigError(f"mc batch_size must be >= 1 and max_length >= 2 (got {batch_size}, {max_length})")
-    requests, mismatches, truncated = build_requests(tokenizer, task, max_length)
-    scores = choice_loglikelihoods(model, tokenizer, requests, batch_size, device, advance)
-    per_item: list[list[float]] = [[0.0] * len(item.continuations) for item in task.items]
-    for request, score in zip(requests, scores):
-        per_item[request.item][request.choice] = score
+    max_length = max_length if max_length is not None else context_length(model.config, tokenizer)
+    if batch_size < 1 or max_length < 1:
+        raise ConfigError(f"mc batch_size and max_length must be >= 1 (got {batch_size}, {max_length})")
+    built = build_requests(tokenizer, task, max_length)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    scores = loglikelihoods(model, built.requests, max_length, batch_size, pad_id, device, advance)
+    per_item: list[list[float]] = [[0.0] * len(item.choices) for item in task.items]
+    for (item_index, choice_index), score in zip(built.keys, scores):
+        per_item[item_index][choice_index] = score
     predictions = []
     for item, lls in zip(task.items, per_item):
-        normalised = [ll / len(c.lstrip()) for ll, c in zip(lls, item.continuations)]
+        normalised = [ll / len(choice) for ll, choice in zip(lls, item.choices)]
         predictions.append({"id": item.id, "answer": item.answer, "pred": _argmax(lls),
                             "pred_norm": _argmax(normalised), "loglikelihoods": lls})
     correct = sum(p["pred"] == p["answer"] for p in predictions)
     correct_norm = sum(p["pred_norm"] == p["answer"] for p in predictions)
     result: dict[str, Any] = {
         "acc": correct / len(predictions), "acc_norm": correct_norm / len(predictions), "items": len(predictions),
-        "correct": correct, "correct_norm": correct_norm, "truncated_items": truncated,
-        "boundary_mismatches": mismatches,
+        "correct": correct, "correct_norm": correct_norm, "truncated_items": built.truncated_items,
+        "boundary_mismatches": built.boundary_mismatches, "max_length": max_length,
     }
     if task.shared_choices is not None:
         labels = task.shared_choices

@@ -1,43 +1,42 @@
-"""Perplexity of a causal language model on held-out text.
+r"""Perplexity of a causal language model on held-out text, by lm-evaluation-harness's rules.
 
 Why: perplexity on held-out domain (and general) text is the cheapest signal that a merged or
 continually pretrained model still models language, and it is what the merge coefficient search
-ranks candidates by. It must be exact and comparable between candidates that share a tokenizer.
+ranks candidates by. It must be exact, comparable between candidates that share a tokenizer, and
+equal to what lm-evaluation-harness reports for the same text (``loglikelihood_rolling``).
 
-Formula. Over every scored token ``t`` of every window of every document::
+Documents. Each document is scored separately (no context leaks from one into the next, and the
+result does not depend on their order): it is tokenized with the tokenizer's own special tokens and
+cut into rolling windows after the prefix token (BOS, else EOS), exactly as lm-eval does
+(:mod:`adaptlab.metrics.loglikelihood`: ``encode``, ``rolling_windows``). ``max_length`` is the
+model's input length per window (default: the model's context window, as lm-eval resolves it);
+``stride`` (default ``max_length``, lm-eval's) is how many tokens each later window predicts.
 
-    nll_per_token = Σ_t −log p(x_t | context_t) / N        N = number of scored tokens
-    perplexity    = exp(nll_per_token)
+Formulas, over the documents ``d`` with summed log-likelihood ``LL_d``, scored tokens ``N_d``,
+words ``W_d = len(re.split(r"\s+", d))`` and UTF-8 bytes ``B_d`` (lm-eval's counts)::
 
-The sums are over tokens, not an average of per-window or per-document means, so long documents
-weigh by their length. Log-probabilities come from ``log_softmax`` of the logits in float32; the
-sum is accumulated in float64.
+    nll_per_token   = −Σ LL_d / Σ N_d          perplexity      = exp(nll_per_token)
+    word_perplexity = exp(−Σ LL_d / Σ W_d)     byte_perplexity = exp(−Σ LL_d / Σ B_d)
+    bits_per_byte   = −Σ LL_d / Σ B_d / ln 2
 
-Documents. Each document is scored separately (no context leaks from one document into the next,
-and the result does not depend on document order). It is tokenized without the tokenizer's
-special tokens and prefixed with the tokenizer's BOS token (else its EOS token, the usual document
-separator in pretraining), so that its first token is predicted too; a tokenizer with neither
-leaves the first token as context only. A document with nothing to predict (empty after
-tokenization, or one token and no prefix) is counted in ``skipped_documents``.
-
-Windows. A document longer than ``max_length`` is scored with a sliding window: the first window
-is ``tokens[0:max_length]``; each next one ends ``stride`` tokens further and is ``max_length``
-long, and only the tokens past the previous window's end are scored. Every token is therefore
-scored exactly once, whatever the stride (the token count does not depend on it), and each scored
-token sees at least ``max_length − stride`` tokens of context. ``stride`` defaults to
-``max_length − 1``: consecutive windows share one token, the cheapest setting; a smaller stride
-costs more forward passes and gives more context. When a document fits in ``max_length``, one
-window scores it and ``stride`` does not matter.
+Sums run over tokens, words or bytes, not over per-document means, so long documents weigh by
+their length. ``word_perplexity``, ``byte_perplexity`` and ``bits_per_byte`` are the numbers lm-eval's
+perplexity tasks (wikitext) report; ``perplexity`` is per token of this model's tokenizer, so only
+models that share a tokenizer compare on it. A document with no token to predict (empty after
+tokenization) is counted in ``skipped_documents``.
 """
 
 from __future__ import annotations
 
 import math
+import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from adaptlab.data.records import read_text_lines
 from adaptlab.errors import ConfigError, DataError
+from adaptlab.metrics.loglikelihood import context_length, encode, loglikelihoods, prefix_token_id, rolling_windows
 
 _LARGEST_EXP_ARGUMENT = 709.0  # math.exp overflows beyond ~709.78; a broken model gets perplexity inf
 
@@ -61,120 +60,68 @@ def read_text_file(path: str | Path) -> list[str]:
     return documents
 
 
-def plan_windows(length: int, max_length: int, stride: int) -> list[tuple[int, int, int]]:
-    """``(begin, end, score_from)`` windows over a sequence of ``length`` tokens (see module docstring).
-
-    The window's input is ``tokens[begin:end]``; tokens at positions ``score_from .. end−1`` are
-    scored. The scored ranges tile ``1 .. length−1`` exactly once.
-    """
-    if length < 2:
-        return []
-    end = min(max_length, length)
-    windows = [(0, end, 1)]
-    while end < length:
-        new_end = min(end + stride, length)
-        windows.append((new_end - max_length, new_end, end))
-        end = new_end
-    return windows
-
-
-def _check_arguments(max_length: int, stride: int | None, batch_size: int) -> int:
-    if max_length < 2:
-        raise ConfigError(f"max_length must be at least 2 tokens (got {max_length})")
+def _check_arguments(max_length: int, stride: int | None, batch_size: int) -> None:
+    if max_length < 1:
+        raise ConfigError(f"max_length must be at least 1 token (got {max_length})")
     if batch_size < 1:
         raise ConfigError(f"batch_size must be at least 1 (got {batch_size})")
-    if stride is None:
-        return max_length - 1
-    if not 1 <= stride <= max_length - 1:
-        raise ConfigError(
-            f"stride must be between 1 and max_length − 1 = {max_length - 1} (got {stride}); every scored "
-            "token needs at least one token of context in its window")
-    return stride
+    if stride is not None and not 1 <= stride <= max_length:
+        raise ConfigError(f"stride must be between 1 and max_length = {max_length} (got {stride})")
 
 
-def context_prefix_ids(tokenizer) -> list[int]:
-    """The token that starts every scored text: BOS, else EOS (the usual document separator), else none."""
-    prefix = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-    return [prefix] if prefix is not None else []
-
-
-def right_pad(rows: list[list[int]], pad_id: int):
-    """``(input_ids, attention_mask)`` LongTensors of ``rows`` right-padded to the longest."""
-    import torch
-
-    width = max(len(ids) for ids in rows)
-    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for row, ids in enumerate(rows):
-        input_ids[row, :len(ids)] = torch.tensor(ids, dtype=torch.long)
-        attention_mask[row, :len(ids)] = 1
-    return input_ids, attention_mask
-
-
-def _document_ids(tokenizer, texts: list[str]) -> list[list[int]]:
-    prefix = context_prefix_ids(tokenizer)
-    encoded = tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
-    return [(prefix if ids else []) + list(ids) for ids in encoded]
+def _exp(value: float) -> float:
+    return math.inf if value > _LARGEST_EXP_ARGUMENT else math.exp(value)
 
 
 def perplexity(
     model,
     tokenizer,
     texts: list[str] | str,
-    max_length: int = 512,
+    max_length: int | None = None,
     stride: int | None = None,
     batch_size: int = 4,
     device=None,
+    advance: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
-    """Token-level perplexity of a causal LM on ``texts`` (a list of documents, or one document).
+    """Perplexities of a causal LM on ``texts`` (a list of documents, or one document); module docstring.
 
-    Returns ``{"perplexity", "nll_per_token", "tokens", "windows", "documents", "skipped_documents"}``
-    where ``tokens`` is the number of scored tokens and ``windows`` the number of forward rows.
-    The model is put in eval mode (and restored afterwards); no gradients are kept.
+    Returns ``{"perplexity", "nll_per_token", "word_perplexity", "byte_perplexity", "bits_per_byte",
+    "tokens", "words", "bytes", "windows", "documents", "skipped_documents", "max_length",
+    "document_loglikelihoods"}``; ``tokens`` counts scored tokens and ``windows`` forward rows.
+    ``advance(n)`` is called after every batch of ``n`` windows. The model's train/eval mode is kept.
     """
-    import torch
-
-    stride = _check_arguments(max_length, stride, batch_size)
     if isinstance(texts, str):
         texts = [texts]
     if not texts:
         raise DataError("no texts to score: give at least one non-empty document")
-    documents = _document_ids(tokenizer, list(texts))
-    windows = [(ids, w) for ids in documents for w in plan_windows(len(ids), max_length, stride)]
-    scored_documents = sum(1 for ids in documents if len(ids) >= 2)
-    if not windows:
+    max_length = max_length if max_length is not None else context_length(model.config, tokenizer)
+    _check_arguments(max_length, stride, batch_size)
+    prefix = prefix_token_id(tokenizer)
+    windows_of = [rolling_windows(encode(tokenizer, text), prefix, max_length, stride) for text in texts]
+    requests = [window for windows in windows_of for window in windows]
+    if not requests:
         raise DataError(f"none of the {len(texts)} texts has a token to predict: each is empty after "
                         "tokenization (or one token long, with no BOS/EOS token to predict it from)")
-
-    device = device if device is not None else next(model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    was_training = model.training
-    model.eval()
-    total_nll, total_tokens = 0.0, 0
-    try:
-        with torch.no_grad():
-            for first in range(0, len(windows), batch_size):
-                batch = windows[first:first + batch_size]
-                input_ids, attention_mask = right_pad([ids[begin:end] for ids, (begin, end, _) in batch], pad_id)
-                input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
-                logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-                for row, (_, (begin, end, score_from)) in enumerate(batch):
-                    first_target, stop = score_from - begin, end - begin
-                    # logits at position p predict the token at p + 1
-                    row_logits = logits[row, first_target - 1:stop - 1].float()
-                    targets = input_ids[row, first_target:stop]
-                    nll = torch.nn.functional.cross_entropy(row_logits, targets, reduction="sum")
-                    total_nll += float(nll.double())
-                    total_tokens += stop - first_target
-    finally:
-        model.train(was_training)
-
-    nll_per_token = total_nll / total_tokens
+    scores = iter(loglikelihoods(model, requests, max_length, batch_size, pad_id, device, advance))
+    per_document = [sum(next(scores) for _ in windows) for windows in windows_of]
+    scored = [(text, ll, windows) for text, ll, windows in zip(texts, per_document, windows_of) if windows]
+    total_ll = sum(ll for _, ll, _ in scored)
+    tokens = sum(len(w.continuation) for _, _, windows in scored for w in windows)
+    words = sum(len(re.split(r"\s+", text)) for text, _, _ in scored)
+    size = sum(len(text.encode("utf-8")) for text, _, _ in scored)
     return {
-        "perplexity": math.inf if nll_per_token > _LARGEST_EXP_ARGUMENT else math.exp(nll_per_token),
-        "nll_per_token": nll_per_token,
-        "tokens": total_tokens,
-        "windows": len(windows),
-        "documents": scored_documents,
-        "skipped_documents": len(documents) - scored_documents,
+        "perplexity": _exp(-total_ll / tokens),
+        "nll_per_token": -total_ll / tokens,
+        "word_perplexity": _exp(-total_ll / words),
+        "byte_perplexity": _exp(-total_ll / size) if size else None,  # None: only empty documents were scored
+        "bits_per_byte": -total_ll / size / math.log(2) if size else None,
+        "tokens": tokens,
+        "words": words,
+        "bytes": size,
+        "windows": len(requests),
+        "documents": len(scored),
+        "skipped_documents": len(texts) - len(scored),
+        "max_length": max_length,
+        "document_loglikelihoods": per_document,
     }

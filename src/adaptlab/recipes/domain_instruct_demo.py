@@ -24,7 +24,7 @@ from typing import Any
 
 from adaptlab.config import validate_config
 from adaptlab.lm.prepared import write_documents
-from adaptlab.lm.tiny import save_random_llama, train_tokenizer
+from adaptlab.lm.tiny import save_random_causal_lm, train_tokenizer
 from adaptlab.metrics.lm import read_text_file
 from adaptlab.recipes import domain_instruct, lm_prepare, lm_train
 from adaptlab.report.html import Image, KeyValues, Paragraph, Section, write_report
@@ -97,7 +97,7 @@ def run_demo(output: str | None = None, cpt_steps: int = 120,
     stage("tokenizer and a random tiny Llama")
     general = read_text_file(_resource("general.txt"))
     tokenizer = build_tokenizer(work / "tokenizer", general)
-    init = save_random_llama(tokenizer, work / "init", hidden=64, layers=2, heads=4, max_positions=256)
+    init = save_random_causal_lm(tokenizer, work / "init", hidden=64, layers=2, heads=4, max_positions=256)
     general_base, general_rest = split_general(work, general)
     stage("base: pretraining on general text")
     base_corpus = prepare(init, [{"name": "general", "path": str(general_base), "role": "domain"}],

@@ -28,7 +28,8 @@ from pydantic import Field
 
 from adaptlab.config import StrictModel, save_config
 from adaptlab.errors import ConfigError, ModelError
-from adaptlab.lm.mc_tasks import MCTask, count_requests, load_mc_task, score_mc_task
+from adaptlab.lm.lm_eval_tasks import load_task
+from adaptlab.lm.mc_tasks import MCTask, count_requests, score_mc_task
 from adaptlab.lm.probe import load_probe_prompts, probe_skip_reason, run_probe
 from adaptlab.metrics.lm import perplexity, read_text_file
 from adaptlab.models.gguf import resolve_model
@@ -47,15 +48,19 @@ class ModelSpec(StrictModel):
 
 class PerplexityConfig(StrictModel):
     texts: dict[str, str] = Field({}, description="name -> UTF-8 text file, documents separated by blank lines")
-    max_length: int = Field(512, ge=2, description="tokens per perplexity window")
-    stride: int | None = Field(None, ge=1, description="sliding-window stride; default max_length - 1")
+    max_length: int | None = Field(None, ge=1, description="model input tokens per window; default: the model's "
+                                  "context window (as lm-evaluation-harness)")
+    stride: int | None = Field(None, ge=1, description="tokens each later window predicts; default max_length "
+                               "(lm-eval's rolling windows); smaller gives more context per token")
     batch_size: int = Field(4, ge=1)
     max_documents: int | None = Field(None, ge=1, description="score only the first N documents of each file")
 
 
 class MCConfig(StrictModel):
-    tasks: dict[str, str] = Field({}, description="name -> task JSONL (format: adaptlab.lm.mc_tasks) or packaged:NAME")
-    max_length: int = Field(1024, ge=2, description="tokens per prompt + choice; longer prompts lose their start")
+    tasks: dict[str, str] = Field({}, description="name -> task JSONL (format: adaptlab.lm.mc_tasks), an lm-eval "
+                                  "multiple-choice task YAML (adaptlab.lm.lm_eval_tasks) or packaged:NAME")
+    max_length: int | None = Field(None, ge=1, description="model input tokens per prompt + choice; longer prompts "
+                                  "lose their start; default: the model's context window (as lm-eval)")
     batch_size: int = Field(8, ge=1, description="(item, choice) sequences per forward pass")
     max_items: int | None = Field(None, ge=1, description="score only the first N items of each task")
 
@@ -117,8 +122,9 @@ def check_config(cfg: LMEvalConfig) -> None:
                 raise ConfigError(f"{key}: name {name!r} must use letters, digits, '.', '_' or '-' (it names a column)")
     if not cfg.perplexity.texts and not cfg.mc.tasks and cfg.probe.prompts is None:
         raise ConfigError("nothing to evaluate: set perplexity.texts, mc.tasks or probe.prompts")
-    if cfg.perplexity.stride is not None and cfg.perplexity.stride >= cfg.perplexity.max_length:
-        raise ConfigError(f"perplexity.stride must be below perplexity.max_length ({cfg.perplexity.max_length})")
+    stride, max_length = cfg.perplexity.stride, cfg.perplexity.max_length
+    if stride is not None and max_length is not None and stride > max_length:
+        raise ConfigError(f"perplexity.stride ({stride}) must not exceed perplexity.max_length ({max_length})")
 
 
 def load_inputs(cfg: LMEvalConfig) -> EvalInputs:
@@ -129,7 +135,7 @@ def load_inputs(cfg: LMEvalConfig) -> EvalInputs:
         inputs.described["texts"][name] = {"path": path, "documents": len(documents),
                                            "documents_used": len(inputs.texts[name])}
     for name, path in cfg.mc.tasks.items():
-        task = load_mc_task(resolve_input(path), name)
+        task = load_task(resolve_input(path), name)
         total = len(task.items)
         task.items = task.items[: cfg.mc.max_items]
         inputs.tasks[name] = task
@@ -249,6 +255,10 @@ def results_table(models: dict[str, Any], inputs: EvalInputs) -> list[dict[str, 
 def _write_predictions(run: RunDir, model_name: str, scores: dict[str, Any], examples: int) -> dict[str, Any]:
     """Move per-item predictions and probe responses to files; metrics keep the first ``examples`` responses."""
     folder = run.path / "predictions" / model_name
+    for text_name, result in scores["perplexity"].items():
+        documents = result.pop("document_loglikelihoods")
+        _write_jsonl(folder / f"ppl_{text_name}.jsonl",
+                     [{"document": i, "loglikelihood": ll} for i, ll in enumerate(documents)])
     for task_name, result in scores["mc"].items():
         _write_jsonl(folder / f"mc_{task_name}.jsonl", result.pop("predictions"))
     probe = scores.get("probe", {})
