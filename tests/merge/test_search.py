@@ -169,7 +169,7 @@ def test_diverged_candidate_is_never_chosen(tmp_path, texts, base_model, tokeniz
     ({"vary": "models/instruct"}, r"is not one of merge.models \['models/domain', 'instruct'\]"),
     ({"vary": None}, "target 'weight' needs the model"),
     ({"target": "lambda"}, "only for target 'weight'"),
-    ({"stride": 16}, "stride: must be below max_length"),
+    ({"stride": 17}, "stride: must not exceed max_length"),
 ])
 def test_bad_configs_fail_before_anything_is_written(tmp_path, texts, changes, message):
     cfg = make_config(tmp_path, texts, **changes)

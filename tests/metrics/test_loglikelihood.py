@@ -131,3 +131,17 @@ def test_context_length_follows_lm_evals_order(llama, tokenizers):
     assert context_length(config, tokenizer) == 77
     tokenizer.model_max_length = 1000000000000000019884624838656  # transformers' "no limit"
     assert context_length(config, tokenizer) == 2048
+
+
+def test_requests_that_read_the_same_input_share_one_forward_pass(llama):
+    prompt = [1, 50, 60, 70, 80]
+    requests = [Request(prompt, [90]), Request(prompt, [91]), Request(prompt[:-1], [80, 92])]
+    calls = []
+    handle = llama.register_forward_hook(lambda module, args, output: calls.append(1))
+    try:
+        shared = loglikelihoods(llama, requests, 64, batch_size=1)
+    finally:
+        handle.remove()
+    assert len(calls) == 1  # all three read the prompt; the third scores two tokens of it
+    alone = [loglikelihoods(llama, [r], 64, 1)[0] for r in requests]
+    assert shared == pytest.approx(alone, abs=1e-6)

@@ -61,8 +61,9 @@ class SearchConfig(StrictModel):
     domain_text: str = Field(description="held-out domain text: UTF-8, documents separated by blank lines")
     general_text: str | None = Field(None, description="optional held-out general text, same format")
     general_weight: float = Field(1.0, ge=0, description="weight of log(ppl_general) in the score")
-    max_length: int = Field(512, ge=2, description="tokens per perplexity window")
-    stride: int | None = Field(None, ge=1, description="sliding-window stride; default max_length - 1")
+    max_length: int = Field(512, ge=1, description="model input tokens per perplexity window")
+    stride: int | None = Field(None, ge=1, description="tokens each later window predicts; default max_length "
+                               "(lm-evaluation-harness's rolling windows)")
     batch_size: int = Field(4, ge=1)
     max_texts: int | None = Field(None, ge=1, description="score only the first N documents of each file")
     device: str | None = Field(None, description="cpu, cuda, cuda:1, ...; default: cuda when available")
@@ -86,8 +87,8 @@ def check_search_config(cfg: SearchConfig) -> None:
         raise ConfigError(f"grid: every value must be a finite number (got {cfg.grid})")
     if len(set(cfg.grid)) != len(cfg.grid):
         raise ConfigError(f"grid: values repeat ({cfg.grid}); each value is one full merge, list it once")
-    if cfg.stride is not None and cfg.stride >= cfg.max_length:
-        raise ConfigError(f"stride: must be below max_length ({cfg.max_length}), got {cfg.stride}")
+    if cfg.stride is not None and cfg.stride > cfg.max_length:
+        raise ConfigError(f"stride: must not exceed max_length ({cfg.max_length}), got {cfg.stride}")
     paths = [m.model for m in cfg.merge.models]
     if cfg.target == "lambda":
         if cfg.vary is not None:

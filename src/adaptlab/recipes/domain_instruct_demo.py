@@ -46,13 +46,14 @@ TRAIN = {"learning_rate": 3e-3, "warmup_steps": 20, "batch_size": 16, "logging_s
          "save_steps": 100, "keep_checkpoints": 1}
 
 
-def _resource(name: str) -> Path:
+def demo_resource(name: str) -> Path:
+    """A file of the shipped ``resources/lm_demo`` (domain and general text, instructions)."""
     return Path(str(files("adaptlab") / "resources" / "lm_demo" / name))
 
 
 def build_tokenizer(folder: Path, general: list[str]):
-    texts = general + read_text_file(_resource("domain.txt"))
-    texts += _resource("instructions.jsonl").read_text(encoding="utf-8").splitlines()
+    texts = general + read_text_file(demo_resource("domain.txt"))
+    texts += demo_resource("instructions.jsonl").read_text(encoding="utf-8").splitlines()
     tokenizer = train_tokenizer(texts)
     tokenizer.save_pretrained(folder)
     return tokenizer
@@ -95,7 +96,7 @@ def run_demo(output: str | None = None, cpt_steps: int = 120,
         say(f"[{time.perf_counter() - started:6.0f} s] {message}")
 
     stage("tokenizer and a random tiny Llama")
-    general = read_text_file(_resource("general.txt"))
+    general = read_text_file(demo_resource("general.txt"))
     tokenizer = build_tokenizer(work / "tokenizer", general)
     init = save_random_causal_lm(tokenizer, work / "init", hidden=64, layers=2, heads=4, max_positions=256)
     general_base, general_rest = split_general(work, general)
@@ -104,18 +105,18 @@ def run_demo(output: str | None = None, cpt_steps: int = 120,
                           work / "corpus-base", eval_documents=20)
     base, base_metrics = train(init, base_corpus, work / "base", "cpt", max_steps=300)
     stage("instruct: chat SFT of the base")
-    instruct, instruct_metrics = train(base, _resource("instructions.jsonl"), work / "instruct", "sft",
+    instruct, instruct_metrics = train(base, demo_resource("instructions.jsonl"), work / "instruct", "sft",
                                        max_steps=60, learning_rate=5e-4, max_length=128)
     stage("domain corpus with general replay")
-    corpus = prepare(base, [{"name": "wildlife", "path": str(_resource("domain.txt")), "role": "domain"},
+    corpus = prepare(base, [{"name": "wildlife", "path": str(demo_resource("domain.txt")), "role": "domain"},
                             {"name": "general", "path": str(general_rest), "role": "general"}],
                      work / "corpus-domain", eval_documents=20, replay_ratio=0.1)
     recipe_cfg = validate_config(domain_instruct.DomainInstructConfig, {
         "name": "domain-instruct", "base": str(base), "instruct": str(instruct), "corpus": str(corpus),
         "output": str(run.path / "recipe"),
         "train": {**TRAIN, "learning_rate": 1e-3, "warmup_steps": 10, "max_steps": cpt_steps, "progress": False},
-        "evaluate": {"mc": {"tasks": {"wildlife_quiz": str(_resource("domain_quiz.jsonl"))}},
-                     "probe": {"prompts": str(_resource("probe.jsonl")), "max_new_tokens": 40},
+        "evaluate": {"mc": {"tasks": {"wildlife_quiz": str(demo_resource("domain_quiz.jsonl"))}},
+                     "probe": {"prompts": str(demo_resource("probe.jsonl")), "max_new_tokens": 40},
                      "perplexity": {"max_length": 128}, "progress": False},
     })
     stage("the recipe: continual pretraining, chat-vector merge, evaluation of the four models")
