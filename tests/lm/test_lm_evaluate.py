@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from adaptlab.config import validate_config
 from adaptlab.errors import ConfigError, DataError, ModelError, RunDirError
 from adaptlab.metrics.lm import perplexity, read_text_file
 from adaptlab.recipes.lm_evaluate import LMEvalConfig, evaluate, load_causal_lm
+from gguf_files import write_tiny_gguf
 
 TEXT = "The bank raised its deposit rate.\n\nBond prices fell as yields rose sharply.\n\nA third document.\n"
 
@@ -120,3 +122,35 @@ def test_bad_inputs_and_models_are_reported(model_dirs, tmp_path):
     (tmp_path / "run" / "old.txt").write_text("earlier run")
     with pytest.raises(RunDirError, match="already exists"):
         evaluate(make_config(model_dirs, tmp_path))
+
+
+def test_a_gguf_model_and_an_lm_eval_yaml_task_run_end_to_end(tmp_path, monkeypatch, run_cli):
+    monkeypatch.setenv("ADAPTLAB_CACHE_DIR", str(tmp_path / "cache"))
+    model = write_tiny_gguf(tmp_path / "tiny.gguf", tensor_type="Q8_0")
+    code, out, err = run_cli("lm", "export-task", "packaged:finance_basics", "--output", tmp_path / "lm-eval")
+    assert code == 0 and "12 items" in out and "lm_eval --model hf" in out, err
+    code, out, err = run_cli("lm", "evaluate", f"models=[{{name: tiny, path: {model}}}]",
+                             f"mc.tasks={{quiz: {tmp_path / 'lm-eval' / 'finance_basics.yaml'}}}",
+                             "probe.prompts=null", "--output", tmp_path / "run", "--json")
+    assert code == 0, err
+    row = json.loads(out)[0]
+    assert row["model"] == "tiny" and 0 <= row["quiz_acc"] <= 1
+
+
+def test_bad_gguf_and_task_files_exit_2_and_write_nothing(tmp_path, run_cli):
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"GGUF" + b"\x03\x00\x00\x00" + b"\x00" * 7)
+    yaml_task = tmp_path / "task.yaml"
+    yaml_task.write_text("task: t\noutput_type: multiple_choice\nprocess_docs: !function utils.process\n")
+    cases = [
+        (("model", "import", broken, "--output", tmp_path / "out"), "broken.gguf: truncated or damaged GGUF"),
+        (("lm", "evaluate", f"models=[{{name: m, path: {broken}}}]", "probe.prompts=packaged:probe_prompts",
+          "--output", tmp_path / "out"), r"broken.gguf: truncated or damaged GGUF"),
+        (("lm", "evaluate", "models=[{name: m, path: x}]", f"mc.tasks={{t: {yaml_task}}}", "probe.prompts=null",
+          "--output", tmp_path / "out"), r"task.yaml: unsupported lm-eval task key\(s\) \['process_docs'\]"),
+        (("lm", "export-task", yaml_task, "--output", tmp_path / "out"), "unsupported lm-eval task key"),
+    ]
+    for args, message in cases:
+        code, _, err = run_cli(*args)
+        assert code == 2 and re.search(message, err.replace("\n", "")), (args, err)
+        assert "Traceback" not in err and not (tmp_path / "out").exists()
