@@ -1,6 +1,6 @@
 """Continual pretraining of a real model on CPU: SmolLM2-135M-Instruct on wildlife text, replay 0 and 0.1.
 
-    python benchmarks/cpt_real.py [--steps 150] [--block-size 256] [--batch-size 2] [--replays 0,0.1]
+    python benchmarks/cpt_real.py [--steps 200] [--block-size 256] [--batch-size 1] [--replays 0,0.1]
 
 What the tiny domain-instruct demo can only suggest, on a real instruct model: how much continual
 pretraining on domain text gains on held-out domain text, how much it forgets on general text, what
@@ -74,9 +74,9 @@ def evaluate(models: dict[str, str], corpus: Path, output: Path) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=150)
+    parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--block-size", type=int, default=256)
-    parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--replays", default="0,0.1")
     parser.add_argument("--eval-documents", type=int, default=40, help="held-out documents per role")
