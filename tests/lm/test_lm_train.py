@@ -19,7 +19,9 @@ from adaptlab.config import validate_config
 from adaptlab.errors import ConfigError, DataError, ModelError, RunDirError
 from adaptlab.lm.checkpoints import checkpoint_problem, list_checkpoints
 from adaptlab.lm.train import resolve_bf16, resolve_liger
+from adaptlab.models.gguf import resolve_model
 from adaptlab.recipes.lm_train import LMTrainConfig, train
+from gguf_files import write_tiny_gguf
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -215,3 +217,13 @@ def test_cli_reports_errors_without_traceback(assets, tmp_path, run_cli):
     config.write_text(yaml.safe_dump(train_config(assets["model"], tmp_path / "missing", tmp_path / "run")))
     code, _, err = run_cli("lm", "train", config)
     assert code == 2 and "prepared corpus not found" in err and "Traceback" not in err
+
+
+def test_a_gguf_file_is_a_model_to_continue_pretraining(tmp_path, monkeypatch):
+    monkeypatch.setenv("ADAPTLAB_CACHE_DIR", str(tmp_path / "cache"))
+    gguf = write_tiny_gguf(tmp_path / "tiny.gguf", tensor_type="Q8_0")
+    corpus = write_prepared_corpus(tmp_path / "corpus", Path(resolve_model(str(gguf))))
+    run, metrics = train(validate_config(LMTrainConfig, train_config(gguf, corpus, tmp_path / "run", max_steps=2,
+                                                                     save_steps=2, eval_steps=2)))
+    assert metrics["model"] == str(gguf) and (run.model / "model.safetensors").is_file()
+    assert math.isfinite(metrics["final_eval_domain_perplexity"])
