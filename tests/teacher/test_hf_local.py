@@ -1,41 +1,18 @@
-"""The hf_local backend on a tiny random Llama that reuses the packaged MiniLM tokenizer."""
+"""The hf_local backend on a tiny random Llama that reuses the packaged MiniLM tokenizer (conftest.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import AutoTokenizer
 
 from adaptlab.teacher.base import Message, Sampling, TeacherError, TeacherRequest
 from adaptlab.teacher.config import TeacherConfig
 from adaptlab.teacher.hf_local import HFLocalTeacher
-
-CHAT_TEMPLATE = (
-    "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
-    "{% if add_generation_prompt %}assistant:{% endif %}"
-)
-
-
-@pytest.fixture(scope="module")
-def tiny_llama_dir(tmp_path_factory, tokenizer_dir) -> Path:
-    """A tiny random Llama (hidden 32, 2 layers) with a chat template, saved as an HF model directory."""
-    out = tmp_path_factory.mktemp("tiny-llama")
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    tokenizer.chat_template = CHAT_TEMPLATE
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-        num_key_value_heads=2, max_position_embeddings=256,
-        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id,
-    )
-    LlamaForCausalLM(config).save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -157,7 +134,7 @@ def test_closed_teacher_refuses_requests(tiny_llama_dir):
 
     assert asyncio.run(go()).usage.completion_tokens >= 1
     assert closing.describe() == {"backend": "hf_local", "model": str(tiny_llama_dir), "device": "cpu",
-                                  "batch_size": 8}
+                                  "batch_size": 8, "constrained": "auto", "schema_decoding": False}
 
 
 def test_synth_generate_runs_on_a_local_model_and_rejects_its_gibberish(tiny_llama_dir, tmp_path, run_cli):

@@ -4,7 +4,8 @@ Two prompts (templates in ``ie/prompts/``):
 
 * ``universalner``: UniversalNER's conversation, one question per entity type
   ("Text: ..." / "I've read this text." / "What describes {type} in the text?"), answered with a
-  JSON list of strings. ``len(texts) * len(types)`` requests.
+  JSON list of strings (the requests carry that schema, :data:`UNIVERSALNER_SCHEMA`).
+  ``len(texts) * len(types)`` requests.
 * ``json_spans``: one request per text asking a chat model for ``{"entities": [{"text", "type"}]}``.
 
 Returned strings are mapped back to character spans with the generation aligner (exact, then
@@ -34,6 +35,7 @@ from adaptlab.teacher.prompts import PromptTemplate
 from adaptlab.teacher.runner import Outcome
 
 PROMPTS = ("universalner", "json_spans")
+UNIVERSALNER_SCHEMA: dict[str, Any] = {"type": "array", "items": {"type": "string"}}
 
 
 @dataclass
@@ -52,7 +54,8 @@ def universalner_requests(template: PromptTemplate, texts: Sequence[str], querie
                           sampling: Sampling) -> list[TeacherRequest]:
     """Requests in text-major order: for text i, one per type in ``queries`` order."""
     return [
-        TeacherRequest(template.render(text=text, entity_type=query), sampling, tag=f"text {i}: {label}")
+        TeacherRequest(template.render(text=text, entity_type=query), sampling, UNIVERSALNER_SCHEMA,
+                       tag=f"text {i}: {label}")
         for i, text in enumerate(texts)
         for label, query in queries.items()
     ]
@@ -61,13 +64,18 @@ def universalner_requests(template: PromptTemplate, texts: Sequence[str], querie
 def json_span_requests(template: PromptTemplate, texts: Sequence[str], descriptions: dict[str, str],
                        sampling: Sampling) -> list[TeacherRequest]:
     guidelines = "\n".join(f"- {label}: {text or label}" for label, text in descriptions.items())
-    schema = {"type": "object", "required": ["entities"], "properties": {"entities": {"type": "array", "items": {
-        "type": "object", "required": ["text", "type"],
-        "properties": {"text": {"type": "string"}, "type": {"type": "string", "enum": list(descriptions)}}}}}}
+    schema = json_spans_schema(list(descriptions))
     return [
         TeacherRequest(template.render(text=text, entity_guidelines=guidelines), sampling, schema, tag=f"text {i}")
         for i, text in enumerate(texts)
     ]
+
+
+def json_spans_schema(labels: Sequence[str]) -> dict[str, Any]:
+    """The JSON schema of a json_spans answer: ``{"entities": [{"text", "type" in labels}]}``."""
+    return {"type": "object", "required": ["entities"], "properties": {"entities": {"type": "array", "items": {
+        "type": "object", "required": ["text", "type"],
+        "properties": {"text": {"type": "string"}, "type": {"type": "string", "enum": list(labels)}}}}}}
 
 
 def _strings(outcome: Outcome, key: str | None) -> tuple[list[Any] | None, str | None]:

@@ -28,7 +28,7 @@ from adaptlab.synth import generate as gen
 from adaptlab.synth.config import SynthConfig
 from adaptlab.teacher.base import Sampling
 from adaptlab.teacher.prompts import load_prompt
-from adaptlab.teacher.registry import build_teacher, open_cache
+from adaptlab.teacher.registry import build_teacher, open_cache, prepare_schemas
 from adaptlab.teacher.runner import TeacherRunner
 
 PROMPTS_PACKAGE = "adaptlab.synth"
@@ -43,6 +43,7 @@ def generate(cfg: SynthConfig) -> tuple[RunDir, dict]:
     gen.subject_requests(subjects_prompt, cfg.schema_, ["example"], 1, Sampling())
     gen.sentence_requests(sentences_prompt, cfg.schema_, [gen.Subject("example")], 1, 1, Sampling())
     teacher = build_teacher(cfg.teacher)
+    prepare_schemas(teacher, gen.answer_schemas(cfg.schema_))
     cache = open_cache(cfg.teacher)
     run = create_run_dir(cfg.output, cfg.name)
     save_config(cfg, run.config)

@@ -23,7 +23,7 @@ from adaptlab.synth.generate import sampling_of
 from adaptlab.synth.schema import EntityType
 from adaptlab.teacher.config import SamplingConfig, TeacherConfig
 from adaptlab.teacher.prompts import load_prompt
-from adaptlab.teacher.registry import build_teacher, open_cache
+from adaptlab.teacher.registry import build_teacher, open_cache, prepare_schemas
 from adaptlab.teacher.runner import TeacherRunner
 
 MODES = ("strict", "overlap", "string")
@@ -53,6 +53,8 @@ def run(cfg: ZeroShotConfig) -> tuple[RunDir, dict]:
         raise ConfigError(f"queries: {sorted(unknown)} are not entity labels ({', '.join(labels)})")
     template = load_prompt(cfg.prompt, "adaptlab.ie", cfg.prompts_dir)
     teacher = build_teacher(cfg.teacher)
+    answer_schema = zs.UNIVERSALNER_SCHEMA if cfg.prompt == "universalner" else zs.json_spans_schema(labels)
+    prepare_schemas(teacher, [(answer_schema, f"the {cfg.prompt} answers (config key 'prompt')")])
     cache = open_cache(cfg.teacher)
     run_dir = create_run_dir(cfg.output, cfg.name)
     save_config(cfg, run_dir.config)

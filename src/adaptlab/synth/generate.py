@@ -183,6 +183,12 @@ def sentences_schema(schema: Schema) -> dict[str, Any]:
             "properties": {"sentences": {"type": "array", "items": sentence}}}
 
 
+def answer_schemas(schema: Schema) -> list[tuple[dict[str, Any], str]]:
+    """``(JSON schema, where it comes from)`` of every answer a generation asks for, to check before a run."""
+    return [(SUBJECTS_SCHEMA, "the subject list answers (adaptlab.synth.generate.SUBJECTS_SCHEMA)"),
+            (sentences_schema(schema), "the sentence answers (built from the config key 'schema')")]
+
+
 def guidelines(schema: Schema) -> tuple[str, str]:
     entities = "\n".join(f"- {e.name}: {e.description or e.name}" for e in schema.entities)
     relations = "\n".join(f"- {r.name}: {r.head} -> {r.tail}. {r.description}".rstrip()

@@ -103,10 +103,15 @@ class Usage:
 
 @dataclass(frozen=True)
 class TeacherResponse:
+    """One answer. ``constrained`` says whether it was produced under the request's JSON schema
+    (``hf_local``: constrained decoding; ``openai``: ``response_format`` json_schema sent); ``None``
+    when the request had no schema or the answer predates the field (old caches and cassettes)."""
+
     text: str
     usage: Usage = Usage()
     model: str = ""
     finish_reason: str | None = None
+    constrained: bool | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -119,6 +124,7 @@ class TeacherResponse:
             usage=Usage(int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))),
             model=str(obj.get("model", "")),
             finish_reason=obj.get("finish_reason"),
+            constrained=obj.get("constrained"),
         )
 
 
@@ -137,14 +143,34 @@ class Teacher(ABC):
     async def aclose(self) -> None:  # noqa: B027 - most backends hold nothing to release
         """Release connections, threads or models; called once when a run ends."""
 
+    def cache_key(self, request: TeacherRequest) -> str:
+        """The persistent cache key of this teacher's answer to ``request`` (see :func:`cache_key`)."""
+        return cache_key(self.backend, self.model, request)
+
+    def prepare_json_schema(self, schema: dict[str, Any], where: str) -> None:
+        """Check before a run that ``schema`` (described by ``where``) can be used: a valid JSON Schema
+        that answers are validated against; backends that decode under it also compile it here.
+        Raises :class:`TeacherError` naming ``where``."""
+        from adaptlab.teacher.schema_check import check_schema
+
+        check_schema(schema, where)
+
     def describe(self) -> dict[str, Any]:
         """What the run report shows about this teacher. Never include secrets."""
         return {"backend": self.backend, "model": self.model}
 
 
-def cache_key(backend: str, model: str, request: TeacherRequest) -> str:
-    """The persistent cache key: backend, model and the request hash."""
-    return _sha256_json({"backend": backend, "model": model, "request": request.hash})
+def cache_key(backend: str, model: str, request: TeacherRequest, decoding: str | None = None) -> str:
+    """The persistent cache key: backend, model and the request hash.
+
+    ``decoding`` names a decoding mode that changes the answer to the same request (``hf_local``'s
+    ``"json_schema"`` constrained decoding); without it the key is what it always was, so caches
+    written before constrained decoding existed still answer unconstrained requests.
+    """
+    fields = {"backend": backend, "model": model, "request": request.hash}
+    if decoding is not None:
+        fields["decoding"] = decoding
+    return _sha256_json(fields)
 
 
 def _sha256_json(obj: Any) -> str:

@@ -51,6 +51,10 @@ class TeacherConfig(StrictModel):
     # hf_local
     device: str = Field("auto", description="hf_local: cpu, cuda, cuda:1, ... or auto")
     batch_size: int = Field(8, ge=1, description="hf_local: prompts generated together")
+    constrained: Literal["auto", "on", "off"] = Field(
+        "auto", description="hf_local: decode answers to requests with a JSON schema under that schema (llguidance), "
+        "so they are schema-valid JSON unless max_tokens cuts them. auto: when the tokenizer allows it (byte-level "
+        "BPE, SentencePiece), else free decoding, logged; on: constrained or an error; off: free decoding")
     # replay / record
     cassette: str | None = Field(None, description="replay: cassette to read; with record: cassette to write")
     record: bool = Field(False, description="answer with the real backend and append each answer to the cassette")

@@ -21,7 +21,12 @@ Generation rules:
   ``completion_tokens`` counts the new tokens up to and including the first EOS (``finish_reason``
   "stop"), or all ``max_tokens`` of them ("length"); the text decodes the tokens before the EOS
   with special tokens skipped. ``prompt_tokens`` counts the prompt without padding.
-- ``request.json_schema`` is not enforced: prompts must ask for JSON, callers extract it from text.
+- ``request.json_schema`` is enforced by constrained decoding (:mod:`adaptlab.teacher.constrained`)
+  unless ``teacher.constrained`` is ``off`` (or ``auto`` with a tokenizer llguidance cannot read):
+  every token must extend JSON that the schema allows, EOS only once the JSON is complete. Each
+  answer records ``constrained``. Constrained answers are cached under their own key (the decoding
+  mode is part of it), so switching the setting never returns answers decoded the other way.
+  Rows with and without a schema share a batch; rows without one decode freely.
 
 Loading never downloads when ``HF_HUB_OFFLINE=1`` (transformers then reads local paths and the HF
 cache only).
@@ -31,15 +36,32 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LogitsProcessorList,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from adaptlab.models.gguf import resolve_model
-from adaptlab.teacher.base import Sampling, Teacher, TeacherError, TeacherRequest, TeacherResponse, Usage
+from adaptlab.runs import get_logger
+from adaptlab.teacher.base import (
+    Sampling,
+    Teacher,
+    TeacherError,
+    TeacherRequest,
+    TeacherResponse,
+    Usage,
+    cache_key,
+)
 from adaptlab.teacher.config import TeacherConfig
+from adaptlab.teacher.constrained import JSONSchemaDecoding, tokenizer_support
 
 DEFAULT_BATCH_WAIT_S = 0.005
 
@@ -58,6 +80,7 @@ def resolve_device(device: str) -> torch.device:
 class _Pending:
     request: TeacherRequest
     prompt_ids: list[int]
+    grammar: str | None  # llguidance grammar of the request's schema when decoding under it
     future: asyncio.Future[TeacherResponse]
 
 
@@ -74,6 +97,7 @@ class HFLocalTeacher(Teacher):
         model_name: str,
         batch_size: int = 8,
         batch_wait_s: float = DEFAULT_BATCH_WAIT_S,
+        constrained: str = "auto",
     ):
         super().__init__(model_name)
         _require_chat_template(tokenizer, model_name)
@@ -83,14 +107,47 @@ class HFLocalTeacher(Teacher):
         self.batch_wait_s = batch_wait_s
         self.eos_ids = _eos_ids(hf_model, tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_ids, default=0)
+        self.constrained = constrained
+        self.decoding = self._schema_decoding(constrained)
+        self.generate_seconds = 0.0
         self._queue: asyncio.Queue[_Pending] | None = None
         self._worker: asyncio.Task[None] | None = None
         self._worker_loop: asyncio.AbstractEventLoop | None = None
         self._unresolved: set[asyncio.Future[TeacherResponse]] = set()
         self._closed = False
 
+    def _schema_decoding(self, constrained: str) -> JSONSchemaDecoding | None:
+        """The constrained decoder for ``teacher.constrained``, or None to decode freely."""
+        if constrained == "off":
+            return None
+        vocab_size = self.hf_model.get_output_embeddings().weight.shape[0]
+        decoding, reason = tokenizer_support(self.tokenizer, self.eos_ids, vocab_size)
+        if decoding is None and constrained == "on":
+            raise TeacherError(
+                f"teacher.constrained is 'on' but llguidance cannot read the tokenizer of {self.model!r} ({reason}); "
+                "use a model with a byte-level BPE or SentencePiece tokenizer, or set teacher.constrained: auto or off"
+            )
+        if decoding is None:
+            get_logger().info("teacher %s: no constrained decoding, llguidance cannot read its tokenizer (%s); "
+                              "answers are decoded freely and parsed from text", self.model, reason)
+        return decoding
+
+    def _decodes_under_schema(self, request: TeacherRequest) -> bool:
+        return self.decoding is not None and request.json_schema is not None
+
+    def cache_key(self, request: TeacherRequest) -> str:
+        """Constrained answers are cached apart from free ones (the base key plus ``decoding``)."""
+        decoding = "json_schema" if self._decodes_under_schema(request) else None
+        return cache_key(self.backend, self.model, request, decoding)
+
+    def prepare_json_schema(self, schema: dict[str, Any], where: str) -> None:
+        super().prepare_json_schema(schema, where)
+        if self.decoding is not None:
+            self.decoding.grammar(schema, where)
+
     @classmethod
-    def from_pretrained(cls, name_or_path: str, *, device: str = "auto", batch_size: int = 8) -> HFLocalTeacher:
+    def from_pretrained(cls, name_or_path: str, *, device: str = "auto", batch_size: int = 8,
+                        constrained: str = "auto") -> HFLocalTeacher:
         target = resolve_device(device)
         model_dir = resolve_model(name_or_path, "teacher.model")
         try:
@@ -103,21 +160,26 @@ class HFLocalTeacher(Teacher):
                 "Give a local model directory or a hub name already in the HF cache (nothing is downloaded "
                 "while HF_HUB_OFFLINE=1)."
             ) from exc
-        return cls(hf_model.to(target), tokenizer, model_name=name_or_path, batch_size=batch_size)
+        return cls(hf_model.to(target), tokenizer, model_name=name_or_path, batch_size=batch_size,
+                   constrained=constrained)
 
     @classmethod
     def from_config(cls, cfg: TeacherConfig) -> HFLocalTeacher:
-        return cls.from_pretrained(cfg.model, device=cfg.device, batch_size=cfg.batch_size)
+        return cls.from_pretrained(cfg.model, device=cfg.device, batch_size=cfg.batch_size,
+                                   constrained=cfg.constrained)
 
     async def complete(self, request: TeacherRequest) -> TeacherResponse:
         if self._closed:
             raise TeacherError(f"teacher {self.model!r} is closed; cannot answer {request.describe()}")
         prompt_ids = self._prompt_ids(request)
+        grammar = None
+        if self._decodes_under_schema(request):
+            grammar = self.decoding.grammar(request.json_schema, f"request {request.describe()}")
         queue = self._ensure_worker()
         future: asyncio.Future[TeacherResponse] = asyncio.get_running_loop().create_future()
         self._unresolved.add(future)
         future.add_done_callback(self._unresolved.discard)
-        queue.put_nowait(_Pending(request, prompt_ids, future))
+        queue.put_nowait(_Pending(request, prompt_ids, grammar, future))
         return await future
 
     def _prompt_ids(self, request: TeacherRequest) -> list[int]:
@@ -157,7 +219,7 @@ class HFLocalTeacher(Teacher):
 
     async def _answer_batch(self, batch: list[_Pending], sampling: Sampling) -> None:
         try:
-            responses = await asyncio.to_thread(self._generate, [p.prompt_ids for p in batch], sampling)
+            responses = await asyncio.to_thread(self._generate, batch, sampling)
         except torch.OutOfMemoryError:
             error = TeacherError(
                 f"out of memory generating a batch of {len(batch)} with {self.model!r}; "
@@ -172,8 +234,13 @@ class HFLocalTeacher(Teacher):
             if not pending.future.done():
                 pending.future.set_result(response)
 
-    def _generate(self, prompts: list[list[int]], sampling: Sampling) -> list[TeacherResponse]:
-        """Left-pad, generate, and cut each row at its first EOS (runs in a worker thread)."""
+    def _generate(self, batch: list[_Pending], sampling: Sampling) -> list[TeacherResponse]:
+        """Left-pad, generate (each row under its grammar, if any), cut each row at its first EOS.
+
+        Runs in a worker thread.
+        """
+        started = time.perf_counter()
+        prompts = [p.prompt_ids for p in batch]
         width = max(len(ids) for ids in prompts)
         input_ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
         attention_mask = torch.zeros_like(input_ids)
@@ -189,26 +256,39 @@ class HFLocalTeacher(Teacher):
             options.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p)
             if sampling.seed is not None:
                 torch.manual_seed(sampling.seed)
+        if any(p.grammar is not None for p in batch):
+            options["logits_processor"] = LogitsProcessorList(
+                [self.decoding.logits_processor([p.grammar for p in batch])])
         device = self.hf_model.device
         with torch.inference_mode():
             output = self.hf_model.generate(
                 input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), **options
             )
         responses = []
-        for ids, new_tokens in zip(prompts, output[:, width:].tolist()):
+        for pending, new_tokens in zip(batch, output[:, width:].tolist()):
             end = next((i for i, token in enumerate(new_tokens) if token in self.eos_ids), None)
             text_tokens = new_tokens if end is None else new_tokens[:end]
             responses.append(TeacherResponse(
                 text=self.tokenizer.decode(text_tokens, skip_special_tokens=True),
-                usage=Usage(prompt_tokens=len(ids), completion_tokens=len(new_tokens) if end is None else end + 1),
+                usage=Usage(prompt_tokens=len(pending.prompt_ids),
+                            completion_tokens=len(new_tokens) if end is None else end + 1),
                 model=self.model,
                 finish_reason="length" if end is None else "stop",
+                constrained=None if pending.request.json_schema is None else pending.grammar is not None,
             ))
+        self.generate_seconds += time.perf_counter() - started
         return responses
 
     def describe(self) -> dict[str, Any]:
-        return {"backend": self.backend, "model": self.model, "device": str(self.hf_model.device),
-                "batch_size": self.batch_size}
+        """Also the decoding mode and, when constraining, the seconds spent on masks vs all of generation."""
+        described = {"backend": self.backend, "model": self.model, "device": str(self.hf_model.device),
+                     "batch_size": self.batch_size, "constrained": self.constrained,
+                     "schema_decoding": self.decoding is not None}
+        if self.decoding is not None:
+            described.update(constraint_seconds=round(self.decoding.timer.seconds, 3),
+                             constraint_steps=self.decoding.timer.steps,
+                             generate_seconds=round(self.generate_seconds, 3))
+        return described
 
     async def aclose(self) -> None:
         """Stop the worker and fail requests still waiting; a batch already generating finishes in its thread."""

@@ -18,6 +18,10 @@ Structured output (``teacher.structured_output``), used when a request carries a
 - ``auto``: send it; the first 400 that mentions response_format / json_schema marks this server as
   lacking support (logged once) and the request is sent again without it, as are all later ones.
 
+Each answer records whether the schema was sent (``constrained``). Servers may also accept
+``response_format`` and ignore it (``transformers serve`` 5.x does): the runner checks every answer
+against its schema and counts those as ``schema_ignored`` (see :mod:`adaptlab.teacher.runner`).
+
 Error mapping (what the runner retries): 429 -> :class:`TransientTeacherError` with the
 ``retry-after`` hint; 408, 409 and >= 500 -> transient (the statuses the openai client itself
 retries); timeouts and dropped connections -> transient; 401/403/404 and other 4xx ->
@@ -140,6 +144,7 @@ class OpenAICompatTeacher(Teacher):
             ),
             model=completion.model or self.model,
             finish_reason=choice.finish_reason,
+            constrained=send_schema if request.json_schema is not None else None,
         )
 
     def _note_schema_unsupported(self, exc: openai.BadRequestError) -> None:

@@ -7,9 +7,11 @@ the replay backend never loads transformers.
 
 from __future__ import annotations
 
+import asyncio
 from importlib import import_module
+from typing import Any
 
-from adaptlab.errors import ConfigError
+from adaptlab.errors import AdaptlabError, ConfigError
 from adaptlab.teacher.base import Teacher
 from adaptlab.teacher.cache import ResponseCache
 from adaptlab.teacher.config import TeacherConfig
@@ -47,3 +49,16 @@ def open_cache(cfg: TeacherConfig) -> ResponseCache | None:
     if not cfg.cache or cfg.backend == "replay" or cfg.record:
         return None
     return ResponseCache(cfg.cache_path)
+
+
+def prepare_schemas(teacher: Teacher, schemas: list[tuple[dict[str, Any], str]]) -> None:
+    """Check (and, for constrained decoding, compile) each ``(schema, where)`` before a run writes anything.
+
+    On failure the teacher is closed and the error, which names ``where``, propagates.
+    """
+    try:
+        for schema, where in schemas:
+            teacher.prepare_json_schema(schema, where)
+    except AdaptlabError:
+        asyncio.run(teacher.aclose())
+        raise

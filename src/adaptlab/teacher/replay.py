@@ -151,6 +151,12 @@ class RecordingTeacher(Teacher):
     async def aclose(self) -> None:
         await self.inner.aclose()
 
+    def cache_key(self, request: TeacherRequest) -> str:
+        return self.inner.cache_key(request)
+
+    def prepare_json_schema(self, schema: dict[str, Any], where: str) -> None:
+        self.inner.prepare_json_schema(schema, where)
+
     def describe(self) -> dict[str, Any]:
         return {**self.inner.describe(), "recording_to": str(self.cassette_path)}
 

@@ -24,6 +24,13 @@ Retry reasons are counted under the HTTP status (``"429"``, ``"500"``) when the 
 else ``"timeout"`` or ``"connection"`` when the error (or its ``__cause__``) says so by message or
 exception type, else ``"other"``.
 
+Schema checks: every answer (fetched now or cached) to a request with a JSON schema is checked
+with :func:`~adaptlab.teacher.schema_check.schema_problem`. ``schema_valid`` counts the valid ones,
+``schema_constrained`` those produced under the schema (constrained decoding, or ``response_format``
+sent), and ``schema_ignored`` the constrained ones that are invalid without being cut at
+``max_tokens``: for the ``openai`` backend, answers of a server that ignores ``response_format``
+(logged as a warning). Invalid answers are not dropped here; the caller's parser decides.
+
 Token counts and cost cover answers fetched now; cache hits are counted separately
 (``cached_prompt_tokens``/``cached_completion_tokens``). Cost in USD is
 ``prompt_tokens * price_input_per_million / 1e6 + completion_tokens * price_output_per_million / 1e6``.
@@ -45,10 +52,11 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from adaptlab.runs import get_logger
-from adaptlab.teacher.base import Teacher, TeacherRequest, TeacherResponse, TransientTeacherError, cache_key
+from adaptlab.teacher.base import Teacher, TeacherRequest, TeacherResponse, TransientTeacherError
 from adaptlab.teacher.cache import ResponseCache
 from adaptlab.teacher.config import TeacherConfig
 from adaptlab.teacher.limits import RateLimiter, estimate_request_tokens
+from adaptlab.teacher.schema_check import schema_problem
 
 
 @dataclass
@@ -83,6 +91,10 @@ class RunnerStats:
     completion_tokens: int = 0
     cached_prompt_tokens: int = 0
     cached_completion_tokens: int = 0
+    schema_answers: int = 0  # unique answers (fetched or cached) to requests with a JSON schema
+    schema_valid: int = 0  # ... whose whole text is JSON valid under the schema
+    schema_constrained: int = 0  # ... produced under the schema (constrained decoding / response_format sent)
+    schema_ignored: int = 0  # constrained, not cut at max_tokens, and still invalid
     cost_usd: float = 0.0
     seconds: float = 0.0
 
@@ -155,7 +167,7 @@ class TeacherRunner:
         """Answer ``requests``; the outcomes come back in input order, one per request."""
         started = time.perf_counter()
         backend, model = self.teacher.backend, self.teacher.model
-        keys = [cache_key(backend, model, request) for request in requests]
+        keys = [self.teacher.cache_key(request) for request in requests]
         first_request: dict[str, TeacherRequest] = {}
         for key, request in zip(keys, requests):
             first_request.setdefault(key, request)
@@ -191,6 +203,7 @@ class TeacherRunner:
                 await _run_all([fetch_and_show(key, request) for key, request in to_send])
         finally:
             self.stats.seconds += time.perf_counter() - started
+        self._check_schemas(resolved.values(), description)
         return [dataclasses.replace(resolved[key], request=request) for key, request in zip(keys, requests)]
 
     async def _fetch(self, key: str, request: TeacherRequest) -> Outcome:
@@ -227,6 +240,26 @@ class TeacherRunner:
             self._log.debug("retrying %s in %.2fs (attempt %d, %s: %s)", request.describe(), delay, attempts,
                             reason, error)
             await asyncio.sleep(delay)
+
+    def _check_schemas(self, outcomes: Any, description: str) -> None:
+        ignored = 0
+        for outcome in outcomes:
+            schema, response = outcome.request.json_schema, outcome.response
+            if schema is None or response is None:
+                continue
+            valid = schema_problem(response.text, schema) is None
+            self.stats.schema_answers += 1
+            self.stats.schema_valid += valid
+            if response.constrained:
+                self.stats.schema_constrained += 1
+                ignored += not valid and response.finish_reason != "length"
+        self.stats.schema_ignored += ignored
+        if ignored:
+            self._log.warning(
+                "%s: %d answers of %s do not match their JSON schema although it was enforced; with the openai "
+                "backend this server ignores response_format json_schema. They are parsed from free text and "
+                "checked like any answer (runner.schema_ignored in metrics.json)",
+                description or "teacher", ignored, self.teacher.describe())
 
     def _count_answer(self, response: TeacherResponse) -> None:
         prompt, completion = response.usage.prompt_tokens, response.usage.completion_tokens
