@@ -12,6 +12,7 @@ import pytest
 from adaptlab.teacher.base import Message, Sampling, TeacherError, TeacherRequest, TransientTeacherError
 from adaptlab.teacher.config import TeacherConfig
 from adaptlab.teacher.openai_compat import OpenAICompatTeacher, parse_retry_after
+from adaptlab.teacher.runner import retry_reason, run_requests
 from adaptlab.teacher.stub_server import StubServer
 
 KEY = "sk-test-5ecret-value-0123456789"
@@ -202,3 +203,33 @@ def test_parse_retry_after():
     assert parse_retry_after({"retry-after-ms": "150", "retry-after": "9"}) == pytest.approx(0.15)
     assert parse_retry_after({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}) is None
     assert parse_retry_after({}) is None
+
+
+def test_answers_record_whether_the_schema_was_sent(monkeypatch):
+    with StubServer(lambda body: "{}") as server:
+        sent = ask(make_teacher(server.base_url, monkeypatch), make_request(schema=SCHEMA))
+        not_sent = ask(make_teacher(server.base_url, monkeypatch, structured_output="off"), make_request(schema=SCHEMA))
+        no_schema = ask(make_teacher(server.base_url, monkeypatch), make_request())
+    assert (sent.constrained, not_sent.constrained, no_schema.constrained) == (True, False, None)
+
+
+def test_server_closing_the_connection_mid_answer_is_transient(monkeypatch):
+    with StubServer(lambda body: '{"entities": ["Lions"]}', p_disconnect=1.0) as server:
+        with pytest.raises(TransientTeacherError) as caught:
+            ask(make_teacher(server.base_url, monkeypatch), make_request())
+    assert retry_reason(caught.value) == "connection"
+    assert server.stats.snapshot()["by_status"] == {0: 1}
+
+
+def test_runner_counts_answers_of_a_server_that_ignores_response_format(monkeypatch, caplog):
+    """The stub takes response_format and answers fenced free text anyway, like transformers serve."""
+    answers = {"valid": '{"entities": []}', "fenced": '```json\n{"entities": []}\n```', "wrong": '{"other": 1}'}
+    with StubServer(lambda body: answers[body["messages"][-1]["content"]]) as server:
+        teacher = make_teacher(server.base_url, monkeypatch)
+        config = TeacherConfig(backend="openai", model="stub-model", cache=False)
+        requests = [make_request(text, schema=SCHEMA) for text in answers] + [make_request("valid")]
+        with caplog.at_level(logging.WARNING, logger="adaptlab"):
+            outcomes, stats = run_requests(teacher, config, requests, progress=False, description="probe")
+    assert all(o.ok for o in outcomes)
+    assert (stats.schema_answers, stats.schema_valid, stats.schema_constrained, stats.schema_ignored) == (3, 1, 3, 2)
+    assert "probe: 2 answers" in caplog.text and "ignores response_format" in caplog.text

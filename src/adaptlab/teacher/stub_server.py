@@ -13,7 +13,10 @@ Per request, in this order:
 3. one uniform draw ``u`` from ``random.Random(seed)`` (under a lock, exactly one draw per request,
    so N sequential requests always get the same faults): ``u < p_429`` -> 429 with header
    ``retry-after: retry_after_s``; ``u < p_429 + p_500`` -> 500; ``u < p_429 + p_500 + p_malformed``
-   -> the answer's content is replaced by :func:`corrupt_content` of it (truncated JSON).
+   -> the answer's content is replaced by :func:`corrupt_content` of it (truncated JSON);
+   ``u < p_429 + p_500 + p_malformed + p_disconnect`` -> the server sends the status line, the
+   headers (with the full ``Content-Length``) and the first half of the body, then closes the
+   connection: a server that dies mid-answer. It is counted under status 0.
 4. ``known_models`` given and ``body["model"]`` not in it -> 404 ``model_not_found``.
 5. ``response_format.type == "json_schema"`` while ``supports_json_schema`` is False -> 400 saying
    response_format is unsupported (what vLLM/llama.cpp builds without guided decoding answer).
@@ -31,6 +34,7 @@ import hashlib
 import itertools
 import json
 import random
+import socket
 import sys
 import threading
 import time
@@ -71,6 +75,7 @@ class _Answer:
     payload: dict[str, Any]
     headers: dict[str, str] = field(default_factory=dict)
     malformed: bool = False
+    disconnect: bool = False
 
 
 class StubStats:
@@ -126,19 +131,21 @@ class StubServer:
         p_429: float = 0.0,
         p_500: float = 0.0,
         p_malformed: float = 0.0,
+        p_disconnect: float = 0.0,
         seed: int = 0,
         supports_json_schema: bool = True,
         api_key: str | None = None,
         retry_after_s: float = 0.05,
         known_models: Collection[str] | None = None,
     ):
-        if min(p_429, p_500, p_malformed) < 0 or p_429 + p_500 + p_malformed > 1:
-            raise ValueError("p_429, p_500 and p_malformed must be >= 0 and sum to at most 1")
+        if min(p_429, p_500, p_malformed, p_disconnect) < 0 or p_429 + p_500 + p_malformed + p_disconnect > 1:
+            raise ValueError("p_429, p_500, p_malformed and p_disconnect must be >= 0 and sum to at most 1")
         self.responder = responder
         self.latency_s = latency_s
         self.p_429 = p_429
         self.p_500 = p_500
         self.p_malformed = p_malformed
+        self.p_disconnect = p_disconnect
         self.supports_json_schema = supports_json_schema
         self.api_key = api_key
         self.retry_after_s = retry_after_s
@@ -183,7 +190,7 @@ class StubServer:
         self.stop()
 
     def draw_fault(self) -> str | None:
-        """One uniform draw per request: "429", "500", "malformed" or None (see the module docstring)."""
+        """One uniform draw per request: "429", "500", "malformed", "disconnect" or None (module docstring)."""
         with self._rng_lock:
             u = self._rng.random()
         if u < self.p_429:
@@ -192,6 +199,8 @@ class StubServer:
             return "500"
         if u < self.p_429 + self.p_500 + self.p_malformed:
             return "malformed"
+        if u < self.p_429 + self.p_500 + self.p_malformed + self.p_disconnect:
+            return "disconnect"
         return None
 
     def handle(self, body: dict[str, Any], authorization: str | None) -> _Answer:
@@ -219,7 +228,8 @@ class StubServer:
         content = self.responder(body)
         if fault == "malformed":
             content = corrupt_content(content)
-        return _Answer(200, self._completion(body, model, content), malformed=fault == "malformed")
+        return _Answer(200, self._completion(body, model, content), malformed=fault == "malformed",
+                       disconnect=fault == "disconnect")
 
     def _completion(self, body: dict[str, Any], model: str, content: str) -> dict[str, Any]:
         prompt_words = sum(_count_words(str(m.get("content") or "")) for m in body.get("messages", []))
@@ -281,10 +291,11 @@ class _StubHandler(BaseHTTPRequestHandler):
             answer = self.stub.handle(body, self.headers.get("Authorization"))
         except Exception as exc:  # a broken responder is answered, not hidden in a server thread's traceback
             answer = _Answer(500, _error(f"stub responder raised {exc!r}", "server_error", None))
-        self.stub.stats.request_finished(answer.status, body_fingerprint(body), answer.malformed)
-        self._send(answer.status, answer.payload, answer.headers)
+        status = 0 if answer.disconnect else answer.status
+        self.stub.stats.request_finished(status, body_fingerprint(body), answer.malformed)
+        self._send(answer.status, answer.payload, answer.headers, cut_off=answer.disconnect)
 
-    def _send(self, status: int, payload: dict[str, Any], headers: dict[str, str]) -> None:
+    def _send(self, status: int, payload: dict[str, Any], headers: dict[str, str], cut_off: bool = False) -> None:
         data = json.dumps(payload).encode("utf-8")
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
@@ -292,6 +303,12 @@ class _StubHandler(BaseHTTPRequestHandler):
         for name, value in headers.items():
             self.send_header(name, value)
         self.end_headers()
+        if cut_off:
+            self.wfile.write(data[: len(data) // 2])
+            self.wfile.flush()
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
+            return
         self.wfile.write(data)
 
     def log_message(self, format: str, *args: Any) -> None:
