@@ -138,7 +138,7 @@ def test_synth_generate_with_an_uncompilable_schema_exits_2_and_writes_nothing(t
 
     from adaptlab.synth import generate as gen
 
-    monkeypatch.setattr(gen, "SUBJECTS_SCHEMA", UNCOMPILABLE_SCHEMA)
+    monkeypatch.setattr(gen, "subjects_schema", lambda per_group: UNCOMPILABLE_SCHEMA)
     config = tmp_path / "local.yaml"
     config.write_text(yaml.safe_dump({
         "schema": {"subject": "SPECIES", "entities": [{"name": "SPECIES"}, {"name": "HABITAT"}]},

@@ -35,7 +35,10 @@ from adaptlab.teacher.prompts import PromptTemplate
 from adaptlab.teacher.runner import Outcome
 
 PROMPTS = ("universalner", "json_spans")
-UNIVERSALNER_SCHEMA: dict[str, Any] = {"type": "array", "items": {"type": "string"}}
+MAX_ENTITIES = 32  # per answer; bounds keep a small model decoding under the schema from looping forever
+MAX_ENTITY_CHARS = 100
+UNIVERSALNER_SCHEMA: dict[str, Any] = {"type": "array", "maxItems": MAX_ENTITIES,
+                                       "items": {"type": "string", "maxLength": MAX_ENTITY_CHARS}}
 
 
 @dataclass
@@ -73,9 +76,11 @@ def json_span_requests(template: PromptTemplate, texts: Sequence[str], descripti
 
 def json_spans_schema(labels: Sequence[str]) -> dict[str, Any]:
     """The JSON schema of a json_spans answer: ``{"entities": [{"text", "type" in labels}]}``."""
-    return {"type": "object", "required": ["entities"], "properties": {"entities": {"type": "array", "items": {
-        "type": "object", "required": ["text", "type"],
-        "properties": {"text": {"type": "string"}, "type": {"type": "string", "enum": list(labels)}}}}}}
+    entity = {"type": "object", "required": ["text", "type"], "additionalProperties": False,
+              "properties": {"text": {"type": "string", "maxLength": MAX_ENTITY_CHARS},
+                             "type": {"type": "string", "enum": list(labels)}}}
+    return {"type": "object", "required": ["entities"], "additionalProperties": False,
+            "properties": {"entities": {"type": "array", "items": entity, "maxItems": MAX_ENTITIES}}}
 
 
 def _strings(outcome: Outcome, key: str | None) -> tuple[list[Any] | None, str | None]:

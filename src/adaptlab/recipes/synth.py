@@ -43,7 +43,7 @@ def generate(cfg: SynthConfig) -> tuple[RunDir, dict]:
     gen.subject_requests(subjects_prompt, cfg.schema_, ["example"], 1, Sampling())
     gen.sentence_requests(sentences_prompt, cfg.schema_, [gen.Subject("example")], 1, 1, Sampling())
     teacher = build_teacher(cfg.teacher)
-    prepare_schemas(teacher, gen.answer_schemas(cfg.schema_))
+    prepare_schemas(teacher, gen.answer_schemas(cfg.schema_, cfg.subjects.per_group, cfg.sentences.per_request))
     cache = open_cache(cfg.teacher)
     run = create_run_dir(cfg.output, cfg.name)
     save_config(cfg, run.config)

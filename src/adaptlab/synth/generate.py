@@ -28,15 +28,27 @@ from adaptlab.teacher.jsonparse import JSONExtractionError, extract_json
 from adaptlab.teacher.prompts import PromptTemplate
 from adaptlab.teacher.runner import Outcome
 
-SUBJECTS_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {"subjects": {"type": "array", "items": {
-        "type": "object",
-        "properties": {"name": {"type": "string"}, "scientific_name": {"type": "string"}},
-        "required": ["name"],
-    }}},
-    "required": ["subjects"],
-}
+# Bounds of the answer schemas. Without them a small model decoding under the schema can stay inside
+# the grammar forever: SmolLM2-135M repeated one entity until max_tokens, or nested invented keys.
+MAX_NAME_CHARS = 100
+MAX_SENTENCE_CHARS = 500
+MAX_ITEMS_PER_SENTENCE = 16  # entities, and relations, of one sentence
+
+
+def _string(max_chars: int) -> dict[str, Any]:
+    return {"type": "string", "maxLength": max_chars}
+
+
+def _object(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
+    """An object with exactly these keys (no others), ``required`` among them, in this order."""
+    return {"type": "object", "properties": properties, "required": required, "additionalProperties": False}
+
+
+def subjects_schema(per_group: int) -> dict[str, Any]:
+    """JSON schema of a subject list answer: at most ``per_group`` subjects, each a name and an optional
+    scientific name."""
+    subject = _object({"name": _string(MAX_NAME_CHARS), "scientific_name": _string(MAX_NAME_CHARS)}, ["name"])
+    return _object({"subjects": {"type": "array", "items": subject, "maxItems": per_group}}, ["subjects"])
 
 
 @dataclass(frozen=True)
@@ -91,7 +103,7 @@ def subject_requests(template: PromptTemplate, schema: Schema, groups: list[str]
         TeacherRequest(
             messages=template.render(n=per_group, group=group, subject_type=subject_type.lower(),
                                      subject_description=description),
-            sampling=sampling, json_schema=SUBJECTS_SCHEMA, tag=f"subjects:{group}",
+            sampling=sampling, json_schema=subjects_schema(per_group), tag=f"subjects:{group}",
         )
         for group in groups
     ]
@@ -169,24 +181,27 @@ def dedupe_subjects(subjects: list[Subject]) -> tuple[list[Subject], list[Reject
     return kept, rejects
 
 
-def sentences_schema(schema: Schema) -> dict[str, Any]:
-    """JSON schema of a sentences answer, for servers with structured output."""
-    entity = {"type": "object", "required": ["text", "type"], "properties": {
-        "text": {"type": "string"}, "type": {"type": "string", "enum": schema.entity_names}}}
-    relation = {"type": "object", "required": ["head", "type", "tail"], "properties": {
-        "head": {"type": "string"}, "tail": {"type": "string"},
-        "type": {"type": "string", "enum": [r.name for r in schema.relations]}}}
-    sentence = {"type": "object", "required": ["text", "entities", "relations"], "properties": {
-        "text": {"type": "string"}, "entities": {"type": "array", "items": entity},
-        "relations": {"type": "array", "items": relation}}}
-    return {"type": "object", "required": ["sentences"],
-            "properties": {"sentences": {"type": "array", "items": sentence}}}
+def sentences_schema(schema: Schema, per_request: int) -> dict[str, Any]:
+    """JSON schema of a sentences answer (at most ``per_request`` sentences), for structured output and
+    constrained decoding."""
+    entity = _object({"text": _string(MAX_NAME_CHARS), "type": {"type": "string", "enum": schema.entity_names}},
+                     ["text", "type"])
+    relation_types = {"type": "string", "enum": [r.name for r in schema.relations]}
+    relation = _object({"head": _string(MAX_NAME_CHARS), "type": relation_types, "tail": _string(MAX_NAME_CHARS)},
+                       ["head", "type", "tail"])
+    max_relations = MAX_ITEMS_PER_SENTENCE if schema.relations else 0
+    sentence = _object({"text": _string(MAX_SENTENCE_CHARS),
+                        "entities": {"type": "array", "items": entity, "maxItems": MAX_ITEMS_PER_SENTENCE},
+                        "relations": {"type": "array", "items": relation, "maxItems": max_relations}},
+                       ["text", "entities", "relations"])
+    return _object({"sentences": {"type": "array", "items": sentence, "maxItems": per_request}}, ["sentences"])
 
 
-def answer_schemas(schema: Schema) -> list[tuple[dict[str, Any], str]]:
+def answer_schemas(schema: Schema, per_group: int, per_request: int) -> list[tuple[dict[str, Any], str]]:
     """``(JSON schema, where it comes from)`` of every answer a generation asks for, to check before a run."""
-    return [(SUBJECTS_SCHEMA, "the subject list answers (adaptlab.synth.generate.SUBJECTS_SCHEMA)"),
-            (sentences_schema(schema), "the sentence answers (built from the config key 'schema')")]
+    return [(subjects_schema(per_group), "the subject list answers (config key 'subjects.per_group')"),
+            (sentences_schema(schema, per_request),
+             "the sentence answers (config keys 'schema' and 'sentences.per_request')")]
 
 
 def guidelines(schema: Schema) -> tuple[str, str]:
@@ -199,7 +214,7 @@ def guidelines(schema: Schema) -> tuple[str, str]:
 def sentence_requests(template: PromptTemplate, schema: Schema, subjects: list[Subject], per_request: int,
                       requests_per_subject: int, sampling: Sampling) -> list[TeacherRequest]:
     entity_text, relation_text = guidelines(schema)
-    json_schema = sentences_schema(schema)
+    json_schema = sentences_schema(schema, per_request)
     requests = []
     for subject in subjects:
         messages = template.render(
