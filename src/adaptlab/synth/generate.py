@@ -32,7 +32,7 @@ from adaptlab.teacher.runner import Outcome
 # the grammar forever: SmolLM2-135M repeated one entity until max_tokens, or nested invented keys.
 MAX_NAME_CHARS = 100
 MAX_SENTENCE_CHARS = 500
-MAX_ITEMS_PER_SENTENCE = 16  # entities, and relations, of one sentence
+MAX_ITEMS_PER_SENTENCE = 12  # entities, and relations, of one sentence
 
 
 def _string(max_chars: int) -> dict[str, Any]:
