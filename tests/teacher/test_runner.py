@@ -259,3 +259,32 @@ def test_retry_reason_convention():
     wrapped.__cause__ = TimeoutError()
     assert retry_reason(wrapped) == "timeout"
     assert retry_reason(TransientTeacherError("odd")) == "other"
+
+
+class SchemaTeacher(Teacher):
+    """Answers each request with the text in its last message, as a constrained answer cut or not."""
+
+    backend = "schema-fake"
+
+    def __init__(self):
+        super().__init__("schema-model")
+
+    async def complete(self, request: TeacherRequest) -> TeacherResponse:
+        text, _, finish = request.messages[-1].content.partition("|")
+        return TeacherResponse(text, Usage(1, 1), model=self.model, finish_reason=finish or "stop",
+                               constrained=request.json_schema is not None)
+
+
+def test_schema_answers_are_checked_and_ignored_schemas_counted(caplog):
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"],
+              "additionalProperties": False}
+    texts = ['{"a": 1}', ' {"a": 2} ', '{"a": "x"}', '```json\n{"a": 1}\n```', '{"a": 1|length', '{"a": |length',
+             '{"b": |length']
+    requests = [TeacherRequest((Message("user", t),), json_schema=schema) for t in texts]
+    requests.append(TeacherRequest((Message("user", "free text"),)))
+    with caplog.at_level("WARNING", logger="adaptlab"):
+        outcomes, stats = run_requests(SchemaTeacher(), TeacherConfig(cache=False), requests, progress=False)
+    assert all(o.ok for o in outcomes)
+    # valid: the first two; cut but on track: '{"a": 1' and '{"a": '; ignored: wrong type, fenced, cut off track
+    assert (stats.schema_answers, stats.schema_valid, stats.schema_constrained, stats.schema_ignored) == (7, 2, 7, 3)
+    assert "3 answers" in caplog.text and "ignores response_format" in caplog.text

@@ -76,7 +76,7 @@ class JSONSchemaDecoding:
 
     def grammar(self, schema: dict[str, Any], where: str) -> str:
         """The llguidance grammar of ``schema``; :class:`TeacherError` naming ``where`` if it cannot compile."""
-        canonical = json.dumps(schema, sort_keys=True, ensure_ascii=False)
+        canonical = json.dumps(schema, ensure_ascii=False)  # key order kept: it is the order llguidance enforces
         if canonical not in self._grammars:
             try:
                 grammar = llguidance.LLMatcher.grammar_from_json_schema(schema, overrides=GRAMMAR_OPTIONS)

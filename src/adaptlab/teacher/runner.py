@@ -27,9 +27,11 @@ exception type, else ``"other"``.
 Schema checks: every answer (fetched now or cached) to a request with a JSON schema is checked
 with :func:`~adaptlab.teacher.schema_check.schema_problem`. ``schema_valid`` counts the valid ones,
 ``schema_constrained`` those produced under the schema (constrained decoding, or ``response_format``
-sent), and ``schema_ignored`` the constrained ones that are invalid without being cut at
-``max_tokens``: for the ``openai`` backend, answers of a server that ignores ``response_format``
-(logged as a warning). Invalid answers are not dropped here; the caller's parser decides.
+sent), and ``schema_ignored`` the constrained ones that are invalid although the schema was
+enforced: complete answers that do not match it, and answers cut at ``max_tokens`` that are not even
+a prefix of a matching document (:func:`~adaptlab.teacher.schema_check.is_schema_prefix`). For the
+``openai`` backend these are answers of a server that ignores ``response_format`` (logged as a
+warning). Invalid answers are not dropped here; the caller's parser decides.
 
 Token counts and cost cover answers fetched now; cache hits are counted separately
 (``cached_prompt_tokens``/``cached_completion_tokens``). Cost in USD is
@@ -56,7 +58,7 @@ from adaptlab.teacher.base import Teacher, TeacherRequest, TeacherResponse, Tran
 from adaptlab.teacher.cache import ResponseCache
 from adaptlab.teacher.config import TeacherConfig
 from adaptlab.teacher.limits import RateLimiter, estimate_request_tokens
-from adaptlab.teacher.schema_check import schema_problem
+from adaptlab.teacher.schema_check import is_schema_prefix, schema_problem
 
 
 @dataclass
@@ -94,7 +96,7 @@ class RunnerStats:
     schema_answers: int = 0  # unique answers (fetched or cached) to requests with a JSON schema
     schema_valid: int = 0  # ... whose whole text is JSON valid under the schema
     schema_constrained: int = 0  # ... produced under the schema (constrained decoding / response_format sent)
-    schema_ignored: int = 0  # constrained, not cut at max_tokens, and still invalid
+    schema_ignored: int = 0  # constrained, yet invalid, and if cut at max_tokens not even a valid prefix
     cost_usd: float = 0.0
     seconds: float = 0.0
 
@@ -252,7 +254,8 @@ class TeacherRunner:
             self.stats.schema_valid += valid
             if response.constrained:
                 self.stats.schema_constrained += 1
-                ignored += not valid and response.finish_reason != "length"
+                cut_on_track = response.finish_reason == "length" and is_schema_prefix(response.text, schema)
+                ignored += not valid and not cut_on_track
         self.stats.schema_ignored += ignored
         if ignored:
             self._log.warning(

@@ -10,6 +10,13 @@ document that validates against the schema (JSON Schema draft 2020-12 unless the
 ``$schema`` says otherwise). Prose or Markdown fences around the JSON make it invalid here even
 though :func:`~adaptlab.teacher.jsonparse.extract_json` may still recover the value: validity
 measures whether the structure was enforced, the lenient parser decides what the pipeline can use.
+
+An answer cut off at ``max_tokens`` cannot be valid, but it can still be *on track*: a prefix of
+some schema-valid document. :func:`is_schema_prefix` decides that with llguidance's grammar for the
+schema run over the answer's bytes (a 256-token byte vocabulary), so a runner can tell a server
+that honoured the schema but ran out of tokens from one that ignored it. The grammar is
+llguidance's reading of the schema: keys in the schema's order (what schema-enforcing servers emit),
+any JSON whitespace.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from functools import lru_cache
 from typing import Any
 
 import jsonschema
+import llguidance
 from jsonschema.exceptions import best_match
 
 from adaptlab.teacher.base import TeacherError
@@ -54,3 +62,37 @@ def _validator(schema_json: str) -> jsonschema.protocols.Validator:
     validator_class = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
     validator_class.check_schema(schema)
     return validator_class(schema)
+
+
+def is_schema_prefix(text: str, schema: dict[str, Any]) -> bool:
+    """True when ``text`` can still be continued into a document valid under ``schema``.
+
+    Leading whitespace and a trailing U+FFFD (a multi-byte character cut by ``max_tokens``) are ignored.
+    """
+    data = text.lstrip().rstrip("\ufffd").encode("utf-8")
+    # not sort_keys: the order of "properties" is the order the grammar enforces
+    matcher = llguidance.LLMatcher(_byte_tokenizer(), _prefix_grammar(json.dumps(schema)), log_level=0)
+    return not matcher.is_error() and matcher.consume_tokens(list(data))
+
+
+class _Bytes:
+    """One token per byte value, and an end token: the vocabulary llguidance checks raw text with."""
+
+    eos_token_id = 256
+    bos_token_id = None
+    tokens = [bytes([value]) for value in range(256)] + [b"</s>"]
+    special_token_ids = [256]
+
+    def __call__(self, text: str | bytes) -> list[int]:
+        return list(text if isinstance(text, bytes) else text.encode("utf-8"))
+
+
+@lru_cache(maxsize=1)
+def _byte_tokenizer() -> llguidance.LLTokenizer:
+    return llguidance.LLTokenizer(llguidance.TokenizerWrapper(_Bytes()), slices=[])
+
+
+@lru_cache(maxsize=64)
+def _prefix_grammar(schema_json: str) -> str:
+    return llguidance.LLMatcher.grammar_from_json_schema(
+        schema_json, overrides={"json_allow_general_unicode_escapes": True})
