@@ -120,7 +120,9 @@ def summarise_synth(run: Path, code: int, seconds: float) -> dict[str, Any]:
     rejects = [json.loads(line) for line in (run / "rejects.jsonl").read_text().splitlines()] \
         if (run / "rejects.jsonl").exists() else []
     details = Counter(f"{r['stage']}: {r['reason']}"
-                      + (f" ({r['detail']})" if r["reason"] == "unparseable answer" else "") for r in rejects)
+                      + (f" ({r['detail'].split(':')[0].split(' (')[0]})" if r["reason"] == "unparseable answer"
+                         else "")
+                      for r in rejects)
     answers = runner.get("schema_answers", 0)
     teacher = metrics.get("teacher", {})
     completion = runner.get("completion_tokens", 0)
@@ -205,7 +207,7 @@ def zero_shot(args: argparse.Namespace, gguf: str, workdir: Path, env: dict[str,
 def print_tables(synth: dict, zero: dict | None) -> None:
     table = Table(title="(a) adaptlab synth generate, SmolLM2-135M-Instruct, biospecies scaled down")
     columns = ["run", "schema-valid", "constrained", "ignored", "subjects", "sentences", "rejects by reason",
-               "completion tokens", "tokens/s", "wall s"]
+               "completion tokens", "tokens/s", "wall s", "mask % of generation"]
     for column in columns:
         table.add_column(column, justify="left" if column in ("run", "rejects by reason") else "right")
     for name, row in synth.items():
@@ -216,21 +218,25 @@ def print_tables(synth: dict, zero: dict | None) -> None:
                       str(row["schema_constrained"]), str(row["schema_ignored"]),
                       str((row["subjects"] or {}).get("accepted", "-")),
                       str((row["sentences"] or {}).get("accepted", "-")),
-                      reasons[:70], str(row["completion_tokens"]), str(row["completion_tokens_per_second"]),
-                      str(row["wall_seconds"]))
+                      reasons, str(row["completion_tokens"]), str(row["completion_tokens_per_second"]),
+                      str(row["wall_seconds"]),
+                      f"{row['mask_share_of_generation']:.1%}" if "mask_share_of_generation" in row else "-")
     console.print(table)
     if zero:
         table = Table(title=f"(b) zero-shot NER on fold {zero['fold']} ({zero['records']} records), F1")
-        for column in ["system", "strict micro", "strict macro", "overlap micro", "overlap macro", "wall s"]:
+        for column in ["system", "strict micro", "strict macro", "overlap micro", "overlap macro", "schema-valid",
+                       "wall s"]:
             table.add_column(column, justify="left" if column == "system" else "right")
         for prompt in ("universalner", "json_spans"):
             row = zero[prompt]
             if "strict" in row:
                 scores = [f"{row[m][a]['f1']:.3f}" for m in ("strict", "overlap") for a in ("micro", "macro")]
-                table.add_row(f"SmolLM2-135M {prompt}", *scores, str(row["wall_seconds"]))
+                runner = row["runner"] or {}
+                valid = f"{runner.get('schema_valid')}/{runner.get('schema_answers')}"
+                table.add_row(f"SmolLM2-135M {prompt}", *scores, valid, str(row["wall_seconds"]))
         student = zero["student"]
         table.add_row("student (MiniLM, trained)", *(f"{student[m][a]:.3f}" for m in ("strict", "overlap")
-                                                     for a in ("micro", "macro")), "-")
+                                                     for a in ("micro", "macro")), "-", "-")
         console.print(table)
 
 
