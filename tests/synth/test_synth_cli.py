@@ -42,6 +42,10 @@ def test_generate_over_http_then_rerun_from_cache_sends_nothing(tmp_path, stub, 
     code, out, err = run_cli("synth", "generate", config, "--output", tmp_path / "first")
     assert code == 0, err
     assert "sentences: 18 proposed = 18 accepted + 0 rejected" in out
+    runner = json.loads((tmp_path / "first" / "metrics.json").read_text())["runner"]
+    assert runner["schema_answers"] == 8 and runner["schema_constrained"] == 8
+    printed = " ".join(out.split())  # rich wraps long lines
+    assert f"{runner['schema_valid']}/8 answers schema-valid ({runner['schema_ignored']} ignored the schema)" in printed
     sent_first = stub.stats.received
     assert sent_first == 2 + 6
 

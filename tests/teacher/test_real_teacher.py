@@ -18,7 +18,7 @@ from adaptlab.teacher.hf_local import HFLocalTeacher
 from adaptlab.teacher.openai_compat import OpenAICompatTeacher
 from adaptlab.teacher.prompts import load_prompt
 from adaptlab.teacher.runner import TeacherRunner
-from adaptlab.teacher.schema_check import schema_problem
+from adaptlab.teacher.schema_check import is_schema_prefix, schema_problem
 from adaptlab.teacher.serve_process import transformers_serve
 
 pytestmark = pytest.mark.real_model
@@ -71,13 +71,20 @@ def test_transformers_serve_ignores_response_format_and_is_counted(smollm2_dir, 
         teacher = OpenAICompatTeacher(smollm2_dir, api_key="EMPTY", api_key_env="UNSET", base_url=served.base_url)
         config = TeacherConfig(backend="openai", model=smollm2_dir, cache=False, concurrency=1)
         runner = TeacherRunner(teacher, config, progress=False)
-        outcomes = asyncio.run(runner.run(synth_requests(max_tokens=96)[:2]))
-        asyncio.run(teacher.aclose())
+
+        async def ask_and_close():
+            try:
+                return await runner.run(synth_requests(max_tokens=96)[:2])
+            finally:
+                await teacher.aclose()
+
+        outcomes = asyncio.run(ask_and_close())
     assert all(o.ok and o.response.constrained for o in outcomes)
     invalid = [o for o in outcomes if schema_problem(o.response.text, o.request.json_schema)]
-    cut_off = sum(o.response.finish_reason == "length" for o in invalid)
+    on_track = sum(o.response.finish_reason == "length" and is_schema_prefix(o.response.text, o.request.json_schema)
+                   for o in invalid)
     assert (runner.stats.schema_answers, runner.stats.schema_constrained) == (2, 2)
-    assert runner.stats.schema_ignored == len(invalid) - cut_off
+    assert runner.stats.schema_ignored == len(invalid) - on_track >= 1  # SmolLM2 does not keep to the schema alone
     assert "Ignoring unsupported fields in the request: {'response_format'}" in (tmp_path / "serve.log").read_text()
 
 

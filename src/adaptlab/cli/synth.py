@@ -31,7 +31,9 @@ def generate(
     print_stage_accounting({stage: metrics[stage] for stage in synth.STAGES})
     runner = metrics["runner"]
     console.print(f"teacher: {runner['sent']} sent, {runner['cache_hits']} from cache, {runner['retries']} retries, "
-                  f"{runner['prompt_tokens'] + runner['completion_tokens']} tokens, ${runner['cost_usd']:.4f}")
+                  f"{runner['prompt_tokens'] + runner['completion_tokens']} tokens, ${runner['cost_usd']:.4f}; "
+                  f"{runner['schema_valid']}/{runner['schema_answers']} answers schema-valid "
+                  f"({runner['schema_ignored']} ignored the schema)")
     console.print(f"run directory: {run.path}")
 
 
