@@ -13,8 +13,11 @@ import json
 import logging
 import os
 import random
+import shutil
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -119,11 +122,35 @@ def create_run_dir(output: str | Path | None, name: str, root: str | Path = "run
     return run
 
 
+@contextmanager
+def removed_on_failure(run: RunDir) -> Iterator[RunDir]:
+    """Remove the run directory if the block fails, so nothing half-written stands where the output goes.
+
+    For the stage of a run that can fail for reasons outside the data (a teacher server that answers
+    nothing, an interrupt): the error message says what happened, and the same command can be rerun.
+    """
+    try:
+        yield run
+    except BaseException:
+        detach_log_file(run.log)
+        shutil.rmtree(run.path, ignore_errors=True)
+        raise
+
+
 def get_logger() -> logging.Logger:
     logger = logging.getLogger(LOGGER_NAME)
     if logger.level == logging.NOTSET:
         logger.setLevel(logging.INFO)
     return logger
+
+
+def detach_log_file(path: Path) -> None:
+    """Stop writing adaptlab log records to ``path``."""
+    logger = get_logger()
+    for handler in list(logger.handlers):
+        if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename) == path.resolve():
+            logger.removeHandler(handler)
+            handler.close()
 
 
 def attach_log_file(path: Path) -> None:

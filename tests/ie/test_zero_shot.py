@@ -95,3 +95,14 @@ def test_string_match_normalises_case_articles_and_punctuation():
     assert scores["strict"]["micro"]["f1"] == 0.0
     assert scores["overlap"]["micro"]["f1"] == 1.0
     assert scores["string"]["micro"]["f1"] == 1.0
+
+
+def test_a_server_that_answers_nothing_is_an_error_not_a_zero_score(tmp_path, monkeypatch, run_cli):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    with StubServer(universalner_teacher, api_key="sk-test", p_disconnect=1.0) as server:
+        code, out, err = run_cli("teacher", "zero-shot-ner", config(tmp_path, server.base_url, "universalner"),
+                                 "teacher.max_retries=0", "--data", tmp_path / "gold.jsonl", "--output",
+                                 tmp_path / "run")
+    message = " ".join(err.split())
+    assert code == 2 and "all 6 zero-shot requests to the teacher" in message and "strict" not in out
+    assert not (tmp_path / "run").exists()

@@ -169,18 +169,29 @@ def test_edited_prompt_templates_override_the_packaged_ones(tmp_path, stub, run_
     assert not (tmp_path / "bad").exists()
 
 
-def test_server_that_closes_connections_mid_answer_is_retried_and_accounted(tmp_path, monkeypatch, run_cli):
-    """Every answer is cut off: each request is retried, then rejected with the reason; nothing is lost."""
+def test_server_that_closes_connections_mid_answer_is_retried_then_an_error(tmp_path, monkeypatch, run_cli):
+    """Every answer is cut off: each request is retried, then the run stops with exit 2 and leaves nothing."""
     monkeypatch.setenv("OPENAI_API_KEY", SECRET)
     with StubServer(scripted_answer, api_key=SECRET, p_disconnect=1.0) as server:
         config = write_config(tmp_path, server.base_url)
         code, out, err = run_cli("synth", "generate", config, "--output", tmp_path / "run", "teacher.max_retries=2",
                                  "teacher.backoff_initial_s=0.01", "teacher.backoff_max_s=0.02")
+    assert code == 2 and "Traceback" not in err
+    message = " ".join(err.split())
+    assert "all 2 subjects requests to the teacher (openai: " in message and "connection after 3 attempts" in message
+    assert "teacher.base_url" in message
+    assert server.stats.snapshot()["by_status"] == {0: 6}  # 2 requests x 3 attempts, each cut mid-answer
+    assert not (tmp_path / "run").exists()
+
+
+def test_requests_that_fail_among_answered_ones_are_accounted(tmp_path, monkeypatch, run_cli):
+    """Some answers cut off: the run goes on; the failed requests are rejects with their reason."""
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    with StubServer(scripted_answer, api_key=SECRET, p_disconnect=0.5, seed=3) as server:
+        config = write_config(tmp_path, server.base_url)
+        code, _, err = run_cli("synth", "generate", config, "--output", tmp_path / "run", "teacher.max_retries=0")
     assert code == 0, err
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert metrics["answers"] == {"proposed": 2, "accepted": 0, "rejected": 2, "reasons": {"request failed": 2}}
-    assert metrics["runner"]["retry_reasons"] == {"connection": 4} and metrics["runner"]["failed"] == 2
-    assert server.stats.snapshot()["by_status"] == {0: 6}
-    rejects = [json.loads(line) for line in (tmp_path / "run" / "rejects.jsonl").read_text().splitlines()]
-    assert all("connection after 3 attempts" in r["detail"] for r in rejects)
-    assert (tmp_path / "run" / "records.jsonl").read_text() == ""
+    failed = metrics["runner"]["failed"]
+    assert 0 < failed and metrics["runner"]["retry_reasons"] == {}
+    assert server.stats.snapshot()["by_status"].get(0) == failed

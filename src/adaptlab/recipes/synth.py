@@ -23,13 +23,20 @@ from dataclasses import asdict
 from adaptlab.config import save_config
 from adaptlab.data.records import Record, write_records
 from adaptlab.report.html import KeyValues, Paragraph, Section, Table, write_report
-from adaptlab.runs import RunDir, atomic_write_json, atomic_write_text, create_run_dir, get_logger
+from adaptlab.runs import (
+    RunDir,
+    atomic_write_json,
+    atomic_write_text,
+    create_run_dir,
+    get_logger,
+    removed_on_failure,
+)
 from adaptlab.synth import generate as gen
 from adaptlab.synth.config import SynthConfig
 from adaptlab.teacher.base import Sampling
 from adaptlab.teacher.prompts import load_prompt
 from adaptlab.teacher.registry import build_teacher, open_cache, prepare_schemas
-from adaptlab.teacher.runner import TeacherRunner
+from adaptlab.teacher.runner import TeacherRunner, require_an_answer
 
 PROMPTS_PACKAGE = "adaptlab.synth"
 STAGES = ("answers", "subjects", "sentences")
@@ -50,7 +57,8 @@ def generate(cfg: SynthConfig) -> tuple[RunDir, dict]:
     log = get_logger()
     log.info("generating with %s in %s", teacher.describe(), run.path)
     try:
-        result = asyncio.run(_ask_teacher(cfg, teacher, cache, subjects_prompt, sentences_prompt))
+        with removed_on_failure(run):
+            result = asyncio.run(_ask_teacher(cfg, teacher, cache, subjects_prompt, sentences_prompt))
     finally:
         if cache is not None:
             cache.close()
@@ -88,6 +96,7 @@ async def _ask_teacher(cfg: SynthConfig, teacher, cache, subjects_prompt, senten
             requests = gen.subject_requests(subjects_prompt, cfg.schema_, cfg.subjects.groups,
                                             cfg.subjects.per_group, sampling)
             outcomes = await runner.run(requests, "subjects")
+            require_an_answer(outcomes, teacher, "subjects")
             proposed["answers"] += len(outcomes)
             for group, outcome in zip(cfg.subjects.groups, outcomes, strict=True):
                 found, bad = gen.parse_subjects(outcome, group)
@@ -103,6 +112,7 @@ async def _ask_teacher(cfg: SynthConfig, teacher, cache, subjects_prompt, senten
                      "teacher": teacher.model, "backend": teacher.backend}
         per_subject = cfg.sentences.requests_per_subject
         outcomes = await runner.run(requests, "sentences")
+        require_an_answer(outcomes, teacher, "sentences")
         proposed["answers"] += len(outcomes)
         candidates: list[Record] = []
         for k, outcome in enumerate(outcomes):

@@ -18,13 +18,13 @@ from adaptlab.data.records import Record, write_records
 from adaptlab.errors import ConfigError
 from adaptlab.ie import zero_shot as zs
 from adaptlab.report.html import KeyValues, Paragraph, Section, Table, write_report
-from adaptlab.runs import RunDir, atomic_write_json, create_run_dir, get_logger
+from adaptlab.runs import RunDir, atomic_write_json, create_run_dir, get_logger, removed_on_failure
 from adaptlab.synth.generate import sampling_of
 from adaptlab.synth.schema import EntityType
 from adaptlab.teacher.config import SamplingConfig, TeacherConfig
 from adaptlab.teacher.prompts import load_prompt
 from adaptlab.teacher.registry import build_teacher, open_cache, prepare_schemas
-from adaptlab.teacher.runner import TeacherRunner
+from adaptlab.teacher.runner import TeacherRunner, require_an_answer
 
 MODES = ("strict", "overlap", "string")
 
@@ -60,7 +60,8 @@ def run(cfg: ZeroShotConfig) -> tuple[RunDir, dict]:
     save_config(cfg, run_dir.config)
     get_logger().info("zero-shot tagging %d records with %s (%s prompt)", len(gold), teacher.model, cfg.prompt)
     try:
-        tagged, stats = asyncio.run(_tag(cfg, teacher, cache, template, [r.text for r in gold], labels))
+        with removed_on_failure(run_dir):
+            tagged, stats = asyncio.run(_tag(cfg, teacher, cache, template, [r.text for r in gold], labels))
     finally:
         if cache is not None:
             cache.close()
@@ -85,9 +86,11 @@ async def _tag(cfg: ZeroShotConfig, teacher, cache, template, texts: list[str], 
         if cfg.prompt == "universalner":
             queries = {label: cfg.queries.get(label, label.lower().replace("_", " ")) for label in labels}
             outcomes = await runner.run(zs.universalner_requests(template, texts, queries, sampling), "zero-shot")
+            require_an_answer(outcomes, teacher, "zero-shot")
             return zs.tag_universalner(texts, labels, outcomes), runner.stats
         descriptions = {e.name: e.description for e in cfg.entities} or dict.fromkeys(labels, "")
         outcomes = await runner.run(zs.json_span_requests(template, texts, descriptions, sampling), "zero-shot")
+        require_an_answer(outcomes, teacher, "zero-shot")
         return zs.tag_json_spans(texts, labels, outcomes), runner.stats
     finally:
         await teacher.aclose()

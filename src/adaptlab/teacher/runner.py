@@ -54,7 +54,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from adaptlab.runs import get_logger
-from adaptlab.teacher.base import Teacher, TeacherRequest, TeacherResponse, TransientTeacherError
+from adaptlab.teacher.base import Teacher, TeacherError, TeacherRequest, TeacherResponse, TransientTeacherError
 from adaptlab.teacher.cache import ResponseCache
 from adaptlab.teacher.config import TeacherConfig
 from adaptlab.teacher.limits import RateLimiter, estimate_request_tokens
@@ -74,6 +74,20 @@ class Outcome:
     @property
     def ok(self) -> bool:
         return self.response is not None
+
+
+def require_an_answer(outcomes: Sequence[Outcome], teacher: Teacher, stage: str) -> None:
+    """A stage whose every request failed is an error, not a run with nothing in it.
+
+    Failures of some requests are accounted as rejects; when none was answered (a closed port, a
+    server that drops every connection mid-answer, a wrong key), carrying on would only write an
+    empty result and exit 0.
+    """
+    if outcomes and not any(outcome.ok for outcome in outcomes):
+        first = outcomes[0]
+        raise TeacherError(f"all {len(outcomes)} {stage} requests to the teacher ({teacher.backend}: {teacher.model}) "
+                           f"failed, e.g. {first.request.describe()}: {first.error}. Check that the server at "
+                           "teacher.base_url is up and answers, or the teacher settings")
 
 
 @dataclass
