@@ -8,6 +8,7 @@ from adaptlab.fractal.bags import Bag, PairBag, Response, write_bags
 
 FACTS = ["The Nile flows north into the Mediterranean Sea.", "Water boils at 100 degrees Celsius at sea level.",
          "The Moon orbits the Earth about once a month.", "Mount Everest is the highest mountain above sea level."]
+QUESTION = "Tell me a geography or science fact."
 NOISE = ["I really like the colour of this page.", "Thanks for asking such a nice question!",
          "Let me know if there is anything else.", "Have a wonderful day ahead."]
 
@@ -18,7 +19,7 @@ def bags(n: int = 24) -> list[Bag]:
         positive = i % 2 == 0
         sentences = [NOISE[i % 4], NOISE[(i + 1) % 4]] + ([FACTS[i % 4]] if positive else [])
         labels = [0.0, 0.0] + ([1.0] if positive else [])
-        out.append(Bag(id=f"b{i}", context="Tell me a geography or science fact.", sentences=sentences, offsets=None,
+        out.append(Bag(id=f"b{i}", context=QUESTION, sentences=sentences, offsets=None,
                        label=float(positive), sentence_labels=labels, group=f"q{i // 2}"))
     return out
 
@@ -37,9 +38,12 @@ def test_train_score_and_evaluate(tmp_path, run_cli):
     assert [r["id"] for r in rows] == [f"b{i}" for i in range(24)]
     assert all(len(r["scores"]) == len(r["sentences"]) and all(0 <= s <= 1 for s in r["scores"]) for r in rows)
     assert rows[0]["scores"][2] > max(rows[0]["scores"][:2])  # the fact outscores the chatter
+    mix = json.loads((tmp_path / "run" / "metrics.json").read_text())["prior_mix"]
+    assert 0.0 <= mix["head_weight"] <= 1.0 and mix["holdout_bags"] == 24 and len(mix["grid_losses"]) == 11
+    assert json.loads((tmp_path / "run" / "model" / "scorer.json").read_text())["prior_mix"] == mix
 
-    prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text(json.dumps({"prompt": "Tell me a fact.", "responses": [
+    prompts = tmp_path / "prompts.jsonl"  # the training question: the mixed-in prior compares with the prompt
+    prompts.write_text(json.dumps({"prompt": QUESTION, "responses": [
         f"{NOISE[0]} {NOISE[1]}", f"{FACTS[0]} {FACTS[1]}"]}) + "\n" + json.dumps({"prompt": "x", "responses": ["A."]}))
     code, out, err = run_cli("fractal", "dpo-pairs", "--model", tmp_path / "run", "--input", prompts,
                              "--output", tmp_path / "dpo.jsonl", "--reduce", "mean")

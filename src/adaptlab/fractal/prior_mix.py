@@ -1,0 +1,131 @@
+"""Mixing the learned sentence score with its similarity prior, the mix chosen on held-out training bags.
+
+Why. The priors in the FRACTAL loss pull the scores toward the question–sentence cosine, but the bag loss
+is free to override it wherever that fits the training bags better, also where the fit does not carry
+over to new questions. On a bag set with one bag per question (no question with both a positive and a
+negative bag) the head learned to push or pull every sentence of a question together and ended below the
+cosine it was regularised toward (``benchmarks/README.md``, FRACTAL). So the score that FRACTAL puts out
+is a mix of the head and the prior whose weight is set on bags the head did not train on; a mix that
+includes the prior alone (λ = 0) can fall below the prior only by the noise of that choice.
+
+Formula. For sentence ``i`` with prior ``p_i = cos(e_s, e_c)`` (0 when the bag has no context;
+:func:`feature_prior` reads it off the feature vector) and head logit ``h_i``:
+
+    u_i(λ) = (1 − λ)·(p_i − μ_p)/σ_p + λ·(h_i − μ_h)/σ_h
+    s_i    = σ(a·u_i(λ) + c)
+
+``λ ∈ [0, 1]`` is the weight of the head (0: the prior alone, 1: the head alone); μ and σ are the mean
+and standard deviation of the prior and of the held-out head logits, so λ compares like with like.
+
+Fitting (:func:`fit_prior_mix`), on held-out bags only, with their bag labels (never sentence labels):
+for each λ of ``MIX_GRID`` (0, 0.1, …, 1), ``(a, c)`` minimise
+
+    L_bag(agg(s), y) + ρ·(a² + c²),    a ≥ a_min = 0.1,   ρ = 1e-3
+
+(the configured bag loss and aggregator; the small ridge keeps ``a`` and ``c`` finite when the held-out
+labels are all alike, and ``a_min`` keeps the ranking visible in the scores then), and λ* is the
+smallest grid value whose bag loss is within ``TIE = 1e-4`` of the lowest. So when the bag labels say
+nothing (all alike) every λ fits equally and the prior alone is kept.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from adaptlab.fractal.aggregate import get_aggregator, get_bag_loss
+
+MIX_GRID = tuple(i / 10 for i in range(11))
+RIDGE = 1e-3
+MIN_SCALE = 0.1
+TIE = 1e-4
+MIN_STD = 1e-6
+
+
+@dataclass(frozen=True)
+class PriorMix:
+    """A fitted mix (see module doc). ``grid_losses[k]`` is the held-out bag loss at ``MIX_GRID[k]``."""
+
+    head_weight: float  # λ
+    scale: float  # a
+    bias: float  # c
+    prior_mean: float
+    prior_std: float
+    head_mean: float
+    head_std: float
+    holdout_bags: int = 0
+    grid_losses: tuple[float, ...] = field(default=())
+
+
+def feature_prior(features: torch.Tensor) -> torch.Tensor:
+    """``cos(e_s, e_c)`` of rows ``[e_s, e_c, e_s ⊙ e_c, |e_s − e_c|]``: ``[N, 4d] -> [N]``, 0 without context."""
+    dim = features.shape[1] // 4
+    sentence, context = features[:, :dim], features[:, dim:2 * dim]
+    norms = sentence.norm(dim=1) * context.norm(dim=1)
+    dots = (sentence * context).sum(dim=1)
+    return torch.where(norms > 0, dots / norms.clamp_min(1e-12), torch.zeros_like(dots)).clamp(-1.0, 1.0)
+
+
+def mixed_direction(prior: torch.Tensor, head_logits: torch.Tensor, head_weight: float, prior_mean: float,
+                    prior_std: float, head_mean: float, head_std: float) -> torch.Tensor:
+    """``u = (1 − λ)·(p − μ_p)/σ_p + λ·(h − μ_h)/σ_h``."""
+    return ((1 - head_weight) * (prior - prior_mean) / prior_std
+            + head_weight * (head_logits - head_mean) / head_std)
+
+
+def mixed_logits(prior: torch.Tensor, head_logits: torch.Tensor, mix: PriorMix) -> torch.Tensor:
+    """``a·u(λ) + c``: the logits of the mixed scores ``s = σ(a·u + c)``."""
+    direction = mixed_direction(prior, head_logits, mix.head_weight, mix.prior_mean, mix.prior_std,
+                                mix.head_mean, mix.head_std)
+    return mix.scale * direction + mix.bias
+
+
+def _scale(raw: torch.Tensor) -> torch.Tensor:
+    return MIN_SCALE + F.softplus(raw)
+
+
+def _fit_scale_and_bias(direction: torch.Tensor, bag_index: torch.Tensor, n_bags: int, bag_labels: torch.Tensor,
+                        aggregation: str, temperature: float, bag_loss: str) -> tuple[float, float, float]:
+    """``(a, c, L_bag)`` minimising ``L_bag(agg(σ(a·u + c)), y) + ρ(a² + c²)``, ``a = a_min + softplus(α)`` (L-BFGS)."""
+    aggregate, loss_of = get_aggregator(aggregation), get_bag_loss(bag_loss)
+    params = torch.tensor([0.3782, 0.0], dtype=torch.float64, requires_grad=True)  # a = 0.1 + softplus(0.3782) = 1
+    direction, labels = direction.double(), bag_labels.double()
+    optimizer = torch.optim.LBFGS([params], max_iter=100, line_search_fn="strong_wolfe")
+
+    def bag_loss_at(values: torch.Tensor) -> torch.Tensor:
+        scores = torch.sigmoid(_scale(values[0]) * direction + values[1])
+        return loss_of(aggregate(scores, bag_index, n_bags, temperature), labels, 1e-6)
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        total = bag_loss_at(params) + RIDGE * (_scale(params[0]) ** 2 + params[1] ** 2)
+        total.backward()
+        return total
+
+    optimizer.step(closure)
+    with torch.no_grad():
+        return float(_scale(params[0])), float(params[1]), float(bag_loss_at(params))
+
+
+def fit_prior_mix(prior: torch.Tensor, head_logits: torch.Tensor, bag_index: torch.Tensor, n_bags: int,
+                  bag_labels: torch.Tensor, aggregation: str, temperature: float, bag_loss: str = "bce",
+                  grid: tuple[float, ...] = MIX_GRID) -> PriorMix:
+    """The mix of held-out sentences' ``prior [N]`` and ``head_logits [N]`` that best explains their bags' labels.
+
+    ``bag_index [N]`` / ``n_bags`` / ``bag_labels [B]`` follow the flat convention of
+    :mod:`adaptlab.fractal.aggregate`; ``head_logits`` must come from heads that did not train on these bags.
+    """
+    prior, head_logits = prior.detach().double(), head_logits.detach().double()
+    stats = {"prior_mean": float(prior.mean()), "prior_std": max(float(prior.std(unbiased=False)), MIN_STD),
+             "head_mean": float(head_logits.mean()), "head_std": max(float(head_logits.std(unbiased=False)), MIN_STD)}
+    fits = []
+    for weight in grid:
+        direction = mixed_direction(prior, head_logits, weight, **stats)
+        fits.append(_fit_scale_and_bias(direction, bag_index, n_bags, bag_labels, aggregation, temperature, bag_loss))
+    losses = [loss for _, _, loss in fits]
+    best = min((k for k in range(len(grid)) if losses[k] <= min(losses) + TIE), key=lambda k: grid[k])
+    scale, bias, _ = fits[best]
+    return PriorMix(head_weight=grid[best], scale=scale, bias=bias, holdout_bags=n_bags,
+                    grid_losses=tuple(round(loss, 6) for loss in losses), **stats)

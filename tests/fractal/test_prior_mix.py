@@ -1,0 +1,176 @@
+"""The prior mix: its formula, how it is fitted on held-out training bags, and that it keeps FRACTAL at its prior."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import adaptlab.fractal.train as train_module
+from adaptlab.errors import ConfigError
+from adaptlab.fractal.features import cosine_rows, pair_features
+from adaptlab.fractal.model import load_scorer, save_scorer
+from adaptlab.fractal.prior_mix import MIX_GRID, PriorMix, feature_prior, fit_prior_mix, mixed_logits
+from adaptlab.fractal.tensors import make_bag_tensors, make_pair_tensors
+from adaptlab.fractal.train import FractalTrainConfig, fit
+from adaptlab.metrics.ranking import sentence_auc
+
+
+def one_bag_per_question(n_questions: int, seed: int, dim: int = 16):
+    """Half the questions give a positive bag (one answer among 2-4 distractors), the other half a negative bag.
+
+    An answer leans toward its question (the cosine prior ranks it high); so does one distractor per bag, which
+    keeps the prior imperfect. No question has both labels, so a head that reads the question embedding can
+    learn each training question's label instead of which sentence earns it (it cannot carry over).
+    """
+    rng = np.random.default_rng(seed)
+    features, lengths, labels, sentence_labels, sims = [], [], [], [], []
+    for question in range(n_questions):
+        context = rng.normal(size=dim)
+        context /= np.linalg.norm(context)
+        n, positive = int(rng.integers(3, 6)), question % 2 == 0
+        lean = np.array([1.0 if positive else 0.0, 0.6] + [0.0] * (n - 2))
+        sentences = lean[:, None] * context + rng.normal(size=(n, dim)) * 1.2 / np.sqrt(dim)
+        sentences = (sentences / np.linalg.norm(sentences, axis=1, keepdims=True)).astype(np.float32)
+        contexts = np.repeat(context[None].astype(np.float32), n, axis=0)
+        features.append(pair_features(sentences, contexts, np.ones(n, dtype=bool)))
+        sims.append(cosine_rows(sentences, contexts))
+        lengths.append(n)
+        labels.append(float(positive))
+        sentence_labels += [float(positive)] + [0.0] * (n - 1)
+    features = np.concatenate(features)
+    data = make_bag_tensors(features, lengths, labels, np.concatenate(sims), features[:, :dim], sentence_labels)
+    return data, [f"q{seed}-{i}" for i in range(n_questions)]
+
+
+def auc(data, scores) -> float:
+    return sentence_auc(data.sentence_labels.numpy(), scores.numpy())["auc_roc"]
+
+
+def test_feature_prior_is_the_cosine_of_the_sentence_and_context_blocks():
+    rng = np.random.default_rng(0)
+    sentences, contexts = rng.normal(size=(5, 3)).astype(np.float32), rng.normal(size=(5, 3)).astype(np.float32)
+    has_context = np.array([True, True, False, True, True])
+    features = torch.from_numpy(pair_features(sentences, contexts, has_context))
+    expected = np.where(has_context, cosine_rows(sentences, contexts), 0.0)
+    assert feature_prior(features).numpy() == pytest.approx(expected, abs=1e-6)
+
+
+def test_mixed_logits_follow_the_formula():
+    mix = PriorMix(head_weight=0.25, scale=2.0, bias=-1.0, prior_mean=0.1, prior_std=0.2, head_mean=-1.0,
+                   head_std=4.0)
+    prior, head = torch.tensor([0.5, 0.1]), torch.tensor([3.0, -5.0])
+    # u = 0.75 * (p - 0.1) / 0.2 + 0.25 * (h + 1) / 4;  logit = 2u - 1
+    expected = [2 * (0.75 * 2.0 + 0.25 * 1.0) - 1, 2 * (0.0 + 0.25 * -1.0) - 1]
+    assert mixed_logits(prior, head, mix).tolist() == pytest.approx(expected)
+
+
+def flat_bags(n_bags: int = 60, seed: int = 0):
+    """Bags of 4 sentences, every other one positive (MAX) with one positive sentence; sentence labels [N]."""
+    rng = np.random.default_rng(seed)
+    labels = np.zeros((n_bags, 4))
+    labels[1::2, 0] = 1.0
+    noise = torch.from_numpy(rng.normal(size=n_bags * 4))
+    bag_index = torch.arange(n_bags).repeat_interleave(4)
+    return torch.from_numpy(labels.flatten()), noise, bag_index, torch.from_numpy(labels.max(axis=1))
+
+
+def test_fit_prior_mix_takes_what_explains_the_bag_labels():
+    truth, noise, bag_index, bag_labels = flat_bags()
+    head_wins = fit_prior_mix(noise, 4 * truth + 0.1 * noise, bag_index, 60, bag_labels, "max", 0.1)
+    assert head_wins.head_weight == 1.0 and len(head_wins.grid_losses) == len(MIX_GRID) == 11
+    assert head_wins.grid_losses[-1] < head_wins.grid_losses[0] and head_wins.holdout_bags == 60
+    prior_wins = fit_prior_mix(truth + 0.1 * noise, noise, bag_index, 60, bag_labels, "max", 0.1)
+    assert prior_wins.head_weight == 0.0 and prior_wins.scale > 1.0
+    both = fit_prior_mix(truth + noise, truth - noise, bag_index, 60, bag_labels, "max", 0.1)
+    assert 0.2 <= both.head_weight <= 0.8  # each alone is noisy; their mean cancels the noise
+
+
+def test_fit_prior_mix_keeps_the_prior_when_the_bag_labels_say_nothing():
+    truth, noise, bag_index, _ = flat_bags()
+    mix = fit_prior_mix(truth, noise, bag_index, 60, torch.zeros(60, dtype=torch.float64), "max", 0.1)
+    assert mix.head_weight == 0.0
+    scores = torch.sigmoid(mixed_logits(truth, noise, mix))
+    assert scores[truth == 1].min() > scores[truth == 0].max()  # still the prior's ranking, not a constant
+
+
+def test_prior_mix_keeps_fractal_at_its_prior_when_bag_training_overfits():
+    train, groups = one_bag_per_question(40, seed=0)
+    test, _ = one_bag_per_question(200, seed=1)
+    prior = auc(test, test.similarities)
+    cfg = FractalTrainConfig(epochs=20, hidden=64, dropout=0.0, weight_decay=0.0, batch_bags=10,
+                             weights={"cosine": 0.0, "correlation": 0.0})
+    memorising, _ = fit(train, cfg.model_copy(update={"context_block": True, "prior_mix": False}))
+    without_block, _ = fit(train, cfg.model_copy(update={"prior_mix": False}))
+    mixed, _ = fit(train, cfg, groups=groups)
+    assert prior > 0.9
+    assert auc(test, memorising.score(test.features)) < prior - 0.15  # the bag loss alone falls below its prior
+    assert auc(test, without_block.score(test.features)) > auc(test, memorising.score(test.features)) + 0.03
+    assert mixed.prior_mix.head_weight <= 0.2
+    assert auc(test, mixed.score(test.features)) >= prior - 0.01
+
+
+def test_held_out_heads_never_train_on_their_fold_nor_read_sentence_labels(monkeypatch):
+    data, _ = one_bag_per_question(18, seed=2)
+    groups = [f"g{b // 2}" for b in range(18)]  # two bags per question
+    bag_of_first_value = {float(data.features[data.starts[b], 0]): b for b in range(18)}
+    sides = data.subset(list(range(6)))
+    pairs = make_pair_tensors(sides, [1.0, 0.0, 0.5])
+    pair_groups = ["g0", "g4", None]
+    calls = []
+    original = train_module._fit_head
+
+    def spy(fold_data, cfg, fold_pairs, encoder_model):
+        firsts = fold_data.features[fold_data.starts[:-1], 0].tolist()
+        trained = {bag_of_first_value[value] for value in firsts}
+        calls.append((trained, fold_pairs.n_pairs if fold_pairs is not None else 0))
+        return original(fold_data, cfg, fold_pairs, encoder_model)
+
+    monkeypatch.setattr(train_module, "_fit_head", spy)
+    cfg = FractalTrainConfig(epochs=2, hidden=8, prior_folds=3)
+    model, _ = fit(data, cfg, pairs, groups=groups, pair_groups=pair_groups)
+    final, *held_out_heads = calls
+    assert final == (set(range(18)), 3)  # the returned head trains on everything
+    held_out = [set(range(18)) - trained for trained, _ in held_out_heads]
+    assert len(held_out) == 3 and set().union(*held_out) == set(range(18))
+    for fold, (trained, n_pairs) in zip(held_out, held_out_heads):
+        assert not fold & trained
+        assert all({2 * q, 2 * q + 1} <= fold or not {2 * q, 2 * q + 1} & fold for q in range(9))  # groups whole
+        held_groups = {groups[b] for b in fold}
+        assert n_pairs == 1 + sum(g not in held_groups for g in ("g0", "g4"))
+    monkeypatch.setattr(train_module, "_fit_head", original)
+    no_labels = make_bag_tensors(data.features.numpy(), np.diff(data.starts).tolist(), data.bag_labels.tolist(),
+                                 data.similarities.numpy(), data.sentence_embeddings.numpy())
+    blind, _ = fit(no_labels, cfg, pairs, groups=groups, pair_groups=pair_groups)
+    assert blind.prior_mix == model.prior_mix  # sentence labels never enter the mix
+
+
+def test_a_mixed_scorer_round_trips_and_older_scorers_still_load(tmp_path):
+    data, groups = one_bag_per_question(12, seed=3)
+    model, _ = fit(data, FractalTrainConfig(epochs=2, hidden=8), groups=groups)
+    save_scorer(model, tmp_path / "mixed", {"aggregation": "max"})
+    loaded, info = load_scorer(tmp_path / "mixed")
+    assert loaded.prior_mix == model.prior_mix and info["prior_mix"]["head_weight"] == model.prior_mix.head_weight
+    assert torch.allclose(loaded.score(data.features), model.score(data.features))
+    old = FractalTrainConfig(epochs=2, hidden=8, context_block=True, prior_mix=False)
+    head, _ = fit(data, old)
+    save_scorer(head, tmp_path / "old", {"aggregation": "max"})
+    meta_path = tmp_path / "old" / "scorer.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["head"]["context_block"]  # a scorer saved before the option existed
+    meta_path.write_text(json.dumps(meta))
+    loaded_old, _ = load_scorer(tmp_path / "old")
+    assert loaded_old.prior_mix is None and loaded_old.shape["context_block"] is True
+    assert torch.allclose(loaded_old.score(data.features), head.score(data.features))
+
+
+def test_prior_mix_config_errors():
+    with pytest.raises(ConfigError, match="train.prior_mix works with train.encoder=frozen only"):
+        FractalTrainConfig(encoder="finetune", prior_mix=True)
+    assert FractalTrainConfig(encoder="finetune").uses_prior_mix is False
+    assert FractalTrainConfig().uses_prior_mix is True
+    data, _ = one_bag_per_question(4, seed=4)
+    with pytest.raises(ConfigError, match="needs at least train.prior_folds=3 question groups of labelled bags"):
+        fit(data, FractalTrainConfig(epochs=1, hidden=4), groups=["a", "a", "b", "b"])
