@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -12,7 +14,15 @@ import adaptlab.fractal.train as train_module
 from adaptlab.errors import ConfigError
 from adaptlab.fractal.features import cosine_rows, pair_features
 from adaptlab.fractal.model import load_scorer, save_scorer
-from adaptlab.fractal.prior_mix import MIX_GRID, PriorMix, feature_prior, fit_prior_mix, mixed_logits
+from adaptlab.fractal.prior_mix import (
+    MIX_GRID,
+    PriorMix,
+    bag_concordance,
+    feature_prior,
+    fit_prior_mix,
+    mixed_logits,
+)
+from adaptlab.fractal.selection import scaled_cosine_weights
 from adaptlab.fractal.tensors import make_bag_tensors, make_pair_tensors
 from adaptlab.fractal.train import FractalTrainConfig, fit
 from adaptlab.metrics.ranking import sentence_auc
@@ -77,21 +87,32 @@ def flat_bags(n_bags: int = 60, seed: int = 0):
     return torch.from_numpy(labels.flatten()), noise, bag_index, torch.from_numpy(labels.max(axis=1))
 
 
-def test_fit_prior_mix_takes_what_explains_the_bag_labels():
+def test_fit_prior_mix_takes_what_ranks_the_bags():
     truth, noise, bag_index, bag_labels = flat_bags()
     head_wins = fit_prior_mix(noise, 4 * truth + 0.1 * noise, bag_index, 60, bag_labels, "max", 0.1)
     assert head_wins.head_weight == 1.0 and len(head_wins.grid_losses) == len(MIX_GRID) == 11
-    assert head_wins.grid_losses[-1] < head_wins.grid_losses[0] and head_wins.holdout_bags == 60
+    assert head_wins.grid_concordance[-1] == 1.0 > head_wins.grid_concordance[0] and head_wins.holdout_bags == 60
+    assert head_wins.grid_losses[-1] < head_wins.grid_losses[5]  # several λ rank every bag; the loss decides
     prior_wins = fit_prior_mix(truth + 0.1 * noise, noise, bag_index, 60, bag_labels, "max", 0.1)
     assert prior_wins.head_weight == 0.0 and prior_wins.scale > 1.0
     both = fit_prior_mix(truth + noise, truth - noise, bag_index, 60, bag_labels, "max", 0.1)
-    assert 0.2 <= both.head_weight <= 0.8  # each alone is noisy; their mean cancels the noise
+    assert 0.3 <= both.head_weight <= 0.7  # each alone is noisy; their mean cancels the noise
+
+
+def test_bag_concordance_is_the_auc_for_binary_labels_and_orders_soft_ones():
+    scores = torch.tensor([0.9, 0.2, 0.5, 0.5, 0.1])
+    binary = torch.tensor([1.0, 0.0, 1.0, 0.0, 0.0])
+    # positives 0.9, 0.5 against negatives 0.2, 0.5, 0.1: 3 + (1 + 0.5 + 1) = 5.5 of 6 pairs
+    assert bag_concordance(scores, binary) == pytest.approx(5.5 / 6)
+    soft = torch.tensor([0.8, 0.1, 0.4, 0.4, 0.0])  # orders 9 pairs; the tied labels 0.4 / 0.4 order none
+    assert bag_concordance(scores, soft, chunk=2) == pytest.approx(9 / 9)
+    assert math.isnan(bag_concordance(scores, torch.zeros(5)))
 
 
 def test_fit_prior_mix_keeps_the_prior_when_the_bag_labels_say_nothing():
     truth, noise, bag_index, _ = flat_bags()
     mix = fit_prior_mix(truth, noise, bag_index, 60, torch.zeros(60, dtype=torch.float64), "max", 0.1)
-    assert mix.head_weight == 0.0
+    assert mix.head_weight == 0.0 and set(mix.grid_concordance) == {None}
     scores = torch.sigmoid(mixed_logits(truth, noise, mix))
     assert scores[truth == 1].min() > scores[truth == 0].max()  # still the prior's ranking, not a constant
 
@@ -101,7 +122,7 @@ def test_prior_mix_keeps_fractal_at_its_prior_when_bag_training_overfits():
     test, _ = one_bag_per_question(200, seed=1)
     prior = auc(test, test.similarities)
     cfg = FractalTrainConfig(epochs=20, hidden=64, dropout=0.0, weight_decay=0.0, batch_bags=10,
-                             weights={"cosine": 0.0, "correlation": 0.0})
+                             weights={"cosine": 0.0, "correlation": 0.0}, prior_folds=3, prior_weight_scales=[1.0])
     memorising, _ = fit(train, cfg.model_copy(update={"context_block": True, "prior_mix": False}))
     without_block, _ = fit(train, cfg.model_copy(update={"prior_mix": False}))
     mixed, _ = fit(train, cfg, groups=groups)
@@ -125,17 +146,19 @@ def test_held_out_heads_never_train_on_their_fold_nor_read_sentence_labels(monke
     def spy(fold_data, cfg, fold_pairs, encoder_model):
         firsts = fold_data.features[fold_data.starts[:-1], 0].tolist()
         trained = {bag_of_first_value[value] for value in firsts}
-        calls.append((trained, fold_pairs.n_pairs if fold_pairs is not None else 0))
+        calls.append((trained, fold_pairs.n_pairs if fold_pairs is not None else 0, cfg.loss_weights()))
         return original(fold_data, cfg, fold_pairs, encoder_model)
 
     monkeypatch.setattr(train_module, "_fit_head", spy)
-    cfg = FractalTrainConfig(epochs=2, hidden=8, prior_folds=3)
+    cfg = FractalTrainConfig(epochs=2, hidden=8, prior_folds=3, prior_weight_scales=[1.0, 3.0])
     model, _ = fit(data, cfg, pairs, groups=groups, pair_groups=pair_groups)
-    final, *held_out_heads = calls
-    assert final == (set(range(18)), 3)  # the returned head trains on everything
-    held_out = [set(range(18)) - trained for trained, _ in held_out_heads]
-    assert len(held_out) == 3 and set().union(*held_out) == set(range(18))
-    for fold, (trained, n_pairs) in zip(held_out, held_out_heads):
+    *held_out_heads, final = calls
+    assert final[:2] == (set(range(18)), 3)  # the returned head trains on everything ...
+    assert asdict(final[2]) == model.prior_mix.loss_weights  # ... with the chosen weights
+    assert [round(w.cosine, 6) for _, _, w in held_out_heads] == [0.1] * 3 + [0.3] * 3
+    held_out = [set(range(18)) - trained for trained, _, _ in held_out_heads]
+    assert set().union(*held_out[:3]) == set(range(18)) and held_out[:3] == held_out[3:]
+    for fold, (trained, n_pairs, _) in zip(held_out, held_out_heads):
         assert not fold & trained
         assert all({2 * q, 2 * q + 1} <= fold or not {2 * q, 2 * q + 1} & fold for q in range(9))  # groups whole
         held_groups = {groups[b] for b in fold}
@@ -172,5 +195,26 @@ def test_prior_mix_config_errors():
     assert FractalTrainConfig(encoder="finetune").uses_prior_mix is False
     assert FractalTrainConfig().uses_prior_mix is True
     data, _ = one_bag_per_question(4, seed=4)
-    with pytest.raises(ConfigError, match="needs at least train.prior_folds=3 question groups of labelled bags"):
+    with pytest.raises(ConfigError, match="needs at least train.prior_folds=5 question groups of labelled bags"):
         fit(data, FractalTrainConfig(epochs=1, hidden=4), groups=["a", "a", "b", "b"])
+    with pytest.raises(ConfigError, match="scale 10.0 moves 0.9 of weight to the cosine term, more than the bag"):
+        FractalTrainConfig(prior_weight_scales=[1.0, 10.0])
+    with pytest.raises(ConfigError, match="scales must be > 0"):
+        FractalTrainConfig(prior_weight_scales=[0.0])
+    assert FractalTrainConfig(prior_weight_scales=[10.0], prior_mix=False).prior_weight_scales == [10.0]
+
+
+def test_scaled_cosine_weights_move_weight_from_the_bag_to_the_cosine_term():
+    cfg = FractalTrainConfig(loss_preset="multispanqa", weights={"correlation": 0.2})
+    assert scaled_cosine_weights(cfg, 3.0) == {"correlation": 0.2, "bag": 0.6, "cosine": 0.3}
+    assert scaled_cosine_weights(cfg, 1.0) == {"correlation": 0.2, "bag": 0.8, "cosine": 0.1}
+    assert scaled_cosine_weights(cfg.model_copy(update={"loss_preset": "qa_feedback"}), 2.0)["bag"] == 0.5
+
+
+def test_held_out_bags_choose_the_larger_cosine_weight_where_bag_training_overfits():
+    train, groups = one_bag_per_question(40, seed=0)
+    cfg = FractalTrainConfig(epochs=20, hidden=64, dropout=0.0, weight_decay=0.0, batch_bags=10, context_block=True,
+                             prior_folds=3, prior_weight_scales=[1.0, 8.0])
+    model, history = fit(train, cfg, groups=groups)
+    assert model.prior_mix.loss_weights["cosine"] == pytest.approx(0.8)
+    assert "cosine" in history[-1] and model.prior_mix.held_out_concordance > 0.8

@@ -97,5 +97,7 @@ def load_scorer(directory: str | Path) -> tuple[SentenceScorer, dict[str, Any]]:
     model = SentenceScorer(**info["head"])
     model.load_state_dict(load_file(directory / "scorer.safetensors"))
     if info.get("prior_mix"):
-        model.prior_mix = PriorMix(**{**info["prior_mix"], "grid_losses": tuple(info["prior_mix"]["grid_losses"])})
+        saved = info["prior_mix"]
+        model.prior_mix = PriorMix(**{**saved, "grid_losses": tuple(saved["grid_losses"]),
+                                      "grid_concordance": tuple(saved["grid_concordance"])})
     return model.eval(), info

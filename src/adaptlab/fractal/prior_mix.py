@@ -17,19 +17,28 @@ Formula. For sentence ``i`` with prior ``p_i = cos(e_s, e_c)`` (0 when the bag h
 ``λ ∈ [0, 1]`` is the weight of the head (0: the prior alone, 1: the head alone); μ and σ are the mean
 and standard deviation of the prior and of the held-out head logits, so λ compares like with like.
 
-Fitting (:func:`fit_prior_mix`), on held-out bags only, with their bag labels (never sentence labels):
-for each λ of ``MIX_GRID`` (0, 0.1, …, 1), ``(a, c)`` minimise
+Fitting (:func:`fit_prior_mix`), on held-out bags only, with their bag labels (never sentence labels).
+For each λ of ``MIX_GRID`` (0, 0.1, …, 1), ``(a, c)`` minimise
 
     L_bag(agg(s), y) + ρ·(a² + c²),    a ≥ a_min = 0.1,   ρ = 1e-3
 
 (the configured bag loss and aggregator; the small ridge keeps ``a`` and ``c`` finite when the held-out
-labels are all alike, and ``a_min`` keeps the ranking visible in the scores then), and λ* is the
-smallest grid value whose bag loss is within ``TIE = 1e-4`` of the lowest. So when the bag labels say
-nothing (all alike) every λ fits equally and the prior alone is kept.
+labels are all alike, and ``a_min`` keeps the ranking visible in the scores then). λ* maximises the
+bag concordance
+
+    C(λ) = P(agg(s)_b > agg(s)_b' | y_b > y_b'),    ties in score counting 1/2
+
+(Harrell's C over pairs of held-out bags; the bag AUC for 0/1 labels); among the λ within ``TIE = 1e-4``
+of the highest C (several rank every bag right on easy data) the one with the lowest bag loss wins,
+then the smallest. Why concordance first and not the bag loss alone: the target is a ranking
+(sentence AUC), and on MultiSpanQA the bag loss chose a smaller head weight than the ranking of bags
+did, below what ranked sentences best (``benchmarks/README.md``, FRACTAL). When the bag labels say
+nothing (all alike) no pair of bags is ordered, C is undefined for every λ, and the prior alone is kept.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -46,7 +55,8 @@ MIN_STD = 1e-6
 
 @dataclass(frozen=True)
 class PriorMix:
-    """A fitted mix (see module doc). ``grid_losses[k]`` is the held-out bag loss at ``MIX_GRID[k]``."""
+    """A fitted mix (see module doc); at ``MIX_GRID[k]`` the held-out bag loss was ``grid_losses[k]`` and the
+    bag concordance ``grid_concordance[k]`` (None: undefined)."""
 
     head_weight: float  # λ
     scale: float  # a
@@ -56,7 +66,11 @@ class PriorMix:
     head_mean: float
     head_std: float
     holdout_bags: int = 0
+    held_out_concordance: float | None = None  # C at λ*
+    held_out_loss: float = math.nan  # bag loss at λ*
     grid_losses: tuple[float, ...] = field(default=())
+    grid_concordance: tuple[float | None, ...] = field(default=())
+    loss_weights: dict[str, float] | None = None  # of the head it mixes, when chosen with it
 
 
 def feature_prior(features: torch.Tensor) -> torch.Tensor:
@@ -82,21 +96,39 @@ def mixed_logits(prior: torch.Tensor, head_logits: torch.Tensor, mix: PriorMix) 
     return mix.scale * direction + mix.bias
 
 
+def bag_concordance(bag_scores: torch.Tensor, bag_labels: torch.Tensor, chunk: int = 1024) -> float:
+    """Harrell's C of ``bag_scores [B]`` against ``bag_labels [B]``: ``P(s_b > s_b' | y_b > y_b')``, score ties 1/2.
+
+    For 0/1 labels it is the AUC. NaN when no two bags have different labels. Rows are compared in chunks,
+    so memory stays ``chunk · B``.
+    """
+    wins, pairs = 0.0, 0
+    for start in range(0, len(bag_scores), chunk):
+        higher = bag_labels[start:start + chunk, None] > bag_labels[None, :]
+        gaps = bag_scores[start:start + chunk, None] - bag_scores[None, :]
+        wins += float((gaps > 0)[higher].sum()) + 0.5 * float((gaps == 0)[higher].sum())
+        pairs += int(higher.sum())
+    return wins / pairs if pairs else math.nan
+
+
 def _scale(raw: torch.Tensor) -> torch.Tensor:
     return MIN_SCALE + F.softplus(raw)
 
 
 def _fit_scale_and_bias(direction: torch.Tensor, bag_index: torch.Tensor, n_bags: int, bag_labels: torch.Tensor,
-                        aggregation: str, temperature: float, bag_loss: str) -> tuple[float, float, float]:
-    """``(a, c, L_bag)`` minimising ``L_bag(agg(σ(a·u + c)), y) + ρ(a² + c²)``, ``a = a_min + softplus(α)`` (L-BFGS)."""
+                        aggregation: str, temperature: float, bag_loss: str) -> tuple[float, float, float, float]:
+    """``(a, c, L_bag, C)`` with ``(a, c)`` minimising ``L_bag(agg(σ(a·u + c)), y) + ρ(a² + c²)``,
+    ``a = a_min + softplus(α)`` (L-BFGS), and the bag loss and bag concordance there."""
     aggregate, loss_of = get_aggregator(aggregation), get_bag_loss(bag_loss)
     params = torch.tensor([0.3782, 0.0], dtype=torch.float64, requires_grad=True)  # a = 0.1 + softplus(0.3782) = 1
     direction, labels = direction.double(), bag_labels.double()
     optimizer = torch.optim.LBFGS([params], max_iter=100, line_search_fn="strong_wolfe")
 
+    def bag_scores_at(values: torch.Tensor) -> torch.Tensor:
+        return aggregate(torch.sigmoid(_scale(values[0]) * direction + values[1]), bag_index, n_bags, temperature)
+
     def bag_loss_at(values: torch.Tensor) -> torch.Tensor:
-        scores = torch.sigmoid(_scale(values[0]) * direction + values[1])
-        return loss_of(aggregate(scores, bag_index, n_bags, temperature), labels, 1e-6)
+        return loss_of(bag_scores_at(values), labels, 1e-6)
 
     def closure() -> torch.Tensor:
         optimizer.zero_grad()
@@ -106,13 +138,14 @@ def _fit_scale_and_bias(direction: torch.Tensor, bag_index: torch.Tensor, n_bags
 
     optimizer.step(closure)
     with torch.no_grad():
-        return float(_scale(params[0])), float(params[1]), float(bag_loss_at(params))
+        concordance = bag_concordance(bag_scores_at(params), labels)
+        return float(_scale(params[0])), float(params[1]), float(bag_loss_at(params)), concordance
 
 
 def fit_prior_mix(prior: torch.Tensor, head_logits: torch.Tensor, bag_index: torch.Tensor, n_bags: int,
                   bag_labels: torch.Tensor, aggregation: str, temperature: float, bag_loss: str = "bce",
                   grid: tuple[float, ...] = MIX_GRID) -> PriorMix:
-    """The mix of held-out sentences' ``prior [N]`` and ``head_logits [N]`` that best explains their bags' labels.
+    """The mix of held-out sentences' ``prior [N]`` and ``head_logits [N]`` that best ranks their bags (module doc).
 
     ``bag_index [N]`` / ``n_bags`` / ``bag_labels [B]`` follow the flat convention of
     :mod:`adaptlab.fractal.aggregate`; ``head_logits`` must come from heads that did not train on these bags.
@@ -124,8 +157,18 @@ def fit_prior_mix(prior: torch.Tensor, head_logits: torch.Tensor, bag_index: tor
     for weight in grid:
         direction = mixed_direction(prior, head_logits, weight, **stats)
         fits.append(_fit_scale_and_bias(direction, bag_index, n_bags, bag_labels, aggregation, temperature, bag_loss))
-    losses = [loss for _, _, loss in fits]
-    best = min((k for k in range(len(grid)) if losses[k] <= min(losses) + TIE), key=lambda k: grid[k])
-    scale, bias, _ = fits[best]
+    losses, concordance = [loss for _, _, loss, _ in fits], [c for _, _, _, c in fits]
+    defined = [k for k in range(len(grid)) if not math.isnan(concordance[k])]
+    if defined:
+        highest = max(concordance[k] for k in defined)
+        near_best = [k for k in defined if concordance[k] >= highest - TIE]
+        lowest = min(losses[k] for k in near_best)
+        best = min((k for k in near_best if losses[k] <= lowest + TIE), key=grid.__getitem__)
+    else:  # the bag labels order no two bags: keep the prior (the smallest head weight)
+        best = min(range(len(grid)), key=grid.__getitem__)
+    scale, bias, loss, chosen_concordance = fits[best]
     return PriorMix(head_weight=grid[best], scale=scale, bias=bias, holdout_bags=n_bags,
-                    grid_losses=tuple(round(loss, 6) for loss in losses), **stats)
+                    held_out_concordance=None if math.isnan(chosen_concordance) else round(chosen_concordance, 6),
+                    held_out_loss=round(loss, 6),
+                    grid_losses=tuple(round(loss, 6) for loss in losses),
+                    grid_concordance=tuple(None if math.isnan(c) else round(c, 6) for c in concordance), **stats)

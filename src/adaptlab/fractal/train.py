@@ -9,8 +9,9 @@
 * :func:`fit` runs the configured recipe: bag training, then (``pseudo_label: true``) the most likely
   sentence labels consistent with each bag label (:mod:`adaptlab.fractal.pseudo`) and a fresh
   scorer trained on them; then (``prior_mix``, on by default) the head's logit is mixed with the
-  question–sentence cosine, ``s = σ(a·((1 − λ)·p̃ + λ·h̃) + c)``, with λ, a, c fitted on held-out
-  scores of the training bags (:mod:`adaptlab.fractal.prior_mix`).
+  question–sentence cosine, ``s = σ(a·((1 − λ)·p̃ + λ·h̃) + c)``, with λ, a, c and the cosine weight
+  of the loss chosen on held-out scores of the training bags (:mod:`adaptlab.fractal.prior_mix`,
+  :mod:`adaptlab.fractal.selection`).
 
 Why the head does not read the context embedding on its own (``context_block: false``) and why the
 prior is mixed in after training: on a bag set with one bag per question (MultiSpanQA's
@@ -62,11 +63,10 @@ from adaptlab.fractal.aggregate import (
     bradley_terry,
 )
 from adaptlab.fractal.finetune import EncoderScorer, load_encoder
-from adaptlab.fractal.folds import grouped_kfold
 from adaptlab.fractal.model import SentenceScorer
-from adaptlab.fractal.prior_mix import PriorMix, feature_prior, fit_prior_mix
 from adaptlab.fractal.priors import LossWeights, fractal_loss, get_loss_weights, weights_at
 from adaptlab.fractal.pseudo import pseudo_labels
+from adaptlab.fractal.selection import choose_prior_balance, scaled_cosine_weights
 from adaptlab.fractal.tensors import BagTensors, PairTensors
 from adaptlab.runs import get_logger
 
@@ -95,8 +95,12 @@ class FractalTrainConfig(StrictModel):
         None, description="mix the head with the question–sentence cosine p: s = σ(a·((1 − λ)·p̃ + λ·h̃) + c), "
                           "λ, a, c fitted on held-out training bags (adaptlab.fractal.prior_mix); default: on "
                           "with encoder=frozen, off with finetune")
-    prior_folds: int = Field(3, ge=2, description="prior_mix: question-grouped folds of the training bags; "
+    prior_folds: int = Field(5, ge=2, description="prior_mix: question-grouped folds of the training bags; "
                                                   "a head trained on the others scores each fold")
+    prior_weight_scales: list[float] = Field(
+        [1.0, 3.0], min_length=1, description="prior_mix: cosine-weight scales k the held-out bags choose "
+                                              "among: λ_cos' = k·λ_cos, λ_bag' = λ_bag − (k − 1)·λ_cos "
+                                              "(adaptlab.fractal.selection)")
     hidden: int = Field(256, ge=1)
     layers: int = Field(2, ge=1)
     dropout: float = Field(0.1, ge=0, lt=1)
@@ -122,6 +126,9 @@ class FractalTrainConfig(StrictModel):
         if self.encoder == "finetune" and self.prior_mix:
             raise ConfigError("train.prior_mix works with train.encoder=frozen only (it would fine-tune the encoder "
                               "once more per prior fold); remove it or set train.encoder=frozen")
+        if self.uses_prior_mix:
+            for scale in self.prior_weight_scales:
+                scaled_cosine_weights(self, scale)
         return self
 
     @property
@@ -324,51 +331,25 @@ def _fit_head(data: BagTensors, cfg: FractalTrainConfig, pairs: PairTensors | No
     return model, history
 
 
-def held_out_prior_mix(data: BagTensors, cfg: FractalTrainConfig, pairs: PairTensors | None = None,
-                       groups: Sequence[str | None] | None = None,
-                       pair_groups: Sequence[str | None] | None = None) -> PriorMix:
-    """The prior mix fitted on held-out head scores of the training bags (bag labels only).
-
-    The bags are split into ``cfg.prior_folds`` folds grouped by ``groups`` (a bag without a group is a
-    group of its own); for each fold a head trained on the other folds (and on the pairs whose group is
-    not in the fold; every pair when ``pair_groups`` is None) gives the fold's sentences their logits.
-    :func:`adaptlab.fractal.prior_mix.fit_prior_mix` then fits λ, a, c on all these held-out logits and the
-    bag labels.
-    """
-    groups = [None] * data.n_bags if groups is None else list(groups)
-    if len(groups) != data.n_bags:
-        raise ValueError(f"{len(groups)} groups for {data.n_bags} bags")
-    distinct = len({g for g in groups if g is not None}) + groups.count(None)
-    if distinct < cfg.prior_folds:
-        raise ConfigError(f"train.prior_mix needs at least train.prior_folds={cfg.prior_folds} question groups "
-                          f"of labelled bags to hold some out; got {distinct}. Set train.prior_mix=false or "
-                          "train on more bags")
-    held_logits = torch.empty(len(data.features))
-    for train_idx, held_idx in grouped_kfold(groups, cfg.prior_folds, cfg.seed):
-        held_groups = {groups[b] for b in held_idx} - {None}
-        fold_pairs = pairs
-        if pairs is not None and pair_groups is not None:
-            keep = [p for p, group in enumerate(pair_groups) if group is None or group not in held_groups]
-            fold_pairs = pairs.subset(keep) if keep else None
-        head, _ = _fit_head(data.subset(train_idx), cfg, fold_pairs, None)
-        rows = data.rows(held_idx)
-        with torch.no_grad():
-            held_logits[rows] = head.head_logits(data.features[rows])
-    return fit_prior_mix(feature_prior(data.features), held_logits, data.bag_index, data.n_bags, data.bag_labels,
-                         cfg.aggregation, cfg.temperature, cfg.bag_loss)
-
-
 def fit(data: BagTensors, cfg: FractalTrainConfig, pairs: PairTensors | None = None,
         encoder_model: str | None = None, groups: Sequence[str | None] | None = None,
         pair_groups: Sequence[str | None] | None = None) -> tuple[SentenceScorer | EncoderScorer, list[dict]]:
     """The configured recipe: bag training, optionally pseudo-labels and a fresh sentence model, then the prior mix.
 
     ``encoder_model`` (finetune only) is the sentence-transformers model ``data``'s features came from.
-    ``groups`` / ``pair_groups`` (the question of each bag / pair) keep a question's bags together when
-    the prior mix holds bags out (:func:`held_out_prior_mix`); the returned head, trained on all bags,
-    carries the mix. Without labelled bags there is nothing to fit a mix on, and the head is returned as is.
+    With the prior mix, the cosine weight of the loss and the mix are first chosen on held-out training
+    bags (:func:`adaptlab.fractal.selection.choose_prior_balance`; ``groups`` / ``pair_groups``, the
+    question of each bag / pair, keep a question's bags on one side); the head then trains on all bags
+    with the chosen weights and carries the mix. Without labelled bags there is nothing to choose on, and
+    the configured head is returned as is.
     """
-    model, history = _fit_head(data, cfg, pairs, encoder_model)
+    mix = None
     if cfg.uses_prior_mix and data.n_bags:
-        model.prior_mix = held_out_prior_mix(data, cfg, pairs, groups, pair_groups)
+        def train_head(bags: BagTensors, head_cfg: FractalTrainConfig, head_pairs: PairTensors | None):
+            return _fit_head(bags, head_cfg, head_pairs, None)[0]
+
+        weights, mix = choose_prior_balance(data, cfg, train_head, groups, pairs, pair_groups)
+        cfg = cfg.model_copy(update={"weights": weights})
+    model, history = _fit_head(data, cfg, pairs, encoder_model)
+    model.prior_mix = mix
     return model, history
