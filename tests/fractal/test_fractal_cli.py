@@ -92,3 +92,37 @@ def test_train_on_preference_pairs_only(tmp_path, run_cli):
     assert scores[1] > scores[0]
     code, _, err = run_cli("fractal", "train", "--data", data, "--output", tmp_path / "run2", cache, "pairs=false")
     assert code == 2 and "no bags and no pairs" in err
+
+
+def test_evaluate_fits_fractal_on_the_training_fold_only(tmp_path, monkeypatch):
+    """The prior mix is chosen inside fit(); fit only ever sees the training fold's bags and groups."""
+    from adaptlab.recipes import fractal as recipe
+
+    data = tmp_path / "bags.jsonl"
+    write_bags(bags(), data)
+    seen = []
+    original = recipe.fit
+
+    def spy(train, cfg, pairs=None, encoder_model=None, groups=None, pair_groups=None):
+        seen.append((train.n_bags, list(groups)))
+        return original(train, cfg, pairs, encoder_model, groups, pair_groups)
+
+    monkeypatch.setattr(recipe, "fit", spy)
+    cfg = recipe.FractalEvalConfig(data=str(data), cache_dir=str(tmp_path / "cache"), folds=3, seeds=[0],
+                                   methods=["bagloss", "fractal"], output=str(tmp_path / "eval"),
+                                   train={"epochs": 2, "hidden": 8, "prior_folds": 3, "prior_weight_scales": [1.0]})
+    _, metrics = recipe.evaluate(cfg)
+    assert len(seen) == 3  # once per fold for fractal; bagloss never mixes in the prior
+    all_groups = {f"q{i}" for i in range(12)}
+    held_out = [all_groups - set(groups) for _, groups in seen]
+    assert set().union(*held_out) == all_groups and sum(len(h) for h in held_out) == 12  # each test group once
+    assert all(n_bags == len(groups) == 2 * len(set(groups)) for n_bags, groups in seen)  # whole questions
+    assert metrics["summary"]["fractal"]["auc_roc"]["n"] == 3
+
+
+def test_constructions_need_multispanqa(tmp_path, run_cli):
+    write_bags(bags(4), tmp_path / "bags.jsonl")
+    code, _, err = run_cli("fractal", "evaluate", "--data", tmp_path / "bags.jsonl", "construction=half_cropped")
+    assert code == 2 and "construction and data_seed build bags from MultiSpanQA's contexts" in err
+    code, _, err = run_cli("fractal", "evaluate", "--data", tmp_path / "bags.jsonl", "construction=halves")
+    assert code == 2 and "construction" in err and "half_cropped" in err

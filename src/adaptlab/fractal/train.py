@@ -17,8 +17,8 @@ Why the head does not read the context embedding on its own (``context_block: fa
 prior is mixed in after training: on a bag set with one bag per question (MultiSpanQA's
 ``half_cropped`` construction) the head with ``e_c`` learned each training question's bag label
 rather than which sentences earn it, and FRACTAL ended at 0.651 sentence AUC, below the cosine it is
-regularised toward (0.676); without the block it reached 0.697, and mixed with the prior 0.712
-(5 grouped folds, seed 0; ``benchmarks/README.md``, FRACTAL).
+regularised toward (0.676); without the block it reached 0.697, and with the prior balance chosen on
+held-out bags 0.715 (5 grouped folds, seed 0; ``benchmarks/README.md``, FRACTAL).
 
 Pairwise preferences. When pair bags are given, every step also takes a mini-batch of pairs and adds
 ``λ_pair · BCE(σ(k·(mean_a − mean_b)), preference)`` (Bradley–Terry on mean sentence scores,
