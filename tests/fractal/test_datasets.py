@@ -6,9 +6,10 @@ import json
 
 import pytest
 
-from adaptlab.errors import DataError
+from adaptlab.errors import ConfigError, DataError
 from adaptlab.fractal.bags import Bag
-from adaptlab.fractal.datasets import crop_to_negative, load_multispanqa, load_qa_feedback, longest_negative_run
+from adaptlab.fractal.constructions import crop_to_negative, longest_negative_run
+from adaptlab.fractal.datasets import load_multispanqa, load_qa_feedback
 
 
 def sentence(words: str, answer: str | None = None) -> tuple[list[str], list[str]]:
@@ -116,8 +117,11 @@ def test_multispanqa_bad_input(tmp_path):
     (tmp_path / "d" / "MultiSpanQA_data" / "valid.json").write_text("[]")
     with pytest.raises(DataError, match="expected"):
         load_multispanqa(tmp_path / "d")
-    with pytest.raises(DataError, match="negative_fraction"):
-        load_multispanqa(write_msqa(tmp_path / "c", short), negative_fraction=2)
+    fine = msqa_item("f", sentence("Rome is here .", answer="Rome"), sentence("It is old ."))
+    with pytest.raises(ConfigError, match="negative_fraction"):
+        load_multispanqa(write_msqa(tmp_path / "c", fine), negative_fraction=2)
+    with pytest.raises(ConfigError, match="unknown bag construction 'crop'; choose one of: paired"):
+        load_multispanqa(tmp_path / "c", construction="crop")
 
 
 PRED1 = "Alpha is first. Beta is off topic. Gamma is last."

@@ -104,6 +104,11 @@ def split_sentences(text: str) -> list[tuple[str, int, int]]:
     return found
 
 
+def overlaps_any(start: int, end: int, spans: list[tuple[int, int]]) -> bool:
+    """Whether ``[start, end)`` shares a character with any ``[s, e)`` of ``spans``."""
+    return any(s < end and start < e for s, e in spans)
+
+
 def response_from_text(text: str) -> Response:
     split = split_sentences(text)
     return Response([s for s, _, _ in split], [(a, b) for _, a, b in split], text)

@@ -8,9 +8,10 @@ id its group). The reference code labels every sentence from the context's *firs
 restarting on a list); we do not. All contexts hold an answer, so, as in the paper, negative bags
 are made by cropping a context to its longest run of consecutive non-answer sentences. Unlike the
 reference code the crop never starts at the answer sentence before the run, and every crop is
-checked to hold no answer token. Negatives are drawn for ``round(negative_fraction * n)``
-distinct contexts (seeded); id ``<id>:neg``, same group as the positive bag, so grouped folds
-keep them together.
+checked to hold no answer token. By default (construction ``paired``) negatives are drawn for
+``round(negative_fraction * n)`` distinct contexts (seeded); id ``<id>:neg``, same group as the
+positive bag, so grouped folds keep them together. Other constructions (one bag per question,
+MIN or AVG bag labels) are in :mod:`adaptlab.fractal.constructions`.
 
 **QA-Feedback** (``<root>/dev_feedback.json``). Only ``prediction 1`` has fine-grained feedback.
 Its sentences get label 0 where they overlap an ``Irrelevant`` span (character offsets, end
@@ -27,7 +28,6 @@ Nothing is skipped silently: :class:`LoadStats` counts kept records and dropped 
 from __future__ import annotations
 
 import json
-import random
 from collections import Counter
 from dataclasses import dataclass, field
 from itertools import combinations
@@ -35,7 +35,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from adaptlab.errors import DataError
-from adaptlab.fractal.bags import Bag, PairBag, Response, response_from_text
+from adaptlab.fractal.bags import Bag, PairBag, Response, overlaps_any, response_from_text
+from adaptlab.fractal.constructions import LabelledContext, build_bags
 
 ANSWER_TAGS = {"B", "I"}
 IRRELEVANT = "Irrelevant"
@@ -82,10 +83,6 @@ def _read_json(path: Path) -> Any:
         raise DataError(f"not valid JSON ({exc.msg})", path, exc.lineno) from None
 
 
-def _overlaps(start: int, end: int, spans: list[tuple[int, int]]) -> bool:
-    return any(s < end and start < e for s, e in spans)
-
-
 # ----------------------------------------------------------------------------------------------- MultiSpanQA
 
 
@@ -110,50 +107,23 @@ def multispanqa_bag(item: dict[str, Any]) -> tuple[Bag, list[tuple[int, int]]]:
     text, offsets = token_offsets(tokens)
     answer_spans = [span for span, tag in zip(offsets, tags) if tag in ANSWER_TAGS]
     response = response_from_text(text)
-    labels = [float(_overlaps(s, e, answer_spans)) for s, e in response.offsets]
+    labels = [float(overlaps_any(s, e, answer_spans)) for s, e in response.offsets]
     return Bag(id=item["id"], context=" ".join(item["question"]), sentences=response.sentences,
                offsets=response.offsets, label=max(labels, default=0.0), sentence_labels=labels,
                group=item["id"], response=text), answer_spans
 
 
-def longest_negative_run(labels: list[float]) -> tuple[int, int]:
-    """``(first, stop)`` of the longest run of 0-labelled sentences (earliest on ties); (0, 0) if none."""
-    best, start = (0, 0), None
-    for i, label in enumerate([*labels, 1.0]):
-        if label == 0.0 and start is None:
-            start = i
-        elif label != 0.0 and start is not None:
-            if i - start > best[1] - best[0]:
-                best = (start, i)
-            start = None
-    return best
-
-
-def crop_to_negative(bag: Bag, answer_spans: list[tuple[int, int]]) -> Bag | None:
-    """The bag cropped to its longest run of non-answer sentences, label 0; None when there is none."""
-    first, stop = longest_negative_run(bag.sentence_labels)
-    if first == stop:
-        return None
-    begin, end = bag.offsets[first][0], bag.offsets[stop - 1][1]
-    if _overlaps(begin, end, answer_spans):  # a bug here would silently poison the negatives
-        raise AssertionError(f"cropped negative of {bag.id!r} holds an answer token in [{begin}, {end})")
-    return Bag(id=f"{bag.id}:neg", context=bag.context, sentences=bag.sentences[first:stop],
-               offsets=[(s - begin, e - begin) for s, e in bag.offsets[first:stop]], label=0.0,
-               sentence_labels=[0.0] * (stop - first), group=bag.group, response=bag.response[begin:end])
-
-
-def load_multispanqa(root: str | Path, split: str = "valid", limit: int | None = None,
-                     negative_fraction: float = 0.5, seed: int = 0) -> LoadedBags:
-    """Bags from ``<root>/MultiSpanQA_data/<split>.json`` plus cropped negatives (see module doc)."""
-    if not 0.0 <= negative_fraction <= 1.0:
-        raise DataError(f"negative_fraction must be in [0, 1], got {negative_fraction}")
+def read_multispanqa_contexts(root: str | Path, split: str = "valid", limit: int | None = None
+                              ) -> tuple[list[LabelledContext], LoadStats]:
+    """Every labelled context of ``<root>/MultiSpanQA_data/<split>.json`` as a full-context bag with its answer
+    spans (the input of :mod:`adaptlab.fractal.constructions`), and the counts of what was dropped."""
     path = Path(root) / "MultiSpanQA_data" / f"{split}.json"
     data = _read_json(path)
     if not isinstance(data, dict) or not isinstance(data.get("data"), list):
         raise DataError('expected {"version": ..., "data": [...]} as in MultiSpanQA_data/*.json', path)
     items = data["data"][:limit]
     stats = LoadStats(records=len(items))
-    positives: list[tuple[Bag, list[tuple[int, int]]]] = []
+    contexts: list[LabelledContext] = []
     for index, item in enumerate(items):
         if "label" not in item:
             stats.dropped["no answer labels (unlabelled split)"] += 1
@@ -165,15 +135,17 @@ def load_multispanqa(root: str | Path, split: str = "valid", limit: int | None =
         if not bag.sentences:
             stats.dropped["empty context"] += 1
             continue
-        positives.append((bag, answer_spans))
-    bags = [bag for bag, _ in positives]
-    chosen = random.Random(seed).sample(range(len(positives)), round(negative_fraction * len(positives)))
-    for index in sorted(chosen):
-        negative = crop_to_negative(*positives[index])
-        if negative is None:
-            stats.dropped["negative crop: every sentence holds an answer"] += 1
-        else:
-            bags.append(negative)
+        contexts.append((bag, answer_spans))
+    return contexts, stats
+
+
+def load_multispanqa(root: str | Path, split: str = "valid", limit: int | None = None,
+                     negative_fraction: float = 0.5, seed: int = 0, construction: str = "paired") -> LoadedBags:
+    """Bags of ``<root>/MultiSpanQA_data/<split>.json`` by ``construction`` (default: positives plus cropped
+    negatives, see module doc; others in :mod:`adaptlab.fractal.constructions`)."""
+    contexts, stats = read_multispanqa_contexts(root, split, limit)
+    bags, dropped = build_bags(contexts, construction, seed, negative_fraction)
+    stats.dropped.update(dropped)
     for bag in bags:
         stats.add_bag(bag)
     return LoadedBags(bags, [], stats)
@@ -198,7 +170,7 @@ def feedback_bag(item: dict[str, Any], item_id: str, context: str, bag_rule: Lit
             raise ValueError(f"Irrelevant span [{start}, {end}) lies outside 'prediction 1' (length {len(text)})")
     if not response.sentences:
         return None
-    labels = [0.0 if _overlaps(s, e, spans) else 1.0 for s, e in response.offsets]
+    labels = [0.0 if overlaps_any(s, e, spans) else 1.0 for s, e in response.offsets]
     label = min(labels) if bag_rule == "min" else sum(labels) / len(labels)
     return Bag(id=f"{item_id}:p1", context=context, sentences=response.sentences, offsets=response.offsets,
                label=label, sentence_labels=labels, group=item_id, response=text)

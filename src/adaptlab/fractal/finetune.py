@@ -64,7 +64,7 @@ from adaptlab.runs import atomic_write_json
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
-    from adaptlab.fractal.train import BagTensors
+    from adaptlab.fractal.tensors import BagTensors
 
 ENCODER_DIR = "encoder"
 FINGERPRINT_FILE = "adaptlab_fingerprint.json"

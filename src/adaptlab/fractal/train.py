@@ -8,7 +8,17 @@
   second stage of pseudo-labelling.
 * :func:`fit` runs the configured recipe: bag training, then (``pseudo_label: true``) the most likely
   sentence labels consistent with each bag label (:mod:`adaptlab.fractal.pseudo`) and a fresh
-  scorer trained on them.
+  scorer trained on them; then (``prior_mix``, on by default) the head's logit is mixed with the
+  question–sentence cosine, ``s = σ(a·((1 − λ)·p̃ + λ·h̃) + c)``, with λ, a, c and the cosine weight
+  of the loss chosen on held-out scores of the training bags (:mod:`adaptlab.fractal.prior_mix`,
+  :mod:`adaptlab.fractal.selection`).
+
+Why the head does not read the context embedding on its own (``context_block: false``) and why the
+prior is mixed in after training: on a bag set with one bag per question (MultiSpanQA's
+``half_cropped`` construction) the head with ``e_c`` learned each training question's bag label
+rather than which sentences earn it, and FRACTAL ended at 0.651 sentence AUC, below the cosine it is
+regularised toward (0.676); without the block it reached 0.697, and with the prior balance chosen on
+held-out bags 0.715 (5 grouped folds, seed 0; ``benchmarks/README.md``, FRACTAL).
 
 Pairwise preferences. When pair bags are given, every step also takes a mini-batch of pairs and adds
 ``λ_pair · BCE(σ(k·(mean_a − mean_b)), preference)`` (Bradley–Terry on mean sentence scores,
@@ -26,18 +36,17 @@ priors from the initial embeddings); the encoder restarts from the initial weigh
 each fold and each pseudo-label model starts from the same encoder. Such a model is an
 :class:`~adaptlab.fractal.finetune.EncoderScorer`; :func:`sentence_scores` scores either kind.
 
-Bags are kept contiguous: the sentences of bag ``b`` are rows ``starts[b] .. starts[b+1]``.
+Bags and pairs arrive as :class:`~adaptlab.fractal.tensors.BagTensors` / ``PairTensors``.
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
-from functools import cached_property, partial
+from dataclasses import replace
+from functools import partial
 from typing import Literal
 
-import numpy as np
 import torch
 from pydantic import Field, model_validator
 from tqdm.auto import tqdm
@@ -50,7 +59,6 @@ from adaptlab.fractal.aggregate import (
     DEFAULT_PREFERENCE_SCALE,
     DEFAULT_TEMPERATURE,
     avg_aggregate,
-    bag_index_from_lengths,
     bce_bag_loss,
     bradley_terry,
 )
@@ -58,6 +66,8 @@ from adaptlab.fractal.finetune import EncoderScorer, load_encoder
 from adaptlab.fractal.model import SentenceScorer
 from adaptlab.fractal.priors import LossWeights, fractal_loss, get_loss_weights, weights_at
 from adaptlab.fractal.pseudo import pseudo_labels
+from adaptlab.fractal.selection import choose_prior_balance, scaled_cosine_weights
+from adaptlab.fractal.tensors import BagTensors, PairTensors
 from adaptlab.runs import get_logger
 
 PSEUDO_RULE = {"max": "max", "lse_max": "max", "noisy_or": "max", "min": "min", "softmin": "min",
@@ -78,6 +88,19 @@ class FractalTrainConfig(StrictModel):
                           "to the configured ones over curriculum_epochs")
     curriculum_epochs: int = Field(10, ge=1)
     pseudo_label: bool = Field(False, description="retrain a fresh scorer on consistent pseudo-labels")
+    context_block: bool = Field(
+        False, description="let the head read the context embedding e_c on its own; off: it reads [e_s, "
+                           "e_s⊙e_c, |e_s − e_c|], so it cannot fit a bag label from its question alone")
+    prior_mix: bool | None = Field(
+        None, description="mix the head with the question–sentence cosine p: s = σ(a·((1 − λ)·p̃ + λ·h̃) + c), "
+                          "λ, a, c fitted on held-out training bags (adaptlab.fractal.prior_mix); default: on "
+                          "with encoder=frozen, off with finetune")
+    prior_folds: int = Field(5, ge=2, description="prior_mix: question-grouped folds of the training bags; "
+                                                  "a head trained on the others scores each fold")
+    prior_weight_scales: list[float] = Field(
+        [1.0, 3.0], min_length=1, description="prior_mix: cosine-weight scales k the held-out bags choose "
+                                              "among: λ_cos' = k·λ_cos, λ_bag' = λ_bag − (k − 1)·λ_cos "
+                                              "(adaptlab.fractal.selection)")
     hidden: int = Field(256, ge=1)
     layers: int = Field(2, ge=1)
     dropout: float = Field(0.1, ge=0, lt=1)
@@ -100,7 +123,18 @@ class FractalTrainConfig(StrictModel):
         if self.encoder == "frozen" and self.encoder_max_length is not None:
             raise ConfigError("train.encoder_max_length applies to train.encoder=finetune only; remove it or "
                               "set train.encoder=finetune")
+        if self.encoder == "finetune" and self.prior_mix:
+            raise ConfigError("train.prior_mix works with train.encoder=frozen only (it would fine-tune the encoder "
+                              "once more per prior fold); remove it or set train.encoder=frozen")
+        if self.uses_prior_mix:
+            for scale in self.prior_weight_scales:
+                scaled_cosine_weights(self, scale)
         return self
+
+    @property
+    def uses_prior_mix(self) -> bool:
+        """``prior_mix`` as set, else on for a frozen encoder."""
+        return self.encoder == "frozen" if self.prior_mix is None else self.prior_mix
 
     def loss_weights(self) -> LossWeights:
         return replace(get_loss_weights(self.loss_preset), **_checked_terms(self.weights, "weights"))
@@ -121,102 +155,9 @@ def _checked_terms(terms: dict[str, float], key: str) -> dict[str, float]:
     return terms
 
 
-@dataclass
-class BagTexts:
-    """The texts behind a :class:`BagTensors` (needed to fine-tune the encoder)."""
-
-    sentences: list[str]  # [N]
-    contexts: list[str | None]  # [B]; None (or blank): the bag has no context
-
-
-@dataclass
-class BagTensors:
-    """Features and targets of a set of bags, sentences of one bag contiguous."""
-
-    features: torch.Tensor  # [N, F]
-    starts: list[int]  # B + 1 boundaries
-    bag_labels: torch.Tensor  # [B]
-    similarities: torch.Tensor  # [N] sentence-context cosine (NaN: no context)
-    sentence_embeddings: torch.Tensor  # [N, d]
-    sentence_labels: torch.Tensor  # [N], NaN where unknown
-    texts: BagTexts | None = None
-
-    @property
-    def n_bags(self) -> int:
-        return len(self.starts) - 1
-
-    @cached_property
-    def bag_index(self) -> torch.Tensor:
-        """Which bag each sentence belongs to (computed once: a batch's bags never change)."""
-        return bag_index_from_lengths(np.diff(self.starts).tolist())
-
-    def subset(self, bags: Sequence[int]) -> BagTensors:
-        rows = torch.cat([torch.arange(self.starts[b], self.starts[b + 1]) for b in bags]) if len(bags) else \
-            torch.zeros(0, dtype=torch.long)
-        lengths = [self.starts[b + 1] - self.starts[b] for b in bags]
-        texts = None if self.texts is None else BagTexts([self.texts.sentences[r] for r in rows.tolist()],
-                                                         [self.texts.contexts[b] for b in bags])
-        return BagTensors(self.features[rows], [0, *np.cumsum(lengths, dtype=int).tolist()],
-                          self.bag_labels[list(bags)], self.similarities[rows], self.sentence_embeddings[rows],
-                          self.sentence_labels[rows], texts)
-
-    def rows_as_bags(self, rows: Sequence[int]) -> BagTensors:
-        """The given sentences, each as a bag of its own (keeping its bag's context); bag label = its label."""
-        index = torch.as_tensor(list(rows), dtype=torch.long)
-        bag_of_row = self.bag_index[index].tolist()
-        texts = None if self.texts is None else BagTexts([self.texts.sentences[r] for r in index.tolist()],
-                                                         [self.texts.contexts[b] for b in bag_of_row])
-        return BagTensors(self.features[index], list(range(len(index) + 1)), self.sentence_labels[index],
-                          self.similarities[index], self.sentence_embeddings[index], self.sentence_labels[index],
-                          texts)
-
-    def concat(self, other: BagTensors) -> BagTensors:
-        """This set's bags followed by ``other``'s."""
-        offset = self.starts[-1]
-        texts = None if self.texts is None or other.texts is None else BagTexts(
-            self.texts.sentences + other.texts.sentences, self.texts.contexts + other.texts.contexts)
-        return BagTensors(torch.cat([self.features, other.features]),
-                          self.starts + [offset + s for s in other.starts[1:]],
-                          torch.cat([self.bag_labels, other.bag_labels]),
-                          torch.cat([self.similarities, other.similarities]),
-                          torch.cat([self.sentence_embeddings, other.sentence_embeddings]),
-                          torch.cat([self.sentence_labels, other.sentence_labels]), texts)
-
-
-@dataclass
-class PairTensors:
-    """Pair bags: side ``a`` of pair ``p`` is bag ``2p`` of ``sides``, side ``b`` is bag ``2p + 1``."""
-
-    sides: BagTensors  # bag labels are NaN: a side has no label of its own
-    preferences: torch.Tensor  # [P] in [0, 1]: 1 = a preferred, 0 = b, 0.5 = tie
-
-    @property
-    def n_pairs(self) -> int:
-        return len(self.preferences)
-
-    def subset(self, pairs: Sequence[int]) -> PairTensors:
-        return PairTensors(self.sides.subset([side for p in pairs for side in (2 * p, 2 * p + 1)]),
-                           self.preferences[list(pairs)])
-
-
-def make_bag_tensors(features, lengths: Sequence[int], bag_labels: Sequence[float], similarities,
-                     sentence_embeddings, sentence_labels: Sequence[float] | None = None,
-                     texts: BagTexts | None = None) -> BagTensors:
-    n = int(sum(lengths))
-    if texts is not None and (len(texts.sentences) != n or len(texts.contexts) != len(lengths)):
-        raise ValueError(f"texts hold {len(texts.sentences)} sentences / {len(texts.contexts)} contexts for "
-                         f"{n} sentences / {len(lengths)} bags")
-    labels = torch.full((n,), float("nan")) if sentence_labels is None else torch.tensor(
-        [float("nan") if v is None else float(v) for v in sentence_labels], dtype=torch.float32)
-    return BagTensors(torch.as_tensor(np.asarray(features), dtype=torch.float32),
-                      [0, *np.cumsum(lengths).tolist()], torch.tensor(bag_labels, dtype=torch.float32),
-                      torch.as_tensor(np.asarray(similarities), dtype=torch.float32),
-                      torch.as_tensor(np.asarray(sentence_embeddings), dtype=torch.float32), labels, texts)
-
-
 def _new_scorer(feature_dim: int, cfg: FractalTrainConfig) -> tuple[SentenceScorer, torch.optim.Optimizer]:
     torch.manual_seed(cfg.seed)
-    model = SentenceScorer(feature_dim, cfg.hidden, cfg.layers, cfg.dropout)
+    model = SentenceScorer(feature_dim, cfg.hidden, cfg.layers, cfg.dropout, cfg.context_block)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     return model, optimizer
 
@@ -237,14 +178,6 @@ def _require_texts(*sets: BagTensors) -> None:
 def sentence_scores(model: SentenceScorer | EncoderScorer, data: BagTensors) -> torch.Tensor:
     """Scores in (0, 1) of every sentence of ``data``: the head over its features, or encoder + head over texts."""
     return model.score(data) if isinstance(model, EncoderScorer) else model.score(data.features)
-
-
-def make_pair_tensors(sides: BagTensors, preferences: Sequence[float]) -> PairTensors:
-    """Pairs from side bags laid out ``a_0, b_0, a_1, b_1, ...``; their bag labels are set to NaN."""
-    if sides.n_bags != 2 * len(preferences):
-        raise ValueError(f"{sides.n_bags} side bags for {len(preferences)} pairs; expected two per pair")
-    sides = replace(sides, bag_labels=torch.full((sides.n_bags,), float("nan")))
-    return PairTensors(sides, torch.tensor(preferences, dtype=torch.float32))
 
 
 def _batches(n: int, steps: int, rng: random.Random) -> list[list[int]]:
@@ -389,13 +322,34 @@ def pseudo_label_retrain(model: SentenceScorer | EncoderScorer, data: BagTensors
     return train_sentences(data, labels.float(), cfg, encoder_model=encoder_model)
 
 
-def fit(data: BagTensors, cfg: FractalTrainConfig, pairs: PairTensors | None = None,
-        encoder_model: str | None = None) -> tuple[SentenceScorer | EncoderScorer, list[dict]]:
-    """The configured recipe: bag training, then optionally pseudo-labels and a fresh sentence model.
-
-    ``encoder_model`` (finetune only) is the sentence-transformers model ``data``'s features came from.
-    """
+def _fit_head(data: BagTensors, cfg: FractalTrainConfig, pairs: PairTensors | None,
+              encoder_model: str | None) -> tuple[SentenceScorer | EncoderScorer, list[dict]]:
+    """Bag training, then optionally pseudo-labels and a fresh sentence model: the head, before any prior mix."""
     model, history = train_bags(data, cfg, pairs, encoder_model)
     if cfg.pseudo_label and data.n_bags:
         model = pseudo_label_retrain(model, data, cfg, encoder_model)
+    return model, history
+
+
+def fit(data: BagTensors, cfg: FractalTrainConfig, pairs: PairTensors | None = None,
+        encoder_model: str | None = None, groups: Sequence[str | None] | None = None,
+        pair_groups: Sequence[str | None] | None = None) -> tuple[SentenceScorer | EncoderScorer, list[dict]]:
+    """The configured recipe: bag training, optionally pseudo-labels and a fresh sentence model, then the prior mix.
+
+    ``encoder_model`` (finetune only) is the sentence-transformers model ``data``'s features came from.
+    With the prior mix, the cosine weight of the loss and the mix are first chosen on held-out training
+    bags (:func:`adaptlab.fractal.selection.choose_prior_balance`; ``groups`` / ``pair_groups``, the
+    question of each bag / pair, keep a question's bags on one side); the head then trains on all bags
+    with the chosen weights and carries the mix. Without labelled bags there is nothing to choose on, and
+    the configured head is returned as is.
+    """
+    mix = None
+    if cfg.uses_prior_mix and data.n_bags:
+        def train_head(bags: BagTensors, head_cfg: FractalTrainConfig, head_pairs: PairTensors | None):
+            return _fit_head(bags, head_cfg, head_pairs, None)[0]
+
+        weights, mix = choose_prior_balance(data, cfg, train_head, groups, pairs, pair_groups)
+        cfg = cfg.model_copy(update={"weights": weights})
+    model, history = _fit_head(data, cfg, pairs, encoder_model)
+    model.prior_mix = mix
     return model, history

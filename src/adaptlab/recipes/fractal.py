@@ -5,8 +5,11 @@
 * ``cosine``: the sentence–context cosine similarity as the score (no training);
 * ``bagloss``: the MLP trained with the bag loss only (plus the preference term on pairs, when the
   data has pairs and ``pairs: true``: pairs are labels, not priors);
-* ``fractal``: bag loss + cosine and correlation priors (the configured weights);
-* ``fractal_pseudo``: FRACTAL, then a fresh scorer trained on consistent pseudo-labels;
+* ``fractal``: bag loss + cosine and correlation priors (the configured weights), the head mixed with
+  the cosine by weights fitted on held-out training bags (``train.prior_mix``, on by default;
+  :mod:`adaptlab.fractal.prior_mix`); the folds inside a training fold are grouped by question too;
+* ``fractal_pseudo``: FRACTAL's head, then a fresh scorer trained on consistent pseudo-labels, mixed
+  with the prior the same way;
 * ``supervised``: the MLP trained on the true sentence labels (the upper bound).
 
 Metrics per fold: sentence AUC-ROC and AUC-PR on the test bags' labelled sentences, and bag
@@ -24,34 +27,25 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from adaptlab.config import StrictModel, save_config
 from adaptlab.errors import ConfigError
 from adaptlab.fractal.aggregate import AGGREGATORS
 from adaptlab.fractal.bags import Bag, PairBag, read_bags, split_sentences
+from adaptlab.fractal.constructions import CONSTRUCTIONS
 from adaptlab.fractal.features import FeatureCache, bag_features
 from adaptlab.fractal.finetune import EncoderScorer, save_finetuned_scorer
 from adaptlab.fractal.folds import grouped_kfold
 from adaptlab.fractal.model import load_scorer, save_scorer
-from adaptlab.fractal.train import (
-    BagTensors,
-    BagTexts,
-    FractalTrainConfig,
-    PairTensors,
-    fit,
-    make_bag_tensors,
-    make_pair_tensors,
-    pseudo_label_retrain,
-    sentence_scores,
-    train_bags,
-    train_sentences,
-)
+from adaptlab.fractal.tensors import BagTensors, BagTexts, PairTensors, make_bag_tensors, make_pair_tensors
+from adaptlab.fractal.train import FractalTrainConfig, fit, sentence_scores, train_bags, train_sentences
 from adaptlab.fractal.view import scored_responses_html
 from adaptlab.metrics.ranking import bag_accuracy, mean_std, sentence_auc
 from adaptlab.report.html import KeyValues, Paragraph, RawHTML, Section, Table, write_report
@@ -69,6 +63,18 @@ class FractalDataConfig(StrictModel):
     feature_model: str | None = Field(None, description="sentence-transformers model; default: packaged MiniLM")
     cache_dir: str = Field(DEFAULT_CACHE, description="where sentence embeddings are cached")
     pairs: bool = Field(True, description="also train on the data's preference pairs (Bradley–Terry)")
+    construction: Literal[CONSTRUCTIONS] = Field(
+        "paired", description="data: multispanqa only: how contexts become bags: paired, half_cropped, "
+                              "positives_min, positives_avg (adaptlab.fractal.constructions)")
+    data_seed: int = Field(0, description="data: multispanqa only: the construction's seed (which contexts get a "
+                                          "cropped negative, or are cropped)")
+
+    @model_validator(mode="after")
+    def _construction_needs_multispanqa(self) -> FractalDataConfig:
+        if self.data != "multispanqa" and (self.construction != "paired" or self.data_seed != 0):
+            raise ConfigError("construction and data_seed build bags from MultiSpanQA's contexts; they need "
+                              f"data: multispanqa (got data: {self.data}); remove them or write the bags yourself")
+        return self
 
 
 class FractalEvalConfig(FractalDataConfig):
@@ -109,7 +115,8 @@ def _read_source(cfg: FractalDataConfig) -> tuple[list[Bag], list[PairBag], dict
         if not cfg.data_root:
             raise ConfigError(f"data: {cfg.data} needs data_root, the folder holding it")
         if cfg.data == "multispanqa":
-            loaded = datasets.load_multispanqa(cfg.data_root, limit=cfg.limit)
+            loaded = datasets.load_multispanqa(cfg.data_root, limit=cfg.limit, seed=cfg.data_seed,
+                                               construction=cfg.construction)
         else:
             loaded = datasets.load_qa_feedback(cfg.data_root, limit=cfg.limit)
         return loaded.bags, loaded.pairs, loaded.stats.as_dict()
@@ -143,39 +150,35 @@ def featurize(cfg: FractalDataConfig, bags: list[Bag], pairs: list[PairBag] = ()
     return data, pair_data
 
 
-def pairs_outside(pairs: list[PairBag], pair_data: PairTensors | None, test_groups: set) -> PairTensors | None:
-    """The pairs whose question (group) is not among ``test_groups``: those a fold may train on."""
+def pairs_outside(pairs: list[PairBag], pair_data: PairTensors | None,
+                  test_groups: set) -> tuple[PairTensors | None, list[str | None]]:
+    """The pairs whose question (group) is not among ``test_groups``, those a fold may train on, and their groups."""
     if pair_data is None:
-        return None
+        return None, []
     keep = [i for i, pair in enumerate(pairs) if pair.group is None or pair.group not in test_groups]
-    return pair_data.subset(keep) if keep else None
+    return (pair_data.subset(keep) if keep else None), [pairs[i].group for i in keep]
 
 
 def method_scores(method: str, train: BagTensors, test: BagTensors, cfg: FractalTrainConfig,
                   pairs: PairTensors | None = None, encoder_model: str | None = None,
-                  shared: dict[str, Any] | None = None) -> torch.Tensor:
+                  groups: list[str | None] | None = None, pair_groups: list[str | None] | None = None
+                  ) -> torch.Tensor:
     """Sentence scores of the test bags after training ``method`` on the train bags (and pairs).
 
-    ``encoder_model``: the feature model, where ``cfg.encoder`` is finetune. ``shared`` (one dict per
-    fold) keeps the FRACTAL bag model, so that ``fractal`` and ``fractal_pseudo`` train it once; its
-    training time is kept there too (``shared["fractal_seconds"]``).
+    ``encoder_model``: the feature model, where ``cfg.encoder`` is finetune. ``groups`` / ``pair_groups``: the
+    question of each training bag / pair, which the prior mix of ``fractal`` keeps together when it holds
+    training bags out. ``bagloss`` is the head with neither priors nor prior mix.
     """
     if method == "cosine":
         return torch.nan_to_num(test.similarities, nan=0.0)
     if method == "supervised":
         return sentence_scores(train_sentences(train, train.sentence_labels, cfg, encoder_model=encoder_model), test)
     if method == "bagloss":
-        cfg = cfg.model_copy(update={"weights": {"cosine": 0.0, "correlation": 0.0, "hybrid": 0.0}})
+        cfg = cfg.model_copy(update={"weights": {"cosine": 0.0, "correlation": 0.0, "hybrid": 0.0},
+                                     "prior_mix": False})
         return sentence_scores(train_bags(train, cfg, pairs, encoder_model)[0], test)
-    shared = {} if shared is None else shared
-    if "fractal" not in shared:
-        tic = time.perf_counter()
-        shared["fractal"] = train_bags(train, cfg, pairs, encoder_model)[0]
-        shared["fractal_seconds"] = time.perf_counter() - tic
-    model = shared["fractal"]
-    if method == "fractal_pseudo":
-        model = pseudo_label_retrain(model, train, cfg, encoder_model)
-    return sentence_scores(model, test)
+    cfg = cfg.model_copy(update={"pseudo_label": method == "fractal_pseudo"})
+    return sentence_scores(fit(train, cfg, pairs, encoder_model, groups, pair_groups)[0], test)
 
 
 def fold_metrics(scores: torch.Tensor, test: BagTensors, aggregation: str, temperature: float) -> dict:
@@ -205,14 +208,13 @@ def evaluate(cfg: FractalEvalConfig) -> tuple[RunDir, dict]:
         train_cfg = cfg.train.model_copy(update={"seed": seed})
         for fold, (train_idx, test_idx) in enumerate(grouped_kfold([b.group for b in bags], cfg.folds, seed)):
             train, test = data.subset(list(train_idx)), data.subset(list(test_idx))
-            train_pairs = pairs_outside(pairs, pair_data, {bags[b].group for b in test_idx})
-            shared: dict[str, Any] = {}
+            train_pairs, pair_groups = pairs_outside(pairs, pair_data, {bags[b].group for b in test_idx})
+            groups = [bags[b].group for b in train_idx]
             for method in cfg.methods:
                 tic = time.perf_counter()
-                # a method that reuses the FRACTAL bag model trained for the other one still counts its time
-                reused = shared.get("fractal_seconds", 0.0) if method in ("fractal", "fractal_pseudo") else 0.0
-                scores = method_scores(method, train, test, train_cfg, train_pairs, cfg.feature_model, shared)
-                row = {"seed": seed, "fold": fold, "seconds": time.perf_counter() - tic + reused,
+                scores = method_scores(method, train, test, train_cfg, train_pairs, cfg.feature_model, groups,
+                                       pair_groups)
+                row = {"seed": seed, "fold": fold, "seconds": time.perf_counter() - tic,
                        **fold_metrics(scores, test, cfg.train.aggregation, cfg.train.temperature)}
                 per_method[method].append(row)
                 if method == shown_method and seed == cfg.seeds[0]:
@@ -265,15 +267,17 @@ def train(cfg: FractalTrainRunConfig) -> tuple[RunDir, dict]:
     run = create_run_dir(cfg.output, cfg.name)
     save_config(cfg, run.config)
     data, pair_data = featurize(cfg, bags, pairs, cfg.train.encoder_max_length)
-    model, history = fit(data, cfg.train, pair_data, cfg.feature_model)
+    model, history = fit(data, cfg.train, pair_data, cfg.feature_model, [b.group for b in bags],
+                         [p.group for p in pairs])
     info = {"feature_model": cfg.feature_model, "aggregation": cfg.train.aggregation,
             "temperature": cfg.train.temperature, "cache_dir": cfg.cache_dir}
     if isinstance(model, EncoderScorer):
         save_finetuned_scorer(model, run.model, {**info, "finetuned_from": cfg.feature_model})
     else:
         save_scorer(model, run.model, info)
+    mix = getattr(model, "prior_mix", None)
     metrics = {"data": load_stats, "bags": data.n_bags, "sentences": len(data.features), "pairs": len(pairs),
-               "history": history}
+               "history": history, "prior_mix": None if mix is None else asdict(mix)}
     atomic_write_json(run.metrics, metrics)
     return run, metrics
 
