@@ -79,6 +79,8 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+from tables import targets_table
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = {"gpu": ROOT / "benchmarks" / "results" / "cpt_throughput.json",
            "cpu": ROOT / "benchmarks" / "results" / "cpt_throughput_cpu.json"}
@@ -405,12 +407,7 @@ def print_results(summary: list[dict], targets: list[dict], cuda: bool) -> None:
                  "settings": short_settings(row["resolved"]) if row["resolved"] else None}
         table.add_row(*("-" if cells[c] is None else str(cells[c]) for c in columns))
     console.print(table)
-    verdicts = Table(title="targets")
-    for column in ("target", "value", "result"):
-        verdicts.add_column(column)
-    for t in targets:
-        verdicts.add_row(t["target"], str(t["value"]), "[green]PASS" if t["pass"] else "[red]FAIL")
-    console.print(verdicts)
+    console.print(targets_table(targets))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

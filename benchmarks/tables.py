@@ -8,8 +8,20 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from rich.table import Table
+
 RESULTS = Path(__file__).resolve().parent / "results"
 TYPES = ["SPECIES", "HABITAT", "FEEDING", "BREEDING"]
+
+
+def targets_table(targets: list[dict]) -> Table:
+    """The benchmark's targets (``target``, ``value``, ``pass``) as a rich table with PASS / FAIL."""
+    table = Table(title="targets")
+    for column in ("target", "value", "result"):
+        table.add_column(column)
+    for t in targets:
+        table.add_row(t["target"], str(t["value"]), "[green]PASS" if t["pass"] else "[red]FAIL")
+    return table
 
 
 def cell(stat: dict) -> str:

@@ -61,6 +61,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from adaptlab.data.records import write_records  # noqa: E402
 from adaptlab.models.gguf import resolve_model, smollm2_gguf  # noqa: E402
 from adaptlab.teacher.serve_process import transformers_serve  # noqa: E402
+from tables import targets_table  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "teacher_real.json"
 SYNTH_CONFIG = ROOT / "configs" / "synth_biospecies.yaml"
@@ -288,12 +289,7 @@ def main() -> int:
         zero = None if args.skip_zero_shot else zero_shot(args, gguf, workdir, env)
     targets = evaluate(synth, zero)
     print_tables(synth, zero)
-    table = Table(title="targets")
-    for column in ("target", "value", "result"):
-        table.add_column(column)
-    for t in targets:
-        table.add_row(t["target"], str(t["value"]), "[green]PASS" if t["pass"] else "[red]FAIL")
-    console.print(table)
+    console.print(targets_table(targets))
     passed = all(t["pass"] for t in targets)
     results = {"command": shlex.join(["python", *sys.argv]), "environment": environment, "gguf": gguf,
                "parameters": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
