@@ -79,9 +79,11 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from tables import targets_table
-
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from tables import targets_table  # noqa: E402
+
 RESULTS = {"gpu": ROOT / "benchmarks" / "results" / "cpt_throughput.json",
            "cpu": ROOT / "benchmarks" / "results" / "cpt_throughput_cpu.json"}
 QWEN25_05B = {"vocab_size": 151936, "hidden_size": 896, "num_hidden_layers": 24, "num_attention_heads": 14,
