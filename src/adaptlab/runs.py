@@ -5,6 +5,10 @@ explicit path is given) holding ``config.yaml``, ``metrics.json``, ``report.html
 its artefacts. A run directory is created exclusively: an existing one is never reused or
 overwritten. Files inside it are written to a temporary name and renamed when complete, so an
 interrupted run never leaves a truncated file behind.
+
+A command that fails or is interrupted removes the run directories it created (:func:`unfinished_runs_removed`,
+around every CLI command), so the same command can run again to the same ``--output``; a run that can be
+continued says so with :func:`keep_on_failure` and stays.
 """
 
 from __future__ import annotations
@@ -22,9 +26,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from adaptlab import interrupts
 from adaptlab.errors import RunDirError
 
 LOGGER_NAME = "adaptlab"
+_created: list[RunDir] = []  # this command's new run directories (see unfinished_runs_removed)
+_kept: dict[Path, str] = {}
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
@@ -43,6 +50,29 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def partial_dir(output: Path) -> Path:
+    """Where ``output`` is assembled before it is renamed into place: ``.NAME.partial-PID`` beside it.
+
+    Partial directories of processes that no longer run (killed with SIGKILL, or by a power cut) are removed
+    first, so they never pile up next to the output.
+    """
+    for stale in output.parent.glob(f".{output.name}.partial-*"):
+        pid = stale.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and not _process_alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+    return output.parent / f".{output.name}.partial-{os.getpid()}"
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it runs, as another user
+        pass
+    return True
 
 
 def current_umask() -> int:
@@ -119,22 +149,37 @@ def create_run_dir(output: str | Path | None, name: str, root: str | Path = "run
                 path = base.with_name(f"{base.name}-{n}")
     run = RunDir(path)
     attach_log_file(run.log)
+    _created.append(run)
     return run
 
 
-@contextmanager
-def removed_on_failure(run: RunDir) -> Iterator[RunDir]:
-    """Remove the run directory if the block fails, so nothing half-written stands where the output goes.
+def keep_on_failure(run: RunDir, how_to_continue: str) -> None:
+    """Keep ``run`` if the command fails or is interrupted from here on; ``how_to_continue`` is told the user."""
+    _kept[run.path.resolve()] = how_to_continue
 
-    For the stage of a run that can fail for reasons outside the data (a teacher server that answers
-    nothing, an interrupt): the error message says what happened, and the same command can be rerun.
-    """
+
+@contextmanager
+def unfinished_runs_removed() -> Iterator[None]:
+    """Around one command: if it fails or is interrupted, every run directory it created is removed (newest
+    first), but for those marked with :func:`keep_on_failure` and those holding one; a note says what happened."""
+    _created.clear()
+    _kept.clear()
     try:
-        yield run
+        yield
     except BaseException:
-        detach_log_file(run.log)
-        shutil.rmtree(run.path, ignore_errors=True)
+        for run in reversed(_created):
+            path = run.path.resolve()
+            how_to_continue = _kept.get(path)
+            if how_to_continue is not None:
+                interrupts.note(f"kept {run.path}: {how_to_continue}")
+            elif run.path.exists() and not any(path in kept.parents for kept in _kept):
+                detach_log_file(run.log)
+                shutil.rmtree(run.path, ignore_errors=True)
+                interrupts.note(f"removed the unfinished run directory {run.path}; the same command can run again")
         raise
+    finally:
+        _created.clear()
+        _kept.clear()
 
 
 def get_logger() -> logging.Logger:

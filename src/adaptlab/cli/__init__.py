@@ -6,10 +6,13 @@ from __future__ import annotations
 import os
 import sys
 
+import click
 import typer
 from rich.console import Console
 from rich.markup import escape
+from typer._click import exceptions as typer_click_exceptions
 
+from adaptlab import interrupts, runs
 from adaptlab.errors import AdaptlabError
 
 app = typer.Typer(
@@ -18,6 +21,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    rich_markup_mode=None,  # help texts show [E1] markers and [key=value] literally, never as markup
 )
 err_console = Console(stderr=True)
 _state = {"debug": False}
@@ -74,30 +78,70 @@ def _quiet_libraries(debug: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Console-script entry point: user errors print one message and exit 2."""
-    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    """Console-script entry point; the exit codes are the README's (Exit codes).
+
+    0 done; 2 the input, config or command line is wrong (one message, no traceback); 1 an internal error
+    (one line pointing to ``--debug``); 128 + signal (130 SIGINT, 143 SIGTERM) interrupted, with what was kept.
+    """
+    args = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    debug = "--debug" in args
     _quiet_libraries(debug)
     _register()
-    try:
-        app(args=argv, standalone_mode=False)
-    except AdaptlabError as exc:
-        if debug:
-            raise
-        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
-        return exc.exit_code
-    except typer.Exit as exc:
-        return exc.exit_code
-    except (typer.Abort, KeyboardInterrupt):
-        err_console.print("interrupted")
-        return 130
-    except Exception as exc:  # click usage errors carry their own exit code
-        import click
-
-        if isinstance(exc, click.ClickException):
+    with interrupts.handled_signals():
+        try:
+            with runs.unfinished_runs_removed():
+                code = _run_app(args)
+        except AdaptlabError as exc:
+            if debug:
+                raise
+            _error(str(exc))
+            _print_notes()
+            return exc.exit_code
+        except (typer.Abort, KeyboardInterrupt):
+            return _interrupted()
+        except typer.Exit as exc:
+            return exc.exit_code
+        except (click.ClickException, typer_click_exceptions.ClickException) as exc:
             exc.show()
             return exc.exit_code
-        raise
+        except Exception as exc:
+            if debug:
+                raise
+            _error(f"internal error ({type(exc).__name__}: {exc}). This is a bug in adaptlab, not in your input; "
+                   "run the command again with --debug for the traceback and report it")
+            _print_notes()
+            return 1
+    return code
+
+
+def _run_app(args: list[str]) -> int:
+    """Run the typer app, turning what it returns instead of raising back into exceptions.
+
+    Without standalone mode typer returns the code of a ``typer.Exit`` and turns KeyboardInterrupt into a
+    returned 130; raised again, both are failures that :func:`runs.unfinished_runs_removed` sees.
+    """
+    code = app(args=args, prog_name="adaptlab", standalone_mode=False)
+    if code == 130:
+        raise KeyboardInterrupt
+    if isinstance(code, int) and code != 0:
+        raise typer.Exit(code)
     return 0
+
+
+def _error(message: str) -> None:
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+
+
+def _interrupted() -> int:
+    """One line for the signal, then what the interrupted work kept or removed and how to go on."""
+    err_console.print(f"interrupted ({interrupts.received_signal().name})", highlight=False)
+    _print_notes()
+    return interrupts.exit_code()
+
+
+def _print_notes() -> None:
+    for line in interrupts.notes():
+        err_console.print(escape(line), highlight=False, soft_wrap=True)
 
 
 def run() -> None:

@@ -33,13 +33,14 @@ from typing import Any
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from adaptlab import interrupts
 from adaptlab.errors import ConfigError, ModelError, RunDirError
 from adaptlab.merge import files
 from adaptlab.merge.config import MergeConfig
 from adaptlab.merge.methods import METHODS, tensor_generator
 from adaptlab.merge.plan import MergePlan, TensorPlan, build_plan
 from adaptlab.merge.tensors_io import ModelTensors, SafetensorsShardWriter
-from adaptlab.runs import atomic_write_json, get_logger
+from adaptlab.runs import atomic_write_json, get_logger, partial_dir
 
 SLICE_ELEMENTS = 1 << 20
 QUEUED_WRITES = 8  # chunks waiting for the writer thread (a few MB)
@@ -124,9 +125,10 @@ def merge_models(cfg: MergeConfig) -> MergeResult:
     with ExitStack() as stack:
         sources = [stack.enter_context(ModelTensors(path, cfg.allow_pickle)) for path in inputs]
         plan = build_plan(cfg, sources)
-        temporary = output.parent / f".{output.name}.partial-{os.getpid()}"
+        temporary = partial_dir(output)
         shutil.rmtree(temporary, ignore_errors=True)
         temporary.mkdir()
+        interrupts.note(f"nothing is written to {output} until the merge is complete; its partial files are removed")
         try:
             stats = write_tensors(cfg, plan, sources, temporary)
             files.write_side_files(cfg, plan, inputs, temporary)

@@ -37,7 +37,7 @@ from adaptlab.recipes.lm_evaluate import LMEvalConfig
 from adaptlab.recipes.lm_train import LMTrainConfig
 from adaptlab.report.html import Image, KeyValues, Paragraph, Section, Table, write_report
 from adaptlab.report.plots import loss_curve_png
-from adaptlab.runs import RunDir, atomic_write_json, attach_log_file, create_run_dir, get_logger
+from adaptlab.runs import RunDir, atomic_write_json, attach_log_file, create_run_dir, get_logger, keep_on_failure
 
 RECIPE_SETS = {"train": ("mode", "model", "data", "output", "resume"), "evaluate": ("models", "output")}
 MODEL_ROLES = ("base", "instruct", "domain", "merged")
@@ -173,6 +173,8 @@ def run(cfg: DomainInstructConfig) -> tuple[RunDir, dict[str, Any]]:
     log = get_logger()
     log.info("1/3 continual pretraining of %s on %s", cfg.base, cfg.corpus)
     cpt = continual_pretraining(cfg, run_dir)
+    keep_on_failure(run_dir, f"run the same command again with --output {run_dir.path}: the finished continual "
+                             "pretraining is reused")
     domain = run_dir.path / "cpt" / "model"
     log.info("2/3 chat-vector merge: domain + λ·(instruct − base)")
     merged, merge_info = chat_vector_merge(cfg, run_dir, domain, texts)

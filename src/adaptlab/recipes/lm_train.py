@@ -35,7 +35,7 @@ from adaptlab.lm.train import (
 from adaptlab.models.gguf import resolve_model
 from adaptlab.report.html import Image, KeyValues, Paragraph, Section, Table, write_report
 from adaptlab.report.plots import loss_curve_png
-from adaptlab.runs import RunDir, atomic_write_json, get_logger
+from adaptlab.runs import RunDir, atomic_write_json, get_logger, keep_on_failure
 
 __all__ = ["LMTrainConfig", "LoRAConfig", "train"]
 
@@ -98,6 +98,8 @@ def train(cfg: LMTrainConfig) -> tuple[RunDir, dict[str, Any]]:
     )
     if not cfg.progress:  # no log dicts on stdout either; the history goes to metrics.json and the report
         trainer.remove_callback(PrinterCallback)
+    keep_on_failure(run, f"run the same command with --output {run.path} resume=auto to continue from its newest "
+                         "complete checkpoint (or from step 0 if none was saved)")
     started = time.perf_counter()
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     seconds = time.perf_counter() - started

@@ -29,7 +29,6 @@ from adaptlab.runs import (
     atomic_write_text,
     create_run_dir,
     get_logger,
-    removed_on_failure,
 )
 from adaptlab.synth import generate as gen
 from adaptlab.synth.config import SynthConfig
@@ -57,8 +56,7 @@ def generate(cfg: SynthConfig) -> tuple[RunDir, dict]:
     log = get_logger()
     log.info("generating with %s in %s", teacher.describe(), run.path)
     try:
-        with removed_on_failure(run):
-            result = asyncio.run(_ask_teacher(cfg, teacher, cache, subjects_prompt, sentences_prompt))
+        result = asyncio.run(_ask_teacher(cfg, teacher, cache, subjects_prompt, sentences_prompt))
     finally:
         if cache is not None:
             cache.close()

@@ -18,7 +18,7 @@ from adaptlab.data.records import Record, write_records
 from adaptlab.errors import ConfigError
 from adaptlab.ie import zero_shot as zs
 from adaptlab.report.html import KeyValues, Paragraph, Section, Table, write_report
-from adaptlab.runs import RunDir, atomic_write_json, create_run_dir, get_logger, removed_on_failure
+from adaptlab.runs import RunDir, atomic_write_json, create_run_dir, get_logger
 from adaptlab.synth.generate import sampling_of
 from adaptlab.synth.schema import EntityType
 from adaptlab.teacher.config import SamplingConfig, TeacherConfig
@@ -60,8 +60,7 @@ def run(cfg: ZeroShotConfig) -> tuple[RunDir, dict]:
     save_config(cfg, run_dir.config)
     get_logger().info("zero-shot tagging %d records with %s (%s prompt)", len(gold), teacher.model, cfg.prompt)
     try:
-        with removed_on_failure(run_dir):
-            tagged, stats = asyncio.run(_tag(cfg, teacher, cache, template, [r.text for r in gold], labels))
+        tagged, stats = asyncio.run(_tag(cfg, teacher, cache, template, [r.text for r in gold], labels))
     finally:
         if cache is not None:
             cache.close()

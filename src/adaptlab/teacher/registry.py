@@ -11,6 +11,7 @@ import asyncio
 from importlib import import_module
 from typing import Any
 
+from adaptlab import interrupts
 from adaptlab.errors import AdaptlabError, ConfigError
 from adaptlab.teacher.base import Teacher
 from adaptlab.teacher.cache import ResponseCache
@@ -48,7 +49,9 @@ def open_cache(cfg: TeacherConfig) -> ResponseCache | None:
     """
     if not cfg.cache or cfg.backend == "replay" or cfg.record:
         return None
-    return ResponseCache(cfg.cache_path)
+    cache = ResponseCache(cfg.cache_path)
+    interrupts.note(f"answers received so far stay in the teacher cache {cfg.cache_path}; the same command reuses them")
+    return cache
 
 
 def prepare_schemas(teacher: Teacher, schemas: list[tuple[dict[str, Any], str]]) -> None:
