@@ -115,7 +115,7 @@ def test_bad_inputs_and_models_are_reported(model_dirs, tmp_path):
     missing_model = [{"name": "gone", "path": str(tmp_path / "no-model")}]
     with pytest.raises(DataError, match=r"bad.jsonl:1: answer 5 is out of range"):  # data is read before models
         evaluate(make_config(model_dirs, tmp_path, models=missing_model, mc={"tasks": {"bad": str(bad_task)}}))
-    with pytest.raises(ModelError, match=r"models\[0\]\.path: cannot read a model config at .*no-model"):
+    with pytest.raises(ModelError, match=r"models\[0\]\.path: .*no-model does not exist"):
         evaluate(make_config(model_dirs, tmp_path, models=missing_model))
     assert not (tmp_path / "run").exists()  # checked before the run directory is created
     (tmp_path / "run").mkdir()

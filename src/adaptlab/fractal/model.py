@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -87,15 +88,24 @@ def load_scorer(directory: str | Path) -> tuple[SentenceScorer, dict[str, Any]]:
     meta_path = directory / "scorer.json"
     if not meta_path.is_file():
         raise ModelError(f"{directory} is not a FRACTAL scorer (no scorer.json); pass a 'fractal train' output")
-    info = json.loads(meta_path.read_text(encoding="utf-8"))
+    try:
+        info = json.loads(meta_path.read_text(encoding="utf-8"))
+        head = dict(info["head"])
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise ModelError(f"{meta_path} is damaged ({type(exc).__name__}: {exc}); train the scorer again") from None
     if info.get("encoder"):  # a fine-tuned encoder saved beside the head
         encoder_dir = directory / info["encoder"]
         if not encoder_dir.is_dir():
             raise ModelError(f"{meta_path} names the fine-tuned encoder {info['encoder']!r}, but {encoder_dir} "
                              "is missing; copy the whole scorer directory")
         info["feature_model"] = str(encoder_dir.resolve())
-    model = SentenceScorer(**info["head"])
-    model.load_state_dict(load_file(directory / "scorer.safetensors"))
+    model = SentenceScorer(**head)
+    weights = directory / "scorer.safetensors"
+    try:
+        model.load_state_dict(load_file(weights))
+    except (OSError, RuntimeError, SafetensorError) as exc:  # missing, truncated, or another head's shapes
+        raise ModelError(f"{weights} cannot be loaded as the head {meta_path.name} describes ({exc}); copy the "
+                         "whole scorer directory again or train it again") from None
     if info.get("prior_mix"):
         saved = info["prior_mix"]
         model.prior_mix = PriorMix(**{**saved, "grid_losses": tuple(saved["grid_losses"]),

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from adaptlab.errors import ModelError
+from adaptlab.models.checks import check_model_dir, looks_local
 from adaptlab.models.gguf import is_gguf_path, resolve_model
 
 DEFAULT_STUDENT = "minilm"
@@ -28,24 +29,21 @@ def resolve_student(name_or_path: str) -> str:
         return str(default_student_path())
     if is_gguf_path(name_or_path):
         return resolve_model(name_or_path)
-    path = Path(name_or_path)
-    looks_local = path.is_absolute() or name_or_path.startswith((".", "~")) or path.exists()
-    if looks_local and not path.exists():
-        raise ModelError(f"model path {name_or_path} does not exist")
-    if path.is_dir() and not (path / "config.json").exists():
-        raise ModelError(f"{name_or_path} is a directory without config.json; it is not a Hugging Face model")
+    if looks_local(name_or_path):
+        check_model_dir(name_or_path)
     return name_or_path
 
 
-def saved_model_dir(path: str | Path) -> Path:
-    """Accept a run directory (with ``model/`` inside) or a model directory; check it exists."""
+def saved_model_dir(path: str | Path, head: str) -> Path:
+    """A run directory (with ``model/`` inside) or a model directory, checked to be a model with ``head``
+    (:data:`adaptlab.models.checks.HEADS`)."""
     path = Path(path)
-    if not path.exists():
-        raise ModelError(f"model directory {path} does not exist")
     if (path / "model" / "config.json").exists():
-        return path / "model"
-    if not (path / "config.json").exists():
-        raise ModelError(
-            f"{path} holds no config.json; pass the run directory of `adaptlab ner train` or its model/ folder"
-        )
+        path = path / "model"
+    check_model_dir(path, head)
     return path
+
+
+def is_bio_label(label: str) -> bool:
+    """``O``, ``B-TYPE`` or ``I-TYPE``: a token tag of an NER student, never a relation label."""
+    return label == "O" or label[:2] in ("B-", "I-")

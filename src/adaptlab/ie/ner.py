@@ -19,7 +19,7 @@ from adaptlab.data.formats.conll import tags_to_spans
 from adaptlab.data.records import Record
 from adaptlab.errors import ModelError
 from adaptlab.ie.hf_training import fit
-from adaptlab.ie.models import saved_model_dir
+from adaptlab.ie.models import is_bio_label, saved_model_dir
 from adaptlab.ie.tagging import (
     IGNORE_INDEX,
     allowed_transitions,
@@ -134,12 +134,15 @@ class NERPredictor:
         import torch
         from transformers import AutoModelForTokenClassification, AutoTokenizer
 
-        path = saved_model_dir(model_dir)
+        path = saved_model_dir(model_dir, "token_classification")
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.model = AutoModelForTokenClassification.from_pretrained(path)
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.model.to(self.device).eval()
         self.id2label = {int(k): v for k, v in self.model.config.id2label.items()}
+        if not all(is_bio_label(label) for label in self.id2label.values()):
+            raise ModelError(f"model: {path} has the labels {sorted(self.id2label.values())}, not NER tags "
+                             "(O, B-TYPE, I-TYPE); give a model of `adaptlab ner train`")
         self.label2id = {v: k for k, v in self.id2label.items()}
         self.constrained = constrained
         self.allowed = allowed_transitions([self.id2label[i] for i in range(len(self.id2label))])

@@ -122,7 +122,7 @@ class REPredictor:
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        path = saved_model_dir(model_dir)
+        path = saved_model_dir(model_dir, "sequence_classification")
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.model = AutoModelForSequenceClassification.from_pretrained(path)
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
