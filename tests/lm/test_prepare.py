@@ -233,3 +233,21 @@ def test_example_config_runs_on_the_demo_corpora(tmp_path, tokenizer_dir, monkey
     assert metrics["documents"]["kept"] > 1000 and metrics["long_documents"]["truncated_documents"] == 0
     assert metrics["replay"]["ratio_achieved"] == pytest.approx(0.05, abs=0.01)
     assert load_prepared(run.path).eval_general is not None
+
+
+def test_the_tokenizer_fingerprint_ignores_truncation_and_padding_state(tmp_path, tokenizer_dir):
+    """A tokenizer.json that carries truncation settings: transformers rewrites them on the first encode."""
+    from transformers import AutoTokenizer
+
+    from adaptlab.lm.prepared import tokenizer_fingerprint
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    tokenizer.backend_tokenizer.enable_truncation(max_length=16)
+    tokenizer.backend_tokenizer.enable_padding(length=16)
+    tokenizer.save_pretrained(tmp_path / "tok")
+    fresh = AutoTokenizer.from_pretrained(tmp_path / "tok")
+    before = tokenizer_fingerprint(fresh)
+    fresh("some text to encode", truncation=False)
+    assert tokenizer_fingerprint(fresh) == before == tokenizer_fingerprint(AutoTokenizer.from_pretrained(tokenizer_dir))
+    fresh.add_tokens(["zorbfish"])  # a change to the ids still changes it
+    assert tokenizer_fingerprint(fresh) != before

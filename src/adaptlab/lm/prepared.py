@@ -111,12 +111,22 @@ def load_prepared(path: str | Path) -> PreparedCorpus:
 # ------------------------------------------------------------------------------------------- tokenising
 
 
+IGNORED_BACKEND_STATE = ("truncation", "padding")
+
+
 def tokenizer_fingerprint(tokenizer: Any) -> str:
-    """A digest that changes whenever the tokenizer would produce different ids."""
+    """A digest that changes whenever the tokenizer would produce different ids.
+
+    For a fast tokenizer it covers the backend's model (vocabulary, merges), normalizer, pre-tokenizer,
+    post-processor and added tokens, but not its truncation and padding settings: transformers rewrites
+    those on every call, so a tokenizer.json that carries them gave one fingerprint before its first encode
+    and another after it, and `lm train` refused a corpus that `lm prepare` had just made with it.
+    """
     digest = hashlib.sha256(type(tokenizer).__name__.encode())
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
-        digest.update(backend.to_str().encode("utf-8"))
+        state = {k: v for k, v in json.loads(backend.to_str()).items() if k not in IGNORED_BACKEND_STATE}
+        digest.update(json.dumps(state, sort_keys=True).encode("utf-8"))
     else:
         digest.update(json.dumps(tokenizer.get_vocab(), sort_keys=True).encode("utf-8"))
     specials = {"bos": tokenizer.bos_token_id, "eos": tokenizer.eos_token_id, "sep": tokenizer.sep_token_id,
