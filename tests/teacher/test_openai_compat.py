@@ -233,3 +233,46 @@ def test_runner_counts_answers_of_a_server_that_ignores_response_format(monkeypa
     assert all(o.ok for o in outcomes)
     assert (stats.schema_answers, stats.schema_valid, stats.schema_constrained, stats.schema_ignored) == (3, 1, 3, 2)
     assert "probe: 2 answers" in caplog.text and "ignores response_format" in caplog.text
+
+
+def test_an_html_page_with_status_200_is_transient_and_quoted(monkeypatch):
+    with StubServer(lambda body: "x", p_html=1.0) as server:
+        with pytest.raises(TransientTeacherError, match=r"not JSON: '<html><head><title>502 Bad Gateway"):
+            ask(make_teacher(server.base_url, monkeypatch), make_request())
+
+
+def test_the_cache_key_names_the_server(monkeypatch):
+    request = make_request()
+    first = make_teacher("http://127.0.0.1:8001/v1", monkeypatch)
+    same = make_teacher("http://127.0.0.1:8001/v1/", monkeypatch)
+    other = make_teacher("http://127.0.0.1:8002/v1", monkeypatch)
+    assert first.cache_key(request) == same.cache_key(request) != other.cache_key(request)
+
+
+def test_a_server_slower_than_timeout_s_stops_the_run_without_piling_up(monkeypatch, caplog):
+    """Every answer takes longer than timeout_s: each retry is logged with its reason, and after
+    stop_after_timeouts attempts in a row the run stops with an error naming teacher.timeout_s."""
+    with StubServer(lambda body: "x", latency_s=0.6) as server:
+        teacher = make_teacher(server.base_url, monkeypatch, timeout_s=0.15)
+        config = TeacherConfig(backend="openai", model="stub-model", cache=False, timeout_s=0.15, concurrency=2,
+                               max_retries=10, backoff_initial_s=0.01, backoff_max_s=0.02, stop_after_timeouts=4)
+        requests = [make_request(f"sentence {i}") for i in range(6)]
+        with caplog.at_level(logging.INFO, logger="adaptlab"), \
+                pytest.raises(TeacherError, match=r"4 attempts in a row timed out after teacher.timeout_s=0.15 s"):
+            run_requests(teacher, config, requests, progress=False)
+        received = server.stats.received
+    assert received <= 4 + config.concurrency  # no pile-up: at most the in-flight ones beyond the limit
+    assert caplog.text.count("retrying") >= 2 and "timeout: timeout waiting for" in caplog.text
+
+
+def test_a_batch_with_many_failures_is_warned_about(monkeypatch, capsys):
+    with StubServer(lambda body: "ok", p_500=0.5, seed=3) as server:
+        teacher = make_teacher(server.base_url, monkeypatch)
+        config = TeacherConfig(backend="openai", model="stub-model", cache=False, max_retries=0,
+                               warn_failed_share=0.1)
+        outcomes, stats = run_requests(teacher, config, [make_request(f"s{i}") for i in range(8)],
+                                       progress=False, description="sentences")
+    failed = sum(not o.ok for o in outcomes)
+    assert 0 < failed < 8
+    assert stats.warnings == [stats.warnings[0]] and f"{failed} of 8 sentences requests failed" in stats.warnings[0]
+    assert "warning:" in capsys.readouterr().err

@@ -160,16 +160,21 @@ class Teacher(ABC):
         return {"backend": self.backend, "model": self.model}
 
 
-def cache_key(backend: str, model: str, request: TeacherRequest, decoding: str | None = None) -> str:
+def cache_key(backend: str, model: str, request: TeacherRequest, decoding: str | None = None,
+              endpoint: str | None = None) -> str:
     """The persistent cache key: backend, model and the request hash.
 
     ``decoding`` names a decoding mode that changes the answer to the same request (``hf_local``'s
     ``"json_schema"`` constrained decoding); without it the key is what it always was, so caches
-    written before constrained decoding existed still answer unconstrained requests.
+    written before constrained decoding existed still answer unconstrained requests. ``endpoint`` is the
+    server (the openai backend's ``base_url``): two servers that serve a model under the same name are
+    different teachers.
     """
     fields = {"backend": backend, "model": model, "request": request.hash}
     if decoding is not None:
         fields["decoding"] = decoding
+    if endpoint is not None:
+        fields["endpoint"] = endpoint
     return _sha256_json(fields)
 
 

@@ -63,6 +63,12 @@ class TeacherConfig(StrictModel):
     requests_per_minute: float | None = Field(None, gt=0)
     tokens_per_minute: float | None = Field(None, gt=0)
     max_retries: int = Field(6, ge=0, description="retries of 429 / 5xx / timeouts, with exponential backoff")
+    stop_after_timeouts: int | None = Field(
+        6, ge=1, description="stop the run when this many attempts in a row time out with no answer between them: "
+        "the server is slower than timeout_s, and retrying would only pile up abandoned generations on it; null: "
+        "never stop")
+    warn_failed_share: float = Field(0.1, ge=0, le=1, description="warn (console, log, report) when more than this "
+                                     "share of a stage's requests failed after their retries")
     backoff_initial_s: float = Field(1.0, gt=0)
     backoff_max_s: float = Field(60.0, gt=0)
     price_input_per_million: float = Field(0.0, ge=0, description="USD per million prompt tokens")

@@ -30,20 +30,31 @@ retries); timeouts and dropped connections -> transient; 401/403/404 and other 4
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 from urllib.parse import urlparse
 
 import openai
+from openai.types.chat import ChatCompletion
 
 from adaptlab.runs import get_logger
-from adaptlab.teacher.base import Teacher, TeacherError, TeacherRequest, TeacherResponse, TransientTeacherError, Usage
+from adaptlab.teacher.base import (
+    Teacher,
+    TeacherError,
+    TeacherRequest,
+    TeacherResponse,
+    TransientTeacherError,
+    Usage,
+    cache_key,
+)
 from adaptlab.teacher.config import TeacherConfig
 
 PLACEHOLDER_KEY = "EMPTY"
 LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 TRANSIENT_STATUSES = frozenset({408, 409})
 SCHEMA_REFUSAL_WORDS = ("response_format", "json_schema")
+NON_JSON_QUOTE = 120  # characters of a non-JSON answer quoted in the error
 
 
 def is_local_url(base_url: str | None) -> bool:
@@ -131,7 +142,14 @@ class OpenAICompatTeacher(Teacher):
                 "type": "json_schema",
                 "json_schema": {"name": "answer", "schema": request.json_schema, "strict": False},
             }
-        completion = await self._client.chat.completions.create(**kwargs)
+        try:
+            completion = await self._client.chat.completions.create(**kwargs)
+        except json.JSONDecodeError as exc:  # a JSON content type with another body
+            raise TransientTeacherError(f"{self.base_url} answered {request.describe()} with a body that is not "
+                                        f"JSON ({exc.msg}): {exc.doc[:NON_JSON_QUOTE]!r}") from None
+        if not isinstance(completion, ChatCompletion):  # the client hands back other content types as text
+            raise TransientTeacherError(f"{self.base_url} answered {request.describe()} with a body that is not "
+                                        f"JSON: {str(completion)[:NON_JSON_QUOTE]!r}")
         if not completion.choices:
             raise TransientTeacherError(f"{self.base_url} answered with no choices for {request.describe()}")
         choice = completion.choices[0]
@@ -198,6 +216,9 @@ class OpenAICompatTeacher(Teacher):
         if self._api_key and self._api_key != PLACEHOLDER_KEY:
             text = text.replace(self._api_key, "***")
         return text
+
+    def cache_key(self, request: TeacherRequest) -> str:
+        return cache_key(self.backend, self.model, request, endpoint=self.base_url.rstrip("/"))
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -19,6 +19,12 @@ Every backend gets the same treatment, in this order, for each request of a batc
    the retries are used up the request's :class:`Outcome` carries the error text and the batch goes
    on. A :class:`TeacherError` (bad key, unknown model, replay miss) stops the batch: outstanding
    requests are cancelled and the error propagates; answers received before it are in the cache.
+   Every retry is logged with its reason. ``teacher.stop_after_timeouts`` attempts in a row that time
+   out (no answer between them) stop the run with an error naming ``teacher.timeout_s``: the server
+   is slower than that, and it keeps generating the answers the client gave up on.
+5. **Failures.** A batch in which more than ``teacher.warn_failed_share`` of the requests failed is
+   warned about on the console, in the log and in ``stats.warnings``; recipes treat a stage in which
+   every request failed as an error (:func:`require_an_answer`).
 
 Retry reasons are counted under the HTTP status (``"429"``, ``"500"``) when the backend gave one,
 else ``"timeout"`` or ``"connection"`` when the error (or its ``__cause__``) says so by message or
@@ -113,6 +119,7 @@ class RunnerStats:
     schema_ignored: int = 0  # constrained, yet invalid, and if cut at max_tokens not even a valid prefix
     cost_usd: float = 0.0
     seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def requests_per_second(self) -> float:
@@ -178,6 +185,7 @@ class TeacherRunner:
         self._log = get_logger()
         self._semaphore: asyncio.Semaphore | None = None
         self._semaphore_loop: asyncio.AbstractEventLoop | None = None
+        self._timeouts_in_a_row = 0
 
     async def run(self, requests: Sequence[TeacherRequest], description: str = "") -> list[Outcome]:
         """Answer ``requests``; the outcomes come back in input order, one per request."""
@@ -220,6 +228,7 @@ class TeacherRunner:
         finally:
             self.stats.seconds += time.perf_counter() - started
         self._check_schemas(resolved.values(), description)
+        self._warn_if_many_failed(list(resolved.values()), description)
         return [dataclasses.replace(resolved[key], request=request) for key, request in zip(keys, requests)]
 
     async def _fetch(self, key: str, request: TeacherRequest) -> Outcome:
@@ -236,6 +245,7 @@ class TeacherRunner:
                 except TransientTeacherError as exc:
                     error = exc
                 else:
+                    self._timeouts_in_a_row = 0
                     usage = response.usage
                     reservation.reconcile(usage.prompt_tokens + usage.completion_tokens)
                     if self.cache is not None:
@@ -243,6 +253,7 @@ class TeacherRunner:
                     self._count_answer(response)
                     return Outcome(request, response, attempts=attempts)
             reason = retry_reason(error)
+            self._stop_if_too_slow(reason)
             if attempts > config.max_retries:
                 label = f"HTTP {error.status}" if error.status is not None else reason
                 message = f"{label} after {attempts} attempts: {error}"
@@ -253,9 +264,33 @@ class TeacherRunner:
             self.stats.retry_reasons[reason] += 1
             delay = backoff_delay(attempts - 1, config.backoff_initial_s, config.backoff_max_s, error.retry_after,
                                   self._rng)
-            self._log.debug("retrying %s in %.2fs (attempt %d, %s: %s)", request.describe(), delay, attempts,
-                            reason, error)
+            self._log.info("retrying %s in %.2fs (attempt %d of %d failed, %s: %s)", request.describe(), delay,
+                           attempts, config.max_retries + 1, reason, error)
             await asyncio.sleep(delay)
+
+    def _stop_if_too_slow(self, reason: str) -> None:
+        """Count timed-out attempts in a row (an answer resets the count); at ``stop_after_timeouts`` stop."""
+        self._timeouts_in_a_row = self._timeouts_in_a_row + 1 if reason == "timeout" else 0
+        limit = self.config.stop_after_timeouts
+        if limit is not None and self._timeouts_in_a_row >= limit:
+            raise TeacherError(
+                f"{self._timeouts_in_a_row} attempts in a row timed out after teacher.timeout_s="
+                f"{self.config.timeout_s:g} s at {self.teacher.describe().get('base_url') or self.teacher.model}: "
+                "the teacher answers more slowly than that. Raise teacher.timeout_s or lower teacher.concurrency "
+                "(teacher.stop_after_timeouts sets when to stop; answers received so far stay in the cache)")
+
+    def _warn_if_many_failed(self, outcomes: list[Outcome], description: str) -> None:
+        """More than ``teacher.warn_failed_share`` of the batch failed: a warning on the console, in the log and
+        in ``stats.warnings`` (metrics.json and the report)."""
+        failed = [outcome for outcome in outcomes if not outcome.ok]
+        threshold = self.config.warn_failed_share
+        if not failed or len(failed) <= threshold * len(outcomes):
+            return
+        message = (f"{len(failed)} of {len(outcomes)} {description or 'teacher'} requests failed after their retries "
+                   f"(more than teacher.warn_failed_share={threshold:g}), e.g. {failed[0].error}")
+        self.stats.warnings.append(message)
+        self._log.warning(message)
+        Console(stderr=True).print(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
     def _check_schemas(self, outcomes: Any, description: str) -> None:
         ignored = 0

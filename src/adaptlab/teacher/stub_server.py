@@ -16,7 +16,8 @@ Per request, in this order:
    -> the answer's content is replaced by :func:`corrupt_content` of it (truncated JSON);
    ``u < p_429 + p_500 + p_malformed + p_disconnect`` -> the server sends the status line, the
    headers (with the full ``Content-Length``) and the first half of the body, then closes the
-   connection: a server that dies mid-answer. It is counted under status 0.
+   connection: a server that dies mid-answer. It is counted under status 0;
+   ``u < ... + p_html`` -> 200 with an HTML page as the body (what a proxy in front of a dead server sends).
 4. ``known_models`` given and ``body["model"]`` not in it -> 404 ``model_not_found``.
 5. ``response_format.type == "json_schema"`` while ``supports_json_schema`` is False -> 400 saying
    response_format is unsupported (what vLLM/llama.cpp builds without guided decoding answer).
@@ -44,6 +45,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+HTML_PAGE = b"<html><head><title>502 Bad Gateway</title></head><body><h1>502 Bad Gateway</h1></body></html>"
 FINGERPRINT_FIELDS = ("messages", "model", "temperature", "top_p", "max_tokens", "max_completion_tokens", "seed", "n")
 
 
@@ -76,6 +78,7 @@ class _Answer:
     headers: dict[str, str] = field(default_factory=dict)
     malformed: bool = False
     disconnect: bool = False
+    html: bool = False
 
 
 class StubStats:
@@ -132,20 +135,23 @@ class StubServer:
         p_500: float = 0.0,
         p_malformed: float = 0.0,
         p_disconnect: float = 0.0,
+        p_html: float = 0.0,
         seed: int = 0,
         supports_json_schema: bool = True,
         api_key: str | None = None,
         retry_after_s: float = 0.05,
         known_models: Collection[str] | None = None,
     ):
-        if min(p_429, p_500, p_malformed, p_disconnect) < 0 or p_429 + p_500 + p_malformed + p_disconnect > 1:
-            raise ValueError("p_429, p_500, p_malformed and p_disconnect must be >= 0 and sum to at most 1")
+        faults = (p_429, p_500, p_malformed, p_disconnect, p_html)
+        if min(faults) < 0 or sum(faults) > 1:
+            raise ValueError("p_429, p_500, p_malformed, p_disconnect and p_html must be >= 0 and sum to at most 1")
         self.responder = responder
         self.latency_s = latency_s
         self.p_429 = p_429
         self.p_500 = p_500
         self.p_malformed = p_malformed
         self.p_disconnect = p_disconnect
+        self.p_html = p_html
         self.supports_json_schema = supports_json_schema
         self.api_key = api_key
         self.retry_after_s = retry_after_s
@@ -190,7 +196,7 @@ class StubServer:
         self.stop()
 
     def draw_fault(self) -> str | None:
-        """One uniform draw per request: "429", "500", "malformed", "disconnect" or None (module docstring)."""
+        """One uniform draw per request: "429", "500", "malformed", "disconnect", "html" or None (module doc)."""
         with self._rng_lock:
             u = self._rng.random()
         if u < self.p_429:
@@ -201,6 +207,8 @@ class StubServer:
             return "malformed"
         if u < self.p_429 + self.p_500 + self.p_malformed + self.p_disconnect:
             return "disconnect"
+        if u < self.p_429 + self.p_500 + self.p_malformed + self.p_disconnect + self.p_html:
+            return "html"
         return None
 
     def handle(self, body: dict[str, Any], authorization: str | None) -> _Answer:
@@ -217,6 +225,8 @@ class StubServer:
             return _Answer(429, payload, {"retry-after": str(self.retry_after_s)})
         if fault == "500":
             return _Answer(500, _error("The server had an error while processing your request.", "server_error", None))
+        if fault == "html":
+            return _Answer(200, {}, html=True)
         model = str(body.get("model", ""))
         if self.known_models is not None and model not in self.known_models:
             message = f"The model `{model}` does not exist."
@@ -293,12 +303,13 @@ class _StubHandler(BaseHTTPRequestHandler):
             answer = _Answer(500, _error(f"stub responder raised {exc!r}", "server_error", None))
         status = 0 if answer.disconnect else answer.status
         self.stub.stats.request_finished(status, body_fingerprint(body), answer.malformed)
-        self._send(answer.status, answer.payload, answer.headers, cut_off=answer.disconnect)
+        self._send(answer.status, answer.payload, answer.headers, cut_off=answer.disconnect, html=answer.html)
 
-    def _send(self, status: int, payload: dict[str, Any], headers: dict[str, str], cut_off: bool = False) -> None:
-        data = json.dumps(payload).encode("utf-8")
+    def _send(self, status: int, payload: dict[str, Any], headers: dict[str, str], cut_off: bool = False,
+              html: bool = False) -> None:
+        data = HTML_PAGE if html else json.dumps(payload).encode("utf-8")
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", "text/html" if html else "application/json")
         self.send_header("Content-Length", str(len(data)))
         for name, value in headers.items():
             self.send_header(name, value)
