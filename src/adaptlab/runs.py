@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import random
 import shutil
@@ -86,7 +87,20 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
+    """``obj`` as indented JSON; NaN and ±Inf become null, so the file is valid JSON for every reader."""
+    text = json.dumps(finite_or_null(obj), indent=2, ensure_ascii=False, default=str, allow_nan=False)
+    return atomic_write_text(path, text + "\n")
+
+
+def finite_or_null(obj: Any) -> Any:
+    """``obj`` with every float that is NaN or ±Inf (in dicts, lists and tuples) replaced by None."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {key: finite_or_null(value) for key, value in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [finite_or_null(value) for value in obj]
+    return obj
 
 
 def refuse_existing(path: str | Path, what: str = "output") -> Path:

@@ -204,3 +204,46 @@ def test_element_wise_methods_give_the_same_result_in_slices(model_family, tmp_p
     for row in report["per_tensor"]:
         assert row["max_abs_change"] == pytest.approx(rows[row["name"]]["max_abs_change"])
         assert row["rms"] == pytest.approx(rows[row["name"]]["rms"], rel=1e-5)
+
+
+def copy_with_a_nan(source: Path, target: Path) -> str:
+    """A copy of a model directory whose first floating tensor holds one NaN; returns that tensor's name."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(source, target)
+    weights = load_file(target / "model.safetensors")
+    name = next(n for n, t in weights.items() if t.is_floating_point())
+    weights[name] = weights[name].clone()
+    weights[name].view(-1)[0] = float("nan")
+    save_file(weights, target / "model.safetensors", metadata={"format": "pt"})
+    return name
+
+
+def test_a_nan_in_an_input_is_an_error_naming_the_tensor_unless_allowed(model_family, tmp_path):
+    family = model_family("llama")
+    name = copy_with_a_nan(family["domain"], tmp_path / "broken")
+    cfg = chat_vector_config(str(family["base"]), str(family["instruct"]), str(tmp_path / "broken"),
+                             str(tmp_path / "out"), scale=0.5)
+    with pytest.raises(ModelError, match=rf"broken: tensor '{name}' holds 1 NaN or Inf values.*allow_nonfinite"):
+        merge_models(cfg)
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.partial-*"))
+    merge_models(cfg.model_copy(update={"allow_nonfinite": True}))
+
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+
+    report = json.loads((tmp_path / "out" / "merge_report.json").read_text(), parse_constant=refuse)
+    row = next(r for r in report["per_tensor"] if r["name"] == name)
+    assert row["rms"] is None  # NaN is written as null: the report stays valid JSON
+
+
+def test_a_rule_that_matches_no_tensor_is_an_error(model_family, tmp_path):
+    family = model_family("llama")
+    cfg = MergeConfig(method="linear", models=[{"model": str(family["domain"])}, {"model": str(family["instruct"])}],
+                      rules=[{"match": r"lm_head"}, {"match": r"self_atn\.", "action": "merge"}],
+                      output=str(tmp_path / "out"), progress=False)
+    with pytest.raises(ConfigError, match=r"rules\[1\]\.match 'self_atn\\\\.' matches no tensor"):
+        merge_models(cfg)
+    assert not (tmp_path / "out").exists()

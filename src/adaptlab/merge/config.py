@@ -70,6 +70,8 @@ class MergeConfig(StrictModel):
     chat_template_from: str | None = Field(None, description="model whose chat template and special tokens win")
     config_from: str | None = Field(None, description="model whose config.json is copied; default: tokenizer_from")
     allow_pickle: bool = Field(False, description="also read .bin checkpoints (torch.load weights_only=True)")
+    allow_nonfinite: bool = Field(False, description="merge inputs holding NaN or Inf (an error by default, "
+                                  "naming the tensor: they spread through every merged value they touch)")
     shard_size_mb: float = Field(2000, gt=0, description="largest output shard, in MiB")
     seed: int = 0
     output: str | None = None

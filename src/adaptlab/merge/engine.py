@@ -171,7 +171,16 @@ def stored_name(plan: MergePlan, index: int, name: str) -> str:
 
 
 def read(plan: MergePlan, sources: list[ModelTensors], index: int, name: str) -> torch.Tensor:
-    return sources[index].get(stored_name(plan, index, name))
+    return finite(plan, index, name, sources[index].get(stored_name(plan, index, name)))
+
+
+def finite(plan: MergePlan, index: int, name: str, values: torch.Tensor) -> torch.Tensor:
+    """``values`` of input ``index``'s tensor ``name``, checked to hold no NaN or Inf (unless allowed)."""
+    if plan.allow_nonfinite or not values.is_floating_point() or bool(torch.isfinite(values).all()):
+        return values
+    bad = int((~torch.isfinite(values)).sum())
+    raise ModelError(f"{plan.inputs[index]}: tensor {name!r} holds {bad} NaN or Inf values; a merge would spread "
+                     "them into every value they touch. Fix or replace that model, or set allow_nonfinite: true")
 
 
 def merge_in_slices(method, plan: MergePlan, sources: list[ModelTensors], tensor: TensorPlan, seed: int,
@@ -183,7 +192,8 @@ def merge_in_slices(method, plan: MergePlan, sources: list[ModelTensors], tensor
 
     def read_slice(start: int) -> dict[int, torch.Tensor]:
         count = min(SLICE_ELEMENTS, total - start)
-        return {i: sources[i].read_slice(stored_name(plan, i, tensor.name), start, count) for i in wanted}
+        return {i: finite(plan, i, tensor.name, sources[i].read_slice(stored_name(plan, i, tensor.name), start, count))
+                for i in wanted}
 
     starts = range(0, total, SLICE_ELEMENTS)
     pending = reader.submit(read_slice, 0) if total else None

@@ -63,6 +63,7 @@ class MergePlan:
     aliases: list[dict[str, str]]  # per input: tensor name -> stored name (tied embeddings)
     configs: list[dict[str, Any]]
     vocab: VocabAlignment | None = None
+    allow_nonfinite: bool = False  # NaN / Inf in an input tensor is an error unless set
 
 
 def read_model_config(path: str | Path) -> dict[str, Any]:
@@ -241,9 +242,19 @@ def build_plan(cfg: MergeConfig, sources: list[ModelTensors]) -> MergePlan:
                 raise ConfigError(f"rule {rule.match!r}: copy_from {rule.copy_from!r} is not one of the inputs "
                                   f"({', '.join(inputs)})")
             tensors.append(TensorPlan(name, shape, "copy", inputs.index(rule.copy_from), vocab_rows=vocab_rows))
+    check_every_rule_matches(cfg, names)
     dtype = parse_dtype(cfg.dtype) if cfg.dtype else output_dtype_default(sources[base or 0], names, aliases[base or 0])
     return MergePlan(inputs, base, [inputs.index(m.model) for m in cfg.models], [m.density for m in cfg.models],
-                     tensors, dtype, aliases, configs, vocab)
+                     tensors, dtype, aliases, configs, vocab, cfg.allow_nonfinite)
+
+
+def check_every_rule_matches(cfg: MergeConfig, names: list[str]) -> None:
+    """A rule that no tensor name matches is a typo or a rule for another architecture: an error naming it."""
+    for index, rule in enumerate(cfg.rules):
+        if not any(re.search(rule.match, name) for name in names):
+            raise ConfigError(f"rules[{index}].match {rule.match!r} matches no tensor of the inputs (e.g. "
+                              f"{', '.join(names[:3])}); fix the pattern (re.search on tensor names) or remove the "
+                              "rule")
 
 
 def output_dtype_default(source: ModelTensors, names: list[str], aliases: dict[str, str]) -> torch.dtype:
