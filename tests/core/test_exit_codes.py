@@ -166,3 +166,20 @@ def test_stale_partial_directories_of_dead_processes_are_removed(tmp_path):
         folder.mkdir()
     assert runs.partial_dir(output) == tmp_path / f".merged.partial-{os.getpid()}"
     assert not dead.exists() and alive.exists() and other.exists()
+
+
+def test_an_output_below_a_regular_file_is_exit_2(tmp_path, run_cli):
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "d.jsonl").write_text('{"text": "a b", "spans": []}\n')
+    code, out, err = run_cli("data", "convert", tmp_path / "d.jsonl", tmp_path / "afile" / "out.jsonl")
+    assert code == 2 and "Traceback" not in out + err
+    assert f"{tmp_path / 'afile'}: a file is there, so nothing can be written below it" in " ".join(err.split())
+
+
+def test_a_full_disk_is_exit_2_and_removes_the_unfinished_run(failing_command, run_cli, tmp_path):
+    import errno
+
+    failing_command(raise_(OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "out" / "data"))))
+    code, out, err = run_cli("lm", "prepare", "c.yaml", "--output", tmp_path / "out")
+    assert code == 2 and "Traceback" not in out + err
+    assert "No space left on device" in err and not (tmp_path / "out").exists()

@@ -104,6 +104,16 @@ def main(argv: list[str] | None = None) -> int:
         except (click.ClickException, typer_click_exceptions.ClickException) as exc:
             exc.show()
             return exc.exit_code
+        except OSError as exc:  # a path that cannot be written or read, a full disk: the environment, not a bug
+            if debug or exc.filename is None and exc.strerror is None:
+                raise
+            where = f"{exc.filename}: " if exc.filename is not None else ""
+            reason = exc.strerror or str(exc)
+            if isinstance(exc, FileExistsError) and os.path.isfile(exc.filename or ""):  # mkdir below a file
+                reason = "a file is there, so nothing can be written below it"
+            _error(f"{where}{reason}. Check the path, its permissions and the free disk space")
+            _print_notes()
+            return 2
         except Exception as exc:
             if debug:
                 raise
