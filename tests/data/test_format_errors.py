@@ -197,7 +197,7 @@ def test_labelstudio_bad_shapes(tmp_path):
     ('"[/E1]Frogs[E1] live in [E2]ponds[/E2]","live_in"', r"\[/E1\] comes before \[E1\]"),
     ('"[E1][/E1]Frogs live in [E2]ponds[/E2]","live_in"', "E1 is empty"),
     ('"[E1]Frogs[/E1] live in [E2]ponds[/E2]","Live-In"', "expected"),
-    ('[E1]Frogs[/E1] live in [E2]ponds[/E2],live_in', "expected"),
+    ('[E1]Frogs[/E1] live in [E2]ponds[/E2],live_in,extra', "expected"),
 ])
 def test_marker_csv_errors_name_file_and_line(tmp_path, line, message):
     path = tmp_path / "re.csv"

@@ -199,6 +199,22 @@ def test_markers_csv_records_round_trip(tmp_path):
     assert back[1].meta["source"] == f"{path}:3"
 
 
+def test_markers_csv_reads_standard_csv_quoting(tmp_path):
+    """What Python's csv.writer (and spreadsheets) write: quotes only around fields that need them."""
+    import csv
+
+    path = tmp_path / "re.csv"
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["sentence", "label"])
+        writer.writerow(["[E1]Frogs[/E1] live in [E2]ponds[/E2].", "live_in"])
+        writer.writerow(['[E1]Toads[/E1], they say, eat [E2]"dung" beetles[/E2]', "feed_on"])
+    records = markers.read_marked_csv(path)
+    assert [r.relations[0].label for r in records] == ["live_in", "feed_on"]
+    assert records[1].text == 'Toads, they say, eat "dung" beetles'
+    assert records[1].span_text(records[1].spans[1]) == '"dung" beetles'
+
+
 def test_markers_csv_sample_round_trip(tmp_path):
     sample = (
         '"Sentence","Label"\n'

@@ -14,7 +14,8 @@ suffixes, the first line): plain lines, TSV ``marked<TAB>label`` and the CSV of 
 file (header ``"Sentence","Label"``, rows ``"<marked>","<label>"``; it ships as a ``.txt``).
 Some rows of that file hold unescaped double quotes inside the sentence, so a strict CSV reader
 splits them; each line is matched with :data:`CSV_ROW` instead, and doubled quotes (proper CSV
-escaping, which the writer uses) are undone.
+escaping, which the writer uses) are undone. A line that does not match is read as standard CSV,
+as Python's ``csv.writer`` and spreadsheets write it (quotes only around fields that need them).
 
 Entity labels are not in the markers, so readers take ``head_label``/``tail_label``: a string, or
 a mapping from relation label to entity label (biospecies: the tail of ``live_in`` is a HABITAT).
@@ -22,6 +23,7 @@ a mapping from relation label to entity label (biospecies: the tail of ``live_in
 
 from __future__ import annotations
 
+import csv
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -170,19 +172,33 @@ def read_marked_csv(
     for lineno, line in enumerate(read_text_lines(path), start=1):
         if not line.strip():
             continue
-        match = CSV_ROW.match(line.rstrip())
-        if match is None:
-            if lineno == 1 and "[E1]" not in line:
-                continue  # header, e.g. "Sentence","Label"
+        if lineno == 1 and "[E1]" not in line:
+            continue  # header, e.g. "Sentence","Label"
+        row = _csv_row(line.rstrip("\r\n"))
+        if row is None:
             raise DataError(
-                'expected "<sentence with [E1]..[/E1] and [E2]..[/E2]>","<label in a-z_>", got '
-                f"{_clip(line)!r}",
+                'expected "<sentence with [E1]..[/E1] and [E2]..[/E2]>","<label in a-z_>" (or the same as standard '
+                f"CSV, quotes only where needed), got {_clip(line)!r}",
                 path,
                 lineno,
             )
-        marked = match.group(1).replace('""', '"')
-        records.append(_parse_line(path, lineno, marked, match.group(2), head_label, tail_label))
+        records.append(_parse_line(path, lineno, *row, head_label, tail_label))
     return records
+
+
+def _csv_row(line: str) -> tuple[str, str] | None:
+    """``(marked, label)`` of one line: the biospecies shape (every field quoted, stray quotes tolerated) or
+    standard CSV as Python's ``csv.writer`` and spreadsheets write it (quotes only where needed)."""
+    match = CSV_ROW.match(line.rstrip())
+    if match is not None:
+        return match.group(1).replace('""', '"'), match.group(2)
+    try:
+        fields = next(csv.reader([line]))
+    except (csv.Error, StopIteration):
+        return None
+    if len(fields) == 2 and LABEL.match(fields[1].strip()):
+        return fields[0], fields[1].strip()
+    return None
 
 
 def _clip(line: str, width: int = 80) -> str:
