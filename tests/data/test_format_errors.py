@@ -229,3 +229,14 @@ def test_marker_writer_refuses_what_it_cannot_read_back(tmp_path):
     with pytest.raises(DataError, match="overlap"):
         markers.write_marked_csv([overlapping], tmp_path / "o.csv")
     assert not (tmp_path / "o.csv").exists()
+
+
+def test_inspect_caps_example_lengths(tmp_path, run_cli):
+    """A 2 MB token line must not print megabytes: every example excerpt is cut with its full length noted."""
+    path = tmp_path / "huge.txt"
+    path.write_text("x" * 1_000_000 + "\tB-SPECIES\n" + "y" * 1_000_000 + " foo\n", encoding="utf-8")
+    code, out, _ = run_cli("data", "inspect", path, "--json")
+    assert code == 0 and len(out) < 5000
+    assert "characters)" in out
+    code, out, _ = run_cli("data", "inspect", path)
+    assert code == 0 and len(out) < 10000

@@ -77,13 +77,22 @@ INVISIBLE = re.compile("[\u200b\u200c\u200d\u2060\ufeff\u00ad]")
 LAST_FIELD = re.compile(r"^(.*?\S)(\s+)(\S+)$")
 
 
+EXCERPT_CHARS = 120  # a 10 MB line must not become a 10 MB excerpt in every report
+
+
 @dataclass(frozen=True)
 class Problem:
-    """One detected problem: its kind (a key of :data:`PROBLEM_KINDS`), file line and excerpt."""
+    """One detected problem: its kind (a key of :data:`PROBLEM_KINDS`), file line and excerpt (at most
+    :data:`EXCERPT_CHARS` characters, cut with a note of the full length)."""
 
     kind: str
     line: int
     excerpt: str
+
+    def __post_init__(self) -> None:
+        if len(self.excerpt) > EXCERPT_CHARS:
+            cut = f"{self.excerpt[:EXCERPT_CHARS]}... ({len(self.excerpt):,} characters)"
+            object.__setattr__(self, "excerpt", cut)
 
     def where(self, path: str | Path) -> str:
         return f"{path}:{self.line}: {self.excerpt}"
