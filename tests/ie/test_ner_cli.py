@@ -158,3 +158,35 @@ def test_evaluate_writes_a_run_directory_from_config(trained, run_cli, tmp_path)
     assert len(read_records(out / "predictions.jsonl")) == 40
     code, _, err = run_cli("ner", "evaluate", "--config", config, "--output", out)
     assert code == 2 and "already exists" in err
+
+
+def test_predict_reads_a_conll_file_as_records_not_lines(trained, run_cli, tmp_path):
+    _, run = trained
+    conll = tmp_path / "gold.txt"
+    conll.write_text("the\tO\nZorbfish\tB-ANIMAL\nswims\tO\n\na\tO\nlake\tB-PLACE\n", encoding="utf-8")
+    code, out, err = run_cli("ner", "predict", "--model", run, "--input", conll)
+    assert code == 0, err
+    assert [json.loads(line)["text"] for line in out.splitlines()] == ["the Zorbfish swims", "a lake"]
+
+
+def test_a_text_longer_than_the_model_reads_is_a_warning_with_counts(trained, run_cli):
+    """The tiny model has 128 positions: the end of a 300-word text is untagged, and the console says so."""
+    _, run = trained
+    long_text = " ".join(["the Zorbfish lives near a quiet lake"] * 43)
+    code, out, err = run_cli("ner", "predict", "--model", run, "--text", long_text)
+    assert code == 0, err
+    record = json.loads(out)  # stdout stays JSONL
+    untagged = record["meta"]["untagged_words"]
+    assert untagged > 0
+    assert "1 of 1 texts are longer than the model reads at once" in " ".join(err.split())
+    assert f"their last {untagged} words in all were left untagged" in " ".join(err.split())
+
+
+def test_training_longer_records_than_the_position_table_does_not_crash(tmp_path, tiny_bert_dir, run_cli):
+    """tiny_bert_dir has 128 positions and the default max_length is 256: inputs are cut at 128."""
+    records = synthetic_records(8, 3) + [Record(" ".join(["Zorbfish lives near a lake"] * 40),
+                                                [Span(0, 8, "ANIMAL")])]
+    write_records(records, tmp_path / "train.jsonl")
+    code, _, err = run_cli("ner", "train", "--train", tmp_path / "train.jsonl", "--model", tiny_bert_dir,
+                           "--output", tmp_path / "run", "--epochs", "1", *FAST)
+    assert code == 0, err

@@ -74,5 +74,5 @@ def predict(
     from adaptlab.data.texts import read_texts
     from adaptlab.recipes import relations
 
-    for row in relations.predict(model, read_texts(input_file, text)):
+    for row in relations.predict(model, read_texts(input_file, text, annotated=False)):
         print(json.dumps(row, ensure_ascii=False))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from adaptlab.errors import ModelError
 from adaptlab.models.checks import check_model_dir, looks_local
@@ -47,3 +48,19 @@ def saved_model_dir(path: str | Path, head: str) -> Path:
 def is_bio_label(label: str) -> bool:
     """``O``, ``B-TYPE`` or ``I-TYPE``: a token tag of an NER student, never a relation label."""
     return label == "O" or label[:2] in ("B-", "I-")
+
+
+POSITION_OFFSET_MODELS = ("roberta", "xlm-roberta", "camembert", "longformer")  # positions start at pad id + 1
+
+
+def sequence_limit(model: Any, tokenizer: Any, wanted: int) -> int:
+    """The longest input (in subwords) ``model`` can read, at most ``wanted``: also below its tokenizer's
+    ``model_max_length`` and its position table (``max_position_embeddings``; RoBERTa-style models use
+    two of those rows for the padding offset). A tiny model with 128 positions would crash otherwise."""
+    config = model.config
+    limit = min(wanted, int(getattr(tokenizer, "model_max_length", wanted) or wanted))
+    positions = getattr(config, "max_position_embeddings", None)
+    if positions:
+        offset = 2 if getattr(config, "model_type", "") in POSITION_OFFSET_MODELS else 0
+        limit = min(limit, int(positions) - offset)
+    return limit

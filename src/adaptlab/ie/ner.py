@@ -19,7 +19,7 @@ from adaptlab.data.formats.conll import tags_to_spans
 from adaptlab.data.records import Record
 from adaptlab.errors import ModelError
 from adaptlab.ie.hf_training import fit
-from adaptlab.ie.models import is_bio_label, saved_model_dir
+from adaptlab.ie.models import is_bio_label, saved_model_dir, sequence_limit
 from adaptlab.ie.tagging import (
     IGNORE_INDEX,
     allowed_transitions,
@@ -109,14 +109,15 @@ def train_ner(
     model = AutoModelForTokenClassification.from_pretrained(
         model_name_or_path, num_labels=len(labels), id2label=id2label, label2id=label2id
     )
-    train_ds, truncated = _dataset(train, tokenizer, label2id, cfg.max_length)
+    max_length = sequence_limit(model, tokenizer, cfg.max_length)
+    train_ds, truncated = _dataset(train, tokenizer, label2id, max_length)
     dev_ds = None
     if dev:
-        dev_ds, dev_truncated = _dataset(dev, tokenizer, label2id, cfg.max_length)
+        dev_ds, dev_truncated = _dataset(dev, tokenizer, label2id, max_length)
         truncated += dev_truncated
     if truncated:
         log.warning("%d records exceed max_length=%d subwords and were truncated for training",
-                    truncated, cfg.max_length)
+                    truncated, max_length)
 
     done = fit(model, tokenizer, DataCollatorForTokenClassification(tokenizer), word_level_f1(id2label),
                "macro_f1", train_ds, dev_ds, cfg, output_dir)
@@ -147,7 +148,7 @@ class NERPredictor:
         self.constrained = constrained
         self.allowed = allowed_transitions([self.id2label[i] for i in range(len(self.id2label))])
         self.types = sorted({v[2:] for v in self.id2label.values() if v[:2] in ("B-", "I-")})
-        self.max_length = min(getattr(self.tokenizer, "model_max_length", 512), 512)
+        self.max_length = sequence_limit(self.model, self.tokenizer, 512)
 
     def predict(self, texts: Sequence[str], batch_size: int = 32) -> list[Record]:
         import torch

@@ -20,7 +20,7 @@ from adaptlab.data.formats.markers import MARKERS, marked_from_record
 from adaptlab.data.records import Record
 from adaptlab.errors import ModelError
 from adaptlab.ie.hf_training import fit
-from adaptlab.ie.models import saved_model_dir
+from adaptlab.ie.models import saved_model_dir, sequence_limit
 from adaptlab.ie.pairs import NO_RELATION, candidate_pairs
 from adaptlab.metrics.classification import classification_prf
 from adaptlab.runs import seed_everything
@@ -108,8 +108,9 @@ def train_re(
         model_name_or_path, num_labels=len(labels), id2label=id2label, label2id=label2id
     )
     model.resize_token_embeddings(len(tokenizer))
-    train_ds = _dataset(train, tokenizer, label2id, cfg.max_length)
-    dev_ds = _dataset(dev, tokenizer, label2id, cfg.max_length) if dev else None
+    max_length = sequence_limit(model, tokenizer, cfg.max_length)
+    train_ds = _dataset(train, tokenizer, label2id, max_length)
+    dev_ds = _dataset(dev, tokenizer, label2id, max_length) if dev else None
     done = fit(model, tokenizer, DataCollatorWithPadding(tokenizer), _weighted_f1(id2label), "weighted_f1",
                train_ds, dev_ds, cfg, output_dir)
     return RETrainResult(done.model_dir, labels, done.history, done.dev_metrics, done.seconds)
@@ -129,13 +130,14 @@ class REPredictor:
         self.model.to(self.device).eval()
         self.id2label = {int(k): v for k, v in self.model.config.id2label.items()}
         self.labels = [self.id2label[i] for i in sorted(self.id2label)]
+        self.max_length = sequence_limit(self.model, self.tokenizer, 512)
 
     def predict(self, marked: Sequence[str], batch_size: int = 64) -> list[tuple[str, float]]:
         import torch
 
         out = []
         for begin in range(0, len(marked), batch_size):
-            enc = self.tokenizer(list(marked[begin : begin + batch_size]), truncation=True, max_length=512,
+            enc = self.tokenizer(list(marked[begin : begin + batch_size]), truncation=True, max_length=self.max_length,
                                  padding=True, return_tensors="pt").to(self.device)
             with torch.no_grad():
                 probs = torch.softmax(self.model(**enc).logits.float(), dim=-1).cpu().numpy()
