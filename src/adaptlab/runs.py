@@ -104,13 +104,21 @@ def finite_or_null(obj: Any) -> Any:
 
 
 def refuse_existing(path: str | Path, what: str = "output") -> Path:
-    """Return ``path`` if nothing is there yet (or it is an empty directory), else raise."""
+    """Return ``path`` if nothing is there yet (or it is an empty directory) and it can be written, else raise.
+
+    Called before the work starts, so that an output that cannot be written fails at once, not after it.
+    """
     path = Path(path)
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
         raise RunDirError(
             f"{what} {path} already exists; adaptlab never overwrites a run. "
             "Choose another path or remove it yourself."
         )
+    folder = next(p for p in (path.absolute(), *path.absolute().parents) if p.exists())
+    if folder != path.absolute() and not folder.is_dir():
+        raise RunDirError(f"{what} {path}: {folder} is a file, so nothing can be written below it")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise RunDirError(f"{what} {path}: cannot write in {folder} (permission denied)")
     return path
 
 

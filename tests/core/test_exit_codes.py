@@ -173,6 +173,14 @@ def test_an_output_below_a_regular_file_is_exit_2(tmp_path, run_cli):
     (tmp_path / "d.jsonl").write_text('{"text": "a b", "spans": []}\n')
     code, out, err = run_cli("data", "convert", tmp_path / "d.jsonl", tmp_path / "afile" / "out.jsonl")
     assert code == 2 and "Traceback" not in out + err
+    assert f"{tmp_path / 'afile'} is a file, so nothing can be written below it" in " ".join(err.split())
+
+
+def test_an_os_error_below_a_file_is_exit_2(failing_command, run_cli, tmp_path):
+    (tmp_path / "afile").write_text("x")
+    failing_command(lambda: (tmp_path / "afile").mkdir(parents=True))
+    code, out, err = run_cli("lm", "prepare", "c.yaml", "--output", tmp_path / "out")
+    assert code == 2 and "Traceback" not in out + err
     assert f"{tmp_path / 'afile'}: a file is there, so nothing can be written below it" in " ".join(err.split())
 
 

@@ -44,3 +44,12 @@ def test_atomic_write_honours_umask(tmp_path: Path):
     finally:
         os.umask(old)
     assert path.stat().st_mode & 0o777 == 0o644
+
+
+def test_an_output_that_cannot_be_written_is_refused_before_any_work(tmp_path: Path):
+    from adaptlab.runs import refuse_existing
+
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(RunDirError, match="afile is a file, so nothing can be written below it"):
+        refuse_existing(tmp_path / "afile" / "sub" / "scores.jsonl", "output file")
+    assert refuse_existing(tmp_path / "new" / "scores.jsonl") == tmp_path / "new" / "scores.jsonl"

@@ -155,3 +155,12 @@ def test_a_damaged_fractal_scorer_is_one_line_with_exit_2(how, words, tmp_path, 
                              tmp_path / "scores.jsonl")
     assert code == 2 and words in " ".join(err.split()) and "Traceback" not in out + err
     assert not (tmp_path / "scores.jsonl").exists()
+
+
+def test_re_evaluate_with_relation_labels_the_model_does_not_know_is_exit_2(models, tmp_path, run_cli):
+    data = tmp_path / "re.csv"
+    data.write_text('"Sentence","Label"\n"[E1]Toads[/E1] eat [E2]beetles[/E2]","feed_on"\n'
+                    '"[E1]Frogs[/E1] live in [E2]ponds[/E2]","live_in"\n')
+    code, out, err = run_cli("re", "evaluate", "--model", models["re"], "--data", data)
+    assert code == 2 and "Traceback" not in out + err
+    assert "relation labels ['feed_on'] that the model does not know" in " ".join(err.split())

@@ -54,6 +54,11 @@ def _relation_records(path: str, derive: bool = False) -> list[Record]:
 
 
 def _scores(predictor: REPredictor, examples) -> dict:
+    unknown = sorted({e.label for e in examples} - set(predictor.labels))
+    if unknown:
+        raise DataError(f"the evaluation data has relation labels {unknown} that the model does not know (it knows "
+                        f"{', '.join(predictor.labels)}); its F1 on them would be 0. Evaluate a model trained on "
+                        "these labels, or map the labels")
     predicted = predictor.predict([e.marked for e in examples])
     return classification_prf([e.label for e in examples], [p for p, _ in predicted])
 
