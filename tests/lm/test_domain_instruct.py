@@ -10,7 +10,7 @@ from train_helpers import WORDS, save_tiny_llama, sentences, write_prepared_corp
 from transformers import AutoModelForCausalLM
 
 from adaptlab.config import validate_config
-from adaptlab.errors import ConfigError, RunDirError
+from adaptlab.errors import AdaptlabError, ConfigError, RunDirError
 from adaptlab.recipes.domain_instruct import DomainInstructConfig, run
 
 
@@ -72,6 +72,32 @@ def test_recipe_runs_every_stage_and_continues_an_interrupted_run(models, tmp_pa
     assert (run_dir.path / "cpt" / "model" / "model.safetensors").stat().st_mtime_ns == cpt_mtime
     assert again["table"] == metrics["table"]
 
+    # a later stage's settings changed: continual pretraining is reused, the merge is done again
+    changed = recipe_config(base, instruct, corpus, tmp_path / "run", merge={"scale": 0.25})
+    _, third = run(validate_config(DomainInstructConfig, changed))
+    assert (run_dir.path / "cpt" / "model" / "model.safetensors").stat().st_mtime_ns == cpt_mtime
+    assert third["merge"] == {"scale": 0.25, "search": None}
+    # continual-pretraining settings changed: that run cannot be continued
+    other_training = recipe_config(base, instruct, corpus, tmp_path / "run")
+    other_training["train"]["learning_rate"] = 1e-3
+    with pytest.raises(RunDirError, match="continual pretraining was made with other train"):
+        run(validate_config(DomainInstructConfig, other_training))
+
+
+def test_every_stage_input_is_checked_before_continual_pretraining(models, tmp_path, tiny_llama, tokenizer):
+    base, instruct, corpus = models
+    other = tmp_path / "other-shape"
+    tiny_llama().save_pretrained(other)  # another vocabulary and shapes than base
+    tokenizer.save_pretrained(other)
+    with pytest.raises(AdaptlabError, match="base and instruct cannot be merged by the chat vector"):
+        run(validate_config(DomainInstructConfig, recipe_config(base, other, corpus, tmp_path / "a")))
+    bad_task = recipe_config(base, instruct, corpus, tmp_path / "b")
+    (tmp_path / "bad.jsonl").write_text('{"question": "q", "choices": ["a"], "answer": 3}\n')
+    bad_task["evaluate"]["mc"]["tasks"] = {"bad": str(tmp_path / "bad.jsonl")}
+    with pytest.raises(AdaptlabError, match="bad.jsonl:1"):
+        run(validate_config(DomainInstructConfig, bad_task))
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
 
 def test_recipe_refuses_keys_it_sets_and_foreign_outputs(models, tmp_path):
     base, instruct, corpus = models
@@ -84,6 +110,6 @@ def test_recipe_refuses_keys_it_sets_and_foreign_outputs(models, tmp_path):
     occupied = tmp_path / "occupied"
     occupied.mkdir()
     (occupied / "notes.txt").write_text("mine")
-    with pytest.raises(RunDirError, match="not an unfinished run of this same config"):
+    with pytest.raises(RunDirError, match="holds no domain-instruct run"):
         run(validate_config(DomainInstructConfig, recipe_config(base, instruct, corpus, occupied)))
     assert (occupied / "notes.txt").read_text() == "mine"

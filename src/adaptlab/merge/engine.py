@@ -120,11 +120,9 @@ def merge_models(cfg: MergeConfig) -> MergeResult:
     """Run the merge described by ``cfg``; returns the output directory and the report."""
     started = time.perf_counter()
     output = check_output(cfg)
-    inputs = [files.resolve_model_dir(path) for path in cfg.all_models()]
     log = get_logger()
     with ExitStack() as stack:
-        sources = [stack.enter_context(ModelTensors(path, cfg.allow_pickle)) for path in inputs]
-        plan = build_plan(cfg, sources)
+        inputs, sources, plan = open_and_plan(cfg, stack)
         temporary = partial_dir(output)
         shutil.rmtree(temporary, ignore_errors=True)
         temporary.mkdir()
@@ -143,6 +141,20 @@ def merge_models(cfg: MergeConfig) -> MergeResult:
             raise
     log.info("merged %d tensors (%s) into %s in %.1f s", len(plan.tensors), cfg.method, output, report["seconds"])
     return MergeResult(output, report)
+
+
+def open_and_plan(cfg: MergeConfig, stack: ExitStack) -> tuple[list[str], list[ModelTensors], MergePlan]:
+    """The inputs as directories, their tensors (open until ``stack`` closes) and the checked plan."""
+    inputs = [files.resolve_model_dir(path) for path in cfg.all_models()]
+    sources = [stack.enter_context(ModelTensors(path, cfg.allow_pickle)) for path in inputs]
+    return inputs, sources, build_plan(cfg, sources)
+
+
+def check_mergeable(cfg: MergeConfig) -> None:
+    """Every check :func:`merge_models` makes of its inputs (architectures, names, shapes, tokenizers, rules),
+    reading headers only and writing nothing: for recipes that merge after hours of other work."""
+    with ExitStack() as stack:
+        open_and_plan(cfg, stack)
 
 
 def write_tensors(cfg: MergeConfig, plan: MergePlan, sources: list[ModelTensors], out_dir: Path) -> list[dict]:

@@ -16,9 +16,11 @@ The recipe of Hirano & Imajo (2024), read top to bottom:
 4. **One report**: the comparison table and the continual-pretraining loss curves in ``report.html``.
 
 Stages leave their results in sub-directories of the run (``cpt/``, ``merge/`` or ``merged/``,
-``evaluate/``). Running the same config again with the same ``--output`` continues an interrupted
-run: a finished stage is kept, continual pretraining resumes from its newest valid checkpoint,
-and the evaluation is redone.
+``evaluate/``). Running again with the same ``--output`` continues an interrupted run: a finished
+stage is kept while the config keys it reads are unchanged (so a changed evaluation or merge setting
+reuses the continual pretraining), continual pretraining resumes from its newest valid checkpoint,
+and the evaluation is redone. Every stage's inputs are checked before the first starts: base and
+instruct must be mergeable causal LMs, and the evaluation's tasks must load.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import yaml
 from pydantic import Field
 
 from adaptlab.config import StrictModel, save_config
-from adaptlab.errors import ConfigError, RunDirError
+from adaptlab.errors import AdaptlabError, ConfigError, RunDirError
 from adaptlab.recipes.lm_evaluate import LMEvalConfig
 from adaptlab.recipes.lm_train import LMTrainConfig
 from adaptlab.report.html import Image, KeyValues, Paragraph, Section, Table, write_report
@@ -41,6 +43,7 @@ from adaptlab.runs import RunDir, atomic_write_json, attach_log_file, create_run
 
 RECIPE_SETS = {"train": ("mode", "model", "data", "output", "resume"), "evaluate": ("models", "output")}
 MODEL_ROLES = ("base", "instruct", "domain", "merged")
+STAGE_KEYS = {"cpt": {"base", "corpus", "train"}, "merge": {"instruct", "merge"}}  # config keys each stage reads
 
 
 class ChatVectorStep(StrictModel):
@@ -74,17 +77,37 @@ def check_config(cfg: DomainInstructConfig) -> None:
 
 
 def _open_run(cfg: DomainInstructConfig) -> RunDir:
-    """A fresh run directory, or the unfinished one of the same config in ``output``."""
+    """A fresh run directory, or an earlier run of this recipe in ``output`` to continue.
+
+    The earlier run's finished stages are kept as long as what they were made from is unchanged: continual
+    pretraining while ``base``, ``corpus`` and ``train`` are the same, the merge while ``instruct`` and
+    ``merge`` are the same too (:data:`STAGE_KEYS`); the evaluation is always redone.
+    """
     output = Path(cfg.output) if cfg.output else None
     if output is None or not output.is_dir() or not any(output.iterdir()):
         return create_run_dir(cfg.output, cfg.name)
     run = RunDir(output)
     previous = yaml.safe_load(run.config.read_text(encoding="utf-8")) if run.config.is_file() else None
-    if previous != cfg.model_dump(mode="json", by_alias=True):
-        raise RunDirError(f"{output} is not empty and is not an unfinished run of this same config; choose another "
-                          "output (adaptlab never overwrites a directory)")
+    if not isinstance(previous, dict):
+        raise RunDirError(f"{output} is not empty and holds no domain-instruct run; choose another output "
+                          "(adaptlab never overwrites a directory)")
+    current = cfg.model_dump(mode="json", by_alias=True)
+    changed = sorted(key for key in set(previous) | set(current) if previous.get(key) != current.get(key))
+    if set(changed) & STAGE_KEYS["cpt"]:
+        raise RunDirError(f"{output} holds a run whose continual pretraining was made with other "
+                          f"{', '.join(sorted(set(changed) & STAGE_KEYS['cpt']))}; choose another output (adaptlab "
+                          "never overwrites a directory)")
     attach_log_file(run.log)
-    get_logger().info("continuing the run in %s", output)
+    log = get_logger()
+    if set(changed) & STAGE_KEYS["merge"]:
+        for stale in ("merged", "merge-search", "merge.json"):
+            target = run.path / stale
+            if target.is_dir():
+                shutil.rmtree(target)
+            else:
+                target.unlink(missing_ok=True)
+        log.info("%s changed: the merge is done again", ", ".join(sorted(set(changed) & STAGE_KEYS["merge"])))
+    log.info("continuing the run in %s (finished stages are kept)", output)
     return run
 
 
@@ -165,9 +188,32 @@ def evaluate_models(cfg: DomainInstructConfig, run: RunDir, models: dict[str, st
     return metrics
 
 
+def check_stage_inputs(cfg: DomainInstructConfig) -> None:
+    """What the later stages read, checked before continual pretraining starts (it can take hours): base and
+    instruct are causal LMs that can be merged (the domain model has the base's shapes), and the evaluation's
+    tasks and probe prompts load."""
+    from adaptlab.merge.chat_vector import chat_vector_config
+    from adaptlab.merge.engine import check_mergeable
+    from adaptlab.models.checks import check_model_dir, looks_local
+    from adaptlab.models.gguf import resolve_model
+    from adaptlab.recipes.lm_evaluate import load_inputs
+
+    models = {key: resolve_model(getattr(cfg, key), key) for key in ("base", "instruct")}
+    for key, path in models.items():
+        if looks_local(path):
+            check_model_dir(path, "causal_lm", key)
+    try:
+        check_mergeable(chat_vector_config(models["base"], models["instruct"], models["base"], "unused",
+                                           cfg.merge.scale, cfg.merge.dtype))
+    except AdaptlabError as exc:
+        raise type(exc)(f"base and instruct cannot be merged by the chat vector (stage 2): {exc}") from None
+    load_inputs(cfg.evaluate)
+
+
 def run(cfg: DomainInstructConfig) -> tuple[RunDir, dict[str, Any]]:
     check_config(cfg)
     texts = prepared_texts(cfg.corpus)
+    check_stage_inputs(cfg)
     run_dir = _open_run(cfg)
     save_config(cfg, run_dir.config)
     log = get_logger()
