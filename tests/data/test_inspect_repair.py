@@ -373,3 +373,17 @@ def test_real_file_repair_loses_no_token_and_leaves_clean_tags(biospecies, tmp_p
         assert counts[kind] == 0, kind
     normalised, _ = normalise_boundaries(records)
     assert clause_conventions(normalised)["inside"] == 0
+
+
+def test_repair_lists_every_span_a_rule_changed_with_file_line(messy, run_cli, tmp_path):
+    _, report = repair_file(messy, types=TYPES)
+    changes = {(c["where"], c["change"], c["rule"], c["before"], c["after"]) for c in report.span_changes}
+    assert (f"{messy}:80", "retyped", "retype_object_by_verb", "nesting in holes [HABITAT]",
+            "nesting in holes [BREEDING]") in changes
+    assert (f"{messy}:133", "changed", "clean_subject", "Tiny snail mostly [SPECIES]",
+            "Tiny snail [SPECIES]") in changes
+    assert len(report.span_changes) == 11 and report.to_json()["span_changes"] == report.span_changes
+    code, out, _ = run_cli("data", "convert", messy, tmp_path / "out.jsonl", "--types", ",".join(TYPES))
+    printed = " ".join(out.split())  # rich wraps long lines
+    assert code == 0 and "spans the rules changed: changed 10, retyped 1" in printed
+    assert f"{messy}:133: clean_subject changed Tiny snail mostly [SPECIES] -> Tiny snail [SPECIES]" in printed

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Optional
 
@@ -133,6 +134,15 @@ def _print_repair(report) -> None:
         if n:
             table.add_row(rule, str(n))
     console.print(table)
+    changes = data["span_changes"]
+    if changes:
+        kinds = Counter(change["change"] for change in changes)
+        console.print(f"spans the rules changed: {', '.join(f'{k} {n}' for k, n in sorted(kinds.items()))}")
+        for change in changes[:10]:
+            console.print(f"  {change['where']}: {change['rule']} {change['change']} {change['before'] or ''}"
+                          f"{' -> ' if change['before'] and change['after'] else ''}{change['after'] or ''}")
+        if len(changes) > 10:
+            console.print(f"  ... and {len(changes) - 10} more (all are in --report)")
     for item in data["unrepairable_items"][:10]:
         console.print(f"unrepairable ({item['action']}): {item['where']}: {item['kind']}: {item['excerpt']}")
     if len(data["unrepairable_items"]) > 10:

@@ -115,6 +115,7 @@ class RepairReport:
     records_dropped: int = 0
     conventions: Counter = field(default_factory=Counter)
     normalisation: Counter = field(default_factory=Counter)
+    span_changes: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -131,7 +132,46 @@ class RepairReport:
             "normalisation": dict(self.normalisation),
             "unrepairable_items": self.unrepairable,
             "duplicate_items": self.duplicates,
+            "span_changes": self.span_changes,
         }
+
+
+def span_changes(words: list[str], before: list[str], after: list[str], events: list[tuple[str, int]],
+                 line_of: Any) -> list[dict[str, Any]]:
+    """Every span rules 13-21 removed, changed or added in one sequence, each with the rule that fired
+    at (or nearest to) it and ``line_of(token index)``.
+
+    A removed span and an added span over the same words are one change of type (``retyped``), and over
+    overlapping words with the same type one change of boundaries (``changed``).
+    """
+    old = {tuple(span) for span in _spans(before)}
+    new = {tuple(span) for span in _spans(after)}
+    removed, added = sorted(old - new), sorted(new - old)
+    def text(span: tuple) -> str:
+        return f"{' '.join(words[span[0]:span[1]])} [{span[2]}]"
+
+    rule_events = [(rule, index) for rule, index in events if rule in RULES]
+
+    def rule_at(span: tuple) -> str:
+        inside = [rule for rule, index in rule_events if span[0] <= index < span[1]]
+        if inside or not rule_events:
+            return inside[0] if inside else "(none)"
+        return min(rule_events, key=lambda event: min(abs(event[1] - span[0]), abs(event[1] - span[1] + 1)))[0]
+
+    changes = []
+    for span in removed:
+        partner = next((a for a in added if a[:2] == span[:2]), None)
+        change = "retyped"
+        if partner is None:
+            partner = next((a for a in added if a[2] == span[2] and a[0] < span[1] and span[0] < a[1]), None)
+            change = "changed" if partner else "removed"
+        if partner is not None:
+            added.remove(partner)
+        changes.append({"where": line_of(span[0]), "change": change, "rule": rule_at(span), "before": text(span),
+                        "after": text(partner) if partner else None})
+    changes += [{"where": line_of(span[0]), "change": "added", "rule": rule_at(span), "before": None,
+                 "after": text(span)} for span in added]
+    return changes
 
 
 def _is_adverb(word: str) -> bool:
@@ -321,8 +361,11 @@ def repair_scan(
             continue
         seen[seq.key()] = seq.first_line
         log, words = RuleLog(), seq.words
-        tags, clauses = repair_clauses(words, decode_tags(seq, scan.types, log, max_gap), log)
+        decoded = decode_tags(seq, scan.types, log, max_gap)
+        tags, clauses = repair_clauses(words, decoded, log)
         report.rules.update(log)
+        report.span_changes += span_changes(words, decoded, tags, log.events,
+                                            lambda index, seq=seq: f"{scan.path}:{seq.entries[index].line}")
         conventions = [boundary.preposition_convention(c, tags) for c in clauses]
         report.conventions.update(conventions)
         issues = structure_problems(words, tags, clauses)
