@@ -15,8 +15,10 @@ held-out domain and general perplexity (lm-eval's rules), the wildlife cloze qui
 instruction-following probe. Both shipped texts are templated sentences, so their held-out documents
 resemble the training ones; forgetting is therefore also measured on ``benchmarks/texts/
 everyday_natural.txt`` (20 paragraphs of ordinary English written for this benchmark, never trained
-on), as word perplexity, which does not depend on the tokenizer. Needs `make real-models`. Prints a
-table and writes benchmarks/results/cpt_real.json.
+on), as word perplexity, which does not depend on the tokenizer. The probe checks the chat format and the
+stop at EOS; whether an answer stays on the question is ``probe_drift``: the share of the 16 finance answers
+that bring in the wildlife text's words (``DOMAIN_WORDS``: its species and conservation words, none of which
+occur in a probe prompt). Needs `make real-models`. Prints a table and writes benchmarks/results/cpt_real.json.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import re
 import sys
 import tempfile
 import time
@@ -42,7 +45,16 @@ BENCHMARKS = Path(__file__).resolve().parent
 RESULTS = BENCHMARKS / "results" / "cpt_real.json"
 NATURAL_TEXT = BENCHMARKS / "texts" / "everyday_natural.txt"
 COLUMNS = ("ppl_domain", "ppl_general", "ppl_natural", "wildlife_quiz_acc", "probe_stopped", "probe_chat_format",
-           "probe_both")
+           "probe_both", "probe_drift")
+DOMAIN_WORDS = frozenset("""wild habitat conservation rangers poachers breeding species cub cubs calf calves pups
+    panda pandas leopard leopards vaquita vaquitas gorilla gorillas whale whales tiger tigers orangutan orangutans
+    turtle turtles kakapo krill squid antelopes gazelles sumatran hawksbill amur virunga himalayas rainforests
+    savanna""".split())
+
+
+def drifted(response: str) -> bool:
+    """Whether a probe answer brings in the wildlife text's words (the probe asks about finance)."""
+    return not DOMAIN_WORDS.isdisjoint(re.findall(r"[a-z]+", response.lower()))
 
 
 def prepare(base: str, replay: float, args, output: Path) -> Path:
@@ -73,7 +85,8 @@ def evaluate(models: dict[str, str], corpus: Path, output: Path) -> dict:
                                  "general": str(corpus / "text" / "eval_general.txt"),
                                  "natural": str(NATURAL_TEXT)}, "batch_size": 4},
         "mc": {"tasks": {"wildlife_quiz": str(demo_resource("domain_quiz.jsonl"))}, "batch_size": 8},
-        "probe": {"prompts": "packaged:probe_prompts", "max_new_tokens": 96, "batch_size": 8},
+        "probe": {"prompts": "packaged:probe_prompts", "max_new_tokens": 96, "batch_size": 8,
+                  "examples": 16},
         "device": "cpu", "output": str(output), "progress": True})
     _, metrics = lm_evaluate.evaluate(cfg)
     return metrics
@@ -117,6 +130,9 @@ def main() -> int:
                     for c in corpora}
         results["same_held_out_documents"] = len(held_out) == 1
         metrics = evaluate(models, corpora[0], tmp / "evaluate")
+    for row in metrics["table"]:
+        answers = metrics["models"][row["model"]]["probe"]["examples"]
+        row["probe_drift"] = sum(drifted(a["response"]) for a in answers) / len(answers)
     results["table"] = metrics["table"]
     results["word_perplexity"] = {name: {text: p["word_perplexity"] for text, p in m["perplexity"].items()}
                                   for name, m in metrics["models"].items()}
