@@ -91,6 +91,10 @@ def command(kind: str, model: Path, files: dict[str, Path], output: Path) -> lis
         return ["ner", "predict", "--model", model, "--text", "the Zorbfish"]
     if kind == "re predict":
         return ["re", "predict", "--model", model, "--text", "[E1]Zorbfish[/E1] in [E2]lakes[/E2]"]
+    if kind == "lm train":
+        config = output.parent / "cpt.json"  # YAML reads JSON
+        config.write_text(json.dumps({"mode": "cpt", "model": str(model), "data": str(output.parent / "corpus")}))
+        return ["lm", "train", config, "--output", output]
     if kind == "lm evaluate":
         return ["lm", "evaluate", f"models=[{{name: m, path: {model}}}]", f"perplexity.texts={{t: {files['text']}}}",
                 "--output", output]
@@ -98,7 +102,7 @@ def command(kind: str, model: Path, files: dict[str, Path], output: Path) -> lis
 
 
 SOURCE = {"ner train": "encoder", "ner evaluate": "ner", "ner predict": "ner", "re predict": "re",
-          "lm evaluate": "llama"}
+          "lm evaluate": "llama", "lm train": "llama"}
 
 
 @pytest.mark.parametrize("how", DAMAGE)
