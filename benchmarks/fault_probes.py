@@ -71,7 +71,14 @@ class Probe:
 def run_probe(probe: Probe, workdir: Path) -> dict:
     started = time.perf_counter()
     if probe.expect == "interrupt":
-        code, err, out = *stopped_at(probe.pause, probe.args, workdir, probe.signum), ""
+        try:
+            code, err, out = *stopped_at(probe.pause, probe.args, workdir, probe.signum), ""
+        except TimeoutError:
+            return {"class": "hang", "code": None, "seconds": round(time.perf_counter() - started, 1)}
+        except AssertionError as exc:  # it failed on its valid input before reaching the point to stop it at
+            failure = "traceback" if "Traceback (most recent call last)" in str(exc) else "valid_refused"
+            return {"class": failure, "code": None, "seconds": round(time.perf_counter() - started, 1),
+                    "stderr_tail": str(exc)[-600:]}
     else:
         env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
         try:
@@ -90,21 +97,26 @@ def classify(probe: Probe, code: int, out: str, err: str) -> str:
     if probe.expect == "interrupt":
         if code == 0:
             return "interrupt_exit0"
+        if left_over(probe.output) and not probe.kept:
+            return "leftover"
         if code != 128 + probe.signum:
             return "silent_wrong"
-        if probe.output is not None and probe.output.exists() and not probe.kept:
-            return "leftover"
     elif probe.expect == "ok":
         if code != 0:
             return "valid_refused"
     else:
         if code == 0:
             return "exit0_teacher_failed" if probe.teacher_failed else "silent_wrong"
-        if probe.output is not None and probe.output.exists():
+        if left_over(probe.output):
             return "leftover"
     if probe.check is not None:
         return probe.check(code, out, err) or "clean"
     return "clean"
+
+
+def left_over(output: Path | None) -> bool:
+    """Something at the output path, or a partial output of it beside it (``.NAME.partial-PID``)."""
+    return output is not None and (output.exists() or any(output.parent.glob(f".{output.name}.partial-*")))
 
 
 # ------------------------------------------------------------------------------------------- assets
@@ -122,7 +134,6 @@ def build_assets(root: Path) -> dict[str, Path]:
         BertModel,
     )
 
-    from adaptlab.cli import main
     from adaptlab.lm.tiny import save_random_causal_lm, train_tokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(get_model_path())
@@ -150,6 +161,9 @@ def build_assets(root: Path) -> dict[str, Path]:
     (root / "train.conll").write_text("".join(
         f"The\tO\nOtter{i}\tB-SPECIES\nlives\tO\nin\tO\nrivers\tB-HABITAT\n\n" for i in range(12)), encoding="utf-8")
     assets["conll"] = root / "train.conll"
+    long_record = "Otter\tB-SPECIES\nlives\tO\nin\tO\n" + "rivers\tB-HABITAT\nand\tO\nlakes\tB-HABITAT\n" * 40
+    (root / "long.conll").write_text(assets["conll"].read_text() + long_record + "\n", encoding="utf-8")
+    assets["long_conll"] = root / "long.conll"  # one record of 123 words: more than the tiny encoder's 64 positions
     (root / "gold.jsonl").write_text("".join(json.dumps(
         {"text": f"Otter{i} lives in rivers", "spans": [[0, len(f"Otter{i}"), "SPECIES"]]}) + "\n" for i in range(6)))
     assets["gold"] = root / "gold.jsonl"
@@ -162,6 +176,8 @@ def build_assets(root: Path) -> dict[str, Path]:
     assets["re_csv"] = root / "re.csv"
     (root / "re_unknown.csv").write_text('"Sentence","Label"\n"[E1]Otter[/E1] eats [E2]fish[/E2]","feed_on"\n')
     assets["re_unknown"] = root / "re_unknown.csv"
+    (root / "re_quoted.csv").write_text('"Sentence","Label"\n"[E1]Otter[/E1] lives in [E2]rivers[/E2]","live_in"\n')
+    assets["re_quoted"] = root / "re_quoted.csv"  # the biospecies shape, every field quoted
     (root / "domain.txt").write_text("\n\n".join(texts) + "\n")
     (root / "general.txt").write_text("\n\n".join(f"A cat {i} sat on the mat by the door." for i in range(30)) + "\n")
     (root / "prepare.yaml").write_text(json.dumps({
@@ -169,7 +185,9 @@ def build_assets(root: Path) -> dict[str, Path]:
         "sources": [{"name": "d", "path": str(root / "domain.txt"), "role": "domain"},
                     {"name": "g", "path": str(root / "general.txt"), "role": "general"}]}))
     assets["prepare_config"] = root / "prepare.yaml"
-    assert main(["lm", "prepare", str(root / "prepare.yaml"), "--output", str(root / "corpus")]) == 0
+    # by the checked-out code under test (--src), whose corpus manifest its lm train must accept
+    subprocess.run([sys.executable, "-m", "adaptlab", "lm", "prepare", str(root / "prepare.yaml"), "--output",
+                    str(root / "corpus")], check=True, capture_output=True)
     assets["corpus"] = root / "corpus"
     (root / "cpt.yaml").write_text(json.dumps({
         "mode": "cpt", "model": str(assets["llama"]), "data": str(root / "corpus"), "max_steps": 6, "batch_size": 2,
@@ -183,7 +201,10 @@ def build_assets(root: Path) -> dict[str, Path]:
     state = json.loads((truncating / "tokenizer.json").read_text())
     state["truncation"] = {"direction": "Right", "max_length": 16, "strategy": "LongestFirst", "stride": 0}
     (truncating / "tokenizer.json").write_text(json.dumps(state))
-    assets["truncating"] = truncating
+    (root / "cpt_truncating.yaml").write_text(json.dumps({
+        "mode": "cpt", "model": str(truncating), "data": str(root / "corpus"), "max_steps": 2, "batch_size": 2,
+        "progress": False}))
+    assets["cpt_truncating"] = root / "cpt_truncating.yaml"
     return assets
 
 
@@ -284,7 +305,7 @@ def probes(a: dict[str, Path], work: Path, stub_url: str, slow_url: str, html_ur
         Probe("model kind", "extract --re with an NER model",
               ["extract", "--ner", a["ner"], "--re", a["ner"], "--text", "Otter lives in rivers"]),
         Probe("model kind", "re evaluate with an NER model", ["re", "evaluate", "--model", a["ner"], "--data",
-                                                              a["re_csv"]]),
+                                                              a["re_quoted"]]),
         Probe("model kind", "re evaluate with labels the model does not know",
               ["re", "evaluate", "--model", a["re"], "--data", a["re_unknown"]]),
         Probe("model kind", "lm evaluate on a BERT encoder",
@@ -302,11 +323,10 @@ def probes(a: dict[str, Path], work: Path, stub_url: str, slow_url: str, html_ur
         Probe("input", "re train on a csv.writer CSV", ["re", "train", "--train", a["re_csv"], "--model",
                                                         a["encoder"], "--output", out("i3"), "--epochs", "1"], "ok"),
         Probe("input", "ner train, records longer than the position table",
-              ["ner", "train", "--train", a["conll"], "--model", a["encoder"], "--output", out("i4"), "--epochs", "1",
-               "training.max_length=512"], "ok"),
+              ["ner", "train", "--train", a["long_conll"], "--model", a["encoder"], "--output", out("i4"), "--epochs",
+               "1"], "ok"),
         Probe("input", "lm prepare + lm train with a tokenizer.json that carries truncation",
-              ["lm", "train", f"model={a['truncating']}", f"data={a['corpus']}", "max_steps=2", "batch_size=2",
-               "progress=false", "--output", out("i5")], "ok"),
+              ["lm", "train", a["cpt_truncating"], "--output", out("i5")], "ok"),
     ]
     # 7. outputs that cannot be written
     (work / "afile").write_text("x")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -29,7 +30,7 @@ def stopped_at(target: str, args: list, workdir: Path, signum: int) -> tuple[int
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
     with open(log, "wb") as stderr:
         process = subprocess.Popen([sys.executable, __file__, target, str(ready), *map(str, args)], cwd=workdir,
-                                   env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+                                   env=env, stdout=subprocess.DEVNULL, stderr=stderr, preexec_fn=_default_signals)
         deadline = time.monotonic() + STARTUP_S
         while not ready.exists() and process.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -40,9 +41,19 @@ def stopped_at(target: str, args: list, workdir: Path, signum: int) -> tuple[int
             raise AssertionError(f"adaptlab {command} never reached {target} (exit {process.returncode}):\n"
                                  f"{log.read_text(errors='replace')[-3000:]}")
         process.send_signal(signum)
-        code = process.wait(timeout=120)
+        try:
+            code = process.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            raise TimeoutError(f"adaptlab {args[0]} ... did not exit within 120 s of signal {signum}") from None
     ready.unlink()
     return code, log.read_text(errors="replace")
+
+
+def _default_signals() -> None:
+    """In the child: SIGINT as in a terminal (a shell's background job starts with SIGINT ignored)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def pause_at(target: str, ready: Path) -> None:
