@@ -54,6 +54,8 @@ benchmark: $(REAL_STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/cpt_throughput.py
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/lm_eval_parity.py
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/cpt_real.py
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/teacher_real.py
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/fault_probes.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info
