@@ -89,6 +89,10 @@ def command(kind: str, model: Path, files: dict[str, Path], output: Path) -> lis
         return ["ner", "evaluate", "--model", model, "--data", files["ner"], "--output", output]
     if kind == "ner predict":
         return ["ner", "predict", "--model", model, "--text", "the Zorbfish"]
+    if kind == "re evaluate":
+        return ["re", "evaluate", "--model", model, "--data", files["re"]]
+    if kind == "extract":
+        return ["extract", "--ner", model, "--text", "the Zorbfish", "--output", output]
     if kind == "re predict":
         return ["re", "predict", "--model", model, "--text", "[E1]Zorbfish[/E1] in [E2]lakes[/E2]"]
     if kind == "lm train":
@@ -102,7 +106,7 @@ def command(kind: str, model: Path, files: dict[str, Path], output: Path) -> lis
 
 
 SOURCE = {"ner train": "encoder", "ner evaluate": "ner", "ner predict": "ner", "re predict": "re",
-          "lm evaluate": "llama", "lm train": "llama"}
+          "re evaluate": "re", "extract": "ner", "lm evaluate": "llama", "lm train": "llama"}
 
 
 @pytest.mark.parametrize("how", DAMAGE)
