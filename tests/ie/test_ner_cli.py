@@ -169,17 +169,19 @@ def test_predict_reads_a_conll_file_as_records_not_lines(trained, run_cli, tmp_p
     assert [json.loads(line)["text"] for line in out.splitlines()] == ["the Zorbfish swims", "a lake"]
 
 
-def test_a_text_longer_than_the_model_reads_is_a_warning_with_counts(trained, run_cli):
-    """The tiny model has 128 positions: the end of a 300-word text is untagged, and the console says so."""
+def test_a_text_longer_than_the_model_reads_is_tagged_in_overlapping_windows(trained, run_cli):
+    """The tiny model reads 128 positions: a 301-word text is tagged in windows, to its last word."""
     _, run = trained
-    long_text = " ".join(["the Zorbfish lives near a quiet lake"] * 43)
+    sentence = "the Zorbfish lives near a quiet lake"
+    long_text = " ".join([sentence] * 43)
     code, out, err = run_cli("ner", "predict", "--model", run, "--text", long_text)
     assert code == 0, err
-    record = json.loads(out)  # stdout stays JSONL
-    untagged = record["meta"]["untagged_words"]
-    assert untagged > 0
-    assert "1 of 1 texts are longer than the model reads at once" in " ".join(err.split())
-    assert f"their last {untagged} words in all were left untagged" in " ".join(err.split())
+    record = json.loads(out)
+    assert record["meta"]["windows"] >= 3 and "untagged_words" not in record["meta"]
+    found = [(record["text"][s:e], label) for s, e, label in record["spans"]]
+    assert found == [("Zorbfish", "ANIMAL"), ("lake", "PLACE")] * 43  # as the sentence alone is tagged
+    assert record["spans"][-1][1] == len(long_text)
+    assert "warning" not in err
 
 
 def test_training_longer_records_than_the_position_table_does_not_crash(tmp_path, tiny_bert_dir, run_cli):

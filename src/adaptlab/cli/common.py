@@ -11,12 +11,6 @@ from typer.core import TyperGroup
 
 # User data (paths, texts with [E1] markers) must never be read as rich markup.
 console = Console(markup=False, highlight=False)
-warnings_console = Console(stderr=True, markup=False, highlight=False)
-
-
-def warn(message: str) -> None:
-    """A warning on stderr, so that it never mixes into JSONL printed on stdout."""
-    warnings_console.print(f"warning: {message}", soft_wrap=True)
 
 
 class RunByDefault(TyperGroup):

@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from adaptlab.cli.common import console, ner_summary_table, print_json, warn
+from adaptlab.cli.common import console, ner_summary_table, print_json
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -73,11 +73,6 @@ def predict(
     from adaptlab.recipes import ner
 
     records = ner.predict(model, read_texts(input_file, text), output)
-    cut = [r.meta["untagged_words"] for r in records if r.meta.get("untagged_words")]
-    if cut:
-        warn(f"{len(cut)} of {len(records)} texts are longer than the model reads at once (512 tokens): their last "
-             f"{sum(cut)} words in all were left untagged (meta.untagged_words); split long texts into paragraphs "
-             "or sentences")
     if output:
         console.print(f"wrote {len(records)} records to {output}")
     else:

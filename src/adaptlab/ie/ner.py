@@ -151,41 +151,77 @@ class NERPredictor:
         self.max_length = sequence_limit(self.model, self.tokenizer, 512)
 
     def predict(self, texts: Sequence[str], batch_size: int = 32) -> list[Record]:
-        import torch
-
+        """Tag ``texts``; one that is longer than the model reads at once is tagged in overlapping windows."""
         results: list[Record] = []
         for begin in range(0, len(texts), batch_size):
-            chunk = [Record(text=t) for t in texts[begin : begin + batch_size]]
-            encoded = [encode_record(r, self.tokenizer, None, self.max_length) for r in chunk]
-            width = max(len(e.input_ids) for e in encoded)
-            pad = self.tokenizer.pad_token_id or 0
-            ids = torch.tensor([e.input_ids + [pad] * (width - len(e.input_ids)) for e in encoded])
-            mask = torch.tensor([e.attention_mask + [0] * (width - len(e.attention_mask)) for e in encoded])
-            with torch.no_grad():
-                logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
-            probs = torch.softmax(logits.float(), dim=-1).cpu().numpy()
-            for record, enc, row in zip(chunk, encoded, probs):
-                results.append(self._decode(record.text, enc, row))
+            chunk = list(texts[begin : begin + batch_size])
+            encoded = [encode_record(Record(text=t), self.tokenizer, None, self.max_length) for t in chunk]
+            for text, enc, probs in zip(chunk, encoded, self._forward(encoded)):
+                rows, windows = self._word_rows(enc, probs), 1
+                if enc.truncated_words:
+                    rows, windows = self._rows_in_windows(text, enc.offsets, rows)
+                results.append(self._decode(text, enc.offsets, rows, windows))
         return results
 
-    def _decode(self, text: str, enc, probs: np.ndarray) -> Record:
+    def _forward(self, encoded: list) -> list[np.ndarray]:
+        """Label probabilities per subword position of each encoding (padded together)."""
+        import torch
+
+        width = max(len(e.input_ids) for e in encoded)
+        pad = self.tokenizer.pad_token_id or 0
+        ids = torch.tensor([e.input_ids + [pad] * (width - len(e.input_ids)) for e in encoded])
+        mask = torch.tensor([e.attention_mask + [0] * (width - len(e.attention_mask)) for e in encoded])
+        with torch.no_grad():
+            logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
+        return list(torch.softmax(logits.float(), dim=-1).cpu().numpy())
+
+    def _word_rows(self, enc, probs: np.ndarray) -> np.ndarray:
+        """``[words the encoding kept, labels]``: each word's first-subword probabilities; a word the tokenizer
+        maps to no subword at all (e.g. a lone zero-width character) is certainly O."""
         first: dict[int, int] = {}
         for pos, w in enumerate(enc.word_ids):
             if w is not None and w not in first:
                 first[w] = pos
-        # Words past max_length are left untagged (counted in meta); a word the tokenizer maps to
-        # no subword at all (e.g. a lone zero-width character) is tagged O.
-        n_words = max(first) + 1 if first else 0
         certain_outside = np.eye(len(self.id2label))[self.label2id.get("O", 0)]
-        rows = np.array([probs[first[w]] if w in first else certain_outside for w in range(n_words)])
+        n_words = max(first) + 1 if first else 0
+        return np.array([probs[first[w]] if w in first else certain_outside for w in range(n_words)]).reshape(
+            n_words, len(self.id2label))
+
+    def _rows_in_windows(self, text: str, offsets: list, first: np.ndarray) -> tuple[np.ndarray, int]:
+        """Every word's probabilities from overlapping windows of the text, each as long as the model reads.
+
+        Window ``k + 1`` starts half-way through window ``k``'s words, and each word takes its row from the
+        window where it has the most context on its nearer side (a text edge counts as full context).
+        """
+        n = len(offsets)
+        windows = [(0, first)]
+        while windows[-1][0] + len(windows[-1][1]) < n and len(windows[-1][1]):
+            start = windows[-1][0] + max(1, len(windows[-1][1]) // 2)
+            enc = encode_record(Record(text=text[offsets[start][0]:]), self.tokenizer, None, self.max_length)
+            windows.append((start, self._word_rows(enc, self._forward([enc])[0])))
+        rows = np.zeros((n, len(self.id2label)))
+        context = np.full(n, -1.0)
+        for start, window in windows:
+            end = start + len(window)
+            for w in range(start, min(end, n)):
+                left = w - start if start > 0 else np.inf
+                right = end - 1 - w if end < n else np.inf
+                if min(left, right) > context[w]:
+                    rows[w], context[w] = window[w - start], min(left, right)
+        return rows[: int(np.sum(context >= 0))], len(windows)
+
+    def _decode(self, text: str, offsets: list, rows: np.ndarray, windows: int = 1) -> Record:
+        n_words = len(rows)
         if self.constrained and n_words:
             ids = constrained_decode(np.log(np.clip(rows, 1e-12, None)), self.allowed)
         else:
             ids = [int(i) for i in np.argmax(rows, axis=-1)] if n_words else []
         tags = [self.id2label[i] for i in ids]
         scores = [float(rows[w, i]) for w, i in enumerate(ids)]
-        spans, span_scores = decode_words(text, enc.offsets[:n_words], tags, scores)
-        meta = {"span_scores": span_scores}
-        if enc.truncated_words:
-            meta["untagged_words"] = enc.truncated_words
+        spans, span_scores = decode_words(text, offsets[:n_words], tags, scores)
+        meta: dict = {"span_scores": span_scores}
+        if windows > 1:
+            meta["windows"] = windows
+        if n_words < len(offsets):  # only if a window could not advance
+            meta["untagged_words"] = len(offsets) - n_words
         return Record(text=text, spans=spans, meta=meta)
