@@ -247,3 +247,13 @@ def test_a_rule_that_matches_no_tensor_is_an_error(model_family, tmp_path):
     with pytest.raises(ConfigError, match=r"rules\[1\]\.match 'self_atn\\\\.' matches no tensor"):
         merge_models(cfg)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_nan_in_a_copied_tensor_is_an_error_too(model_family, tmp_path):
+    family = model_family("llama")
+    name = copy_with_a_nan(family["domain"], tmp_path / "broken")
+    cfg = MergeConfig(method="linear", models=[{"model": str(tmp_path / "broken")}, {"model": str(family["instruct"])}],
+                      rules=[{"match": f"^{name}$", "action": "copy", "copy_from": str(tmp_path / "broken")}],
+                      output=str(tmp_path / "out"), progress=False)
+    with pytest.raises(ModelError, match=rf"tensor '{name}' holds 1 NaN or Inf values"):
+        merge_models(cfg)

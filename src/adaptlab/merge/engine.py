@@ -183,16 +183,24 @@ def stored_name(plan: MergePlan, index: int, name: str) -> str:
 
 
 def read(plan: MergePlan, sources: list[ModelTensors], index: int, name: str) -> torch.Tensor:
-    return finite(plan, index, name, sources[index].get(stored_name(plan, index, name)))
+    return sources[index].get(stored_name(plan, index, name))
 
 
-def finite(plan: MergePlan, index: int, name: str, values: torch.Tensor) -> torch.Tensor:
-    """``values`` of input ``index``'s tensor ``name``, checked to hold no NaN or Inf (unless allowed)."""
-    if plan.allow_nonfinite or not values.is_floating_point() or bool(torch.isfinite(values).all()):
-        return values
-    bad = int((~torch.isfinite(values)).sum())
-    raise ModelError(f"{plan.inputs[index]}: tensor {name!r} holds {bad} NaN or Inf values; a merge would spread "
-                     "them into every value they touch. Fix or replace that model, or set allow_nonfinite: true")
+def check_finite(plan: MergePlan, sources: list[ModelTensors], tensor: TensorPlan, sum_of_squares: float) -> None:
+    """A merged tensor whose sum of squares is NaN or Inf holds such values (unless ``allow_nonfinite``): name the
+    input they came from. The sum is computed for the report anyway, so the usual case costs nothing; only a
+    non-finite result reads the inputs again to find the culprit."""
+    if plan.allow_nonfinite or math.isfinite(sum_of_squares):
+        return
+    wanted = [tensor.source] if tensor.action != "merge" else [i for i in (plan.base, *plan.models) if i is not None]
+    for index in dict.fromkeys(wanted):
+        values = read(plan, sources, index, tensor.name)
+        bad = int((~torch.isfinite(values)).sum()) if values.is_floating_point() else 0
+        if bad:
+            raise ModelError(f"{plan.inputs[index]}: tensor {tensor.name!r} holds {bad} NaN or Inf values, which the "
+                             "merge would spread. Fix or replace that model, or set allow_nonfinite: true")
+    raise ModelError(f"merging {tensor.name!r} gave NaN or Inf from finite inputs (an overflow in the output dtype?); "
+                     "check the weights and parameters, or set allow_nonfinite: true")
 
 
 def merge_in_slices(method, plan: MergePlan, sources: list[ModelTensors], tensor: TensorPlan, seed: int,
@@ -204,8 +212,7 @@ def merge_in_slices(method, plan: MergePlan, sources: list[ModelTensors], tensor
 
     def read_slice(start: int) -> dict[int, torch.Tensor]:
         count = min(SLICE_ELEMENTS, total - start)
-        return {i: finite(plan, i, tensor.name, sources[i].read_slice(stored_name(plan, i, tensor.name), start, count))
-                for i in wanted}
+        return {i: sources[i].read_slice(stored_name(plan, i, tensor.name), start, count) for i in wanted}
 
     starts = range(0, total, SLICE_ELEMENTS)
     pending = reader.submit(read_slice, 0) if total else None
@@ -224,6 +231,7 @@ def merge_in_slices(method, plan: MergePlan, sources: list[ModelTensors], tensor
         writer.write_chunk(tensor.name, merged.to(plan.dtype))
     if total == 0:
         writer.write_chunk(tensor.name, torch.empty(0, dtype=plan.dtype))
+    check_finite(plan, sources, tensor, squares)
     return {"name": tensor.name, "shape": list(tensor.shape), "action": "merge", "max_abs_change": max_change,
             "rms": math.sqrt(squares / total) if total else 0.0}
 
@@ -244,14 +252,18 @@ def merged_tensor(method, plan: MergePlan, sources: list[ModelTensors], tensor: 
         inputs = {i: read(plan, sources, i, tensor.name).to(torch.float32) for i in wanted}
     if tensor.action in ("skip", "copy"):
         row["source"] = plan.inputs[tensor.source]
-        return inputs[tensor.source].to(plan.dtype), row
+        copied = inputs[tensor.source]
+        check_finite(plan, sources, tensor, float(torch.sum(copied * copied, dtype=torch.float64)))
+        return copied.to(plan.dtype), row
     base = inputs[plan.base] if plan.base is not None else None
     models = [inputs[i] for i in plan.models]
     generator = tensor_generator(seed, tensor.name)
     merged = method.fn(base, models, list(tensor.weights), plan.densities, tensor.params, generator)
     reference = base if base is not None else models[0]
+    squares = float(torch.sum(merged * merged, dtype=torch.float64))
+    check_finite(plan, sources, tensor, squares)
     row["max_abs_change"] = float((merged - reference).abs().max()) if merged.numel() else 0.0
-    row["rms"] = float(merged.pow(2).mean().sqrt()) if merged.numel() else 0.0
+    row["rms"] = math.sqrt(squares / merged.numel()) if merged.numel() else 0.0
     return merged.to(plan.dtype), row
 
 
