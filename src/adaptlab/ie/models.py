@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from adaptlab.errors import ModelError
-from adaptlab.models.checks import check_model_dir, looks_local
+from adaptlab.models.checks import check_local_model, check_model_dir
 from adaptlab.models.gguf import is_gguf_path, resolve_model
 
 DEFAULT_STUDENT = "minilm"
@@ -30,8 +30,7 @@ def resolve_student(name_or_path: str) -> str:
         return str(default_student_path())
     if is_gguf_path(name_or_path):
         return resolve_model(name_or_path)
-    if looks_local(name_or_path):
-        check_model_dir(name_or_path)
+    check_local_model(name_or_path)
     return name_or_path
 
 

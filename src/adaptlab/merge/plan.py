@@ -19,7 +19,6 @@ buffers) are never merged: they must be equal in every input and are copied from
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +31,7 @@ from adaptlab.merge.config import MergeConfig
 from adaptlab.merge.methods import METHODS, check_inputs, check_params
 from adaptlab.merge.tensors_io import ModelTensors, parse_dtype
 from adaptlab.merge.vocab import VocabAlignment, describe_vocab_difference, has_tokenizer, plan_vocab
+from adaptlab.models.checks import read_config
 
 INPUT_EMBEDDING_SUFFIXES = ("embed_tokens.weight", "wte.weight", "word_embeddings.weight", "embed_in.weight")
 OUTPUT_EMBEDDING_NAMES = ("lm_head.weight", "embed_out.weight", "cls.predictions.decoder.weight")
@@ -64,16 +64,6 @@ class MergePlan:
     configs: list[dict[str, Any]]
     vocab: VocabAlignment | None = None
     allow_nonfinite: bool = False  # NaN / Inf in an input tensor is an error unless set
-
-
-def read_model_config(path: str | Path) -> dict[str, Any]:
-    file = Path(path) / "config.json"
-    if not file.is_file():
-        raise ModelError(f"{path}: no config.json; every input must be a Hugging Face model directory")
-    try:
-        return json.loads(file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ModelError(f"{file}: invalid JSON ({exc.msg}, line {exc.lineno})") from None
 
 
 def listing(names: list[str]) -> str:
@@ -202,7 +192,7 @@ def build_plan(cfg: MergeConfig, sources: list[ModelTensors]) -> MergePlan:
     check_inputs(method, has_base=cfg.base_model is not None, weights=[m.weight for m in cfg.models],
                  densities=[m.density for m in cfg.models])
     paths = [str(source.path) for source in sources]  # inputs as resolved directories (hub names downloaded)
-    configs = [read_model_config(path) for path in paths]
+    configs = [read_config(Path(path), "merge input") for path in paths]
     check_architectures(inputs, configs)
     all_names = set().union(*(set(s.names()) for s in sources))
     aliases = [tied_aliases(p, c, s, all_names) for p, c, s in zip(paths, configs, sources)]

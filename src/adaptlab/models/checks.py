@@ -30,6 +30,14 @@ def looks_local(name: str | Path) -> bool:
     return Path(text).is_absolute() or text.startswith((".", "~")) or Path(text).exists()
 
 
+def check_local_model(name: str | Path, head: str | None = None, key: str = "model") -> bool:
+    """:func:`check_model_dir` when ``name`` is a path (True once it passed); a hub name is left alone (False)."""
+    if not looks_local(name):
+        return False
+    check_model_dir(name, head, key)
+    return True
+
+
 def check_model_dir(path: str | Path, head: str | None = None, key: str = "model") -> dict[str, Any]:
     """Check the model directory at ``path`` (module doc) and return its config; ModelError names ``key``."""
     from adaptlab.merge.tensors_io import ModelTensors
@@ -50,6 +58,7 @@ def check_model_dir(path: str | Path, head: str | None = None, key: str = "model
 
 
 def read_config(path: Path, key: str = "model") -> dict[str, Any]:
+    """``path/config.json`` as a dict with a ``model_type``; ModelError names ``key`` and the file otherwise."""
     file = path / "config.json"
     if not file.is_file():
         raise ModelError(f"{key}: {path} holds no config.json, so it is not a Hugging Face model directory "

@@ -194,14 +194,13 @@ def check_stage_inputs(cfg: DomainInstructConfig) -> None:
     tasks and probe prompts load."""
     from adaptlab.merge.chat_vector import chat_vector_config
     from adaptlab.merge.engine import check_mergeable
-    from adaptlab.models.checks import check_model_dir, looks_local
+    from adaptlab.models.checks import check_local_model
     from adaptlab.models.gguf import resolve_model
     from adaptlab.recipes.lm_evaluate import load_inputs
 
     models = {key: resolve_model(getattr(cfg, key), key) for key in ("base", "instruct")}
     for key, path in models.items():
-        if looks_local(path):
-            check_model_dir(path, "causal_lm", key)
+        check_local_model(path, "causal_lm", key)
     try:
         check_mergeable(chat_vector_config(models["base"], models["instruct"], models["base"], "unused",
                                            cfg.merge.scale, cfg.merge.dtype))

@@ -32,7 +32,7 @@ from adaptlab.lm.lm_eval_tasks import load_task
 from adaptlab.lm.mc_tasks import MCTask, count_requests, score_mc_task
 from adaptlab.lm.probe import load_probe_prompts, probe_skip_reason, run_probe
 from adaptlab.metrics.lm import perplexity, read_text_file
-from adaptlab.models.checks import check_model_dir, looks_local
+from adaptlab.models.checks import check_local_model
 from adaptlab.models.gguf import resolve_model
 from adaptlab.report.html import KeyValues, Paragraph, Section, Table, write_report
 from adaptlab.runs import RunDir, atomic_write_json, atomic_write_text, create_run_dir, get_logger, progress_bar
@@ -189,8 +189,7 @@ def _check_model_config(path: str, key: str) -> None:
     that a wrong or damaged model fails before the run directory exists."""
     from transformers import AutoConfig
 
-    if looks_local(path):
-        check_model_dir(path, "causal_lm", key)
+    if check_local_model(path, "causal_lm", key):
         return
     try:
         AutoConfig.from_pretrained(path)

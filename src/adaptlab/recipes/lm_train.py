@@ -32,7 +32,7 @@ from adaptlab.lm.train import (
     save_final_model,
     training_arguments,
 )
-from adaptlab.models.checks import check_model_dir, looks_local
+from adaptlab.models.checks import check_local_model
 from adaptlab.models.gguf import resolve_model
 from adaptlab.report.html import Image, KeyValues, Paragraph, Section, Table, write_report
 from adaptlab.report.plots import loss_curve_png
@@ -73,8 +73,7 @@ def train(cfg: LMTrainConfig) -> tuple[RunDir, dict[str, Any]]:
         raise ConfigError("set 'output' (--output DIR) when training with several processes, so that they all "
                           "find the same run directory")
     model_dir = resolve_model(cfg.model, "model")
-    if looks_local(model_dir):
-        check_model_dir(model_dir, "causal_lm")
+    check_local_model(model_dir, "causal_lm")
     tokenizer_source = resolve_model(cfg.tokenizer, "tokenizer") if cfg.tokenizer else model_dir
     tokenizer = load_tokenizer(tokenizer_source, "tokenizer" if cfg.tokenizer else "model")
     data = load_training_data(cfg, tokenizer, tokenizer_source)
