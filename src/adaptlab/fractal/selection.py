@@ -103,11 +103,11 @@ def choose_prior_balance(data: BagTensors, cfg: FractalTrainConfig, train_head: 
     best: tuple[dict[str, float], PriorMix] | None = None
     for scale in cfg.prior_weight_scales:
         weights = scaled_cosine_weights(cfg, scale)
-        logits = held_out_logits(data, cfg.model_copy(update={"weights": weights}), train_head, groups, pairs,
-                                 pair_groups)
+        scaled = cfg.model_copy(update={"weights": weights})
+        logits = held_out_logits(data, scaled, train_head, groups, pairs, pair_groups)
         mix = fit_prior_mix(prior, logits, data.bag_index, data.n_bags, data.bag_labels, cfg.aggregation,
                             cfg.temperature, cfg.bag_loss)
-        mix = replace(mix, loss_weights=asdict(cfg.model_copy(update={"weights": weights}).loss_weights()))
+        mix = replace(mix, loss_weights=asdict(scaled.loss_weights()))
         get_logger().info("prior balance: cosine scale %g -> head weight %.1f, held-out bag concordance %s",
                           scale, mix.head_weight, mix.held_out_concordance)
         if best is None or _rank(mix) < _rank(best[1]):
