@@ -41,3 +41,11 @@ class ModelError(AdaptlabError):
 
 class RunDirError(AdaptlabError):
     """A run or output directory cannot be created without overwriting something."""
+
+
+class StrategyError(ConfigError):
+    """A tuning strategy does not fit the model, the task or another strategy; raised before step 0."""
+
+    def __init__(self, strategy: str, reason: str):
+        self.strategy = strategy
+        super().__init__(f"strategy.{strategy}: {reason}")

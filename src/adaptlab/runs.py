@@ -21,7 +21,7 @@ import random
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,6 +127,15 @@ class RunDir:
     """A created run directory and the conventional paths inside it."""
 
     path: Path
+    finished: bool = False
+
+    def finish(self, metrics: dict[str, Any], title: str, sections: Sequence[Any] = ()) -> None:
+        """Write ``metrics.json`` and ``report.html`` (atomically): the run's results are complete."""
+        from adaptlab.report.html import write_report
+
+        atomic_write_json(self.metrics, metrics)
+        write_report(self.report, title, sections)
+        self.finished = True
 
     @property
     def config(self) -> Path:
@@ -173,6 +182,30 @@ def create_run_dir(output: str | Path | None, name: str, root: str | Path = "run
     attach_log_file(run.log)
     _created.append(run)
     return run
+
+
+@contextmanager
+def open_run(output: str | Path | None, name: str, config: Any, existing: RunDir | None = None) -> Iterator[RunDir]:
+    """The life of one command's run directory: every command that leaves a run goes through here.
+
+    Creates the directory (:func:`create_run_dir`; or continues ``existing``, a run being resumed), writes the
+    resolved ``config.yaml`` (a pydantic config; a resumed run keeps its own) and sends the log to ``log.txt``.
+    The command writes its artefacts and ends with :meth:`RunDir.finish` (metrics and report, atomically); a
+    command that leaves the block without doing so is a bug, reported as one. A failure inside the block leaves
+    the directory to :func:`unfinished_runs_removed`, which removes it unless it was marked with
+    :func:`keep_on_failure`.
+    """
+    if existing is not None:
+        run = existing
+        attach_log_file(run.log)
+    else:
+        from adaptlab.config import save_config
+
+        run = create_run_dir(output, name)
+        save_config(config, run.config)
+    yield run
+    if not run.finished:
+        raise RuntimeError(f"the command ended without writing the results of its run directory {run.path}")
 
 
 def keep_on_failure(run: RunDir, how_to_continue: str) -> None:

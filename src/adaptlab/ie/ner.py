@@ -18,7 +18,7 @@ from adaptlab.config import TrainingConfig
 from adaptlab.data.formats.conll import tags_to_spans
 from adaptlab.data.records import Record
 from adaptlab.errors import ModelError
-from adaptlab.ie.hf_training import fit
+from adaptlab.tuning.encoder_fit import fit
 from adaptlab.ie.models import is_bio_label, saved_model_dir, sequence_limit
 from adaptlab.ie.tagging import (
     IGNORE_INDEX,

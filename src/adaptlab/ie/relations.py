@@ -19,7 +19,7 @@ from adaptlab.config import TrainingConfig
 from adaptlab.data.formats.markers import MARKERS, marked_from_record
 from adaptlab.data.records import Record
 from adaptlab.errors import ModelError
-from adaptlab.ie.hf_training import fit
+from adaptlab.tuning.encoder_fit import fit
 from adaptlab.ie.models import saved_model_dir, sequence_limit
 from adaptlab.ie.pairs import NO_RELATION, candidate_pairs
 from adaptlab.metrics.classification import classification_prf

@@ -1,0 +1,1 @@
+"""The training layer every trainer uses: settings, family adapters, strategies and the strategy-aware Trainer."""

@@ -1,0 +1,51 @@
+"""Tuning strategies, registered by name; the ``strategy:`` block of a training config holds one section each.
+
+Adding a strategy touches one place: a module here that defines its config (a :class:`StrictModel`) and its
+:class:`Strategy` subclass and calls :func:`register`, plus its import below.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, create_model
+
+from adaptlab.config import StrictModel
+from adaptlab.tuning.families import Family
+from adaptlab.tuning.strategies.base import Strategy
+
+REGISTRY: dict[str, tuple[type[BaseModel], type[Strategy]]] = {}
+
+
+def register(config_class: type[BaseModel], strategy_class: type[Strategy]) -> None:
+    REGISTRY[strategy_class.name] = (config_class, strategy_class)
+
+
+def block_model() -> type[StrictModel]:
+    """The ``strategy:`` block: one optional section per registered strategy (an unknown name is an error)."""
+    fields: dict[str, Any] = {name: (config | None, None) for name, (config, _) in REGISTRY.items()}
+    return create_model("StrategyBlock", __base__=StrictModel, __doc__="Tuning strategies to apply.", **fields)
+
+
+def resolve(block: BaseModel, family: Family, model: Any) -> list[Strategy]:
+    """The strategies the block turns on, in registry order, each checked against ``model`` and the others."""
+    chosen = [REGISTRY[name][1](section, family) for name in REGISTRY
+              if (section := getattr(block, name, None)) is not None]
+    by_name = {strategy.name: strategy for strategy in chosen}
+    for strategy in chosen:
+        strategy.check(model, {n: s for n, s in by_name.items() if n != strategy.name})
+    return chosen
+
+
+def prepare(block: BaseModel, family: Family, model: Any) -> tuple[Any, list[Strategy]]:
+    """Resolve and check the block's strategies (before step 0), then let each prepare the model in turn."""
+    strategies = resolve(block, family, model)
+    for strategy in strategies:
+        model = strategy.prepare_model(model)
+    return model, strategies
+
+
+# each strategy module registers itself on import; the block is built from the registry afterwards
+# (strategy modules are imported here, one line each)
+
+StrategyBlock = block_model()

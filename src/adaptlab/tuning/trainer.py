@@ -1,0 +1,154 @@
+"""``StrategyTrainer``: the HF Trainer with the strategy hooks, and the weighted causal-LM loss.
+
+Every trainer in adaptlab (NER, RE, classification, causal CPT/SFT, FRACTAL's weighted SFT) is this class; the
+task decides only the model, data, collator and metrics. What it adds to ``transformers.Trainer``:
+
+* **Optimizer groups.** The learning rate of a parameter is ``learning_rate * prod(strategy factors)``
+  (:meth:`Strategy.lr_scale`); parameters are grouped by (factor, weight decay or not), and the scheduler
+  scales every group alike, so the ratios hold through warm-up and decay.
+* **Weighted causal-LM loss.** When a batch carries ``weights`` (per token, aligned with ``labels``) or a strategy
+  gives a per-token factor (DFT), the loss of an optimizer step is
+
+      L = sum_t f_t w_t CE_t / sum_t w_t
+
+  over the target tokens t (``labels != -100``, shifted as in HF causal LMs) of the *whole accumulated batch*
+  (all micro-batches of the step, all processes): the denominator is computed once per step in
+  :meth:`_get_num_items_in_batch`, so gradient accumulation 4 x batch 2 gives the same update as batch 8. With
+  all weights 1 and no factor it equals the model's own token-averaged loss. ``f_t`` (DFT's detached
+  probability) scales the numerator only, as in TRL's ``loss_type="dft"``.
+* **Extra loss terms** from :meth:`Strategy.loss_terms` are added to the loss, and **callbacks** appended.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+import transformers
+
+from adaptlab.tuning.strategies.base import Strategy
+
+IGNORE_INDEX = -100
+
+
+def per_token_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(CE, labels)`` per shifted position (position t-1 predicts token t), CE in float32, 0 where ignored."""
+    shift_logits = logits[:, :-1, :].float()
+    shift_labels = labels[:, 1:]
+    ce = F.cross_entropy(shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1),
+                         ignore_index=IGNORE_INDEX, reduction="none")
+    return ce.view_as(shift_labels), shift_labels
+
+
+def weighted_causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None,
+                            factor: torch.Tensor | None = None, normaliser: torch.Tensor | float | None = None
+                            ) -> torch.Tensor:
+    """``sum f_t w_t CE_t / normaliser`` over target tokens; ``normaliser`` defaults to this batch's ``sum w_t``.
+
+    ``weights`` (batch, seq) are aligned with ``labels`` and shifted here; ``factor`` is already per shifted
+    position (batch, seq - 1). A batch whose weights are all 0 gives a loss of 0 that still has a gradient graph.
+    """
+    ce, shift_labels = per_token_cross_entropy(logits, labels)
+    active = (shift_labels != IGNORE_INDEX).to(ce.dtype)
+    if weights is not None:
+        active = active * weights[:, 1:].to(ce.dtype)
+    numerator = ce * active
+    if factor is not None:
+        numerator = numerator * factor.to(ce.dtype)
+    total = active.sum() if normaliser is None else torch.as_tensor(normaliser, dtype=ce.dtype, device=ce.device)
+    return torch.where(total > 0, numerator.sum() / total.clamp_min(1e-12), numerator.sum() * 0.0)
+
+
+class StrategyTrainer(transformers.Trainer):
+    """``transformers.Trainer`` + strategy hooks (module docstring). ``causal`` selects the weighted LM loss."""
+
+    def __init__(self, *args: Any, strategies: list[Strategy] | None = None, causal: bool = False, **kwargs: Any):
+        self.strategies = list(strategies or [])
+        self.causal = causal
+        callbacks = list(kwargs.pop("callbacks", None) or [])
+        for strategy in self.strategies:
+            callbacks.extend(strategy.callbacks())
+        super().__init__(*args, callbacks=callbacks, **kwargs)
+
+    # ----------------------------------------------------------------------------------------- optimizer
+
+    def create_optimizer(self, model: Any = None) -> torch.optim.Optimizer:
+        opt_model = self.model if model is None else model
+        scales: dict[int, float] = defaultdict(lambda: 1.0)
+        for strategy in self.strategies:
+            for key, factor in strategy.lr_scale(opt_model).items():
+                scales[key] *= factor
+        if self.optimizer is not None or not scales or all(f == 1.0 for f in scales.values()):
+            return super().create_optimizer(model)
+        decay = set(self.get_decay_parameter_names(opt_model))
+        groups: dict[tuple[float, bool], list[torch.nn.Parameter]] = defaultdict(list)
+        for name, param in opt_model.named_parameters():
+            if param.requires_grad:
+                groups[(scales[id(param)], name in decay)].append(param)
+        param_groups = [{"params": params, "lr": self.args.learning_rate * factor,
+                         "weight_decay": self.args.weight_decay if decays else 0.0}
+                        for (factor, decays), params in sorted(groups.items(), key=lambda item: item[0])]
+        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+        optimizer_kwargs.pop("lr", None)
+        self.optimizer = optimizer_cls(param_groups, lr=self.args.learning_rate, **optimizer_kwargs)
+        return self.optimizer
+
+    # ---------------------------------------------------------------------------------------------- loss
+
+    def _token_factor(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor | None:
+        factor = None
+        for strategy in self.strategies:
+            extra = strategy.token_loss_factor(logits, labels)
+            if extra is not None:
+                factor = extra if factor is None else factor * extra
+        return factor
+
+    def _weighted(self, inputs: dict[str, Any]) -> bool:
+        return self.causal and ("weights" in inputs or any(
+            type(s).token_loss_factor is not Strategy.token_loss_factor for s in self.strategies))
+
+    def _get_num_items_in_batch(self, batch_samples: list, device: torch.device) -> Any:
+        """For weighted causal batches, ``sum w_t`` over the target tokens of every micro-batch of the step."""
+        if not batch_samples or not self._weighted(batch_samples[0]) or "weights" not in batch_samples[0]:
+            return super()._get_num_items_in_batch(batch_samples, device)
+        total = sum(((batch["labels"][:, 1:] != IGNORE_INDEX) * batch["weights"][:, 1:]).sum().float()
+                    for batch in batch_samples)
+        total = torch.as_tensor(total, device=device)
+        if self.args.average_tokens_across_devices and self.args.world_size > 1:
+            total = self.accelerator.gather(total).sum()
+        return total
+
+    def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
+                     num_items_in_batch: Any = None) -> Any:
+        if self._weighted(inputs):
+            inputs = dict(inputs)
+            labels = inputs.pop("labels")
+            weights = inputs.pop("weights", None)
+            outputs = model(**inputs)
+            factor = self._token_factor(outputs.logits, labels)
+            loss = weighted_causal_lm_loss(outputs.logits, labels, weights, factor, num_items_in_batch)
+            self.loss_is_scaled_for_ga = num_items_in_batch is not None
+            if num_items_in_batch is not None and self.args.average_tokens_across_devices:
+                loss = loss * self.accelerator.num_processes  # DDP averages gradients over processes
+        else:
+            self.loss_is_scaled_for_ga = None
+            loss, outputs = super().compute_loss(model, inputs, return_outputs=True,
+                                                 num_items_in_batch=num_items_in_batch)
+        for strategy in self.strategies:
+            for term in strategy.loss_terms(model, inputs, outputs).values():
+                loss = loss + term
+        return (loss, outputs) if return_outputs else loss
+
+
+def finalize(strategies: list[Strategy], model: Any) -> Any:
+    """The model to save after training: each strategy's ``finalize`` in turn."""
+    for strategy in strategies:
+        model = strategy.finalize(model)
+    return model
+
+
+def summaries(strategies: list[Strategy]) -> dict[str, Any]:
+    """``{strategy name: what it did}`` for ``metrics.json``."""
+    return {strategy.name: strategy.summary() for strategy in strategies}
