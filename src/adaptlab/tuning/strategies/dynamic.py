@@ -4,7 +4,7 @@
   ``lisa_step_interval``): ``n`` of the ``L`` transformer layers train at a time, drawn uniformly without
   replacement every ``K`` optimizer steps; the embeddings and the head always train. The layers of period
   ``p = floor(step / K)`` are a function of ``(seed, p)`` alone, so a resumed run draws the same ones. The switch
-  uses :class:`~adaptlab.tuning.strategies.layers.TrainableSchedule`: every layer stays in the optimizer, and a
+  uses :class:`~adaptlab.tuning.schedules.TrainableSchedule`: every layer stays in the optimizer, and a
   resting layer gets no gradient, so it does not move at all (no weight decay, no step on stale Adam moments).
 * ``loss: dft`` (Dynamic Fine-Tuning, Wu et al. 2025; TRL's ``SFTConfig(loss_type="dft")``), causal LMs only:
   each target token's cross-entropy is multiplied by its detached probability ``p_t = exp(-CE_t)``::
@@ -37,7 +37,7 @@ from adaptlab.errors import StrategyError
 from adaptlab.tuning.families import Family, Position
 from adaptlab.tuning.strategies import register
 from adaptlab.tuning.strategies.base import Strategy
-from adaptlab.tuning.strategies.layers import TrainableSchedule, count_layers
+from adaptlab.tuning.strategies.layers import count_layers
 
 
 class LisaConfig(StrictModel):
@@ -65,7 +65,7 @@ class Dynamic(Strategy):
     def __init__(self, config: DynamicConfig, family: Family):
         super().__init__(config, family)
         self.layer_total = 0
-        self.schedule: TrainableSchedule | None = None
+        self.schedule: Any = None
 
     def check(self, model: Any, others: dict[str, Strategy]) -> None:
         if self.config.loss == "dft" and self.family.kind != "causal_lm":
@@ -96,6 +96,8 @@ class Dynamic(Strategy):
     def callbacks(self) -> list[Any]:
         if self.config.lisa is None:
             return []
+        from adaptlab.tuning.schedules import TrainableSchedule  # transformers is imported only to train
+
         self.schedule = TrainableSchedule(self.name, self.family, self.sampled)
         return [self.schedule]
 

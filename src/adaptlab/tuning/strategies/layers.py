@@ -13,9 +13,10 @@ LM's final norm and ``lm_head``) sits above the top transformer layer, the embed
 
       lr(head) = eta * m        lr(layer i) = eta * xi^(L-1-i)        lr(embeddings) = eta * xi^L
 
-  The top layer learns at ``eta`` and each layer below at ``xi`` times the one above it. (ELECTRA counts its pooler
-  as one more level, so its top layer gets ``xi^2``; that is the same shape with another ``eta``.) The factors go
-  through :meth:`Strategy.lr_scale`, so they multiply with other strategies' factors.
+  The top layer learns at ``eta`` and each layer below at ``xi`` times the one above it. (ELECTRA's layer-wise
+  decay puts its top layer at ``xi^2`` below the head, the pooler taking the level between; ``learning_rate:
+  eta xi^2`` with ``head_lr_multiplier: xi^-2`` gives that for all but the pooler, which is head here.) The factors
+  go through :meth:`Strategy.lr_scale`, so they multiply with other strategies' factors.
 * ``gradual_unfreezing: {every: N, unit: steps|epochs}`` (ULMFiT): training runs in stages ``s = floor(t / N)``,
   ``t`` the optimizer step or the epoch. In stage ``s`` the head and the top ``min(s, L)`` layers train, and from
   stage ``L + 1`` on the embeddings too: stage 0 trains the head alone. It *composes* with the two freezes: they
@@ -25,23 +26,15 @@ LM's final norm and ``lm_head``) sits above the top transformer layer, the embed
 A causal LM whose ``lm_head`` is tied to its input embeddings has one matrix, which the family counts as
 embeddings: it follows the embeddings' freezing, learning rate and unfreezing stage.
 
-**Why a schedule switches ``requires_grad`` only once training has begun** (:class:`TrainableSchedule`, also used
-by LISA in ``strategy.dynamic``): the HF Trainer builds its optimizer from the parameters that require a gradient
-*at that moment*, so a parameter frozen before would never be updated after its unfreeze. The schedule therefore
-starts in ``on_train_begin``, when the optimizer already holds every trainable parameter, and sets
-``requires_grad`` at the start of each optimizer step. A frozen parameter gets no gradient (``grad`` is None), and
-torch's optimizers skip a parameter without a gradient altogether. A zero gradient would not do: AdamW would still
-apply weight decay and move the parameter by its running moments. Backward also skips the frozen weights, and
-gradient clipping does not count them.
+Both freezes and the unfreezing schedule are applied by :class:`~adaptlab.tuning.schedules.TrainableSchedule`
+(shared with LISA), which explains why a schedule may only switch ``requires_grad`` once training has begun.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, Literal
 
 from pydantic import Field
-from transformers import TrainerCallback
 
 from adaptlab.config import StrictModel
 from adaptlab.errors import ConfigError, StrategyError
@@ -56,55 +49,6 @@ def count_layers(strategy: str, family: Family, model: Any) -> int:
         return len(family.layers(model))
     except ConfigError as exc:
         raise StrategyError(strategy, f"{exc}; this strategy works by layer, so it needs them") from None
-
-
-class TrainableSchedule(TrainerCallback):
-    """Trains only the positions ``trainable(state)`` allows, switching at the start of each optimizer step.
-
-    Acts on the parameters that require a gradient when training begins (the others, frozen by a strategy or a PEFT
-    wrapper, stay frozen); see the module docstring for why it starts then. ``history`` records each change:
-    ``{"step", "layers", "embeddings"}``.
-    """
-
-    def __init__(self, strategy: str, family: Family, trainable: Callable[[Any], frozenset[Position]]):
-        self.strategy = strategy
-        self.family = family
-        self.trainable = trainable
-        self.scheduled: list[tuple[Any, Position]] = []
-        self.current: frozenset[Position] | None = None
-        self.history: list[dict[str, Any]] = []
-
-    def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None,
-                       **kwargs: Any) -> None:
-        positions = self.family.positions(model)
-        self.scheduled = [(param, positions[id(param)]) for param in model.parameters() if param.requires_grad]
-        in_optimizer = {id(param) for group in optimizer.param_groups for param in group["params"]}
-        missing = sum(id(param) not in in_optimizer for param, _ in self.scheduled)
-        if missing:
-            raise StrategyError(self.strategy, f"{missing} trainable parameters are not in the optimizer, so they "
-                                "would never train once unfrozen; build the optimizer after preparing the model")
-        self.current = None
-        self.apply(state)
-
-    def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self.apply(state)
-
-    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        for param, _ in self.scheduled:
-            param.requires_grad_(True)
-
-    def apply(self, state: Any) -> None:
-        allowed = self.trainable(state)
-        if allowed == self.current:
-            return
-        self.current = allowed
-        for param, position in self.scheduled:
-            trains = position in allowed
-            param.requires_grad_(trains)
-            if not trains:
-                param.grad = None
-        self.history.append({"step": state.global_step, "layers": sorted(p for p in allowed if isinstance(p, int)),
-                             "embeddings": "embeddings" in allowed})
 
 
 class GradualUnfreezingConfig(StrictModel):
@@ -136,7 +80,7 @@ class Layers(Strategy):
         super().__init__(config, family)
         self.layer_total = 0
         self.lr_factors: dict[Position, float] = {}
-        self.schedule: TrainableSchedule | None = None
+        self.schedule: Any = None
 
     def check(self, model: Any, others: dict[str, Strategy]) -> None:
         self.layer_total = count_layers(self.name, self.family, model)
@@ -182,6 +126,8 @@ class Layers(Strategy):
     def callbacks(self) -> list[Any]:
         if self.config.gradual_unfreezing is None and not self.never_trained():
             return []
+        from adaptlab.tuning.schedules import TrainableSchedule  # transformers is imported only to train
+
         self.schedule = TrainableSchedule(self.name, self.family, self.trainable)
         return [self.schedule]
 
