@@ -47,5 +47,7 @@ def prepare(block: BaseModel, family: Family, model: Any) -> tuple[Any, list[Str
 
 # each strategy module registers itself on import; the block is built from the registry afterwards
 # (strategy modules are imported here, one line each)
+from adaptlab.tuning.strategies import layers  # noqa: E402,F401  # isort: skip
+from adaptlab.tuning.strategies import dynamic  # noqa: E402,F401  # isort: skip
 
 StrategyBlock = block_model()
