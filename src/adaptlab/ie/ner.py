@@ -18,7 +18,6 @@ from adaptlab.config import TrainingConfig
 from adaptlab.data.formats.conll import tags_to_spans
 from adaptlab.data.records import Record
 from adaptlab.errors import ModelError
-from adaptlab.tuning.encoder_fit import fit
 from adaptlab.ie.models import is_bio_label, saved_model_dir, sequence_limit
 from adaptlab.ie.tagging import (
     IGNORE_INDEX,
@@ -31,6 +30,7 @@ from adaptlab.ie.tagging import (
 )
 from adaptlab.metrics.spans import span_prf
 from adaptlab.runs import get_logger, seed_everything
+from adaptlab.tuning.encoder_fit import fit
 
 
 @dataclass

@@ -19,11 +19,11 @@ from adaptlab.config import TrainingConfig
 from adaptlab.data.formats.markers import MARKERS, marked_from_record
 from adaptlab.data.records import Record
 from adaptlab.errors import ModelError
-from adaptlab.tuning.encoder_fit import fit
 from adaptlab.ie.models import saved_model_dir, sequence_limit
 from adaptlab.ie.pairs import NO_RELATION, candidate_pairs
 from adaptlab.metrics.classification import classification_prf
 from adaptlab.runs import seed_everything
+from adaptlab.tuning.encoder_fit import fit
 
 
 @dataclass

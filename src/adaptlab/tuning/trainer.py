@@ -106,8 +106,7 @@ class StrategyTrainer(transformers.Trainer):
         return factor
 
     def _weighted(self, inputs: dict[str, Any]) -> bool:
-        return self.causal and ("weights" in inputs or any(
-            type(s).token_loss_factor is not Strategy.token_loss_factor for s in self.strategies))
+        return self.causal and ("weights" in inputs or any(s.reweights_tokens for s in self.strategies))
 
     def _get_num_items_in_batch(self, batch_samples: list, device: torch.device) -> Any:
         """For weighted causal batches, ``sum w_t`` over the target tokens of every micro-batch of the step."""

@@ -30,6 +30,7 @@ class Strategy:
     """Base class: every hook does nothing. ``config`` is the strategy's validated config section."""
 
     name: ClassVar[str] = ""
+    reweights_tokens: bool = False  # True when token_loss_factor returns a factor (the trainer then computes CE itself)
 
     def __init__(self, config: BaseModel, family: Family):
         self.config = config

@@ -64,6 +64,7 @@ class Dynamic(Strategy):
 
     def __init__(self, config: DynamicConfig, family: Family):
         super().__init__(config, family)
+        self.reweights_tokens = config.loss == "dft"
         self.layer_total = 0
         self.schedule: Any = None
 
