@@ -34,7 +34,7 @@ from typing import Any
 
 from adaptlab.errors import StrategyError
 from adaptlab.runs import get_logger
-from adaptlab.tuning.families import unwrap
+from adaptlab.tuning.families import Family, unwrap
 from adaptlab.tuning.strategies import register
 from adaptlab.tuning.strategies.base import Strategy
 from adaptlab.tuning.strategies.peft_config import (
@@ -81,7 +81,7 @@ class PeftStrategy(Strategy):
     name = "peft"
     config: PeftTuningConfig
 
-    def __init__(self, config: PeftTuningConfig, family: Any):
+    def __init__(self, config: PeftTuningConfig, family: Family):
         super().__init__(config, family)
         self.saved_modules: list[str] = []
         self.peft_model: Any = None
