@@ -46,7 +46,8 @@ def prepare(block: BaseModel, family: Family, model: Any) -> tuple[Any, list[Str
 
 
 # each strategy module registers itself on import; the block is built from the registry afterwards
-# (strategy modules are imported here, one line each)
+# (strategy modules are imported here, one line each, in the order they prepare the model: peft wraps it first)
+from adaptlab.tuning.strategies import peft  # noqa: E402,F401  # isort: skip
 from adaptlab.tuning.strategies import layers  # noqa: E402,F401  # isort: skip
 from adaptlab.tuning.strategies import dynamic  # noqa: E402,F401  # isort: skip
 
