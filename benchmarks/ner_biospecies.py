@@ -28,7 +28,6 @@ from pathlib import Path
 
 import torch
 
-from adaptlab.config import TrainingConfig
 from adaptlab.data.formats.conll import record_to_tokens, tags_to_spans
 from adaptlab.data.records import Record, Span
 from adaptlab.data.words import word_offsets
@@ -36,6 +35,7 @@ from adaptlab.ie.models import resolve_student
 from adaptlab.ie.ner import NERPredictor, train_ner
 from adaptlab.metrics.spans import ner_report
 from adaptlab.recipes.ner import split_dev
+from adaptlab.tuning.encoder_fit import EncoderTrainerSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "biospecies" / "NER_Biospecies_data.txt"
@@ -47,8 +47,8 @@ PAPER = {
     "BioBERT": {"macro": 0.9354},
     "PubMedBERT": {"macro": 0.9414},
 }
-OURS = TrainingConfig(epochs=15, learning_rate=2e-4, batch_size=16, warmup=0.1,
-                      early_stopping_patience=4, progress=False)
+OURS = EncoderTrainerSettings(num_train_epochs=15, learning_rate=2e-4, per_device_train_batch_size=16,
+                              warmup_steps=0.1, early_stopping_patience=4, progress=False)
 
 
 def load_variant(normalise: bool) -> tuple[list[Record], list[Record], dict]:

@@ -25,7 +25,6 @@ import tempfile
 import time
 from pathlib import Path
 
-from adaptlab.config import TrainingConfig
 from adaptlab.data.formats.markers import read_marked_csv
 from adaptlab.data.records import Record
 from adaptlab.ie.extract import relate
@@ -35,6 +34,7 @@ from adaptlab.ie.pairs import BIOSPECIES_RELATIONS, derive_relations, triples_by
 from adaptlab.ie.relations import RelationExample, REPredictor, relation_examples, train_re
 from adaptlab.metrics.classification import classification_prf, triple_prf
 from adaptlab.recipes.ner import split_dev
+from adaptlab.tuning.encoder_fit import EncoderTrainerSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "biospecies"
@@ -42,8 +42,10 @@ RESULTS = ROOT / "benchmarks" / "results" / "re_biospecies.json"
 PAPER_RE_WEIGHTED_F1 = 0.923
 TAIL_TYPE = {relation: typ for typ, relation in BIOSPECIES_RELATIONS.items()}
 CONNECTIVE = re.compile(r"\[/E1\](.*?)\[E2\]")
-RE_CFG = TrainingConfig(epochs=4, learning_rate=5e-5, batch_size=16, early_stopping_patience=2, progress=False)
-NER_CFG = TrainingConfig(epochs=15, learning_rate=2e-4, batch_size=16, early_stopping_patience=4, progress=False)
+RE_CFG = EncoderTrainerSettings(num_train_epochs=4, learning_rate=5e-5, per_device_train_batch_size=16,
+                                early_stopping_patience=2, progress=False)
+NER_CFG = EncoderTrainerSettings(num_train_epochs=15, learning_rate=2e-4, per_device_train_batch_size=16,
+                                 early_stopping_patience=4, progress=False)
 
 
 def split_by(records: list[Record], key, seed: int, test_fraction: float = 0.2):

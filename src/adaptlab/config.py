@@ -2,7 +2,7 @@
 
 Precedence (later wins): model defaults < YAML file < ``key=value`` overrides < explicit flags.
 Keys are dotted paths (``training.learning_rate=3e-5``); values are parsed as YAML scalars, so
-``epochs=3`` is an int, ``fp16=true`` a bool and ``labels=[A,B]`` a list. Unknown keys and wrong
+``num_train_epochs=3`` is an int, ``fp16=true`` a bool and ``labels=[A,B]`` a list. Unknown keys and wrong
 types are :class:`ConfigError` naming the key path.
 """
 
@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from adaptlab.errors import ConfigError
 from adaptlab.runs import atomic_write_text
@@ -33,7 +33,7 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
         key, sep, raw = item.partition("=")
         key = key.strip()
         if not sep or not key:
-            raise ConfigError(f"override {item!r} is not key=value (e.g. training.epochs=3)")
+            raise ConfigError(f"override {item!r} is not key=value (e.g. training.num_train_epochs=3)")
         try:
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError:
@@ -117,23 +117,3 @@ def save_config(config: BaseModel, path: str | Path) -> Path:
     data = config.model_dump(mode="json", by_alias=True)
     return atomic_write_text(path, yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
 
-
-class TrainingConfig(StrictModel):
-    """Hyperparameters of a supervised fine-tuning run on the HF Trainer (NER and RE students)."""
-
-    learning_rate: float = Field(1e-4, gt=0)
-    epochs: float = Field(20, gt=0)
-    batch_size: int = Field(16, ge=1)
-    eval_batch_size: int = Field(64, ge=1)
-    weight_decay: float = Field(0.01, ge=0)
-    warmup: float = Field(0.1, ge=0, lt=1, description="fraction of training steps with linear warm-up")
-    scheduler: str = "linear"
-    max_length: int = Field(256, ge=8, description="subword limit per sequence; longer ones are counted")
-    seed: int = 42
-    group_by_length: bool = True
-    early_stopping_patience: int | None = Field(5, ge=1, description="evaluations without dev F1 gain")
-    keep_checkpoints: bool = Field(False, description="keep full checkpoints (optimizer too) for resuming")
-    resume_from_checkpoint: str | None = None
-    bf16: bool = False
-    logging_steps: int = Field(10, ge=1)
-    progress: bool = True

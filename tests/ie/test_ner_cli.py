@@ -9,7 +9,7 @@ import pytest
 from adaptlab.data.records import Record, Span, read_records, write_records
 
 DEMO = Path(__file__).resolve().parents[2] / "src" / "adaptlab" / "resources" / "demo"
-FAST = ["training.progress=false", "training.eval_batch_size=64"]
+FAST = ["training.progress=false", "training.per_device_eval_batch_size=64"]
 
 
 def synthetic_records(n: int, seed: int) -> list[Record]:
@@ -43,7 +43,7 @@ def trained(tmp_path_factory, tiny_bert_dir):
     run = root / "run"
     code = main(["ner", "train", "--train", str(root / "train.jsonl"), "--dev", str(root / "dev.jsonl"),
                  "--model", str(tiny_bert_dir), "--output", str(run), "--epochs", "12", "--lr", "3e-3",
-                 "training.batch_size=16", "training.early_stopping_patience=12", *FAST])
+                 "training.per_device_train_batch_size=16", "training.early_stopping_patience=12", *FAST])
     assert code == 0
     return root, run
 
@@ -153,7 +153,9 @@ def test_evaluate_writes_a_run_directory_from_config(trained, run_cli, tmp_path)
     out = tmp_path / "eval-run"
     code, _, err = run_cli("ner", "evaluate", "--config", config, "--output", out, "constrained_decoding=false")
     assert code == 0, err
-    assert {"config.yaml", "metrics.json", "report.html", "predictions.jsonl"} <= {p.name for p in out.iterdir()}
+    assert {"config.yaml", "metrics.json", "report.html", "log.txt", "predictions.jsonl"} == {
+        p.name for p in out.iterdir()}
+    assert "evaluating" in (out / "log.txt").read_text()
     assert "constrained_decoding: false" in (out / "config.yaml").read_text()
     assert len(read_records(out / "predictions.jsonl")) == 40
     code, _, err = run_cli("ner", "evaluate", "--config", config, "--output", out)

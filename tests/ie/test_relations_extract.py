@@ -58,6 +58,9 @@ def test_re_model_has_marker_tokens_and_labels(runs):
     assert config.vocab_size == len(tok)
     metrics = json.loads((runs / "re" / "metrics.json").read_text())
     assert 0.0 <= metrics["dev"]["weighted"]["f1"] <= 1.0
+    assert metrics["strategies"] == {}
+    assert {"config.yaml", "metrics.json", "report.html", "log.txt", "model"} <= {
+        p.name for p in (runs / "re").iterdir()}
 
 
 def test_re_evaluate_and_predict(runs, run_cli):
@@ -69,6 +72,32 @@ def test_re_evaluate_and_predict(runs, run_cli):
     assert code == 0 and json.loads(out)["label"] in scores["per_class"]
     code, _, err = run_cli("re", "predict", "--model", runs / "re", "--text", "no markers here")
     assert code == 2 and "marker" in err.lower()
+
+
+def test_re_evaluate_output_writes_a_complete_run_directory(runs, run_cli, tmp_path):
+    code, out, _ = run_cli("re", "evaluate", "--model", runs / "re", "--data", DEMO / "test.jsonl", "--json")
+    assert code == 0
+    printed = json.loads(out)
+    out_dir = tmp_path / "re-eval"
+    code, out, err = run_cli("re", "evaluate", "--model", runs / "re", "--data", DEMO / "test.jsonl",
+                             "--output", out_dir, "--no-negatives")
+    assert code == 0, err
+    assert f"run directory: {out_dir}" in " ".join(out.split())
+    assert {"config.yaml", "metrics.json", "report.html", "log.txt", "predictions.jsonl"} == {
+        p.name for p in out_dir.iterdir()}
+    metrics = json.loads((out_dir / "metrics.json").read_text())
+    assert metrics["model"] == str(runs / "re") and metrics["data"] == str(DEMO / "test.jsonl")
+    assert metrics["examples"] == metrics["weighted"]["support"]
+    assert "negatives: false" in (out_dir / "config.yaml").read_text()
+    assert "evaluating" in (out_dir / "log.txt").read_text()
+    assert "Relation classification on" in (out_dir / "report.html").read_text()
+    rows = [json.loads(line) for line in (out_dir / "predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == metrics["examples"] and {"text", "gold", "label", "score"} == set(rows[0])
+    assert sum(r["gold"] == r["label"] for r in rows) / len(rows) == pytest.approx(metrics["accuracy"])
+    code, _, err = run_cli("re", "evaluate", "--model", runs / "re", "--data", DEMO / "test.jsonl", "--output",
+                           out_dir)
+    assert code == 2 and "already exists" in err
+    assert printed["weighted"]["support"] > metrics["weighted"]["support"]  # with negatives: more pairs scored
 
 
 def test_re_training_data_without_relations_is_refused(tmp_path, tiny_bert_dir, run_cli):

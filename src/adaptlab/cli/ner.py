@@ -29,7 +29,7 @@ def train(
 
     cfg = load_config(ner.NERTrainConfig, config, overrides, {
         "train": train_file, "dev": dev, "model": model, "output": output,
-        "training.epochs": epochs, "training.learning_rate": learning_rate, "training.seed": seed,
+        "training.num_train_epochs": epochs, "training.learning_rate": learning_rate, "training.seed": seed,
     })
     run, metrics = ner.train(cfg)
     if "dev" in metrics:

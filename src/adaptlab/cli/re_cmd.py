@@ -28,7 +28,7 @@ def train(
 
     cfg = load_config(relations.RETrainConfig, config, overrides, {
         "train": train_file, "dev": dev, "model": model, "output": output,
-        "training.epochs": epochs, "training.seed": seed,
+        "training.num_train_epochs": epochs, "training.seed": seed,
     })
     run, metrics = relations.train(cfg)
     if "dev" in metrics:
@@ -44,6 +44,7 @@ def evaluate(
     data: Optional[str] = typer.Option(None, "--data", help="records with relations, or marker CSV"),
     negatives: Optional[bool] = typer.Option(None, "--negatives/--no-negatives",
                                              help="also score unrelated candidate pairs as no_relation"),
+    output: Optional[str] = typer.Option(None, "--output", help="write a run directory with predictions and report"),
     config: Optional[str] = typer.Option(None, "--config", help="YAML config"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
@@ -52,14 +53,16 @@ def evaluate(
     from adaptlab.recipes import relations
 
     cfg = load_config(relations.REEvalConfig, config, overrides,
-                      {"model": model, "data": data, "negatives": negatives})
-    scores = relations.evaluate(cfg)
+                      {"model": model, "data": data, "negatives": negatives, "output": output})
+    scores, run = relations.evaluate(cfg)
     if as_json:
         print_json(scores)
         return
     for label, row in scores["per_class"].items():
         console.print(f"{label:>14}  F1 {row['f1']:.4f}  (support {row['support']})")
     console.print(f"{'weighted':>14}  F1 {scores['weighted']['f1']:.4f}")
+    if run:
+        console.print(f"run directory: {run.path}")
 
 
 @app.command()

@@ -1,7 +1,8 @@
 """NER student: token classification over any BERT-family encoder, trained with the HF Trainer.
 
-``train_ner`` fine-tunes ``AutoModelForTokenClassification`` on canonical records and saves a
-plain HF model directory (it also works in ``transformers.pipeline("token-classification")``);
+``train_ner`` fine-tunes ``AutoModelForTokenClassification`` on canonical records (through the training
+layer: ``training:`` settings, the ``strategy:`` block) and saves a plain HF model directory (it also works
+in ``transformers.pipeline("token-classification")``);
 ``predict_ner`` turns texts into canonical records with character spans and per-span scores.
 Dev F1 for checkpoint selection and early stopping is strict entity-level macro F1 on words.
 """
@@ -9,12 +10,13 @@ Dev F1 for checkpoint selection and early stopping is strict entity-level macro 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from pydantic import BaseModel
 
-from adaptlab.config import TrainingConfig
 from adaptlab.data.formats.conll import tags_to_spans
 from adaptlab.data.records import Record
 from adaptlab.errors import ModelError
@@ -30,7 +32,9 @@ from adaptlab.ie.tagging import (
 )
 from adaptlab.metrics.spans import span_prf
 from adaptlab.runs import get_logger, seed_everything
-from adaptlab.tuning.encoder_fit import fit
+from adaptlab.tuning.encoder_fit import EncoderTrainerSettings, fit
+from adaptlab.tuning.families import ENCODER_TOKEN
+from adaptlab.tuning.strategies import StrategyBlock, prepare
 
 
 @dataclass
@@ -41,6 +45,7 @@ class NERTrainResult:
     dev_metrics: dict
     truncated_records: int
     train_seconds: float
+    strategies: dict[str, Any] = field(default_factory=dict)
 
 
 def _dataset(records: Sequence[Record], tokenizer, label2id, max_length: int):
@@ -86,14 +91,20 @@ def train_ner(
     train: Sequence[Record],
     dev: Sequence[Record] | None,
     model_name_or_path: str,
-    cfg: TrainingConfig,
+    training: EncoderTrainerSettings,
     output_dir: Path,
+    max_length: int = 256,
+    strategy: BaseModel | None = None,
 ) -> NERTrainResult:
-    """Fine-tune a token-classification student; writes ``output_dir/model`` (HF format)."""
+    """Fine-tune a token-classification student; writes ``output_dir/model`` (HF format).
+
+    ``max_length`` caps the subwords per record (longer records are truncated and counted); ``strategy`` is the
+    ``strategy:`` block (a ``StrategyBlock``), applied to the model before training.
+    """
     from transformers import AutoModelForTokenClassification, AutoTokenizer, DataCollatorForTokenClassification
 
     log = get_logger()
-    seed_everything(cfg.seed)
+    seed_everything(training.seed)
     types = entity_types(train)
     if not types:
         raise ModelError("the training data has no entity spans; nothing to learn")
@@ -109,7 +120,8 @@ def train_ner(
     model = AutoModelForTokenClassification.from_pretrained(
         model_name_or_path, num_labels=len(labels), id2label=id2label, label2id=label2id
     )
-    max_length = sequence_limit(model, tokenizer, cfg.max_length)
+    max_length = sequence_limit(model, tokenizer, max_length)
+    model, strategies = prepare(strategy or StrategyBlock(), ENCODER_TOKEN, model)
     train_ds, truncated = _dataset(train, tokenizer, label2id, max_length)
     dev_ds = None
     if dev:
@@ -120,8 +132,9 @@ def train_ner(
                     truncated, max_length)
 
     done = fit(model, tokenizer, DataCollatorForTokenClassification(tokenizer), word_level_f1(id2label),
-               "macro_f1", train_ds, dev_ds, cfg, output_dir)
-    return NERTrainResult(done.model_dir, labels, done.history, done.dev_metrics, truncated, done.seconds)
+               "macro_f1", train_ds, dev_ds, training, output_dir, strategies)
+    return NERTrainResult(done.model_dir, labels, done.history, done.dev_metrics, truncated, done.seconds,
+                          done.strategies)
 
 
 class NERPredictor:

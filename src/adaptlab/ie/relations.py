@@ -10,12 +10,13 @@ relation, which lets the same model filter candidates in the text-to-triples pat
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from pydantic import BaseModel
 
-from adaptlab.config import TrainingConfig
 from adaptlab.data.formats.markers import MARKERS, marked_from_record
 from adaptlab.data.records import Record
 from adaptlab.errors import ModelError
@@ -23,7 +24,9 @@ from adaptlab.ie.models import saved_model_dir, sequence_limit
 from adaptlab.ie.pairs import NO_RELATION, candidate_pairs
 from adaptlab.metrics.classification import classification_prf
 from adaptlab.runs import seed_everything
-from adaptlab.tuning.encoder_fit import fit
+from adaptlab.tuning.encoder_fit import EncoderTrainerSettings, fit
+from adaptlab.tuning.families import ENCODER_SEQUENCE
+from adaptlab.tuning.strategies import StrategyBlock, prepare
 
 
 @dataclass
@@ -52,6 +55,7 @@ class RETrainResult:
     history: list[dict]
     dev_metrics: dict
     train_seconds: float
+    strategies: dict[str, Any] = field(default_factory=dict)
 
 
 def _dataset(examples: Sequence[RelationExample], tokenizer, label2id: dict[str, int], max_length: int):
@@ -87,13 +91,19 @@ def train_re(
     train: Sequence[RelationExample],
     dev: Sequence[RelationExample] | None,
     model_name_or_path: str,
-    cfg: TrainingConfig,
+    training: EncoderTrainerSettings,
     output_dir: Path,
+    max_length: int = 256,
+    strategy: BaseModel | None = None,
 ) -> RETrainResult:
-    """Fine-tune a relation classifier over marked pairs; writes ``output_dir/model``."""
+    """Fine-tune a relation classifier over marked pairs; writes ``output_dir/model``.
+
+    ``max_length`` caps the subwords per example; ``strategy`` is the ``strategy:`` block (a ``StrategyBlock``),
+    applied to the model (after the marker embeddings are added) before training.
+    """
     from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding
 
-    seed_everything(cfg.seed)
+    seed_everything(training.seed)
     labels = sorted({e.label for e in train})
     if len(labels) < 2:
         raise ModelError(f"relation training needs at least two labels, found {labels}")
@@ -108,12 +118,13 @@ def train_re(
         model_name_or_path, num_labels=len(labels), id2label=id2label, label2id=label2id
     )
     model.resize_token_embeddings(len(tokenizer))
-    max_length = sequence_limit(model, tokenizer, cfg.max_length)
+    max_length = sequence_limit(model, tokenizer, max_length)
+    model, strategies = prepare(strategy or StrategyBlock(), ENCODER_SEQUENCE, model)
     train_ds = _dataset(train, tokenizer, label2id, max_length)
     dev_ds = _dataset(dev, tokenizer, label2id, max_length) if dev else None
     done = fit(model, tokenizer, DataCollatorWithPadding(tokenizer), _weighted_f1(id2label), "weighted_f1",
-               train_ds, dev_ds, cfg, output_dir)
-    return RETrainResult(done.model_dir, labels, done.history, done.dev_metrics, done.seconds)
+               train_ds, dev_ds, training, output_dir, strategies)
+    return RETrainResult(done.model_dir, labels, done.history, done.dev_metrics, done.seconds, done.strategies)
 
 
 class REPredictor:

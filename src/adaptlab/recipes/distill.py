@@ -8,7 +8,8 @@
 4. evaluate it on the held-out demo test set (species it never saw) and write one report with
    the accounting, the teacher-vs-reviewer agreement and the student's scores.
 
-Everything lands in one run directory with ``synth/``, ``review/`` and ``student/`` inside.
+Everything lands in one run directory with ``synth/``, ``review/`` and ``student/`` inside (each with its own
+``config.yaml``; the top one records the shipped inputs and the student's training).
 """
 
 from __future__ import annotations
@@ -16,20 +17,30 @@ from __future__ import annotations
 from importlib.resources import files
 from pathlib import Path
 
-from adaptlab.config import TrainingConfig, save_config
+from adaptlab.config import StrictModel
 from adaptlab.data.records import read_records
 from adaptlab.errors import DataError
 from adaptlab.ie.ner import NERPredictor
 from adaptlab.ie.pairs import derive_relations
 from adaptlab.recipes import ner, review, synth
-from adaptlab.recipes.demo import demo_data
+from adaptlab.recipes.demo import demo_data, demo_student_training
 from adaptlab.recipes.relations import score_triples
-from adaptlab.report.html import KeyValues, Section, Table, ner_report_sections, write_report
-from adaptlab.runs import atomic_write_json, create_run_dir
+from adaptlab.report.html import KeyValues, Section, Table, ner_report_sections
+from adaptlab.runs import open_run
 from adaptlab.synth.config import SynthConfig
 from adaptlab.teacher.config import TeacherConfig
+from adaptlab.tuning.encoder_fit import EncoderTrainerSettings
 
 DEMO_GROUPS = ["amphibians", "arthropods", "birds", "fishes", "reptiles", "mammals"]
+
+
+class DistillDemoConfig(StrictModel):
+    """The top ``config.yaml`` of the demo: what it replays and how the student trains."""
+
+    output: str | None = None
+    cassette: str
+    review_export: str
+    training: EncoderTrainerSettings
 
 
 def demo_resources() -> Path:
@@ -49,34 +60,30 @@ def demo_synth_config(cassette: str | Path, output: str | None) -> SynthConfig:
 
 def run(output: str | None = None, epochs: float = 20) -> tuple[Path, dict]:
     resources = demo_resources()
-    root = create_run_dir(output, "distill-demo")
-    synth_cfg = demo_synth_config(resources / "cassette.jsonl", str(root.path / "synth"))
-    save_config(synth_cfg, root.config)
-    synth_run, generation = synth.generate(synth_cfg)
+    cfg = DistillDemoConfig(output=output, cassette=str(resources / "cassette.jsonl"),
+                            review_export=str(resources / "reviewed.json"), training=demo_student_training(epochs))
+    with open_run(cfg.output, "distill-demo", cfg) as root:
+        synth_run, generation = synth.generate(demo_synth_config(cfg.cassette, str(root.path / "synth")))
 
-    review_run, reviewed = review.import_(str(resources / "reviewed.json"), str(synth_run.path),
-                                          str(root.path / "review"))
-    _check_same_sentences(read_records(synth_run.path / "records.jsonl"), reviewed.records)
+        review_run, reviewed = review.import_(cfg.review_export, str(synth_run.path), str(root.path / "review"))
+        _check_same_sentences(read_records(synth_run.path / "records.jsonl"), reviewed.records)
 
-    train_path, test_path = demo_data()
-    student_cfg = ner.NERTrainConfig(
-        name="distill-demo-student", train=str(review_run.path / "records.jsonl"), output=str(root.path / "student"),
-        training=TrainingConfig(epochs=epochs, learning_rate=2e-4, batch_size=16, early_stopping_patience=4),
-    )
-    student_run, student = ner.train(student_cfg)
-    gold = read_records(test_path)
-    test_report, predicted = ner.evaluate_records(NERPredictor(student_run.model), gold)
+        _, test_path = demo_data()
+        student_run, student = ner.train(ner.NERTrainConfig(
+            name="distill-demo-student", train=str(review_run.path / "records.jsonl"),
+            output=str(root.path / "student"), training=cfg.training))
+        gold = read_records(test_path)
+        test_report, predicted = ner.evaluate_records(NERPredictor(student_run.model), gold)
 
-    metrics = {
-        "generation": {stage: generation[stage] for stage in synth.STAGES},
-        "review": {"counts": reviewed.counts, "agreement": reviewed.agreement},
-        "student": {"train_records": student["train_records"], "dev_records": student["dev_records"],
-                    "test": test_report,
-                    "test_triples": score_triples([derive_relations(p) for p in predicted], gold)},
-    }
-    atomic_write_json(root.metrics, metrics)
-    write_report(root.report, "adaptlab distill demo: teacher -> review -> student",
-                 _sections(metrics) + ner_report_sections(test_report, student["history"]))
+        metrics = {
+            "generation": {stage: generation[stage] for stage in synth.STAGES},
+            "review": {"counts": reviewed.counts, "agreement": reviewed.agreement},
+            "student": {"train_records": student["train_records"], "dev_records": student["dev_records"],
+                        "test": test_report,
+                        "test_triples": score_triples([derive_relations(p) for p in predicted], gold)},
+        }
+        root.finish(metrics, "adaptlab distill demo: teacher -> review -> student",
+                    _sections(metrics) + ner_report_sections(test_report, student["history"]))
     return root.path, metrics
 
 

@@ -1,27 +1,30 @@
 """NER recipes: train, evaluate and predict, each leaving a run directory or an output file.
 
-Read top to bottom: validate config -> load data -> call building blocks -> write run directory.
+Read top to bottom: validate config -> load data -> open the run -> call building blocks -> finish the run.
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from contextlib import nullcontext
 from operator import attrgetter
 from pathlib import Path
 from typing import TypeVar
 
 from pydantic import Field
 
-from adaptlab.config import StrictModel, TrainingConfig, save_config
+from adaptlab.config import StrictModel
 from adaptlab.data.io import load_records
 from adaptlab.data.records import Record, write_records
 from adaptlab.errors import ConfigError
 from adaptlab.ie.models import DEFAULT_STUDENT, resolve_student
 from adaptlab.ie.ner import NERPredictor, check_labels, train_ner
 from adaptlab.metrics.spans import ner_report
-from adaptlab.report.html import ner_report_sections, write_report
-from adaptlab.runs import RunDir, atomic_write_json, create_run_dir, get_logger, refuse_existing
+from adaptlab.report.html import ner_report_sections
+from adaptlab.runs import RunDir, get_logger, open_run, refuse_existing
+from adaptlab.tuning.encoder_fit import EncoderTrainerSettings
+from adaptlab.tuning.strategies import StrategyBlock
 
 T = TypeVar("T")
 
@@ -35,7 +38,9 @@ class NERTrainConfig(StrictModel):
     dev: str | None = None
     dev_fraction: float = Field(0.1, ge=0, lt=1, description="held out from train when no dev file is given")
     output: str | None = None
-    training: TrainingConfig = TrainingConfig()
+    max_length: int = Field(256, ge=8, description="subwords per record; longer records are truncated and counted")
+    training: EncoderTrainerSettings = EncoderTrainerSettings()
+    strategy: StrategyBlock = StrategyBlock()
 
 
 class NEREvalConfig(StrictModel):
@@ -73,22 +78,19 @@ def train(cfg: NERTrainConfig) -> tuple[RunDir, dict]:
     dev_records = load_records(cfg.dev) if cfg.dev else None
     if dev_records is None:
         train_records, dev_records = split_dev(train_records, cfg.dev_fraction, cfg.training.seed)
-    run = create_run_dir(cfg.output, cfg.name)
-    save_config(cfg, run.config)
-    log = get_logger()
-    log.info("training %s on %d records (dev %d) in %s", cfg.model, len(train_records),
-             len(dev_records or []), run.path)
-
-    result = train_ner(train_records, dev_records or None, model_path, cfg.training, run.path)
-    metrics: dict = {"train_records": len(train_records), "dev_records": len(dev_records or []),
-                     "labels": result.labels, "train_seconds": round(result.train_seconds, 2),
-                     "truncated_records": result.truncated_records, "history": result.history}
-    if dev_records:
-        report, _ = evaluate_records(NERPredictor(result.model_dir), dev_records)
-        metrics["dev"] = report
-    atomic_write_json(run.metrics, metrics)
-    write_report(run.report, f"NER training: {cfg.name}",
-                 ner_report_sections(metrics.get("dev", {}), result.history) if dev_records else [])
+    with open_run(cfg.output, cfg.name, cfg) as run:
+        get_logger().info("training %s on %d records (dev %d) in %s", cfg.model, len(train_records),
+                          len(dev_records or []), run.path)
+        result = train_ner(train_records, dev_records or None, model_path, cfg.training, run.path,
+                           cfg.max_length, cfg.strategy)
+        metrics: dict = {"train_records": len(train_records), "dev_records": len(dev_records or []),
+                         "labels": result.labels, "train_seconds": round(result.train_seconds, 2),
+                         "truncated_records": result.truncated_records, "strategies": result.strategies,
+                         "history": result.history}
+        if dev_records:
+            metrics["dev"], _ = evaluate_records(NERPredictor(result.model_dir), dev_records)
+        run.finish(metrics, f"NER training: {cfg.name}",
+                   ner_report_sections(metrics["dev"], result.history) if dev_records else [])
     return run, metrics
 
 
@@ -100,14 +102,13 @@ def evaluate(cfg: NEREvalConfig) -> tuple[dict, RunDir | None]:
         refuse_existing(cfg.output, "run directory")
     predictor = NERPredictor(cfg.model, constrained=cfg.constrained_decoding)
     gold = load_records(cfg.data)
-    report, predicted = evaluate_records(predictor, gold, cfg.batch_size)
-    run = None
-    if cfg.output:
-        run = create_run_dir(cfg.output, "ner-eval")
-        save_config(cfg, run.config)
-        atomic_write_json(run.metrics, {"model": cfg.model, "data": cfg.data, **report})
-        write_records(predicted, run.path / "predictions.jsonl")
-        write_report(run.report, f"NER evaluation of {cfg.model} on {cfg.data}", ner_report_sections(report, None))
+    with open_run(cfg.output, "ner-eval", cfg) if cfg.output else nullcontext() as run:
+        get_logger().info("evaluating %s on %s (%d records)", cfg.model, cfg.data, len(gold))
+        report, predicted = evaluate_records(predictor, gold, cfg.batch_size)
+        if run:
+            write_records(predicted, run.path / "predictions.jsonl")
+            run.finish({"model": cfg.model, "data": cfg.data, **report},
+                       f"NER evaluation of {cfg.model} on {cfg.data}", ner_report_sections(report, None))
     return report, run
 
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+from contextlib import nullcontext
+
 from pydantic import Field
 
-from adaptlab.config import StrictModel, TrainingConfig, save_config
+from adaptlab.config import StrictModel
 from adaptlab.data.formats.markers import record_from_marked
 from adaptlab.data.io import load_records
 from adaptlab.data.records import Record, write_records
@@ -13,11 +16,22 @@ from adaptlab.ie.extract import extract
 from adaptlab.ie.models import DEFAULT_STUDENT, resolve_student
 from adaptlab.ie.ner import NERPredictor
 from adaptlab.ie.pairs import derive_relations, triples_by_document
-from adaptlab.ie.relations import REPredictor, relation_examples, train_re
+from adaptlab.ie.relations import RelationExample, REPredictor, relation_examples, train_re
 from adaptlab.metrics.classification import classification_prf, triple_prf
 from adaptlab.recipes.ner import split_dev
-from adaptlab.report.html import Section, Table, write_report
-from adaptlab.runs import RunDir, atomic_write_json, create_run_dir, refuse_existing
+from adaptlab.report.html import Section, Table
+from adaptlab.runs import RunDir, atomic_write_text, get_logger, open_run, refuse_existing
+from adaptlab.tuning.encoder_fit import EncoderTrainerSettings
+from adaptlab.tuning.strategies import StrategyBlock
+
+
+class RETrainerSettings(EncoderTrainerSettings):
+    """``training:`` of ``re train``: the encoder defaults with the relation classifier's own rate, epochs and
+    patience. A subclass, so that ``training.seed=3`` alone keeps them (a default *instance* would not)."""
+
+    learning_rate: float = Field(5e-5, gt=0)
+    num_train_epochs: float = Field(5, gt=0)
+    early_stopping_patience: int | None = Field(2, ge=1, description="evaluations without a better dev metric")
 
 
 class RETrainConfig(StrictModel):
@@ -32,7 +46,9 @@ class RETrainConfig(StrictModel):
     derive_relations: bool = Field(
         False, description="records without relations get them from entity types (biospecies schema)")
     output: str | None = None
-    training: TrainingConfig = TrainingConfig(epochs=5, learning_rate=5e-5, early_stopping_patience=2)
+    max_length: int = Field(256, ge=8, description="subwords per marked sentence; longer ones are truncated")
+    training: RETrainerSettings = RETrainerSettings()
+    strategy: StrategyBlock = StrategyBlock()
 
 
 class REEvalConfig(StrictModel):
@@ -41,6 +57,7 @@ class REEvalConfig(StrictModel):
     model: str | None = Field(None, description="run directory or model directory")
     data: str | None = Field(None, description="records with relations, or marker CSV")
     negatives: bool = Field(True, description="also score unrelated candidate pairs as no_relation")
+    output: str | None = Field(None, description="write a run directory with predictions and report")
 
 
 def _relation_records(path: str, derive: bool = False) -> list[Record]:
@@ -53,17 +70,21 @@ def _relation_records(path: str, derive: bool = False) -> list[Record]:
     return records
 
 
-def _scores(predictor: REPredictor, examples) -> dict:
+def _scores(predictor: REPredictor, examples: list[RelationExample]) -> tuple[dict, list[dict]]:
+    """Classification scores of ``predictor`` on ``examples``, and one prediction row per example."""
     unknown = sorted({e.label for e in examples} - set(predictor.labels))
     if unknown:
         raise DataError(f"the evaluation data has relation labels {unknown} that the model does not know (it knows "
                         f"{', '.join(predictor.labels)}); its F1 on them would be 0. Evaluate a model trained on "
                         "these labels, or map the labels")
     predicted = predictor.predict([e.marked for e in examples])
-    return classification_prf([e.label for e in examples], [p for p, _ in predicted])
+    rows = [{"text": e.marked, "gold": e.label, "label": label, "score": round(score, 4)}
+            for e, (label, score) in zip(examples, predicted)]
+    return classification_prf([e.label for e in examples], [label for label, _ in predicted]), rows
 
 
 def train(cfg: RETrainConfig) -> tuple[RunDir, dict]:
+    """Train a relation classifier and evaluate it on dev; returns the run directory and its metrics."""
     if not cfg.train:
         raise ConfigError("no training data: pass --train FILE or set 'train' in the config")
     model_path = resolve_student(cfg.model)
@@ -73,32 +94,46 @@ def train(cfg: RETrainConfig) -> tuple[RunDir, dict]:
         train_records, dev_records = split_dev(train_records, cfg.dev_fraction, cfg.training.seed)
     train_examples = relation_examples(train_records, cfg.negatives)
     dev_examples = relation_examples(dev_records, cfg.negatives) if dev_records else None
-    run = create_run_dir(cfg.output, cfg.name)
-    save_config(cfg, run.config)
-    result = train_re(train_examples, dev_examples, model_path, cfg.training, run.path)
-    metrics: dict = {"train_examples": len(train_examples), "dev_examples": len(dev_examples or []),
-                     "labels": result.labels, "train_seconds": round(result.train_seconds, 2),
-                     "history": result.history}
-    if dev_examples:
-        metrics["dev"] = _scores(REPredictor(result.model_dir), dev_examples)
-    atomic_write_json(run.metrics, metrics)
-    write_report(run.report, f"RE training: {cfg.name}", _classification_sections(metrics.get("dev")))
+    with open_run(cfg.output, cfg.name, cfg) as run:
+        get_logger().info("training %s on %d relation examples (dev %d) in %s", cfg.model, len(train_examples),
+                          len(dev_examples or []), run.path)
+        result = train_re(train_examples, dev_examples, model_path, cfg.training, run.path, cfg.max_length,
+                          cfg.strategy)
+        metrics: dict = {"train_examples": len(train_examples), "dev_examples": len(dev_examples or []),
+                         "labels": result.labels, "train_seconds": round(result.train_seconds, 2),
+                         "strategies": result.strategies, "history": result.history}
+        if dev_examples:
+            metrics["dev"], _ = _scores(REPredictor(result.model_dir), dev_examples)
+        run.finish(metrics, f"RE training: {cfg.name}", _classification_sections(metrics.get("dev"), "dev"))
     return run, metrics
 
 
-def _classification_sections(scores: dict | None) -> list[Section]:
+def _classification_sections(scores: dict | None, data: str) -> list[Section]:
     if not scores:
         return []
     rows = [[label, f"{v['precision']:.4f}", f"{v['recall']:.4f}", f"{v['f1']:.4f}", str(v["support"])]
             for label, v in scores["per_class"].items()]
     rows.append(["weighted", "", "", f"{scores['weighted']['f1']:.4f}", ""])
-    return [Section("Relation classification on dev", [Table(["label", "P", "R", "F1", "support"], rows)])]
+    return [Section(f"Relation classification on {data}", [Table(["label", "P", "R", "F1", "support"], rows)])]
 
 
-def evaluate(cfg: REEvalConfig) -> dict:
+def evaluate(cfg: REEvalConfig) -> tuple[dict, RunDir | None]:
+    """Score a relation classifier on gold relations; optionally write a run directory with the report."""
     if not cfg.model or not cfg.data:
         raise ConfigError("evaluation needs a model and data: pass --model DIR --data FILE")
-    return _scores(REPredictor(cfg.model), relation_examples(_relation_records(cfg.data), cfg.negatives))
+    if cfg.output:
+        refuse_existing(cfg.output, "run directory")
+    predictor = REPredictor(cfg.model)
+    examples = relation_examples(_relation_records(cfg.data), cfg.negatives)
+    with open_run(cfg.output, "re-eval", cfg) if cfg.output else nullcontext() as run:
+        get_logger().info("evaluating %s on %s (%d relation examples)", cfg.model, cfg.data, len(examples))
+        scores, predictions = _scores(predictor, examples)
+        if run:
+            atomic_write_text(run.path / "predictions.jsonl",
+                              "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in predictions))
+            run.finish({"model": cfg.model, "data": cfg.data, "examples": len(examples), **scores},
+                       f"RE evaluation of {cfg.model} on {cfg.data}", _classification_sections(scores, cfg.data))
+    return scores, run
 
 
 def predict(model_dir: str, marked: list[str]) -> list[dict]:

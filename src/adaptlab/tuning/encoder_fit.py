@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from adaptlab.runs import get_logger
 from adaptlab.tuning.settings import TrainerSettings, early_stopping_callbacks, training_arguments
@@ -33,6 +33,14 @@ class EncoderTrainerSettings(TrainerSettings):
     early_stopping_patience: int | None = Field(5, ge=1, description="evaluations without a better dev metric")
     group_by_length: bool = Field(True, description="batch sequences of similar length (less padding)")
     keep_checkpoints: bool = Field(False, description="keep full checkpoints (optimizer too) for resuming")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _max_length_is_not_a_trainer_setting(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "max_length" in data:
+            raise ValueError("'max_length' is not a Trainer setting: set the top-level max_length "
+                             "(the subword limit per sequence), not training.max_length")
+        return data
 
 
 def encoder_training_arguments(settings: EncoderTrainerSettings, output_dir: Path, has_eval: bool, metric: str):
