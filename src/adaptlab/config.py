@@ -107,6 +107,8 @@ def validate_config(model: type[T], data: dict[str, Any], source: str = "") -> T
             key = ".".join(str(p) for p in err["loc"]) or "<root>"
             if err["type"] == "extra_forbidden":
                 problems.append(f"unknown key {key!r}")
+            elif err["type"] == "value_error":  # our own validators: the message already says what is wrong
+                problems.append(f"{key}: {err['msg'].removeprefix('Value error, ')}")
             else:
                 problems.append(f"{key}: {err['msg']} (got {err.get('input')!r})")
         raise ConfigError(f"invalid config{source}: " + "; ".join(problems)) from None

@@ -31,6 +31,7 @@ from adaptlab.ie.tagging import (
     entity_types,
 )
 from adaptlab.metrics.spans import span_prf
+from adaptlab.models.adapters import load_pretrained
 from adaptlab.runs import get_logger, seed_everything
 from adaptlab.tuning.encoder_fit import EncoderTrainerSettings, fit
 from adaptlab.tuning.families import ENCODER_TOKEN
@@ -150,7 +151,7 @@ class NERPredictor:
 
         path = saved_model_dir(model_dir, "token_classification")
         self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.model = AutoModelForTokenClassification.from_pretrained(path)
+        self.model = load_pretrained(path, AutoModelForTokenClassification)
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.model.to(self.device).eval()
         self.id2label = {int(k): v for k, v in self.model.config.id2label.items()}

@@ -23,6 +23,7 @@ from adaptlab.errors import ModelError
 from adaptlab.ie.models import saved_model_dir, sequence_limit
 from adaptlab.ie.pairs import NO_RELATION, candidate_pairs
 from adaptlab.metrics.classification import classification_prf
+from adaptlab.models.adapters import load_pretrained
 from adaptlab.runs import seed_everything
 from adaptlab.tuning.encoder_fit import EncoderTrainerSettings, fit
 from adaptlab.tuning.families import ENCODER_SEQUENCE
@@ -136,7 +137,7 @@ class REPredictor:
 
         path = saved_model_dir(model_dir, "sequence_classification")
         self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.model = AutoModelForSequenceClassification.from_pretrained(path)
+        self.model = load_pretrained(path, AutoModelForSequenceClassification)
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.model.to(self.device).eval()
         self.id2label = {int(k): v for k, v in self.model.config.id2label.items()}

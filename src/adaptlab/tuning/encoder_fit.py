@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import Field, model_validator
 
 from adaptlab.runs import get_logger
+from adaptlab.tuning.families import unwrap
 from adaptlab.tuning.settings import TrainerSettings, early_stopping_callbacks, training_arguments
 from adaptlab.tuning.strategies.base import Strategy
 from adaptlab.tuning.trainer import StrategyTrainer, finalize, summaries
@@ -116,6 +117,9 @@ def fit(model, tokenizer, collator, compute_metrics, metric: str, train_ds, dev_
     final = finalize(strategies, trainer.accelerator.unwrap_model(trainer.model))
     if trainer.is_world_process_zero():
         final.save_pretrained(model_dir)
+        inner = unwrap(final)  # an adapter's labels and head class, for models.adapters.load_pretrained
+        inner.config.architectures = [type(inner).__name__]
+        inner.config.save_pretrained(model_dir)
         tokenizer.save_pretrained(model_dir)
     finish_checkpoints(cfg, checkpoints)
     get_logger().info("saved model to %s after %.1fs of training", model_dir, seconds)
