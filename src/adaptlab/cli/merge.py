@@ -15,8 +15,8 @@ def _summary(result) -> None:
     report = result.report
     console.print(f"{report['tensors']} tensors ({', '.join(f'{k} {v}' for k, v in report['actions'].items())}) "
                   f"-> {report['output_dtype']} in {report['seconds']} s, peak RSS {report['peak_rss_mb']} MB")
-    console.print(f"merged model: {result.output_dir} (also the run directory: config.yaml, metrics.json, "
-                  "report.html, log.txt)")
+    console.print(f"merged model: {result.output_dir}")
+    console.print(f"report: {result.output_dir / 'report.html'}")
 
 
 @app.command()

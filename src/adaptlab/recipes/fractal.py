@@ -21,6 +21,10 @@ With ``train.encoder: finetune`` every trained method also fine-tunes the encode
 features (and the priors' similarities) are cached from that initial encoder, at
 ``train.encoder_max_length`` when set. ``fractal train`` then saves the fine-tuned encoder inside the
 scorer directory, and ``score`` / ``dpo-pairs`` use it (its own feature-cache key).
+
+``train`` and ``evaluate`` leave run directories (:func:`adaptlab.runs.open_run`): ``train`` the scorer in
+``model/``, ``metrics.json`` (loss history, prior mix) and ``report.html`` (loss curve, prior mix). ``score`` and
+``dpo-pairs`` write only the JSONL file asked for: their ``--output`` is a file, not a run directory.
 """
 
 from __future__ import annotations
@@ -299,11 +303,10 @@ def train_report_sections(cfg: FractalTrainRunConfig, metrics: dict) -> list[Sec
         KeyValues(last, caption="last epoch (every loss term)"),
     ])]
     if metrics["prior_mix"] is not None:
-        mix = {k: v for k, v in metrics["prior_mix"].items() if not isinstance(v, list | dict)}
         sections.append(Section("Prior mix", [
             Paragraph("The head's scores are mixed with the cosine prior by a weight chosen on held-out training "
                       "bags (train.prior_mix); model/scorer.json holds the same numbers."),
-            KeyValues(mix)]))
+            KeyValues(metrics["prior_mix"])]))
     return sections
 
 
