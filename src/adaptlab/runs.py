@@ -8,7 +8,8 @@ interrupted run never leaves a truncated file behind.
 
 A command that fails or is interrupted removes the run directories it created (:func:`unfinished_runs_removed`,
 around every CLI command), so the same command can run again to the same ``--output``; a run that can be
-continued says so with :func:`keep_on_failure` and stays.
+continued says so with :func:`keep_on_failure` and stays. A run whose directory others load as a whole (a merged
+model) is opened with ``atomic=True``: it is assembled beside its place and appears there only when finished.
 """
 
 from __future__ import annotations
@@ -22,12 +23,12 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from adaptlab import interrupts
+from adaptlab import __version__, interrupts
 from adaptlab.errors import RunDirError
 
 LOGGER_NAME = "adaptlab"
@@ -136,6 +137,7 @@ class RunDir:
         atomic_write_json(self.metrics, metrics)
         write_report(self.report, title, sections)
         self.finished = True
+        get_logger().info("results written: %s, %s", self.metrics.name, self.report.name)
 
     @property
     def config(self) -> Path:
@@ -185,7 +187,31 @@ def create_run_dir(output: str | Path | None, name: str, root: str | Path = "run
 
 
 @contextmanager
-def open_run(output: str | Path | None, name: str, config: Any, existing: RunDir | None = None) -> Iterator[RunDir]:
+def assembled(output: Path) -> Iterator[Path]:
+    """A directory built in a partial directory beside ``output`` (:func:`partial_dir`) and renamed to ``output``
+    when the block completes, so nothing half-written ever sits where the complete one belongs.
+
+    On a failure or an interrupt the partial directory is removed (one left by a killed process is removed by the
+    next run); an OSError (a full disk, a read-only folder) becomes a :class:`RunDirError` that says so.
+    """
+    temporary = partial_dir(output)
+    shutil.rmtree(temporary, ignore_errors=True)
+    temporary.mkdir(parents=True)
+    interrupts.note(f"nothing is written to {output} until it is complete; its partial files are removed")
+    try:
+        yield temporary
+        os.rename(temporary, output)
+    except OSError as exc:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise RunDirError(f"writing {output} failed ({exc}); nothing was left there") from exc
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+
+
+@contextmanager
+def open_run(output: str | Path | None, name: str, config: Any, existing: RunDir | None = None, *,
+             atomic: bool = False) -> Iterator[RunDir]:
     """The life of one command's run directory: every command that leaves a run goes through here.
 
     Creates the directory (:func:`create_run_dir`; or continues ``existing``, a run being resumed), writes the
@@ -194,18 +220,36 @@ def open_run(output: str | Path | None, name: str, config: Any, existing: RunDir
     command that leaves the block without doing so is a bug, reported as one. A failure inside the block leaves
     the directory to :func:`unfinished_runs_removed`, which removes it unless it was marked with
     :func:`keep_on_failure`.
-    """
-    if existing is not None:
-        run = existing
-        attach_log_file(run.log)
-    else:
-        from adaptlab.config import save_config
 
-        run = create_run_dir(output, name)
-        save_config(config, run.config)
-    yield run
-    if not run.finished:
-        raise RuntimeError(f"the command ended without writing the results of its run directory {run.path}")
+    ``atomic=True`` (an explicit ``output`` only): the directory is assembled beside ``output``
+    (:func:`assembled`) and renamed into place when the block completes, for a run directory that others load as
+    a whole, such as a merged model; ``run.path`` is the partial directory inside the block, ``output`` after
+    it, and a failure inside the block removes the partial directory at once (it can never be continued).
+    """
+    if atomic and (output is None or existing is not None):
+        raise ValueError("an atomic run is a new run with an explicit output directory")
+    final = refuse_existing(output, "run directory") if atomic else None
+    with ExitStack() as stack:
+        if existing is not None:
+            run = existing
+            attach_log_file(run.log)
+        elif final is not None:
+            run = RunDir(stack.enter_context(assembled(final)))
+            attach_log_file(run.log)
+            stack.callback(detach_log_file, run.log)  # before the rename, and before a failed one is removed
+        else:
+            run = create_run_dir(output, name)
+        if existing is None:
+            from adaptlab.config import save_config
+
+            save_config(config, run.config)
+        get_logger().info("adaptlab %s: %s in %s", __version__, name, final or run.path)
+        yield run
+        if not run.finished:
+            raise RuntimeError(f"the command ended without writing the results of its run directory {run.path}")
+    if final is not None:
+        run.path = final
+        attach_log_file(run.log)  # the log goes on where the run now is
 
 
 def keep_on_failure(run: RunDir, how_to_continue: str) -> None:

@@ -18,9 +18,14 @@ def test_merge_config_runs_by_default(model_family, tmp_path, run_cli, state):
     }))
     code, out, err = run_cli("merge", config, "--output", tmp_path / "out", "parameters.lambda=0.5")
     assert code == 0, err
-    assert "merged model:" in out
+    assert "merged model:" in out and "report:" in out
     report = json.loads((tmp_path / "out" / "merge_report.json").read_text())
     assert report["config"]["parameters"] == {"lambda": 0.5} and report["config"]["method"] == "ties"
+    # the merged model directory is the run directory too: the resolved config, the report as metrics, the log
+    assert yaml.safe_load((tmp_path / "out" / "config.yaml").read_text())["parameters"] == {"lambda": 0.5}
+    assert json.loads((tmp_path / "out" / "metrics.json").read_text()) == report
+    assert "ties" in (tmp_path / "out" / "report.html").read_text()
+    assert "merged 21 tensors (ties)" in (tmp_path / "out" / "log.txt").read_text()
 
 
 def test_chat_vector_command(model_family, tmp_path, run_cli, state):

@@ -16,21 +16,22 @@ def _summary(result) -> None:
     console.print(f"{report['tensors']} tensors ({', '.join(f'{k} {v}' for k, v in report['actions'].items())}) "
                   f"-> {report['output_dtype']} in {report['seconds']} s, peak RSS {report['peak_rss_mb']} MB")
     console.print(f"merged model: {result.output_dir}")
+    console.print(f"report: {result.output_dir / 'report.html'}")
 
 
 @app.command()
 def run(
     config: str = typer.Argument(..., help="YAML merge config (see configs/merge_ties.yaml)"),
     overrides: Optional[list[str]] = typer.Argument(None, help="key=value config overrides"),
-    output: Optional[str] = typer.Option(None, "--output", help="output model directory (must not exist)"),
+    output: Optional[str] = typer.Option(None, "--output", help="merged model and run directory (must not exist)"),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="float32, float16 or bfloat16"),
 ) -> None:
     """Merge models as the config says (linear, task_arithmetic, ties, dare_linear, dare_ties, slerp)."""
     from adaptlab.config import load_config
     from adaptlab.merge.config import MergeConfig
-    from adaptlab.merge.engine import merge_models
+    from adaptlab.merge.engine import merge_run
 
-    _summary(merge_models(load_config(MergeConfig, config, overrides, {"output": output, "dtype": dtype})))
+    _summary(merge_run(load_config(MergeConfig, config, overrides, {"output": output, "dtype": dtype})))
 
 
 @app.command("chat-vector")
@@ -38,16 +39,16 @@ def chat_vector(
     base: str = typer.Option(..., "--base", help="the base model both others started from"),
     instruct: str = typer.Option(..., "--instruct", help="the base model's instruction-tuned version"),
     domain: str = typer.Option(..., "--domain", help="the base model after continual pretraining on domain text"),
-    output: str = typer.Option(..., "--output", help="output model directory (must not exist)"),
+    output: str = typer.Option(..., "--output", help="merged model and run directory (must not exist)"),
     scale: float = typer.Option(1.0, "--scale", help="λ in θ_domain + λ·(θ_instruct − θ_base)"),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="default: the base model's"),
     vocab: str = typer.Option("strict", "--vocab", help="strict, base or union when tokenizers differ"),
 ) -> None:
     """θ_out = θ_domain + λ·(θ_instruct − θ_base): the domain tokenizer, the instruct chat template."""
     from adaptlab.merge.chat_vector import chat_vector_config
-    from adaptlab.merge.engine import merge_models
+    from adaptlab.merge.engine import merge_run
 
-    _summary(merge_models(chat_vector_config(base, instruct, domain, output, scale, dtype, vocab)))
+    _summary(merge_run(chat_vector_config(base, instruct, domain, output, scale, dtype, vocab)))
 
 
 @app.command()

@@ -13,6 +13,13 @@ The output is built in a hidden temporary directory beside ``output`` and rename
 complete (config, tokenizer, generation config, chat template, shards + index,
 ``merge_report.json``). ``output`` must not exist and must not be an input; on any failure the
 temporary directory is removed, so a half-written model never sits where the merged one belongs.
+
+:func:`merge_models` is the building block (search candidates, the domain-instruct recipe);
+:func:`merge_run` is the command (``adaptlab merge CONFIG``, ``merge chat-vector``): its output is the
+merged model directory and, in the same place, the command's run directory, so the model loads from
+``--output`` as always and ``config.yaml`` (the resolved merge config), ``metrics.json`` (the merge
+report again: tensors, actions, dtype, seconds, peak memory, vocabulary, per-tensor change and RMS),
+``report.html`` and ``log.txt`` sit beside its weights.
 """
 
 from __future__ import annotations
@@ -21,7 +28,6 @@ import math
 import os
 import queue
 import resource
-import shutil
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -33,14 +39,14 @@ from typing import Any
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from adaptlab import interrupts
 from adaptlab.errors import ConfigError, ModelError, RunDirError
 from adaptlab.merge import files
 from adaptlab.merge.config import MergeConfig
 from adaptlab.merge.methods import METHODS, tensor_generator
 from adaptlab.merge.plan import MergePlan, TensorPlan, build_plan
 from adaptlab.merge.tensors_io import ModelTensors, SafetensorsShardWriter
-from adaptlab.runs import atomic_write_json, get_logger, partial_dir
+from adaptlab.report.html import KeyValues, Paragraph, Section, Table
+from adaptlab.runs import assembled, atomic_write_json, get_logger, open_run
 
 SLICE_ELEMENTS = 1 << 20
 QUEUED_WRITES = 8  # chunks waiting for the writer thread (a few MB)
@@ -120,27 +126,34 @@ def merge_models(cfg: MergeConfig) -> MergeResult:
     """Run the merge described by ``cfg``; returns the output directory and the report."""
     started = time.perf_counter()
     output = check_output(cfg)
-    log = get_logger()
+    with ExitStack() as stack:
+        inputs, sources, plan = open_and_plan(cfg, stack)  # every check of the inputs before anything is written
+        with assembled(output) as temporary:
+            report = write_merged_model(cfg, inputs, sources, plan, temporary, started)
+    return MergeResult(output, report)
+
+
+def merge_run(cfg: MergeConfig) -> MergeResult:
+    """The merge as a command: the merged model directory is also its run directory (see the module docstring)."""
+    started = time.perf_counter()
+    output = check_output(cfg)
     with ExitStack() as stack:
         inputs, sources, plan = open_and_plan(cfg, stack)
-        temporary = partial_dir(output)
-        shutil.rmtree(temporary, ignore_errors=True)
-        temporary.mkdir()
-        interrupts.note(f"nothing is written to {output} until the merge is complete; its partial files are removed")
-        try:
-            stats = write_tensors(cfg, plan, sources, temporary)
-            files.write_side_files(cfg, plan, inputs, temporary)
-            report = merge_report(cfg, plan, stats, time.perf_counter() - started)
-            atomic_write_json(temporary / "merge_report.json", report)
-            os.rename(temporary, output)
-        except OSError as exc:
-            shutil.rmtree(temporary, ignore_errors=True)
-            raise RunDirError(f"writing the merged model to {output} failed ({exc}); nothing was left there") from exc
-        except BaseException:
-            shutil.rmtree(temporary, ignore_errors=True)
-            raise
-    log.info("merged %d tensors (%s) into %s in %.1f s", len(plan.tensors), cfg.method, output, report["seconds"])
-    return MergeResult(output, report)
+        with open_run(output, cfg.name, cfg, atomic=True) as run:
+            report = write_merged_model(cfg, inputs, sources, plan, run.path, started)
+            run.finish(report, f"Merge: {cfg.method} of {', '.join(plan.inputs)}", report_sections(report))
+    return MergeResult(run.path, report)
+
+
+def write_merged_model(cfg: MergeConfig, inputs: list[str], sources: list[ModelTensors], plan: MergePlan,
+                       directory: Path, started: float) -> dict[str, Any]:
+    """Weights, side files and ``merge_report.json`` into ``directory`` (empty); returns the report."""
+    stats = write_tensors(cfg, plan, sources, directory)
+    files.write_side_files(cfg, plan, inputs, directory)
+    report = merge_report(cfg, plan, stats, time.perf_counter() - started)
+    atomic_write_json(directory / "merge_report.json", report)
+    get_logger().info("merged %d tensors (%s) in %.1f s", report["tensors"], cfg.method, report["seconds"])
+    return report
 
 
 def open_and_plan(cfg: MergeConfig, stack: ExitStack) -> tuple[list[str], list[ModelTensors], MergePlan]:
@@ -284,6 +297,24 @@ def merge_report(cfg: MergeConfig, plan: MergePlan, stats: list[dict], seconds: 
         "vocab": plan.vocab.report() if plan.vocab is not None else {"mode": cfg.vocab},
         "per_tensor": stats,
     }
+
+
+def report_sections(report: dict[str, Any]) -> list[Section]:
+    """``report.html`` of a merge: what went in, what came out, and how far each tensor moved."""
+    vocab = {key: value for key, value in report["vocab"].items() if not isinstance(value, dict | list)}
+    rows = [[row["name"], row["action"], "×".join(map(str, row["shape"])), row.get("max_abs_change"), row.get("rms")]
+            for row in report["per_tensor"]]
+    return [
+        Section("Merge", [KeyValues({"method": report["config"]["method"], "inputs": ", ".join(report["inputs"]),
+                                     "output dtype": report["output_dtype"], "tensors": report["tensors"],
+                                     **{f"tensors {action}": n for action, n in report["actions"].items()},
+                                     "seconds": report["seconds"], "peak RSS (MB)": report["peak_rss_mb"]}),
+                          KeyValues(vocab, caption="vocabulary (all counts in metrics.json)")]),
+        Section("Tensors", [Paragraph("max |change|: the largest entry-wise change from the base model (from the "
+                                      "first model when there is no base); RMS: the merged tensor's root mean "
+                                      "square; a dash: not merged or not measured."),
+                            Table(["tensor", "action", "shape", "max |change|", "RMS"], rows)]),
+    ]
 
 
 def _progress(enabled: bool) -> Progress:

@@ -41,12 +41,12 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from adaptlab.config import StrictModel, save_config
+from adaptlab.config import StrictModel
 from adaptlab.errors import ConfigError, ModelError
 from adaptlab.merge.config import MergeConfig
 from adaptlab.metrics.lm import perplexity, read_text_file
-from adaptlab.report.html import Image, KeyValues, Paragraph, Section, Table, write_report
-from adaptlab.runs import RunDir, atomic_write_json, create_run_dir, get_logger, progress_bar
+from adaptlab.report.html import Image, KeyValues, Paragraph, Section, Table
+from adaptlab.runs import RunDir, atomic_write_json, get_logger, open_run, progress_bar
 
 MergeFunction = Callable[[MergeConfig], Path]
 
@@ -127,11 +127,19 @@ def run_search(cfg: SearchConfig, merge_fn: MergeFunction | None = None) -> tupl
     log = get_logger()
     domain = read_text_file(cfg.domain_text)[: cfg.max_texts]
     general = read_text_file(cfg.general_text)[: cfg.max_texts] if cfg.general_text else None
-    run_dir = create_run_dir(cfg.output, cfg.name)
-    save_config(cfg, run_dir.config)
-    if cfg.merge.output:
-        log.warning("merge.output (%s) is not used by the search; candidates go to %s/candidates",
-                    cfg.merge.output, run_dir.path)
+    with open_run(cfg.output, cfg.name, cfg) as run_dir:
+        if cfg.merge.output:
+            log.warning("merge.output (%s) is not used by the search; candidates go to %s/candidates",
+                        cfg.merge.output, run_dir.path)
+        result = _search(cfg, merge_fn, run_dir, domain, general)
+        _finish(cfg, run_dir, result, domain, general)
+    return run_dir, result
+
+
+def _search(cfg: SearchConfig, merge_fn: MergeFunction, run_dir: RunDir, domain: list[str],
+            general: list[str] | None) -> dict[str, Any]:
+    """Every grid value merged and scored in turn; the best model kept (see the module docstring)."""
+    log = get_logger()
     candidates = run_dir.path / "candidates"
     result: dict[str, Any] = {"objective": objective_text(cfg), "target": cfg.target, "vary": cfg.vary,
                               "method": cfg.merge.method, "rows": [], "best": None, "best_model": None,
@@ -163,8 +171,7 @@ def run_search(cfg: SearchConfig, merge_fn: MergeFunction | None = None) -> tupl
     finally:
         shutil.rmtree(candidates, ignore_errors=True)
     result["complete"] = True
-    _finish(cfg, run_dir, result, domain, general)
-    return run_dir, result
+    return result
 
 
 def _merge_and_score(cfg: SearchConfig, merge_fn: MergeFunction, value: float, output: Path,
@@ -229,11 +236,11 @@ def _finish(cfg: SearchConfig, run_dir: RunDir, result: dict[str, Any], domain: 
     result["texts"] = {"domain": {"path": cfg.domain_text, "documents": len(domain)},
                        "general": {"path": cfg.general_text, "documents": len(general)} if general else None}
     atomic_write_json(run_dir.path / "search.json", result)
-    atomic_write_json(run_dir.metrics, {"objective": result["objective"], "target": cfg.target, "vary": cfg.vary,
-                                        "candidates": len(result["rows"]), "unranked": len(unranked),
-                                        "best": best, "best_model": result["best_model"]})
-    write_report(run_dir.report, f"Merge search: {cfg.merge.method}, {cfg.target}"
-                 + (f" of {cfg.vary}" if cfg.vary else ""), _report_sections(cfg, result))
+    run_dir.finish({"objective": result["objective"], "target": cfg.target, "vary": cfg.vary,
+                    "candidates": len(result["rows"]), "unranked": len(unranked), "best": best,
+                    "best_model": result["best_model"]},
+                   f"Merge search: {cfg.merge.method}, {cfg.target}" + (f" of {cfg.vary}" if cfg.vary else ""),
+                   _report_sections(cfg, result))
 
 
 def _report_sections(cfg: SearchConfig, result: dict[str, Any]) -> list[Section]:

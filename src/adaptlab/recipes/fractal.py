@@ -21,6 +21,10 @@ With ``train.encoder: finetune`` every trained method also fine-tunes the encode
 features (and the priors' similarities) are cached from that initial encoder, at
 ``train.encoder_max_length`` when set. ``fractal train`` then saves the fine-tuned encoder inside the
 scorer directory, and ``score`` / ``dpo-pairs`` use it (its own feature-cache key).
+
+``train`` and ``evaluate`` leave run directories (:func:`adaptlab.runs.open_run`): ``train`` the scorer in
+``model/``, ``metrics.json`` (loss history, prior mix) and ``report.html`` (loss curve, prior mix). ``score`` and
+``dpo-pairs`` write only the JSONL file asked for: their ``--output`` is a file, not a run directory.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ import numpy as np
 import torch
 from pydantic import Field, model_validator
 
-from adaptlab.config import StrictModel, save_config
+from adaptlab.config import StrictModel
 from adaptlab.errors import ConfigError
 from adaptlab.fractal.aggregate import AGGREGATORS
 from adaptlab.fractal.bags import Bag, PairBag, read_bags, split_sentences
@@ -48,8 +52,8 @@ from adaptlab.fractal.tensors import BagTensors, BagTexts, PairTensors, make_bag
 from adaptlab.fractal.train import FractalTrainConfig, fit, sentence_scores, train_bags, train_sentences
 from adaptlab.fractal.view import scored_responses_html
 from adaptlab.metrics.ranking import bag_accuracy, mean_std, sentence_auc
-from adaptlab.report.html import KeyValues, Paragraph, RawHTML, Section, Table, write_report
-from adaptlab.runs import RunDir, atomic_write_json, atomic_write_text, create_run_dir, get_logger, refuse_existing
+from adaptlab.report.html import Image, KeyValues, Paragraph, RawHTML, Section, Table
+from adaptlab.runs import RunDir, atomic_write_text, get_logger, open_run, refuse_existing
 
 METHODS = ("cosine", "bagloss", "fractal", "fractal_pseudo", "supervised")
 DATASETS = ("multispanqa", "qa_feedback")
@@ -193,8 +197,17 @@ def evaluate(cfg: FractalEvalConfig) -> tuple[RunDir, dict]:
     bags, pairs, load_stats = load_bags(cfg)
     if not any(b.sentence_labels for b in bags):
         raise ConfigError("no bag has sentence_labels, so sentence AUC cannot be computed")
-    run = create_run_dir(cfg.output, cfg.name)
-    save_config(cfg, run.config)
+    with open_run(cfg.output, cfg.name, cfg) as run:
+        metrics, shown_method, held_out = cross_validate(cfg, bags, pairs, load_stats)
+        sections = report_sections(cfg, bags, metrics, shown_method, held_out)
+        run.finish(metrics, f"FRACTAL evaluation: {cfg.data}", sections)
+    return run, metrics
+
+
+def cross_validate(cfg: FractalEvalConfig, bags: list[Bag], pairs: list[PairBag],
+                   load_stats: dict) -> tuple[dict, str, dict[int, list[float]]]:
+    """Every method on every grouped fold and seed: the metrics, the method shown in the report and its held-out
+    scores per bag (first seed)."""
     log = get_logger()
     started = time.perf_counter()
     data, pair_data = featurize(cfg, bags, pairs, cfg.train.encoder_max_length)
@@ -230,10 +243,7 @@ def evaluate(cfg: FractalEvalConfig) -> tuple[RunDir, dict]:
                "encoder": cfg.train.encoder, "folds": cfg.folds,
                "seeds": cfg.seeds, "summary": summary, "per_fold": per_method,
                "fractal_train_seconds_per_fold": mean_std(train_seconds) if train_seconds else None}
-    atomic_write_json(run.metrics, metrics)
-    write_report(run.report, f"FRACTAL evaluation: {cfg.data}",
-                 report_sections(cfg, bags, metrics, shown_method, held_out))
-    return run, metrics
+    return metrics, shown_method, held_out
 
 
 def split_by_bag(scores: list[float], lengths: list[int]) -> list[list[float]]:
@@ -264,22 +274,40 @@ def report_sections(cfg: FractalEvalConfig, bags: list[Bag], metrics: dict, show
 
 def train(cfg: FractalTrainRunConfig) -> tuple[RunDir, dict]:
     bags, pairs, load_stats = load_bags(cfg)
-    run = create_run_dir(cfg.output, cfg.name)
-    save_config(cfg, run.config)
-    data, pair_data = featurize(cfg, bags, pairs, cfg.train.encoder_max_length)
-    model, history = fit(data, cfg.train, pair_data, cfg.feature_model, [b.group for b in bags],
-                         [p.group for p in pairs])
-    info = {"feature_model": cfg.feature_model, "aggregation": cfg.train.aggregation,
-            "temperature": cfg.train.temperature, "cache_dir": cfg.cache_dir}
-    if isinstance(model, EncoderScorer):
-        save_finetuned_scorer(model, run.model, {**info, "finetuned_from": cfg.feature_model})
-    else:
-        save_scorer(model, run.model, info)
-    mix = getattr(model, "prior_mix", None)
-    metrics = {"data": load_stats, "bags": data.n_bags, "sentences": len(data.features), "pairs": len(pairs),
-               "history": history, "prior_mix": None if mix is None else asdict(mix)}
-    atomic_write_json(run.metrics, metrics)
+    with open_run(cfg.output, cfg.name, cfg) as run:
+        data, pair_data = featurize(cfg, bags, pairs, cfg.train.encoder_max_length)
+        model, history = fit(data, cfg.train, pair_data, cfg.feature_model, [b.group for b in bags],
+                             [p.group for p in pairs])
+        info = {"feature_model": cfg.feature_model, "aggregation": cfg.train.aggregation,
+                "temperature": cfg.train.temperature, "cache_dir": cfg.cache_dir}
+        if isinstance(model, EncoderScorer):
+            save_finetuned_scorer(model, run.model, {**info, "finetuned_from": cfg.feature_model})
+        else:
+            save_scorer(model, run.model, info)
+        mix = getattr(model, "prior_mix", None)
+        metrics = {"data": load_stats, "bags": data.n_bags, "sentences": len(data.features), "pairs": len(pairs),
+                   "history": history, "prior_mix": None if mix is None else asdict(mix)}
+        run.finish(metrics, f"FRACTAL scorer: {cfg.data}", train_report_sections(cfg, metrics))
     return run, metrics
+
+
+def train_report_sections(cfg: FractalTrainRunConfig, metrics: dict) -> list[Section]:
+    """The data, the training loss by epoch (every loss term in the last row) and the prior mix."""
+    from adaptlab.report.plots import learning_curve
+
+    last = metrics["history"][-1] if metrics["history"] else {}
+    sections = [Section("Training", [
+        KeyValues({"bags": metrics["bags"], "sentences": metrics["sentences"], "pairs": metrics["pairs"],
+                   "aggregation": cfg.train.aggregation, "encoder": cfg.train.encoder, **metrics["data"]}),
+        Image(learning_curve(metrics["history"], "training loss by epoch"), alt="training loss by epoch"),
+        KeyValues(last, caption="last epoch (every loss term)"),
+    ])]
+    if metrics["prior_mix"] is not None:
+        sections.append(Section("Prior mix", [
+            Paragraph("The head's scores are mixed with the cosine prior by a weight chosen on held-out training "
+                      "bags (train.prior_mix); model/scorer.json holds the same numbers."),
+            KeyValues(metrics["prior_mix"])]))
+    return sections
 
 
 def dpo_pairs(model_dir: str, input_path: str, output: str, reduce: str = "min", min_margin: float = 0.0) -> dict:

@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from adaptlab.config import StrictModel, save_config
+from adaptlab.config import StrictModel
 from adaptlab.errors import ConfigError, ModelError
 from adaptlab.lm.lm_eval_tasks import load_task
 from adaptlab.lm.mc_tasks import MCTask, count_requests, score_mc_task
@@ -34,8 +34,8 @@ from adaptlab.lm.probe import load_probe_prompts, probe_skip_reason, run_probe
 from adaptlab.metrics.lm import perplexity, read_text_file
 from adaptlab.models.checks import check_local_model
 from adaptlab.models.gguf import resolve_model
-from adaptlab.report.html import KeyValues, Paragraph, Section, Table, write_report
-from adaptlab.runs import RunDir, atomic_write_json, atomic_write_text, create_run_dir, get_logger, progress_bar
+from adaptlab.report.html import KeyValues, Paragraph, Section, Table
+from adaptlab.runs import RunDir, atomic_write_text, get_logger, open_run, progress_bar
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 PACKAGED_PREFIX = "packaged:"
@@ -157,29 +157,27 @@ def evaluate(cfg: LMEvalConfig) -> tuple[RunDir, dict[str, Any]]:
     model_dirs = {spec.name: resolve_model(spec.path, f"models[{index}].path") for index, spec in enumerate(cfg.models)}
     for index, spec in enumerate(cfg.models):
         _check_model_config(model_dirs[spec.name], f"models[{index}].path")
-    run = create_run_dir(cfg.output, cfg.name)
-    save_config(cfg, run.config)
     log = get_logger()
-    models: dict[str, Any] = {}
-    with progress_bar(cfg.progress) as bar:
-        for spec in cfg.models:
-            log.info("evaluating %s (%s) on %s", spec.name, spec.path, device)
-            started = time.perf_counter()
-            model, tokenizer = load_causal_lm(model_dirs[spec.name], device, cfg.dtype)
-            try:
-                task_id = bar.add_task(spec.name, total=_work_units(inputs, tokenizer))
-                scores = score_model(model, tokenizer, inputs, cfg, device,
-                                     advance=lambda n, task_id=task_id: bar.advance(task_id, n))
-            finally:
-                del model
-                _free_memory()
-            scores = {"path": spec.path, **scores, "seconds": round(time.perf_counter() - started, 2)}
-            models[spec.name] = _write_predictions(run, spec.name, scores, cfg.probe.examples)
-    metrics = {"models": models, "table": results_table(models, inputs), "inputs": inputs.described,
-               "probe_skipped": {name: m["probe"]["skipped"] for name, m in models.items()
-                                 if "skipped" in m.get("probe", {})}}
-    atomic_write_json(run.metrics, metrics)
-    write_report(run.report, f"LM evaluation: {cfg.name}", report_sections(metrics))
+    with open_run(cfg.output, cfg.name, cfg) as run:
+        models: dict[str, Any] = {}
+        with progress_bar(cfg.progress) as bar:
+            for spec in cfg.models:
+                log.info("evaluating %s (%s) on %s", spec.name, spec.path, device)
+                started = time.perf_counter()
+                model, tokenizer = load_causal_lm(model_dirs[spec.name], device, cfg.dtype)
+                try:
+                    task_id = bar.add_task(spec.name, total=_work_units(inputs, tokenizer))
+                    scores = score_model(model, tokenizer, inputs, cfg, device,
+                                         advance=lambda n, task_id=task_id: bar.advance(task_id, n))
+                finally:
+                    del model
+                    _free_memory()
+                scores = {"path": spec.path, **scores, "seconds": round(time.perf_counter() - started, 2)}
+                models[spec.name] = _write_predictions(run, spec.name, scores, cfg.probe.examples)
+        metrics = {"models": models, "table": results_table(models, inputs), "inputs": inputs.described,
+                   "probe_skipped": {name: m["probe"]["skipped"] for name, m in models.items()
+                                     if "skipped" in m.get("probe", {})}}
+        run.finish(metrics, f"LM evaluation: {cfg.name}", report_sections(metrics))
     log.info("evaluation written to %s", run.path)
     return run, metrics
 

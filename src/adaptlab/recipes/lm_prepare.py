@@ -27,14 +27,14 @@ from pathlib import Path
 
 from pydantic import Field, model_validator
 
-from adaptlab.config import StrictModel, save_config
+from adaptlab.config import StrictModel
 from adaptlab.errors import DataError
 from adaptlab.lm import corpus, prepared
 from adaptlab.lm.corpus import CleaningConfig, SourceConfig
 from adaptlab.lm.dedup import DedupConfig, DedupResult, deduplicate
 from adaptlab.lm.loading import load_tokenizer
-from adaptlab.report.html import KeyValues, Paragraph, Section, Table, write_report
-from adaptlab.runs import RunDir, atomic_write_json, create_run_dir, get_logger, progress_bar
+from adaptlab.report.html import KeyValues, Paragraph, Section, Table
+from adaptlab.runs import RunDir, atomic_write_json, get_logger, open_run, progress_bar
 
 ROLES = ("domain", "general")
 
@@ -101,13 +101,39 @@ def prepare(cfg: PrepareConfig) -> tuple[RunDir, dict]:
                                                     _cache_dir(cfg))
     lengths = dict(zip(order, tokens["length"]))
 
-    run = create_run_dir(cfg.output, cfg.name)
-    save_config(cfg, run.config)
-    docs = summary_counts(clean)
-    log.info("read %d documents: %d filtered, %d exact and %d near duplicates removed, %d kept", docs["read"],
-             docs["filtered"], docs["exact_duplicates"], docs["near_duplicates"], docs["kept"])
-    log.info("packing %d documents into blocks of %d tokens in %s", len(order), cfg.block_size, run.path)
-    staging = run.path / ".staging"
+    with open_run(cfg.output, cfg.name, cfg) as run:
+        docs = summary_counts(clean)
+        log.info("read %d documents: %d filtered, %d exact and %d near duplicates removed, %d kept", docs["read"],
+                 docs["filtered"], docs["exact_duplicates"], docs["near_duplicates"], docs["kept"])
+        log.info("packing %d documents into blocks of %d tokens in %s", len(order), cfg.block_size, run.path)
+        split_info, packing, replay = pack_and_save(cfg, run.path, parts, tokens, cache["key"])
+        held_out = [name for name in split_info if name != "train"]
+        for name in held_out:
+            prepared.write_documents(run.path / "text" / f"{name}.txt", [clean.texts[i] for i in parts[name]])
+            split_info[name]["documents"] = len(parts[name])
+
+        manifest = {"format_version": prepared.FORMAT_VERSION, "created_by": "adaptlab lm prepare",
+                    "tokenizer": _tokenizer_reference(cfg.tokenizer),
+                    "tokenizer_fingerprint": prepared.tokenizer_fingerprint(tokenizer), "block_size": cfg.block_size,
+                    "split_across_blocks": cfg.split_across_blocks, "splits": split_info,
+                    "replay_ratio": cfg.replay_ratio, "seed": cfg.seed, "sources": [s.name for s in clean.sources],
+                    "text": {name: f"text/{name}.txt" for name in held_out}}
+        atomic_write_json(run.path / "data" / prepared.MANIFEST, manifest)
+        metrics = {"documents": docs, **accounting(clean, lengths, parts, cfg), "tokenizer": manifest["tokenizer"],
+                   "block_size": cfg.block_size, "splits": split_info, "packing": packing,
+                   "long_documents": _long_documents(packing), "replay": replay, "cache": cache,
+                   "seconds": round(time.time() - started, 2)}
+        log.info("train %d blocks (%d tokens, %.1f%% general), eval_domain %d blocks", split_info["train"]["rows"],
+                 split_info["train"]["tokens"], 100 * replay["ratio_achieved"], split_info["eval_domain"]["rows"])
+        run.finish(metrics, f"Corpus preparation: {cfg.name}", report_sections(metrics, clean))
+    return run, metrics
+
+
+def pack_and_save(cfg: PrepareConfig, folder: Path, parts: dict[str, list[int]], tokens,
+                  cache_key: str) -> tuple[dict, dict, dict]:
+    """Each part packed into blocks, general blocks replayed into train at ``replay_ratio``, every split saved
+    to ``folder/data/<split>``. Returns the rows and tokens per split, the packing counts per part and the replay."""
+    staging = folder / ".staging"
     packed, packing = {}, {}
     offset = 0
     with _datasets_progress(cfg.progress):
@@ -115,7 +141,7 @@ def prepare(cfg: PrepareConfig) -> tuple[RunDir, dict]:
             if members:
                 span = tokens.select(range(offset, offset + len(members)))
                 packed[part], stats = prepared.pack_split(span, cfg.block_size, cfg.split_across_blocks, staging,
-                                                          f"{cache['key']}-{part}")
+                                                          f"{cache_key}-{part}")
                 packing[part] = stats.as_dict()
             offset += len(members)
 
@@ -134,32 +160,12 @@ def prepare(cfg: PrepareConfig) -> tuple[RunDir, dict]:
                         **{name: packing[name]["tokens"] for name in splits if name != "train"}}
         split_info = {}
         for name, dataset in splits.items():
-            dataset.save_to_disk(str(run.path / "data" / name))
+            dataset.save_to_disk(str(folder / "data" / name))
             split_info[name] = {"rows": len(dataset), "tokens": split_tokens[name]}
     shutil.rmtree(staging, ignore_errors=True)
     split_info["train"].update(domain_documents=len(parts["train_domain"]), domain_tokens=domain_tokens,
                                general_tokens=replay["general_tokens_used"])
-    for name in splits:
-        if name != "train":
-            prepared.write_documents(run.path / "text" / f"{name}.txt", [clean.texts[i] for i in parts[name]])
-            split_info[name]["documents"] = len(parts[name])
-
-    manifest = {"format_version": prepared.FORMAT_VERSION, "created_by": "adaptlab lm prepare",
-                "tokenizer": _tokenizer_reference(cfg.tokenizer),
-                "tokenizer_fingerprint": prepared.tokenizer_fingerprint(tokenizer), "block_size": cfg.block_size,
-                "split_across_blocks": cfg.split_across_blocks, "splits": split_info,
-                "replay_ratio": cfg.replay_ratio, "seed": cfg.seed, "sources": [s.name for s in clean.sources],
-                "text": {name: f"text/{name}.txt" for name in splits if name != "train"}}
-    atomic_write_json(run.path / "data" / prepared.MANIFEST, manifest)
-    metrics = {"documents": docs, **accounting(clean, lengths, parts, cfg), "tokenizer": manifest["tokenizer"],
-               "block_size": cfg.block_size, "splits": split_info, "packing": packing,
-               "long_documents": _long_documents(packing), "replay": replay, "cache": cache,
-               "seconds": round(time.time() - started, 2)}
-    atomic_write_json(run.metrics, metrics)
-    write_report(run.report, f"Corpus preparation: {cfg.name}", report_sections(metrics, clean))
-    log.info("train %d blocks (%d tokens, %.1f%% general), eval_domain %d blocks", split_info["train"]["rows"],
-             split_info["train"]["tokens"], 100 * replay["ratio_achieved"], split_info["eval_domain"]["rows"])
-    return run, metrics
+    return split_info, packing, replay
 
 
 def read_clean_deduplicate(cfg: PrepareConfig) -> CleanCorpus:

@@ -3,7 +3,8 @@
 ``export`` turns a generation run into a Label Studio project (teacher spans as predictions);
 ``import_`` reads the reviewed export back into a run directory with ``records.jsonl`` (verified
 flag, reviewers' edits, rejected items removed), ``removed.jsonl``, ``metrics.json`` (counts and
-teacher-vs-reviewer span F1 per type) and ``report.html``. The schema comes from the generation
+teacher-vs-reviewer span F1 per type), ``report.html``, ``config.yaml`` (what was imported, from
+where) and ``log.txt``. The schema comes from the generation
 config (a YAML file with a ``schema:`` section, or a run directory holding ``config.yaml``).
 """
 
@@ -12,11 +13,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from adaptlab.config import read_yaml, validate_config
+from pydantic import Field
+
+from adaptlab.config import StrictModel, read_yaml, validate_config
 from adaptlab.data.records import read_records, write_records
 from adaptlab.errors import ConfigError
-from adaptlab.report.html import KeyValues, Paragraph, Section, Table, write_report
-from adaptlab.runs import RunDir, atomic_write_json, atomic_write_text, create_run_dir
+from adaptlab.report.html import KeyValues, Paragraph, Section, Table
+from adaptlab.runs import RunDir, atomic_write_text, get_logger, open_run
 from adaptlab.synth import factcheck, review
 from adaptlab.synth.schema import Schema
 
@@ -43,15 +46,28 @@ def export(records_source: str, schema_source: str, out_dir: str, model_version:
                                 model_version)
 
 
+class ReviewImportConfig(StrictModel):
+    """What ``synth review import`` read: its run's ``config.yaml``."""
+
+    export: str = Field(description="Label Studio JSON export of the review project")
+    schema_from: str = Field(description="generation config or run directory whose schema the review used")
+    verified_only: bool = Field(False, description="drop tasks nobody reviewed")
+    output: str | None = None
+
+
 def import_(export_path: str, schema_source: str, output: str | None = None,
             verified_only: bool = False) -> tuple[RunDir, review.ReviewResult]:
+    cfg = ReviewImportConfig(export=export_path, schema_from=schema_source, verified_only=verified_only,
+                             output=output)
     result = review.import_review(export_path, load_schema(schema_source), verified_only)
-    run = create_run_dir(output, "review")
-    write_records(result.records, run.path / "records.jsonl")
-    atomic_write_text(run.path / "removed.jsonl", "".join(
-        json.dumps({"id": item_id, "reason": reason}, ensure_ascii=False) + "\n" for item_id, reason in result.removed))
-    atomic_write_json(run.metrics, {"source": export_path, "counts": result.counts, "agreement": result.agreement})
-    write_report(run.report, f"Review import: {export_path}", report_sections(result))
+    with open_run(output, "review", cfg) as run:
+        write_records(result.records, run.path / "records.jsonl")
+        atomic_write_text(run.path / "removed.jsonl", "".join(
+            json.dumps({"id": item_id, "reason": reason}, ensure_ascii=False) + "\n"
+            for item_id, reason in result.removed))
+        get_logger().info("imported %d tasks from %s: %s", result.counts["tasks"], export_path, result.counts)
+        run.finish({"source": export_path, "counts": result.counts, "agreement": result.agreement},
+                   f"Review import: {export_path}", report_sections(result))
     return run, result
 
 

@@ -20,16 +20,9 @@ import json
 from collections import Counter
 from dataclasses import asdict
 
-from adaptlab.config import save_config
 from adaptlab.data.records import Record, write_records
-from adaptlab.report.html import KeyValues, Paragraph, Section, Table, write_report
-from adaptlab.runs import (
-    RunDir,
-    atomic_write_json,
-    atomic_write_text,
-    create_run_dir,
-    get_logger,
-)
+from adaptlab.report.html import KeyValues, Paragraph, Section, Table
+from adaptlab.runs import RunDir, atomic_write_text, get_logger, open_run
 from adaptlab.synth import generate as gen
 from adaptlab.synth.config import SynthConfig
 from adaptlab.teacher.base import Sampling
@@ -51,35 +44,33 @@ def generate(cfg: SynthConfig) -> tuple[RunDir, dict]:
     teacher = build_teacher(cfg.teacher)
     prepare_schemas(teacher, gen.answer_schemas(cfg.schema_, cfg.subjects.per_group, cfg.sentences.per_request))
     cache = open_cache(cfg.teacher)
-    run = create_run_dir(cfg.output, cfg.name)
-    save_config(cfg, run.config)
-    log = get_logger()
-    log.info("generating with %s in %s", teacher.describe(), run.path)
-    try:
-        result = asyncio.run(_ask_teacher(cfg, teacher, cache, subjects_prompt, sentences_prompt))
-    finally:
-        if cache is not None:
-            cache.close()
-    subjects, candidates, rejects, proposed, runner_stats = result
-    records, invalid = gen.filter_records(candidates, cfg.schema_, cfg.validation.near_duplicate_threshold)
-    rejects += invalid
+    with open_run(cfg.output, cfg.name, cfg) as run:
+        log = get_logger()
+        log.info("generating with %s in %s", teacher.describe(), run.path)
+        try:
+            result = asyncio.run(_ask_teacher(cfg, teacher, cache, subjects_prompt, sentences_prompt))
+        finally:
+            if cache is not None:
+                cache.close()
+        subjects, candidates, rejects, proposed, runner_stats = result
+        records, invalid = gen.filter_records(candidates, cfg.schema_, cfg.validation.near_duplicate_threshold)
+        rejects += invalid
 
-    write_records(records, run.path / "records.jsonl")
-    atomic_write_text(run.path / "rejects.jsonl",
-                      "".join(json.dumps(r.to_json(), ensure_ascii=False) + "\n" for r in rejects))
-    atomic_write_text(run.path / "subjects.jsonl",
-                      "".join(json.dumps(asdict(s), ensure_ascii=False) + "\n" for s in subjects))
-    metrics = accounting(records, rejects, proposed, len(subjects), runner_stats)
-    if cfg.subjects.groups:
-        asked = len(cfg.subjects.groups) * cfg.subjects.per_group
-        metrics["subjects"]["asked_for"] = asked + len(cfg.subjects.given)
-        if len(subjects) < asked:
-            log.warning("asked for %d subjects per group, the teacher gave %d distinct ones in all (of %d)",
-                        cfg.subjects.per_group, len(subjects), asked)
-    metrics["teacher"] = teacher.describe()
-    atomic_write_json(run.metrics, metrics)
-    write_report(run.report, f"Synthetic data: {cfg.name}", report_sections(metrics, records))
-    log.info("accepted %d of %d proposed sentences", len(records), proposed["sentences"])
+        write_records(records, run.path / "records.jsonl")
+        atomic_write_text(run.path / "rejects.jsonl",
+                          "".join(json.dumps(r.to_json(), ensure_ascii=False) + "\n" for r in rejects))
+        atomic_write_text(run.path / "subjects.jsonl",
+                          "".join(json.dumps(asdict(s), ensure_ascii=False) + "\n" for s in subjects))
+        metrics = accounting(records, rejects, proposed, len(subjects), runner_stats)
+        if cfg.subjects.groups:
+            asked = len(cfg.subjects.groups) * cfg.subjects.per_group
+            metrics["subjects"]["asked_for"] = asked + len(cfg.subjects.given)
+            if len(subjects) < asked:
+                log.warning("asked for %d subjects per group, the teacher gave %d distinct ones in all (of %d)",
+                            cfg.subjects.per_group, len(subjects), asked)
+        metrics["teacher"] = teacher.describe()
+        log.info("accepted %d of %d proposed sentences", len(records), proposed["sentences"])
+        run.finish(metrics, f"Synthetic data: {cfg.name}", report_sections(metrics, records))
     return run, metrics
 
 

@@ -12,13 +12,13 @@ from typing import Literal
 
 from pydantic import Field
 
-from adaptlab.config import StrictModel, save_config
+from adaptlab.config import StrictModel
 from adaptlab.data.io import load_records
 from adaptlab.data.records import Record, write_records
 from adaptlab.errors import ConfigError
 from adaptlab.ie import zero_shot as zs
-from adaptlab.report.html import KeyValues, Paragraph, Section, Table, write_report
-from adaptlab.runs import RunDir, atomic_write_json, create_run_dir, get_logger
+from adaptlab.report.html import KeyValues, Paragraph, Section, Table
+from adaptlab.runs import RunDir, get_logger, open_run
 from adaptlab.synth.generate import sampling_of
 from adaptlab.synth.schema import EntityType
 from adaptlab.teacher.config import SamplingConfig, TeacherConfig
@@ -56,25 +56,25 @@ def run(cfg: ZeroShotConfig) -> tuple[RunDir, dict]:
     answer_schema = zs.UNIVERSALNER_SCHEMA if cfg.prompt == "universalner" else zs.json_spans_schema(labels)
     prepare_schemas(teacher, [(answer_schema, f"the {cfg.prompt} answers (config key 'prompt')")])
     cache = open_cache(cfg.teacher)
-    run_dir = create_run_dir(cfg.output, cfg.name)
-    save_config(cfg, run_dir.config)
-    get_logger().info("zero-shot tagging %d records with %s (%s prompt)", len(gold), teacher.model, cfg.prompt)
-    try:
-        tagged, stats = asyncio.run(_tag(cfg, teacher, cache, template, [r.text for r in gold], labels))
-    finally:
-        if cache is not None:
-            cache.close()
+    with open_run(cfg.output, cfg.name, cfg) as run_dir:
+        get_logger().info("zero-shot tagging %d records with %s (%s prompt)", len(gold), teacher.model, cfg.prompt)
+        try:
+            tagged, stats = asyncio.run(_tag(cfg, teacher, cache, template, [r.text for r in gold], labels))
+        finally:
+            if cache is not None:
+                cache.close()
 
-    metrics = {"teacher": zs.zero_shot_scores(gold, [t.spans for t in tagged], [t.strings for t in tagged], labels),
-               "teacher_backend": teacher.describe(), "prompt": {"name": template.name, "version": template.version},
-               "records": len(gold), "labels": labels, "runner": stats.to_json(),
-               "answers": {k: sum(getattr(t, k) for t in tagged) for k in ("unaligned", "unparseable", "failed")}}
-    if cfg.student:
-        metrics["student"] = _score_student(cfg.student, gold, labels)
-    write_records([Record(t.text, t.spans, meta={**g.meta, "strings": t.strings}) for t, g in zip(tagged, gold)],
-                  run_dir.path / "predictions.jsonl")
-    atomic_write_json(run_dir.metrics, metrics)
-    write_report(run_dir.report, f"Zero-shot NER: {teacher.model} on {cfg.data}", report_sections(metrics))
+        metrics = {"teacher": zs.zero_shot_scores(gold, [t.spans for t in tagged], [t.strings for t in tagged],
+                                                  labels),
+                   "teacher_backend": teacher.describe(),
+                   "prompt": {"name": template.name, "version": template.version},
+                   "records": len(gold), "labels": labels, "runner": stats.to_json(),
+                   "answers": {k: sum(getattr(t, k) for t in tagged) for k in ("unaligned", "unparseable", "failed")}}
+        if cfg.student:
+            metrics["student"] = _score_student(cfg.student, gold, labels)
+        write_records([Record(t.text, t.spans, meta={**g.meta, "strings": t.strings}) for t, g in zip(tagged, gold)],
+                      run_dir.path / "predictions.jsonl")
+        run_dir.finish(metrics, f"Zero-shot NER: {teacher.model} on {cfg.data}", report_sections(metrics))
     return run_dir, metrics
 
 
