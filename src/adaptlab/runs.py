@@ -34,6 +34,7 @@ from adaptlab.errors import RunDirError
 LOGGER_NAME = "adaptlab"
 _created: list[RunDir] = []  # this command's new run directories (see unfinished_runs_removed)
 _kept: dict[Path, str] = {}
+_open_logs: list[Path] = []  # the log files of the runs whose open_run block is running, innermost last
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
@@ -229,7 +230,10 @@ def open_run(output: str | Path | None, name: str, config: Any, existing: RunDir
     if atomic and (output is None or existing is not None):
         raise ValueError("an atomic run is a new run with an explicit output directory")
     final = refuse_existing(output, "run directory") if atomic else None
+    parent_logs = list(_open_logs[-1:])
     with ExitStack() as stack:
+        if parent_logs:  # a run inside another run's block: the outer log goes on when this one ends
+            stack.callback(attach_log_file, parent_logs[0])
         if existing is not None:
             run = existing
             attach_log_file(run.log)
@@ -244,12 +248,16 @@ def open_run(output: str | Path | None, name: str, config: Any, existing: RunDir
 
             save_config(config, run.config)
         get_logger().info("adaptlab %s: %s in %s", __version__, name, final or run.path)
+        _open_logs.append(run.log)
+        stack.callback(_open_logs.pop)
         yield run
         if not run.finished:
             raise RuntimeError(f"the command ended without writing the results of its run directory {run.path}")
-    if final is not None:
+    if final is not None and not parent_logs:
         run.path = final
         attach_log_file(run.log)  # the log goes on where the run now is
+    elif final is not None:
+        run.path = final
 
 
 def keep_on_failure(run: RunDir, how_to_continue: str) -> None:

@@ -53,3 +53,20 @@ def test_an_output_that_cannot_be_written_is_refused_before_any_work(tmp_path: P
     with pytest.raises(RunDirError, match="afile is a file, so nothing can be written below it"):
         refuse_existing(tmp_path / "afile" / "sub" / "scores.jsonl", "output file")
     assert refuse_existing(tmp_path / "new" / "scores.jsonl") == tmp_path / "new" / "scores.jsonl"
+
+
+def test_a_nested_run_hands_the_log_back_to_the_outer_run(tmp_path):
+    from adaptlab.runs import get_logger, open_run
+    from adaptlab.tuning.settings import TrainerSettings
+
+    with open_run(tmp_path / "outer", "outer", TrainerSettings()) as outer:
+        get_logger().info("before the inner run")
+        with open_run(tmp_path / "inner", "inner", TrainerSettings()) as inner:
+            get_logger().info("inside the inner run")
+            inner.finish({}, "inner")
+        get_logger().info("after the inner run")
+        outer.finish({}, "outer")
+    outer_log = (tmp_path / "outer" / "log.txt").read_text()
+    inner_log = (tmp_path / "inner" / "log.txt").read_text()
+    assert "before the inner run" in outer_log and "after the inner run" in outer_log
+    assert "inside the inner run" in inner_log and "inside the inner run" not in outer_log
