@@ -78,7 +78,7 @@ class LMTrainerSettings(TrainerSettings):
     def _floor_is_for_cosine(cls, data: Any) -> Any:
         """The default floor belongs to the default cosine: another scheduler without a floor gets none."""
         if isinstance(data, dict) and "min_lr_rate" not in data \
-                and data.get("lr_scheduler_type", "cosine") not in ("cosine", None):
+                and data.get("lr_scheduler_type", cls.model_fields["lr_scheduler_type"].default) != "cosine":
             return {**data, "min_lr_rate": None}
         return data
 
