@@ -189,12 +189,21 @@ def test_shipped_configs_load():
     assert json.loads((CONFIGS / "accelerate" / "deepspeed_zero2.json").read_text())["zero_optimization"]["stage"] == 2
 
 
-def test_sft_needs_a_chat_template(assets, tmp_path):
+def test_sft_needs_a_chat_template_for_chat_examples_only(assets, tmp_path):
     model = save_tiny_llama(tmp_path / "base", chat_template=None)
     cfg = validate_config(LMTrainConfig, train_config(model, write_sft_jsonl(tmp_path / "t.jsonl", 4),
                                                       tmp_path / "run", mode="sft"))
     with pytest.raises(ModelError, match="no chat template"):
         train(cfg)
+    plain = tmp_path / "plain.jsonl"
+    plain.write_text("".join(json.dumps({"prompt": f"{w} :", "completion": " river snow .",
+                                         "weights": [{"start": 1, "end": 6, "weight": 0.5}]}) + "\n"
+                             for w in ("bond", "rate", "tax", "cash")))
+    _, metrics = train(validate_config(LMTrainConfig, train_config(model, plain, tmp_path / "plain", mode="sft",
+                                                                   max_steps=2)))
+    stats = metrics["data_stats"]["train"]
+    assert metrics["steps"] == 2 and stats["examples"] == 4 and stats["target_tokens"] == 4 * 4  # + EOS
+    assert stats["weight_sum"] == pytest.approx(4 * (0.5 + 3))
 
 
 def test_config_mistakes(assets, tmp_path):
@@ -204,6 +213,10 @@ def test_config_mistakes(assets, tmp_path):
         make(assets, tmp_path, eval_data="x.jsonl")
     with pytest.raises(ConfigError, match="no model"):
         train(make(assets, tmp_path, model=None))
+    with pytest.raises(ConfigError, match="unknown key 'strategy.no_such_strategy'"):
+        validate_config(LMTrainConfig, {"strategy": {"no_such_strategy": {}}})
+    with pytest.raises(ConfigError, match="'torch_compile' has its own key"):
+        validate_config(LMTrainConfig, {"training": {"trainer_args": {"torch_compile": True}}})
     with pytest.raises(ConfigError, match="top-level key 'resume'"):
         validate_config(LMTrainConfig, {"training": {"resume_from_checkpoint": "x"}})
 

@@ -243,13 +243,13 @@ def history_from_log(log_history: list[dict[str, Any]]) -> list[dict[str, Any]]:
 class TrainingData:
     """Training rows, the held-out splits by name, and what the data preparation counted."""
 
-    train: Any  # datasets.Dataset of {input_ids, position_ids, labels}
+    train: Any  # datasets.Dataset of {input_ids, position_ids, labels} (+ weights: weighted SFT)
     evals: dict[str, Any] = field(default_factory=dict)
     stats: dict[str, Any] = field(default_factory=dict)
 
 
 def load_training_data(cfg: LMTrainConfig, tokenizer: Any, tokenizer_source: str) -> TrainingData:
-    """cpt: the splits of a prepared corpus; sft: chat JSONL encoded with the tokenizer's chat template."""
+    """cpt: the splits of a prepared corpus; sft: JSONL examples encoded by :mod:`adaptlab.lm.sft_data`."""
     import datasets
 
     path = Path(cfg.data or "")
