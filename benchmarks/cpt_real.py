@@ -69,10 +69,11 @@ def prepare(base: str, replay: float, args, output: Path) -> Path:
 
 def train(base: str, corpus: Path, args, output: Path) -> tuple[Path, dict, float]:
     cfg = lm_train.LMTrainConfig.model_validate({
-        "mode": "cpt", "model": base, "data": str(corpus), "output": str(output), "learning_rate": args.lr,
-        "warmup_steps": max(1, args.steps // 10), "max_steps": args.steps, "batch_size": args.batch_size,
-        "grad_accum": 1, "bf16": False, "eval_steps": max(1, args.steps // 3), "save_steps": args.steps,
-        "keep_checkpoints": 1, "logging_steps": 10, "resume": "never", "progress": True})
+        "mode": "cpt", "model": base, "data": str(corpus), "output": str(output),
+        "eval_steps": max(1, args.steps // 3), "save_steps": args.steps, "keep_checkpoints": 1, "resume": "never",
+        "training": {"learning_rate": args.lr, "warmup_steps": max(1, args.steps // 10), "max_steps": args.steps,
+                     "per_device_train_batch_size": args.batch_size, "gradient_accumulation_steps": 1,
+                     "bf16": False, "logging_steps": 10, "progress": True}})
     started = time.perf_counter()
     run, metrics = lm_train.train(cfg)
     return run.model, metrics, time.perf_counter() - started

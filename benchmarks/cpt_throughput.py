@@ -17,7 +17,8 @@
      per-document ``position_ids`` (no attention across documents), bf16, ``torch_compile``
      (``--compile``), Liger kernels (``--liger``), the attention kernel (``--attn``; ``auto`` =
      flash_attention_2 when ``flash_attn`` is installed, else sdpa), other settings at the recipe's
-     defaults. ``ours KEY=VALUE ...`` overrides any LMTrainConfig key.
+     defaults. ``ours KEY=VALUE ...`` overrides any LMTrainConfig key, dotted as on the command line
+     (``ours training.use_liger_kernel=false attn_implementation=sdpa``).
    - ``plain``: ``transformers.Trainer`` with ``TrainingArguments`` defaults except
      ``per_device_train_batch_size``, ``bf16``, ``max_steps`` and ``save_strategy="no"`` (nothing is
      written; saving would happen after the timed steps anyway). The same blocks are fed as ordinary
@@ -220,19 +221,24 @@ def step_timer(warmup: int, cuda: bool) -> Any:
 def run_ours(spec: dict, timer: Any) -> dict:
     import transformers.trainer
 
+    from adaptlab.config import set_dotted, validate_config
     from adaptlab.recipes.lm_train import LMTrainConfig, train
 
     transformers.trainer.DEFAULT_CALLBACKS.append(timer)  # train() builds the Trainer itself
     settings = {"name": "cpt-bench", "mode": "cpt", "model": spec["model"], "tokenizer": spec["tokenizer"],
-                "data": spec["corpus"],
-                "output": spec["output"], "max_steps": spec["steps"], "batch_size": spec["batch_size"],
-                "bf16": spec["cuda"], "torch_compile": spec["compile"], "liger": spec["liger"],
-                "attn_implementation": spec["attn"], "gradient_checkpointing": spec["gradient_checkpointing"],
-                "resume": "never", "progress": False, **spec["overrides"]}
-    _, metrics = train(LMTrainConfig(**settings))
+                "data": spec["corpus"], "output": spec["output"], "attn_implementation": spec["attn"],
+                "resume": "never",
+                "training": {"max_steps": spec["steps"], "per_device_train_batch_size": spec["batch_size"],
+                             "bf16": spec["cuda"], "torch_compile": spec["compile"],
+                             "use_liger_kernel": spec["liger"],
+                             "gradient_checkpointing": spec["gradient_checkpointing"], "progress": False}}
+    for key, value in spec["overrides"].items():  # dotted keys, as on the command line: training.seed=1
+        set_dotted(settings, key, value)
+    cfg = validate_config(LMTrainConfig, settings)
+    _, metrics = train(cfg)
     return {"resolved": {k: metrics[k] for k in ("bf16", "liger", "torch_compile")} | {
-                "attn_implementation": settings["attn_implementation"],
-                "gradient_checkpointing": settings["gradient_checkpointing"]}}
+                "attn_implementation": cfg.attn_implementation,
+                "gradient_checkpointing": cfg.training.gradient_checkpointing}}
 
 
 def run_plain(spec: dict, timer: Any) -> dict:
@@ -423,8 +429,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seq", type=int, help="block size in tokens (GPU 2048, CPU 256)")
     parser.add_argument("--repeats", type=int, help="runs of each configuration, order alternating (GPU 1, CPU 2)")
     parser.add_argument("--run", action="append", dest="runs", metavar="SPEC",
-                        help="'ours [KEY=VALUE ...]' (LMTrainConfig keys) or 'plain [KEY=VALUE ...]' "
-                        "(TrainingArguments fields); repeatable; default: ours, plain")
+                        help="'ours [KEY=VALUE ...]' (LMTrainConfig keys, dotted: training.seed=1) or "
+                        "'plain [KEY=VALUE ...]' (TrainingArguments fields); repeatable; default: ours, plain")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                         help="ours: torch_compile (default: on with CUDA, off on the CPU)")
     parser.add_argument("--liger", choices=["auto", "true", "false"], default="auto",

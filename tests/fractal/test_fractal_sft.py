@@ -1,4 +1,8 @@
-"""``adaptlab fractal sft``: sentence-weighted SFT from ``fractal score`` output, on a tiny random Llama."""
+"""``adaptlab fractal sft``: sentence-weighted SFT from ``fractal score`` output, on a tiny random Llama.
+
+The tokenizer is MiniLM's (no chat template, no BOS or EOS: the plain format, ending with [SEP]) unless a test
+gives it a chat template.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +10,18 @@ import json
 
 import pytest
 import torch
+from transformers import Trainer
 
+from adaptlab.config import validate_config
 from adaptlab.errors import ConfigError, DataError, ModelError
-from adaptlab.fractal.use import IGNORE_INDEX
+from adaptlab.lm.packing import IGNORE_INDEX, PackedCollator
+from adaptlab.lm.sft_data import encode_example, encode_examples
 from adaptlab.recipes.fractal_sft import (
     FractalSFTConfig,
-    build_examples,
     join_scores_and_bags,
-    render_prompt,
+    scored_examples,
     sft,
+    weight_counts,
 )
 
 RESPONSE = "It is 42. The moon is cheese. So the answer is 42."
@@ -27,7 +34,9 @@ SCORES = [
     {"id": "b1", "sentences": SENTENCES, "scores": [0.9, 0.1, 0.8]},
     {"id": "b2", "sentences": ["Water boils at 100 degrees.", "I like turtles."], "scores": [0.7, 0.2]},
 ]
-FAST = ["training.progress=false", "training.warmup=0", "training.logging_steps=1"]
+FAST = ["training.progress=false", "training.warmup_steps=0", "training.logging_steps=1"]
+CHAT_TEMPLATE = ("[CLS]{% for m in messages %}{{ m['role'] }}: {{ m['content'] }} [SEP] {% endfor %}"
+                 "{% if add_generation_prompt %}assistant: {% endif %}")
 
 
 def write_jsonl(path, rows):
@@ -49,10 +58,24 @@ def model_dir(tmp_path_factory, tiny_llama, tokenizer):
     return out
 
 
-def targets_by_weight(tokenizer, example):
+def config(files, model_dir, output, **settings) -> FractalSFTConfig:
+    bags, scores = files
+    training = {"max_steps": 4, "learning_rate": 0.01, "warmup_steps": 0, "logging_steps": 1, "progress": False,
+                **settings.pop("training", {})}
+    return validate_config(FractalSFTConfig, {"model": str(model_dir), "bags": str(bags), "scores": str(scores),
+                                              "output": str(output), "training": training, **settings})
+
+
+def encoded(tokenizer, files, **settings):
+    bags, scores = files
+    items, _ = join_scores_and_bags(str(scores), str(bags))
+    return encode_examples(tokenizer, scored_examples(tokenizer, items, FractalSFTConfig(**settings)), 1024)
+
+
+def targets_by_weight(tokenizer, row):
     """Target tokens grouped by their loss weight: {weight: [token, ...]}."""
     grouped = {}
-    for token_id, label, weight in zip(example["input_ids"], example["labels"], example["weights"]):
+    for token_id, label, weight in zip(row["input_ids"], row["labels"], row["weights"]):
         if label != IGNORE_INDEX:
             grouped.setdefault(weight, []).append(tokenizer.convert_ids_to_tokens(token_id))
     return grouped
@@ -64,6 +87,10 @@ def saved_weights(model_dir):
     return load_file(str(model_dir / "model.safetensors"))
 
 
+def step_losses(metrics):
+    return {row["step"]: row["loss"] for row in metrics["history"] if "loss" in row}
+
+
 # ------------------------------------------------------------------------------------------------ end to end
 
 
@@ -71,19 +98,19 @@ def test_cli_trains_writes_the_run_and_loss_decreases(files, model_dir, tmp_path
     bags, scores = files
     code, out, err = run_cli("fractal", "sft", "--model", model_dir, "--scores", scores, "--bags", bags,
                              "--output", tmp_path / "run", "training.max_steps=12", "training.learning_rate=0.03",
-                             "training.batch_size=2", *FAST)
+                             "training.per_device_train_batch_size=2", *FAST)
     assert code == 0, err
     assert "trained on 2 examples (0 skipped" in out and "run directory:" in out
     run = tmp_path / "run"
     metrics = json.loads((run / "metrics.json").read_text())
     counts = metrics["counts"]
-    assert counts["examples"] == 2 and counts["truncated"] == 0 and counts["masked_token_share"] == 0.0
+    assert counts["examples"] == 2 and counts["truncated_conversations"] == 0 and counts["masked_token_share"] == 0
     assert 0.3 < counts["mean_weight"] < 0.9
     assert metrics["data"] == {"bags": 2, "pairs_not_used": 0, "responses_joined_from_sentences": 1,
                                "without_context": 1, "scored_responses": 2, "sentences": 5,
-                               "sentences_below_threshold": 2}
-    losses = [entry["loss"] for entry in metrics["history"]]
-    assert metrics["train_steps"] == 12 and len(losses) == 12
+                               "sentences_below_threshold": 2, "held_out_ids": []}
+    losses = list(step_losses(metrics).values())
+    assert metrics["steps"] == 12 and len(losses) == 12
     assert losses[-1] < 0.5 * losses[0], losses  # a tiny repeated example is learned
     assert "mode: weight" in (run / "config.yaml").read_text()
     report = (run / "report.html").read_text()
@@ -97,59 +124,82 @@ def test_cli_trains_writes_the_run_and_loss_decreases(files, model_dir, tmp_path
     assert not torch.allclose(trained.lm_head.weight, before["lm_head.weight"])
 
 
-def test_a_zero_weight_sentence_gets_no_gradient(model_dir, tmp_path):
-    """Training on "A. B." with B weighted 0 gives the same model as training on "A." alone.
+def test_the_first_step_trains_on_the_score_weighted_loss(files, model_dir, tokenizer, tmp_path):
+    """The loss logged at step 1 (both examples in one batch) is sum w CE / sum w of the untrained model, computed
+    here by hand from the sentence scores, and differs from the unweighted mean."""
+    _, metrics = sft(config(files, model_dir, tmp_path / "run", training={"max_steps": 1,
+                                                                          "per_device_train_batch_size": 2}))
+    rows, _ = encoded(tokenizer, files)
+    from transformers import AutoModelForCausalLM
 
-    Without EOS, B's tokens come last, so causally nothing else depends on them: only their own loss could
-    matter, and weight 0 removes it. Weight 1 for B changes the result, so the comparison is sensitive.
-    """
-    def train(name, response, sentences, scores):
-        bags = write_jsonl(tmp_path / f"{name}-bags.jsonl",
-                           [{"id": "x", "context": "Q?", "response": response, "label": 1}])
-        scored = write_jsonl(tmp_path / f"{name}-scores.jsonl",
-                             [{"id": "x", "sentences": sentences, "scores": scores}])
-        cfg = FractalSFTConfig(model=str(model_dir), bags=str(bags), scores=str(scored), append_eos=False,
-                               output=str(tmp_path / name),
-                               training={"max_steps": 2, "learning_rate": 0.01, "warmup": 0, "progress": False})
-        run, _ = sft(cfg)
-        return saved_weights(run.model)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    weighted, weights, plain, count = 0.0, 0.0, 0.0, 0
+    with torch.no_grad():
+        for row in rows:
+            logits = model(input_ids=torch.tensor([row["input_ids"]])).logits[0]
+            for t in range(1, len(row["input_ids"])):
+                if row["labels"][t] != IGNORE_INDEX:
+                    ce = torch.nn.functional.cross_entropy(logits[t - 1], torch.tensor(row["labels"][t])).item()
+                    weighted, weights = weighted + row["weights"][t] * ce, weights + row["weights"][t]
+                    plain, count = plain + ce, count + 1
+    assert step_losses(metrics)[1] == pytest.approx(weighted / weights, rel=1e-4)
+    assert abs(weighted / weights - plain / count) > 1e-3  # the scores really change the loss
 
-    with_zero = train("zero", "It is 42. The moon is cheese.", ["It is 42.", "The moon is cheese."], [1.0, 0.0])
-    without = train("absent", "It is 42.", ["It is 42."], [1.0])
-    with_one = train("one", "It is 42. The moon is cheese.", ["It is 42.", "The moon is cheese."], [1.0, 1.0])
-    assert all(torch.allclose(with_zero[k], without[k], atol=1e-6) for k in without)
-    assert not all(torch.allclose(with_one[k], without[k], atol=1e-6) for k in without)
+
+def test_held_out_perplexity_and_an_exact_resume(files, model_dir, tmp_path, monkeypatch):
+    """eval_fraction holds out one of the two responses; a run that fails after its checkpoint at step 2 is
+    continued by the same command from that checkpoint, with the losses of an uninterrupted run."""
+    settings = {"eval_fraction": 0.5, "save_steps": 2, "eval_steps": 2}
+    _, reference = sft(config(files, model_dir, tmp_path / "reference", **settings))
+    assert len(reference["data"]["held_out_ids"]) == 1 and reference["counts"]["examples"] == 1
+    evaluations = [row["step"] for row in reference["history"] if "eval_held_out_perplexity" in row]
+    assert evaluations == [0, 2, 4] and reference["final_eval_held_out_perplexity"] > 1
+
+    original = Trainer.training_step
+
+    def crash_at_step_3(self, *args, **kwargs):
+        if self.state.global_step == 2:
+            raise RuntimeError("node lost (injected)")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "training_step", crash_at_step_3)
+    with pytest.raises(RuntimeError, match="injected"):
+        sft(config(files, model_dir, tmp_path / "run", **settings))
+    monkeypatch.setattr(Trainer, "training_step", original)
+    run, resumed = sft(config(files, model_dir, tmp_path / "run", **settings))
+    assert resumed["resumed_from"] == str(tmp_path / "run" / "checkpoints" / "checkpoint-2")
+    assert step_losses(resumed) == pytest.approx(step_losses(reference), rel=1e-5)
+    assert resumed["final_eval_held_out_perplexity"] == pytest.approx(reference["final_eval_held_out_perplexity"],
+                                                                      rel=1e-5)
+    assert (run.path / "model" / "model.safetensors").is_file()
 
 
 # ------------------------------------------------------------------------------------------ weights per token
 
 
 def test_weights_fed_to_the_trainer_follow_the_sentence_scores(files, tokenizer):
-    bags, scores = files
-    items, _ = join_scores_and_bags(str(scores), str(bags))
-    weighted, counts, kept = build_examples(tokenizer, items, FractalSFTConfig())
-    assert kept == [0, 1]
-    b1 = weighted[0]
+    rows, stats = encoded(tokenizer, files)
+    b1 = rows[0]
     assert targets_by_weight(tokenizer, b1) == {
         0.9: ["it", "is", "42", "."], 0.1: ["the", "moon", "is", "cheese", "."],
         0.8: ["so", "the", "answer", "is", "42", "."],
-        1.0: ["[SEP]"],  # the tokenizer's own final [SEP] (its EOS here) becomes a target: no second one
+        1.0: ["[SEP]"],  # the plain format's end (MiniLM has no EOS: its [SEP]) is a target of weight 1
     }
-    prompt_length = len(tokenizer("What is six times seven?\n\n")["input_ids"]) - 1  # without the final [SEP]
+    prompt_length = len(tokenizer("What is six times seven?\n\n", add_special_tokens=False)["input_ids"])
     assert b1["labels"][:prompt_length] == [IGNORE_INDEX] * prompt_length
-    assert b1["input_ids"].count(tokenizer.sep_token_id) == 1
-    weights = [w for example in weighted for w, label in zip(example["weights"], example["labels"])
-               if label != IGNORE_INDEX]
-    assert counts["response_tokens"] == len(weights) and counts["masked_response_tokens"] == 0
+    assert b1["input_ids"].count(tokenizer.sep_token_id) == 1 and tokenizer.cls_token_id not in b1["input_ids"]
+    weights = [w for row in rows for w, label in zip(row["weights"], row["labels"]) if label != IGNORE_INDEX]
+    counts = weight_counts(stats.as_dict())
+    assert counts["target_tokens"] == len(weights) and counts["zero_weight_tokens"] == 0
     assert counts["mean_weight"] == pytest.approx(sum(weights) / len(weights)) and counts["masked_token_share"] == 0
 
-    masked, counts, _ = build_examples(tokenizer, items, FractalSFTConfig(mode="mask", threshold=0.5))
+    masked, stats = encoded(tokenizer, files, mode="mask", threshold=0.5)
     assert targets_by_weight(tokenizer, masked[0]) == {1.0: ["it", "is", "42", ".", "so", "the", "answer", "is",
                                                              "42", ".", "[SEP]"]}
-    assert all(w == 0.0 for w, label in zip(masked[0]["weights"], masked[0]["labels"]) if label == IGNORE_INDEX)
+    counts = weight_counts(stats.as_dict())
     masked_tokens = 5 + len(tokenizer.tokenize("I like turtles."))  # "the moon is cheese ." and b2's 2nd sentence
-    assert counts["masked_response_tokens"] == masked_tokens
-    assert counts["masked_token_share"] == pytest.approx(masked_tokens / counts["response_tokens"])
+    assert counts["zero_weight_tokens"] == masked_tokens
+    assert counts["masked_token_share"] == pytest.approx(masked_tokens / (counts["target_tokens"] + masked_tokens))
     assert counts["mean_weight"] == pytest.approx(1 - counts["masked_token_share"])
 
 
@@ -161,30 +211,37 @@ def test_truncation_is_counted_and_an_example_cut_to_its_prompt_is_skipped(token
         {"id": "long", "sentences": SENTENCES, "scores": [1.0, 1.0, 1.0]},
         {"id": "prompt-only", "sentences": ["Yes."], "scores": [1.0]}])
     items, _ = join_scores_and_bags(str(scores), str(bags))
-    examples, counts, kept = build_examples(tokenizer, items, FractalSFTConfig(max_length=10))
-    assert kept == [0] and counts["skipped_nothing_to_learn"] == 1 and counts["truncated"] == 2
-    assert len(examples[0]["input_ids"]) == 10
-    full = len(tokenizer(f"Q?\n\n{RESPONSE}")["input_ids"])  # [CLS] q ? ... [SEP]: everything after 10 is response
-    assert counts["truncated_response_tokens"] == (full - 10) + 3  # + "yes", "." and [SEP] of the other one
+    rows, stats = encode_examples(tokenizer, scored_examples(tokenizer, items, FractalSFTConfig()), max_length=10)
+    assert len(rows) == 1 and stats.skipped_no_target_after_truncation == 1 and stats.truncated_conversations == 2
+    assert len(rows[0]["input_ids"]) == 10
+    full = len(tokenizer(f"Q?\n\n{RESPONSE}", add_special_tokens=False)["input_ids"]) + 1  # + [SEP]
+    assert stats.truncated_target_tokens == (full - 10) + 3  # + "yes", "." and [SEP] of the other one
 
 
-# ------------------------------------------------------------------------------------------------ prompts
-
-
-def test_chat_template_renders_the_prompt_without_doubling_the_first_token(tokenizer_dir):
+def test_chat_format_uses_the_template_and_its_end_of_turn(files, tokenizer_dir):
     from transformers import AutoTokenizer
 
     chat = AutoTokenizer.from_pretrained(tokenizer_dir)
-    chat.chat_template = ("[CLS]{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
-                          "{% if add_generation_prompt %}assistant: {% endif %}")
-    cfg = FractalSFTConfig(system_prompt="Be brief.")
-    assert render_prompt(chat, "What?", cfg) == "system: Be brief.\nuser: What?\nassistant: "
-    assert render_prompt(chat, "What?", cfg.model_copy(update={"prompt_format": "plain"})) == "What?\n\n"
-    assert render_prompt(chat, None, cfg.model_copy(update={"prompt_format": "plain"})) == ""
-    plain = AutoTokenizer.from_pretrained(tokenizer_dir)
-    assert render_prompt(plain, "What?", FractalSFTConfig(prompt_template="Q: {context}\nA: ")) == "Q: What?\nA: "
+    chat.chat_template = CHAT_TEMPLATE
+    bags, scores = files
+    items, _ = join_scores_and_bags(str(scores), str(bags))
+    example = scored_examples(chat, items, FractalSFTConfig(system_prompt="Be brief."))[0]
+    ids = encode_example(chat, example).input_ids
+    assert chat.decode(ids) == ("[CLS] system : be brief. [SEP] user : what is six times seven? [SEP] assistant : "
+                                "it is 42. the moon is cheese. so the answer is 42. [SEP]")  # [CLS] once
+    row = encode_examples(chat, [example], 1024)[0][0]
+    assert targets_by_weight(chat, row)[1.0] == ["[SEP]"]  # the template's end of turn, weight 1
+    plain = scored_examples(chat, items, FractalSFTConfig(prompt_format="plain", prompt_template="Q: {context}\nA: "))
+    assert (plain[0].prompt, plain[1].prompt) == ("Q: What is six times seven?\nA: ", "")  # a null context
     with pytest.raises(ConfigError, match="no chat_template"):
-        render_prompt(plain, "What?", FractalSFTConfig(prompt_format="chat"))
+        scored_examples(AutoTokenizer.from_pretrained(tokenizer_dir), items, FractalSFTConfig(prompt_format="chat"))
+
+
+def test_collated_batches_carry_the_weights(files, tokenizer):
+    rows, _ = encoded(tokenizer, files)
+    batch = PackedCollator(tokenizer.pad_token_id)(rows)
+    assert batch["weights"].shape == batch["labels"].shape
+    assert torch.equal(batch["weights"] > 0, batch["labels"] != IGNORE_INDEX)
 
 
 # ------------------------------------------------------------------------------------------------ bad input
@@ -236,6 +293,10 @@ def test_duplicate_score_ids_are_refused(files):
     ([], "no model: pass --model"),
     (["--model", "m", "mode=drop"], "mode: Input should be 'weight' or 'mask'"),
     (["--model", "m", "prompt_template=Answer"], "must contain {context}"),
+    (["--model", "m", "append_eos=false"], "'append_eos' was removed"),
+    (["--model", "m", "training.batch_size=2"], "'batch_size' is now 'per_device_train_batch_size'"),
+    (["--model", "m", "training.seed=1", "seed=2"], "'seed' is now 'training.seed'"),
+    (["--model", "m", "eval_fraction=1"], "eval_fraction: Input should be less than 1"),
 ])
 def test_config_mistakes_exit_2(files, run_cli, args, message):
     bags, scores = files
@@ -243,11 +304,17 @@ def test_config_mistakes_exit_2(files, run_cli, args, message):
     assert code == 2 and message in err
 
 
-def test_unknown_eos_token_and_missing_model_are_clear(files, tokenizer, tmp_path):
+def test_a_missing_model_is_clear_and_leaves_no_run(files, tmp_path):
     bags, scores = files
-    items, _ = join_scores_and_bags(str(scores), str(bags))
-    with pytest.raises(ConfigError, match="not a token of this tokenizer"):
-        build_examples(tokenizer, items, FractalSFTConfig(eos_token="<|no-such-token|>"))
-    cfg = FractalSFTConfig(model=str(tmp_path / "missing"), bags=str(bags), scores=str(scores))
-    with pytest.raises(ModelError, match="cannot load a tokenizer"):
+    cfg = FractalSFTConfig(model=str(tmp_path / "missing"), bags=str(bags), scores=str(scores),
+                           output=str(tmp_path / "run"))
+    with pytest.raises(ModelError, match="missing"):
         sft(cfg)
+    assert not (tmp_path / "run").exists()
+
+
+def test_all_responses_held_out_is_refused(files, model_dir, tmp_path):
+    one = write_jsonl(tmp_path / "one.jsonl", [SCORES[0]])
+    bags = write_jsonl(tmp_path / "bags1.jsonl", [BAGS[0]])
+    with pytest.raises(ConfigError, match="holds out all 1 scored responses"):
+        sft(config((bags, one), model_dir, tmp_path / "run", eval_fraction=0.5))

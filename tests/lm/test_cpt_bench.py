@@ -58,8 +58,8 @@ def test_prepared_corpus_is_full_packed_blocks_the_recipe_can_load(bench, tmp_pa
 def test_run_specs_parse_and_reject_typos(bench):
     assert bench.parse_run("plain torch_compile=true per_device_train_batch_size=16") == (
         "plain", {"torch_compile": True, "per_device_train_batch_size": 16})
-    assert bench.parse_run("ours liger=false attn_implementation=sdpa") == (
-        "ours", {"liger": False, "attn_implementation": "sdpa"})
+    assert bench.parse_run("ours training.use_liger_kernel=false attn_implementation=sdpa") == (
+        "ours", {"training.use_liger_kernel": False, "attn_implementation": "sdpa"})
     with pytest.raises(ValueError, match="expected 'ours' or 'plain'"):
         bench.parse_run("mine torch_compile=true")
     with pytest.raises(ValueError, match="KEY=VALUE"):

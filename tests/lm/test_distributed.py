@@ -43,7 +43,7 @@ def step_losses(metrics: dict) -> dict[int, float]:
 def test_two_cpu_processes_match_one(tmp_path):
     model = save_tiny_llama(tmp_path / "model")
     corpus = write_prepared_corpus(tmp_path / "corpus", model)
-    settings = {"max_steps": 6, "save_steps": 3, "eval_steps": 3, "eval_batch_size": 3}
+    settings = {"max_steps": 6, "save_steps": 3, "eval_steps": 3, "per_device_eval_batch_size": 3}
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -53,7 +53,8 @@ def test_two_cpu_processes_match_one(tmp_path):
         torch.set_num_threads(threads)
 
     config_file = tmp_path / "ddp.yaml"
-    config_file.write_text(yaml.safe_dump(train_config(model, corpus, tmp_path / "two", batch_size=2, **settings)))
+    config_file.write_text(yaml.safe_dump(train_config(model, corpus, tmp_path / "two", per_device_train_batch_size=2,
+                                                       **settings)))
     command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(DDP_CONFIG),
                "--num_processes", "2", "--main_process_port", str(free_port()),
                str(Path(sys.executable).with_name("adaptlab")), "lm", "train", str(config_file)]

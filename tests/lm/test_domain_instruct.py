@@ -40,8 +40,9 @@ def recipe_config(base, instruct, corpus, output, **extra) -> dict:
     prompts = corpus.parent / "probe.jsonl"
     prompts.write_text("\n".join(json.dumps({"prompt": s}) for s in sentences(2, 9, 4)) + "\n")
     return {"base": str(base), "instruct": str(instruct), "corpus": str(corpus), "output": str(output),
-            "train": {"max_steps": 4, "batch_size": 4, "learning_rate": 3e-3, "warmup_steps": 1, "save_steps": 2,
-                      "eval_steps": 2, "logging_steps": 1, "progress": False},
+            "train": {"save_steps": 2, "eval_steps": 2,
+                      "training": {"max_steps": 4, "per_device_train_batch_size": 4, "learning_rate": 3e-3,
+                                   "warmup_steps": 1, "logging_steps": 1, "progress": False}},
             "merge": {"search": [0.5, 1.0], "max_length": 64},
             "evaluate": {"mc": {"tasks": {"quiz": str(task)}}, "perplexity": {"max_length": 64},
                          "probe": {"prompts": str(prompts), "max_new_tokens": 4}, "progress": False},
@@ -79,7 +80,7 @@ def test_recipe_runs_every_stage_and_continues_an_interrupted_run(models, tmp_pa
     assert third["merge"] == {"scale": 0.25, "search": None}
     # continual-pretraining settings changed: that run cannot be continued
     other_training = recipe_config(base, instruct, corpus, tmp_path / "run")
-    other_training["train"]["learning_rate"] = 1e-3
+    other_training["train"]["training"]["learning_rate"] = 1e-3
     with pytest.raises(RunDirError, match="continual pretraining was made with other train"):
         run(validate_config(DomainInstructConfig, other_training))
 

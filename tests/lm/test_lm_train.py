@@ -18,9 +18,10 @@ from transformers import AutoModelForCausalLM
 from adaptlab.config import validate_config
 from adaptlab.errors import ConfigError, DataError, ModelError, RunDirError
 from adaptlab.lm.checkpoints import checkpoint_problem, list_checkpoints
-from adaptlab.lm.train import resolve_bf16, resolve_liger
+from adaptlab.lm.train import resolve_liger
 from adaptlab.models.gguf import resolve_model
 from adaptlab.recipes.lm_train import LMTrainConfig, train
+from adaptlab.tuning.settings import resolve_bf16
 from gguf_files import write_tiny_gguf
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -49,7 +50,9 @@ def cpt_run(assets, tmp_path_factory):
 
 
 def make(assets, output, **overrides) -> LMTrainConfig:
-    return validate_config(LMTrainConfig, {**train_config(assets["model"], assets["corpus"], output), **overrides})
+    top = {key: overrides.pop(key) for key in ("model", "data") if key in overrides}
+    return validate_config(LMTrainConfig, {**train_config(assets["model"], assets["corpus"], output, **overrides),
+                                           **top})
 
 
 def test_cpt_run_directory_metrics_and_report(cpt_run):
@@ -80,7 +83,7 @@ def test_checkpoints_are_marked_and_rotated(cpt_run):
 
 
 def test_schedule_rewarms_then_decays_to_the_floor(cpt_run):
-    """warmup 2 steps from 0, then cosine from 3e-3 to min_lr_ratio * 3e-3 over the remaining 6 steps."""
+    """warmup 2 steps from 0, then cosine from 3e-3 to min_lr_rate * 3e-3 over the remaining 6 steps."""
     _, metrics = cpt_run
     lrs = [row["learning_rate"] for row in metrics["history"] if "loss" in row]
     peak, floor = 3e-3, 0.1 * 3e-3
@@ -147,7 +150,7 @@ def test_precision_and_kernel_switches():
     ({"mode": "sft", "data": "."}, DataError, "not a directory"),
     ({"resume": "no-such-checkpoint"}, ConfigError, "resume: no-such-checkpoint does not exist"),
     ({"resume": "empty-run"}, ConfigError, "no valid checkpoint"),
-    ({"liger": True}, ConfigError, "liger_kernel"),
+    ({"use_liger_kernel": True}, ConfigError, "liger_kernel"),
 ])
 def test_user_mistakes_are_clear_errors_and_leave_no_run(assets, tmp_path, overrides, error, message):
     (tmp_path / "corpus.jsonl").write_text('{"text": "x"}\n')
@@ -186,21 +189,60 @@ def test_shipped_configs_load():
     assert json.loads((CONFIGS / "accelerate" / "deepspeed_zero2.json").read_text())["zero_optimization"]["stage"] == 2
 
 
-def test_sft_needs_a_chat_template(assets, tmp_path):
+def test_sft_needs_a_chat_template_for_chat_examples_only(assets, tmp_path):
     model = save_tiny_llama(tmp_path / "base", chat_template=None)
     cfg = validate_config(LMTrainConfig, train_config(model, write_sft_jsonl(tmp_path / "t.jsonl", 4),
                                                       tmp_path / "run", mode="sft"))
     with pytest.raises(ModelError, match="no chat template"):
         train(cfg)
+    plain = tmp_path / "plain.jsonl"
+    plain.write_text("".join(json.dumps({"prompt": f"{w} :", "completion": " river snow .",
+                                         "weights": [{"start": 1, "end": 6, "weight": 0.5}]}) + "\n"
+                             for w in ("bond", "rate", "tax", "cash")))
+    _, metrics = train(validate_config(LMTrainConfig, train_config(model, plain, tmp_path / "plain", mode="sft",
+                                                                   max_steps=2)))
+    stats = metrics["data_stats"]["train"]
+    assert metrics["steps"] == 2 and stats["examples"] == 4 and stats["target_tokens"] == 4 * 4  # + EOS
+    assert stats["weight_sum"] == pytest.approx(4 * (0.5 + 3))
 
 
 def test_config_mistakes(assets, tmp_path):
-    with pytest.raises(ConfigError, match="min_lr_ratio applies to lr_scheduler: cosine only"):
-        make(assets, tmp_path, lr_scheduler="linear", min_lr_ratio=0.2)
+    with pytest.raises(ConfigError, match="min_lr_rate applies to lr_scheduler_type: cosine only"):
+        make(assets, tmp_path, lr_scheduler_type="linear", min_lr_rate=0.2)
     with pytest.raises(ConfigError, match="eval_data and max_length are for mode: sft"):
         make(assets, tmp_path, eval_data="x.jsonl")
     with pytest.raises(ConfigError, match="no model"):
         train(make(assets, tmp_path, model=None))
+    with pytest.raises(ConfigError, match="unknown key 'strategy.no_such_strategy'"):
+        validate_config(LMTrainConfig, {"strategy": {"no_such_strategy": {}}})
+    with pytest.raises(ConfigError, match="'torch_compile' has its own key"):
+        validate_config(LMTrainConfig, {"training": {"trainer_args": {"torch_compile": True}}})
+    with pytest.raises(ConfigError, match="top-level key 'resume'"):
+        validate_config(LMTrainConfig, {"training": {"resume_from_checkpoint": "x"}})
+
+
+def test_settings_have_lm_defaults_and_the_floor_follows_the_scheduler():
+    settings = LMTrainConfig().training
+    assert (settings.learning_rate, settings.lr_scheduler_type, settings.min_lr_rate, settings.warmup_steps,
+            settings.num_train_epochs, settings.per_device_train_batch_size, settings.weight_decay) == (
+        2e-5, "cosine", 0.1, 100, 1.0, 8, 0.01)
+    linear = validate_config(LMTrainConfig, {"training": {"lr_scheduler_type": "linear"}}).training
+    assert linear.min_lr_rate is None  # the default floor belongs to the default cosine
+
+
+@pytest.mark.parametrize("key, value, new", [
+    ("batch_size", 4, "training.per_device_train_batch_size"),
+    ("grad_accum", 2, "training.gradient_accumulation_steps"),
+    ("learning_rate", 1e-3, "training.learning_rate"),
+    ("min_lr_ratio", 0.1, "training.min_lr_rate"),
+    ("liger", False, "training.use_liger_kernel"),
+])
+def test_old_top_level_trainer_keys_name_their_new_place(key, value, new, assets, tmp_path, run_cli):
+    config = tmp_path / "cpt.yaml"
+    config.write_text(yaml.safe_dump(train_config(assets["model"], assets["corpus"], tmp_path / "run")))
+    code, _, err = run_cli("lm", "train", config, f"{key}={value}")
+    assert code == 2 and f"'{key}' is now '{new}'" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
 
 
 def test_a_fresh_run_never_overwrites_a_directory(assets, tmp_path):

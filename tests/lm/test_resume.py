@@ -19,7 +19,7 @@ import yaml
 from train_helpers import save_tiny_llama, train_config, write_prepared_corpus
 from transformers import Trainer
 
-import adaptlab.recipes.lm_train as lm_train
+import adaptlab.lm.fit as lm_fit
 from adaptlab.config import validate_config
 from adaptlab.errors import ConfigError, RunDirError
 from adaptlab.lm.checkpoints import MARKER_NAME, checkpoint_problem, list_checkpoints, resolve_resume_path
@@ -48,7 +48,7 @@ class RecordingCollator(PackedCollator):
 @pytest.fixture
 def recorder(monkeypatch):
     RecordingCollator.batches = []
-    monkeypatch.setattr(lm_train, "PackedCollator", RecordingCollator)
+    monkeypatch.setattr(lm_fit, "PackedCollator", RecordingCollator)
     return RecordingCollator
 
 
@@ -61,7 +61,7 @@ def assets(tmp_path_factory):
 
 def config(assets, output: Path, **overrides) -> dict:
     return train_config(assets["model"], assets["corpus"], output,
-                        **{"max_steps": STEPS, "eval_batch_size": 2, "keep_checkpoints": 2, **overrides})
+                        **{"max_steps": STEPS, "per_device_eval_batch_size": 2, "keep_checkpoints": 2, **overrides})
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +69,7 @@ def reference(assets, tmp_path_factory):
     """The uninterrupted run: losses per step, the batches in order, and its run directory."""
     mp = pytest.MonkeyPatch()
     RecordingCollator.batches = []
-    mp.setattr(lm_train, "PackedCollator", RecordingCollator)
+    mp.setattr(lm_fit, "PackedCollator", RecordingCollator)
     try:
         run, metrics = train(validate_config(LMTrainConfig, config(assets, tmp_path_factory.mktemp("ref") / "run")))
     finally:
@@ -218,7 +218,7 @@ def test_resume_refuses_a_changed_config_or_a_finished_run(assets, tmp_path):
     out = tmp_path / "run"
     train(validate_config(LMTrainConfig, config(assets, out, max_steps=2, eval_steps=2)))
     (out / "model").rename(out / "model-away")
-    with pytest.raises(ConfigError, match=r"learning_rate: 0.003 -> 0.001"):
+    with pytest.raises(ConfigError, match=r"training.learning_rate: 0.003 -> 0.001"):
         train(validate_config(LMTrainConfig, config(assets, out, max_steps=2, eval_steps=2, learning_rate=1e-3)))
     (out / "model-away").rename(out / "model")
     with pytest.raises(RunDirError, match="finished run"):

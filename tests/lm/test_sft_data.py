@@ -1,4 +1,5 @@
-"""SFT encoding: chat template rendering, loss on assistant tokens (with end of turn) only, truncation counted."""
+"""SFT encoding: chat template rendering, loss on assistant tokens (with end of turn) only, truncation counted;
+plain prompt/completion examples; loss weights per span and per token, validated."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import pytest
 from train_helpers import tiny_tokenizer
 
 from adaptlab.errors import DataError, ModelError
-from adaptlab.lm.sft_data import IGNORE_INDEX, encode_conversation, encode_sft_file, require_chat_template
+from adaptlab.lm.packing import PackedCollator
+from adaptlab.lm.sft_data import IGNORE_INDEX, encode_example, encode_examples, encode_sft_file, require_chat_template
+from adaptlab.lm.sft_examples import parse_example
 
 CONVERSATION = [
     {"role": "system", "content": "be brief"},
@@ -31,6 +34,11 @@ def target_runs(input_ids: list[int], labels: list[int]) -> list[list[int]]:
             assert label == token
             current.append(token)
     return runs + ([current] if current else [])
+
+
+def encode_conversation(tokenizer, messages):
+    encoded = encode_example(tokenizer, parse_example({"messages": messages}))
+    return encoded.input_ids, encoded.labels, encoded.has_end
 
 
 def write_jsonl(path, conversations) -> str:
@@ -115,6 +123,7 @@ def test_template_that_is_not_prefix_consistent_names_the_line(tmp_path):
 
 @pytest.mark.parametrize("line, message", [
     ({"text": "a corpus line"}, r"sft.jsonl:2: expected \{\"messages\""),
+    ({"prompt": "a", "completion": 3}, r"sft.jsonl:2: a plain example is"),
     ({"messages": [{"role": "bot", "content": "x"}]}, r"sft.jsonl:2: message 0 must be"),
     ({"messages": [{"role": "user", "content": 3}]}, r"sft.jsonl:2: message 0 must be"),
 ])
@@ -131,5 +140,131 @@ def test_a_directory_is_not_sft_data(tmp_path):
 
 def test_nothing_usable_is_an_error(tmp_path):
     path = write_jsonl(tmp_path / "sft.jsonl", [{"messages": [{"role": "user", "content": "tree"}]}])
-    with pytest.raises(DataError, match="no usable conversation"):
+    with pytest.raises(DataError, match="no usable example"):
         encode_sft_file(tiny_tokenizer(), path, max_length=64)
+
+
+# ------------------------------------------------------------------------------------------------ loss weights
+
+WEIGHTED = "rate bank. snow loan credit. river"  # spans: "rate bank." [0, 10) and "loan credit." [16, 28)
+
+
+def weighted_targets(tokenizer, example) -> list[tuple[str, float]]:
+    """(token, weight) of every target of one example; non-targets must have weight 0."""
+    encoded = encode_example(tokenizer, parse_example(example))
+    assert all(w == 0.0 for label, w in zip(encoded.labels, encoded.weights) if label == IGNORE_INDEX)
+    return [(tokenizer.convert_ids_to_tokens(t), w)
+            for t, label, w in zip(encoded.input_ids, encoded.labels, encoded.weights) if label != IGNORE_INDEX]
+
+
+def chat(content: str, **weights) -> dict:
+    return {"messages": [{"role": "user", "content": "bond"}, {"role": "assistant", "content": content, **weights}]}
+
+
+def test_span_weights_follow_the_first_span_ending_after_each_token():
+    spans = [{"start": 0, "end": 10, "weight": 0.5}, {"start": 16, "end": 28, "weight": 2.0}]
+    assert weighted_targets(tiny_tokenizer(), chat(WEIGHTED, weights=spans)) == [
+        ("rate", 0.5), ("bank", 0.5), (".", 0.5),
+        ("snow", 2.0),  # between the spans: the following span's weight
+        ("loan", 2.0), ("credit", 2.0), (".", 2.0),
+        ("river", 1.0), ("</s>", 1.0)]  # after the last span, and the end of turn: 1
+
+
+def test_zero_weight_tokens_are_not_targets_and_a_wholly_zero_turn_loses_its_end():
+    tokenizer = tiny_tokenizer()
+    half = [{"start": 0, "end": 10, "weight": 0.0}, {"start": 16, "end": 28, "weight": 1.0}]
+    assert weighted_targets(tokenizer, chat(WEIGHTED, weights=half)) == [
+        ("snow", 1.0), ("loan", 1.0), ("credit", 1.0), (".", 1.0), ("river", 1.0), ("</s>", 1.0)]
+    conversation = {"messages": [*CONVERSATION[:3], {"role": "user", "content": "snow"},
+                                 {"role": "assistant", "content": "river", "weights": [
+                                     {"start": 0, "end": 5, "weight": 0.0}]}]}
+    assert [t for t, _ in weighted_targets(tokenizer, conversation)] == ["rate", "bank", "loan", "</s>"]
+    rows, stats = encode_examples(tokenizer, [parse_example(chat("river", token_weights=[0.0]))], 64)
+    assert rows == [] and stats.skipped_all_weights_zero == 1
+
+
+def test_token_weights_give_one_weight_per_content_token(tmp_path):
+    tokenizer = tiny_tokenizer()
+    assert weighted_targets(tokenizer, chat("rate bank. river", token_weights=[0.1, 0.2, 0.3, 0.4])) == [
+        ("rate", 0.1), ("bank", 0.2), (".", 0.3), ("river", 0.4), ("</s>", 1.0)]
+    path = write_jsonl(tmp_path / "sft.jsonl", [chat("rate bank. river", token_weights=[1, 1, 1])])
+    with pytest.raises(DataError, match="sft.jsonl:1: 3 token_weights, but the content is 4 tokens"):
+        encode_sft_file(tokenizer, path, max_length=64)
+
+
+def test_weights_are_placed_in_a_trimmed_content_and_refused_in_a_changed_one(tmp_path):
+    trimming = tiny_tokenizer("{% for m in messages %}{{ m['role'] }} : {{ m['content'] | trim }} </s> {% endfor %}"
+                              "{% if add_generation_prompt %}assistant : {% endif %}")
+    spans = [{"start": 2, "end": 12, "weight": 0.5}]  # "rate bank." after two spaces
+    assert weighted_targets(trimming, chat("  rate bank. river ", weights=spans)) == [
+        ("rate", 0.5), ("bank", 0.5), (".", 0.5), ("river", 1.0), ("</s>", 1.0)]
+    shouting = tiny_tokenizer("{% for m in messages %}{{ m['role'] }} : {{ m['content'] | upper }} </s> "
+                              "{% endfor %}{% if add_generation_prompt %}assistant : {% endif %}")
+    path = write_jsonl(tmp_path / "sft.jsonl", [chat("rate", weights=[{"start": 0, "end": 4, "weight": 1}])])
+    with pytest.raises(DataError, match="sft.jsonl:1: the chat template changes the content of assistant message 1"):
+        encode_sft_file(shouting, path, max_length=64)
+
+
+def test_rows_carry_weights_only_when_the_file_has_some(tmp_path):
+    tokenizer = tiny_tokenizer()
+    plain, _ = encode_sft_file(tokenizer, write_jsonl(tmp_path / "plain.jsonl", [{"messages": CONVERSATION}]), 64)
+    assert "weights" not in plain[0]
+    mixed = [{"messages": CONVERSATION}, chat(WEIGHTED, weights=[{"start": 0, "end": 10, "weight": 0.25}])]
+    rows, stats = encode_sft_file(tokenizer, write_jsonl(tmp_path / "mixed.jsonl", mixed), 64)
+    unweighted, weighted = rows
+    assert all(w == (1.0 if label != IGNORE_INDEX else 0.0)
+               for label, w in zip(unweighted["labels"], unweighted["weights"]))
+    assert stats.target_tokens == 6 + 9 and stats.zero_weight_tokens == 0
+    assert stats.weight_sum == pytest.approx(6 + 3 * 0.25 + 6)
+    batch = PackedCollator(0)(rows)
+    assert batch["weights"].dtype.is_floating_point and batch["weights"].shape == batch["labels"].shape
+    shorter = min(range(2), key=lambda i: len(rows[i]["input_ids"]))
+    assert batch["weights"][shorter, len(rows[shorter]["input_ids"]):].sum() == 0  # padding weighs 0
+    assert "weights" not in PackedCollator(0)(plain)
+
+
+@pytest.mark.parametrize("message, error", [
+    ({"weights": [{"start": 0, "end": 4, "weight": 1}], "token_weights": [1]}, "has both 'weights'"),
+    ({"weights": [{"start": 0, "end": 6, "weight": 1}, {"start": 4, "end": 8, "weight": 1}]}, "overlapping"),
+    ({"weights": [{"start": 0, "end": 99, "weight": 1}]}, r"\[0, 99\) is out of order.*length 16"),
+    ({"weights": [{"start": 0, "end": 4, "weight": -1}]}, "-1 is not a finite number >= 0"),
+    ({"weights": [{"start": 0, "end": 4}]}, r"weights\[0\] must be"),
+    ({"weights": {"start": 0}}, "'weights' must be a list"),
+    ({"token_weights": ["high"]}, "'token_weights' must be a list of finite numbers"),
+])
+def test_malformed_weights_name_file_line_and_message(tmp_path, message, error):
+    path = write_jsonl(tmp_path / "sft.jsonl", [{"messages": CONVERSATION}, chat("rate bank. river", **message)])
+    with pytest.raises(DataError, match=rf"sft.jsonl:2: message 1.*{error}"):
+        encode_sft_file(tiny_tokenizer(), path, max_length=64)
+
+
+def test_weights_on_a_user_message_are_refused(tmp_path):
+    line = {"messages": [{"role": "user", "content": "bond", "weights": [{"start": 0, "end": 4, "weight": 1}]},
+                         {"role": "assistant", "content": "rate"}]}
+    with pytest.raises(DataError, match="sft.jsonl:1: message 0 .user. has weights, but only assistant messages"):
+        encode_sft_file(tiny_tokenizer(), write_jsonl(tmp_path / "sft.jsonl", [line]), max_length=64)
+
+
+# ------------------------------------------------------------------------------------------------ plain examples
+
+
+def test_plain_examples_are_bos_prompt_completion_eos_without_a_chat_template(tmp_path):
+    tokenizer = tiny_tokenizer(chat_template=None)
+    example = {"prompt": "bond yield :", "completion": " rate bank. river",
+               "weights": [{"start": 1, "end": 11, "weight": 0.3}]}
+    encoded = encode_example(tokenizer, parse_example(example))
+    assert tokenizer.convert_ids_to_tokens(encoded.input_ids) == [
+        "<s>", "bond", "yield", ":", "rate", "bank", ".", "river", "</s>"]
+    assert weighted_targets(tokenizer, example) == [("rate", 0.3), ("bank", 0.3), (".", 0.3), ("river", 1.0),
+                                                    ("</s>", 1.0)]
+    path = write_jsonl(tmp_path / "sft.jsonl", [{"prompt": "bond", "completion": " rate"}])
+    rows, stats = encode_sft_file(tokenizer, path, max_length=64)  # no chat template needed
+    assert stats.examples == 1 and stats.turns_without_special_end_token == 0
+    with pytest.raises(ModelError, match="no chat template"):
+        encode_sft_file(tokenizer, write_jsonl(tmp_path / "chat.jsonl", [{"messages": CONVERSATION}]), 64)
+
+
+def test_plain_examples_end_with_sep_when_the_tokenizer_has_no_eos(tokenizer):
+    """MiniLM's WordPiece tokenizer: no BOS, no EOS, so [SEP] ends the completion (as for a CPT document)."""
+    targets = weighted_targets(tokenizer, {"prompt": "Question? ", "completion": "Yes."})
+    assert targets == [("yes", 1.0), (".", 1.0), ("[SEP]", 1.0)]

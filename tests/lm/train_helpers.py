@@ -92,10 +92,19 @@ def write_sft_jsonl(path: Path, n: int, seed: int = 0) -> Path:
     return path
 
 
+TRAINING_KEYS = {"max_steps", "per_device_train_batch_size", "per_device_eval_batch_size", "learning_rate",
+                 "warmup_steps", "logging_steps", "progress", "lr_scheduler_type", "min_lr_rate", "seed",
+                 "gradient_accumulation_steps", "weight_decay", "trainer_args", "use_liger_kernel", "bf16",
+                 "torch_compile", "num_train_epochs"}
+
+
 def train_config(model: Path, data: Path, output: Path, **overrides) -> dict:
-    """A fast CPU config: 8 steps, checkpoint every 2, evaluation every 4."""
-    config = {"model": str(model), "data": str(data), "output": str(output), "max_steps": 8, "batch_size": 4,
-              "learning_rate": 3e-3, "warmup_steps": 2, "save_steps": 2, "eval_steps": 4, "logging_steps": 1,
-              "keep_checkpoints": 2, "progress": False}
-    config.update(overrides)
+    """A fast CPU config: 8 steps, checkpoint every 2, evaluation every 4. Trainer keys in ``overrides`` (e.g.
+    ``max_steps=4``) go under ``training:``, the others at the top."""
+    training = {"max_steps": 8, "per_device_train_batch_size": 4, "learning_rate": 3e-3, "warmup_steps": 2,
+                "logging_steps": 1, "progress": False}
+    config = {"model": str(model), "data": str(data), "output": str(output), "save_steps": 2, "eval_steps": 4,
+              "keep_checkpoints": 2, "training": training}
+    for key, value in overrides.items():
+        (training if key in TRAINING_KEYS else config)[key] = value
     return config

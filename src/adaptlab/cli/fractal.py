@@ -93,7 +93,7 @@ def sft(
     model: Optional[str] = typer.Option(None, "--model", help="causal LM to fine-tune (HF name or directory)"),
     scores: Optional[str] = typer.Option(None, "--scores", help="'fractal score' output: {id, sentences, scores}"),
     bags: Optional[str] = typer.Option(None, "--bags", help="the bags JSONL that was scored (context, response)"),
-    output: Optional[str] = typer.Option(None, "--output", help="run directory (must not exist)"),
+    output: Optional[str] = typer.Option(None, "--output", help="run directory (an existing one only to resume)"),
 ) -> None:
     """Fine-tune a causal LM on the scored responses, each token's loss weighted (or masked) by its sentence score."""
 
@@ -104,10 +104,13 @@ def sft(
     cfg = load_config(fractal_sft.FractalSFTConfig, config, overrides,
                       {"model": model, "scores": scores, "bags": bags, "output": output})
     run, metrics = fractal_sft.sft(cfg)
-    counts, history = metrics["counts"], metrics["history"]
+    counts = metrics["counts"]
+    losses = [row["loss"] for row in metrics["history"] if "loss" in row]
     console.print(f"trained on {counts['examples']} examples ({counts['skipped_nothing_to_learn']} skipped: nothing "
-                  f"to learn; {counts['truncated']} truncated); masked token share {counts['masked_token_share']:.3f}, "
-                  f"mean weight {counts['mean_weight']:.3f}")
-    if history:
-        console.print(f"loss {history[0]['loss']:.4f} -> {history[-1]['loss']:.4f} in {metrics['train_steps']} steps")
+                  f"to learn; {counts['truncated_conversations']} truncated); masked token share "
+                  f"{counts['masked_token_share']:.3f}, mean weight {counts['mean_weight']:.3f}")
+    if losses:
+        console.print(f"loss {losses[0]:.4f} -> {losses[-1]:.4f} in {metrics['steps']} steps")
+    if "final_eval_held_out_perplexity" in metrics:
+        console.print(f"held-out perplexity {metrics['final_eval_held_out_perplexity']:.4g}")
     console.print(f"run directory: {run.path}")

@@ -33,7 +33,8 @@ def train(
     overrides: Optional[list[str]] = typer.Argument(None, help="key=value config overrides"),
     output: Optional[str] = typer.Option(None, "--output", help="run directory (an existing one only with resume)"),
 ) -> None:
-    """Continual pretraining (mode cpt, packed blocks) or chat SFT (mode sft, assistant tokens only)."""
+    """Continual pretraining (mode cpt, packed blocks) or SFT (mode sft: chat or prompt/completion examples, loss on
+    the assistant turns or completions, optionally weighted per span or token)."""
     from adaptlab.config import load_config
     from adaptlab.recipes import lm_train
 

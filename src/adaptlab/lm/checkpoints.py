@@ -21,9 +21,10 @@ size (and hash). Resuming takes the newest valid checkpoint; newer invalid ones 
 and renamed ``checkpoint-N.incomplete`` (never deleted), so that the resumed run, which saves step N again,
 writes into an empty directory.
 
-Resuming needs the run directory of the interrupted run, so :func:`open_training_run` reopens an existing
-``output`` for ``resume: auto`` (or ``PATH``) when it holds an unfinished run with the same config, while a fresh
-run (``resume: never``, or a directory that is not such a run) still refuses a non-empty directory.
+Resuming needs the run directory of the interrupted run, so :func:`resume_point` reopens an existing ``output``
+for ``resume: auto`` (or ``PATH``) when it holds an unfinished run with the same config, while a fresh run
+(``resume: never``, or a directory that is not such a run) still refuses a non-empty directory. Used by every
+causal-LM training command (``adaptlab lm train``, ``adaptlab fractal sft``).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ import yaml
 from transformers import TrainerCallback
 
 from adaptlab.errors import ConfigError, RunDirError
-from adaptlab.runs import RunDir, atomic_write_json, attach_log_file, create_run_dir, get_logger
+from adaptlab.runs import RunDir, atomic_write_json, get_logger
 
 MARKER_NAME = "adaptlab_checkpoint.json"
 MARKER_FORMAT = 1
@@ -167,7 +168,7 @@ def resolve_resume_path(path: str | Path) -> Path:
     path = Path(path)
     if not path.is_dir():
         raise ConfigError(f"resume: {path} does not exist or is not a directory; give a checkpoint-N directory or a "
-                          "run directory of `adaptlab lm train`")
+                          "training run directory")
     if checkpoint_step(path) is not None:
         problem = checkpoint_problem(path)
         if problem:
@@ -177,8 +178,8 @@ def resolve_resume_path(path: str | Path) -> Path:
     checkpoints_dir = path / "checkpoints" if (path / "checkpoints").is_dir() else path
     found = newest_valid_checkpoint(checkpoints_dir)
     if found is None:
-        raise ConfigError(f"resume: no valid checkpoint in {checkpoints_dir}; give a run directory of "
-                          "`adaptlab lm train` that saved at least one checkpoint (save_steps), or use resume: never")
+        raise ConfigError(f"resume: no valid checkpoint in {checkpoints_dir}; give the directory of a "
+                          "training run that saved at least one checkpoint (save_steps), or use resume: never")
     return found
 
 
@@ -212,53 +213,63 @@ class CheckpointMarker(TrainerCallback):
 
 # ------------------------------------------------------------------------------ run directories that resume
 
-RESUME_MAY_CHANGE = ("resume", "output", "progress")
+RESUME_MAY_CHANGE = ("resume", "output", "training.progress")
+
+
+def flat_keys(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"training": {"seed": 1}}`` -> ``{"training.seed": 1}``: a changed key is named by its full path."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict) and value:
+            flat.update(flat_keys(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def reopen_run_dir(path: Path, config: dict[str, Any]) -> RunDir:
-    """An unfinished ``adaptlab lm train`` run to continue: same config (but for RESUME_MAY_CHANGE), no ``model/``."""
+    """An unfinished training run to continue: same config (but for RESUME_MAY_CHANGE), no ``model/`` yet."""
     run = RunDir(path)
     if not run.config.is_file():
-        raise RunDirError(f"{path} is not empty and holds no config.yaml of an `adaptlab lm train` run; choose "
-                          "another output (adaptlab never overwrites a directory)")
+        raise RunDirError(f"{path} is not empty and holds no config.yaml of a training run; choose another output "
+                          "(adaptlab never overwrites a directory)")
     if run.model.exists():
         raise RunDirError(f"{path} holds a finished run (its model/ exists); choose another output to train again")
-    previous = yaml.safe_load(run.config.read_text(encoding="utf-8")) or {}
-    changed = sorted(k for k in set(previous) | set(config)
-                     if k not in RESUME_MAY_CHANGE and previous.get(k) != config.get(k))
+    previous = flat_keys(yaml.safe_load(run.config.read_text(encoding="utf-8")) or {})
+    current = flat_keys(config)
+    changed = sorted(k for k in set(previous) | set(current)
+                     if k not in RESUME_MAY_CHANGE and previous.get(k) != current.get(k))
     if changed:
-        details = "; ".join(f"{k}: {previous.get(k)!r} -> {config.get(k)!r}" for k in changed)
+        details = "; ".join(f"{k}: {previous.get(k)!r} -> {current.get(k)!r}" for k in changed)
         raise ConfigError(f"cannot resume {path}: its run was started with a different config ({details}). An exact "
                           "resume needs the same settings; restore them, or start a new run (another output, or "
                           "resume: never)")
-    attach_log_file(run.log)
     return run
 
 
-def open_training_run(config: dict[str, Any], output: str | None, name: str,
-                      resume: str) -> tuple[RunDir, Path | None, bool]:
-    """``(run, checkpoint to resume from or None, whether the run directory already existed)``.
+def resume_point(config: dict[str, Any], output: str | None, resume: str) -> tuple[RunDir | None, Path | None]:
+    """``(the run directory to continue or None for a new one, the checkpoint to resume from or None)``.
 
-    ``resume: never`` creates a fresh run directory (refusing a non-empty one). ``auto`` continues the run in
-    ``output`` from its newest valid checkpoint when ``output`` holds one (invalid newer checkpoints are set aside)
-    and otherwise starts a fresh run. ``PATH`` resumes from a checkpoint (or a run's newest valid one), continuing
-    in its run directory unless ``output`` names another, fresh, one. Called by the main process only.
+    ``resume: never`` starts a new run (:func:`adaptlab.runs.open_run` refuses a non-empty ``output``). ``auto``
+    continues the run in ``output`` from its newest valid checkpoint when ``output`` holds one (invalid newer
+    checkpoints are set aside), else starts a new run. ``PATH`` resumes from a checkpoint (or a run's newest valid
+    one), continuing in its run directory unless ``output`` names another, new, one. Main process only.
     """
     output_path = Path(output) if output else None
     existing = output_path is not None and output_path.is_dir() and any(output_path.iterdir())
     if resume == "never" or (resume == "auto" and not existing):
-        return create_run_dir(output, name), None, False
+        return None, None
     if resume == "auto":
         run = reopen_run_dir(output_path, config)
         checkpoint = newest_valid_checkpoint(run.path / "checkpoints", set_aside_invalid=True)
         if checkpoint is None:
             get_logger().warning("no complete checkpoint in %s: training starts at step 0 in the same directory",
                                  run.path / "checkpoints")
-        return run, checkpoint, True
+        return run, checkpoint
     checkpoint = resolve_resume_path(resume)
     owner = checkpoint.parent.parent
     if output_path is not None and output_path.resolve() != owner.resolve():
-        return create_run_dir(output, name), checkpoint, False
+        return None, checkpoint
     run = reopen_run_dir(owner, config)
     set_aside_newer(checkpoint.parent, checkpoint_step(checkpoint) or 0)
-    return run, checkpoint, True
+    return run, checkpoint

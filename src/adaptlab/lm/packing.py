@@ -138,20 +138,29 @@ def pack_documents(docs: Iterable[Sequence[int]], block_size: int,
 
 @dataclass
 class PackedCollator:
-    """Stacks packed rows into ``input_ids``, ``position_ids`` and ``labels`` LongTensors.
+    """Stacks packed rows into ``input_ids``, ``position_ids`` and ``labels`` LongTensors (+ ``weights``).
 
     Shorter rows are right-padded with ``pad_token_id``; the padding is its own pseudo-document
     (positions restarting at 0, labels ``-100``), so no real token attends to it and it adds no loss.
+    Rows that carry per-token loss ``weights`` (weighted SFT, :mod:`adaptlab.lm.sft_data`) get a float
+    ``weights`` tensor, padded with 0.
     """
 
     pad_token_id: int
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         longest = max(len(f["input_ids"]) for f in features)
-        batch: dict[str, list[list[int]]] = {"input_ids": [], "position_ids": [], "labels": []}
+        weighted = "weights" in features[0]
+        batch: dict[str, list[list[Any]]] = {"input_ids": [], "position_ids": [], "labels": [], "weights": []}
         for f in features:
             pad = longest - len(f["input_ids"])
             batch["input_ids"].append(list(f["input_ids"]) + [self.pad_token_id] * pad)
             batch["position_ids"].append(list(f["position_ids"]) + list(range(pad)))
             batch["labels"].append(list(f["labels"]) + [IGNORE_INDEX] * pad)
-        return {name: torch.tensor(rows, dtype=torch.long) for name, rows in batch.items()}
+            if weighted:
+                batch["weights"].append(list(f["weights"]) + [0.0] * pad)
+        tensors = {name: torch.tensor(batch[name], dtype=torch.long) for name in ("input_ids", "position_ids",
+                                                                                  "labels")}
+        if weighted:
+            tensors["weights"] = torch.tensor(batch["weights"], dtype=torch.float32)
+        return tensors

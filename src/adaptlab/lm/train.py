@@ -1,30 +1,33 @@
-"""Causal-LM training on the HF Trainer: continual pretraining (``cpt``) on packed blocks, or chat SFT (``sft``).
+"""Causal-LM training settings and pieces: continual pretraining (``cpt``) on packed blocks, SFT (``sft``).
 
-We build ``TrainingArguments`` and a few callbacks and let the Trainer (and accelerate under it: DDP, FSDP,
-DeepSpeed) do the rest, so ``accelerate launch --config_file configs/accelerate/ddp.yaml $(which adaptlab) lm train``
-works unchanged.
+The Trainer is built in :mod:`adaptlab.lm.fit` (the one path of ``lm train`` and ``fractal sft``) and accelerate
+under it does the rest (DDP, FSDP, DeepSpeed), so ``accelerate launch --config_file configs/accelerate/ddp.yaml
+$(which adaptlab) lm train`` works unchanged.
 
+* **Settings.** ``training:`` is :class:`LMTrainerSettings` (the HF Trainer's names); the LM keys (data, run
+  directory, checkpoints, resume) stay at the top of :class:`LMTrainConfig`. A trainer key at the top (e.g.
+  ``batch_size``) is an error naming its new place (``training.per_device_train_batch_size``).
 * **Schedule.** The learning rate is re-warmed linearly over ``warmup_steps`` from 0, then decays by a cosine
-  to ``min_lr_ratio * learning_rate`` (transformers' ``cosine_with_min_lr``):
+  to ``min_lr_rate * learning_rate`` (transformers' ``cosine_with_min_lr``):
   ``lr(t) = lr * (r + (1 - r) * (1 + cos(pi * (t - w) / (T - w))) / 2)`` for ``t >= w``; re-warming and
   re-decaying is what makes continual pretraining match retraining (Ibrahim et al. 2024).
-* **Training loss** is token-weighted: the model sums the cross-entropy over the target tokens of the whole
-  accumulated batch and divides by their number (``num_items_in_batch``), across devices too.
+* **Training loss** is token-weighted: the cross-entropy summed over the target tokens of the whole accumulated
+  batch, divided by their number (``num_items_in_batch``), across devices too; with SFT loss weights it is
+  ``sum w_t CE_t / sum w_t`` over the same tokens (:class:`~adaptlab.tuning.trainer.StrategyTrainer`).
 * **Held-out perplexity.** The Trainer's ``eval_<split>_loss`` averages per-batch mean losses, each batch
   weighted by the batch size, not by its number of target tokens: it is *not* exact when batches hold
   different numbers of targets (packed blocks with several documents, SFT rows of different lengths, a short
   last batch). :class:`TokenNLL` therefore reduces the logits of every row to ``(sum of -log p, targets)`` on
   the device (``preprocess_logits_for_metrics``) and ``compute_metrics`` adds them over the split, gathered
   across processes with duplicates dropped. ``eval_<split>_nll = sum(-log p) / targets`` is the exact
-  token-weighted mean and ``eval_<split>_perplexity = exp(nll)``; both are reported beside the Trainer's loss.
+  token-weighted mean (unweighted by SFT loss weights: every target counts once) and
+  ``eval_<split>_perplexity = exp(nll)``; both are reported beside the Trainer's loss.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import math
-import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -37,6 +40,8 @@ from adaptlab.config import StrictModel
 from adaptlab.errors import ConfigError, DataError, ModelError
 from adaptlab.lm.packing import IGNORE_INDEX
 from adaptlab.runs import get_logger
+from adaptlab.tuning.settings import TrainerSettings
+from adaptlab.tuning.strategies import StrategyBlock
 
 
 class LoRAConfig(StrictModel):
@@ -49,60 +54,97 @@ class LoRAConfig(StrictModel):
     save: Literal["merged", "adapter"] = "merged"
 
 
-class LMTrainConfig(StrictModel):
-    """Config of ``adaptlab lm train`` (see configs/lm_cpt.yaml and configs/lm_sft.yaml)."""
+class LMTrainerSettings(TrainerSettings):
+    """``training:`` of causal-LM training: :class:`TrainerSettings` with continual-pretraining defaults.
+
+    2e-5 re-warmed over 100 steps, then a cosine decay to ``min_lr_rate`` = 0.1 of it (cosine only: with another
+    ``lr_scheduler_type`` it defaults to none), 1 epoch, batch 8, weight decay 0.01. Two more Trainer switches
+    are keys here: ``torch_compile`` and ``use_liger_kernel`` (``auto``: when ``liger_kernel`` is installed).
+    """
+
+    learning_rate: float = Field(2e-5, gt=0)
+    num_train_epochs: float = Field(1.0, gt=0)
+    per_device_eval_batch_size: int = Field(8, ge=1)
+    warmup_steps: float = Field(100, ge=0, description="re-warm-up from 0: a step count, or below 1 a fraction")
+    lr_scheduler_type: str = Field("cosine", description="any transformers scheduler: cosine, linear, constant, ...")
+    min_lr_rate: float | None = Field(0.1, ge=0, lt=1, description="cosine: decay to this fraction of learning_rate")
+    weight_decay: float = Field(0.01, ge=0)
+    torch_compile: bool = Field(False, description="torch.compile the model (faster steps after a warm-up)")
+    use_liger_kernel: bool | Literal["auto"] = Field(
+        "auto", description="Liger kernels (fused linear cross-entropy, RMSNorm, RoPE, SwiGLU); auto: if installed")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _floor_is_for_cosine(cls, data: Any) -> Any:
+        """The default floor belongs to the default cosine: another scheduler without a floor gets none."""
+        if isinstance(data, dict) and "min_lr_rate" not in data \
+                and data.get("lr_scheduler_type", cls.model_fields["lr_scheduler_type"].default) != "cosine":
+            return {**data, "min_lr_rate": None}
+        return data
+
+
+# top-level keys of lm train before the training layer -> their key under training:
+MOVED_TO_TRAINING = {"learning_rate": "learning_rate", "lr_scheduler": "lr_scheduler_type", "warmup_steps":
+                     "warmup_steps", "min_lr_ratio": "min_lr_rate", "max_steps": "max_steps", "epochs":
+                     "num_train_epochs", "batch_size": "per_device_train_batch_size", "eval_batch_size":
+                     "per_device_eval_batch_size", "grad_accum": "gradient_accumulation_steps", "weight_decay":
+                     "weight_decay", "max_grad_norm": "max_grad_norm", "seed": "seed", "bf16": "bf16",
+                     "gradient_checkpointing": "gradient_checkpointing", "torch_compile": "torch_compile",
+                     "liger": "use_liger_kernel", "logging_steps": "logging_steps", "progress": "progress"}
+
+
+class CausalTrainingConfig(StrictModel):
+    """What every causal-LM training command shares (``lm train``, ``fractal sft``): the model, the run
+    directory, checkpoints and resume, the trainer settings under ``training:`` and the ``strategy:`` block."""
 
     name: str = "lm-train"
-    mode: Literal["cpt", "sft"] = "cpt"
     model: str | None = Field(None, description="HF model directory or hub name")
-    tokenizer: str | None = Field(None, description="defaults to the model's tokenizer")
-    data: str | None = Field(None, description="cpt: prepared corpus directory; sft: JSONL of {messages}")
-    eval_data: str | None = Field(None, description="sft only: held-out JSONL of {messages}")
     output: str | None = None
-    max_length: int = Field(2048, ge=8, description="sft only: longer conversations are cut and counted")
+    max_length: int = Field(2048, ge=8, description="sft: longer examples are cut and counted")
     attn_implementation: str | None = Field(None, description="e.g. sdpa or flash_attention_2")
-    learning_rate: float = Field(2e-5, gt=0)
-    lr_scheduler: Literal["cosine", "linear", "constant_with_warmup"] = "cosine"
-    warmup_steps: int = Field(100, ge=0, description="linear re-warm-up from 0")
-    min_lr_ratio: float = Field(0.1, ge=0, lt=1, description="cosine only: floor as a fraction of learning_rate")
-    max_steps: int | None = Field(None, ge=1, description="optimizer steps; overrides epochs")
-    epochs: float = Field(1.0, gt=0)
-    batch_size: int = Field(8, ge=1, description="per device")
-    eval_batch_size: int | None = Field(None, ge=1, description="per device; defaults to batch_size")
-    grad_accum: int = Field(1, ge=1)
-    weight_decay: float = Field(0.01, ge=0)
-    max_grad_norm: float = Field(1.0, ge=0)
-    seed: int = 42
-    bf16: bool | Literal["auto"] = "auto"
-    gradient_checkpointing: bool = False
-    torch_compile: bool = False
-    liger: bool | Literal["auto"] = "auto"
     lora: LoRAConfig | None = None
-    save_steps: int = Field(500, ge=1)
+    strategy: StrategyBlock = Field(default_factory=StrategyBlock, description="tuning strategies, by name")
+    save_steps: int = Field(500, ge=1, description="a complete, resumable checkpoint every N optimizer steps")
     keep_checkpoints: int = Field(2, ge=1)
     eval_steps: int | None = Field(None, ge=1, description="defaults to save_steps")
-    logging_steps: int = Field(10, ge=1)
     resume: str = Field("auto", description="auto | never | PATH (checkpoint-N or run directory)")
-    progress: bool = True
+    training: LMTrainerSettings = Field(default_factory=LMTrainerSettings)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            moved = [key for key in data if key in MOVED_TO_TRAINING and key not in cls.model_fields]
+            if moved:
+                raise ConfigError("; ".join(f"'{key}' is now 'training.{MOVED_TO_TRAINING[key]}'" for key in moved)
+                                  + " (trainer settings live under training:, in the HF Trainer's names)")
+        return data
+
+    @model_validator(mode="after")
+    def _resume_is_top_level(self) -> CausalTrainingConfig:
+        if self.training.resume_from_checkpoint:
+            raise ConfigError("training.resume_from_checkpoint: causal-LM training resumes with the top-level key "
+                              "'resume' (auto | never | a checkpoint-N or run directory)")
+        if self.training.early_stopping_patience:
+            raise ConfigError("training.early_stopping_patience: causal-LM training runs its whole schedule (the "
+                              "held-out perplexity of every evaluation is in the report); remove the key")
+        return self
+
+
+class LMTrainConfig(CausalTrainingConfig):
+    """Config of ``adaptlab lm train`` (see configs/lm_cpt.yaml and configs/lm_sft.yaml)."""
+
+    mode: Literal["cpt", "sft"] = "cpt"
+    tokenizer: str | None = Field(None, description="defaults to the model's tokenizer")
+    data: str | None = Field(None, description="cpt: prepared corpus directory; sft: JSONL of examples")
+    eval_data: str | None = Field(None, description="sft only: held-out JSONL of examples")
 
     @model_validator(mode="after")
     def _consistent(self) -> LMTrainConfig:
-        if "min_lr_ratio" in self.model_fields_set and self.lr_scheduler != "cosine" and self.min_lr_ratio:
-            raise ValueError(f"min_lr_ratio applies to lr_scheduler: cosine only, not {self.lr_scheduler!r}")
         if self.mode == "cpt" and (self.eval_data or "max_length" in self.model_fields_set):
             raise ValueError("eval_data and max_length are for mode: sft; in mode cpt the held-out splits and the "
                              "block size come from the prepared corpus")
         return self
-
-
-def resolve_bf16(setting: bool | str) -> bool:
-    """``auto``: bf16 mixed precision when a CUDA device supports it; ``true`` on a machine without is an error."""
-    supported = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    if setting == "auto":
-        return supported
-    if setting and not supported:
-        raise ConfigError("bf16: true, but no CUDA device with bf16 support is available; use bf16: auto or false")
-    return bool(setting)
 
 
 def resolve_liger(setting: bool | str) -> bool:
@@ -111,8 +153,8 @@ def resolve_liger(setting: bool | str) -> bool:
     if setting == "auto":
         return installed
     if setting and not installed:
-        raise ConfigError("liger: true, but the liger_kernel package is not installed; `pip install liger-kernel` "
-                          "(needs a CUDA GPU with Triton) or set liger: auto / false")
+        raise ConfigError("training.use_liger_kernel: true, but the liger_kernel package is not installed; "
+                          "`pip install liger-kernel` (needs a CUDA GPU with Triton) or set it to auto / false")
     return bool(setting)
 
 
@@ -126,50 +168,6 @@ def processes_on_cpu() -> bool:
 
     several = get_int_from_env(["WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"], 1) > 1
     return several and (not torch.cuda.is_available() or parse_flag_from_env("ACCELERATE_USE_CPU"))
-
-
-def training_arguments(cfg: LMTrainConfig, checkpoints_dir: str, has_eval: bool, eval_on_start: bool = False) -> Any:
-    """Map :class:`LMTrainConfig` onto ``TrainingArguments`` (transformers 5 names)."""
-    from transformers import TrainingArguments
-
-    scheduler, scheduler_kwargs = cfg.lr_scheduler, {}
-    if cfg.lr_scheduler == "cosine" and cfg.min_lr_ratio > 0:
-        scheduler, scheduler_kwargs = "cosine_with_min_lr", {"min_lr_rate": cfg.min_lr_ratio}
-    return TrainingArguments(
-        output_dir=checkpoints_dir,
-        max_steps=cfg.max_steps or -1,
-        num_train_epochs=cfg.epochs,
-        per_device_train_batch_size=cfg.batch_size,
-        per_device_eval_batch_size=cfg.eval_batch_size or cfg.batch_size,
-        gradient_accumulation_steps=cfg.grad_accum,
-        learning_rate=cfg.learning_rate,
-        lr_scheduler_type=scheduler,
-        lr_scheduler_kwargs=scheduler_kwargs,
-        warmup_steps=cfg.warmup_steps,
-        weight_decay=cfg.weight_decay,
-        max_grad_norm=cfg.max_grad_norm,
-        seed=cfg.seed,
-        data_seed=cfg.seed,
-        bf16=resolve_bf16(cfg.bf16),
-        activation_checkpointing=cfg.gradient_checkpointing,
-        torch_compile=cfg.torch_compile,
-        use_liger_kernel=resolve_liger(cfg.liger),
-        eval_strategy="steps" if has_eval else "no",
-        eval_on_start=has_eval and eval_on_start,
-        eval_steps=cfg.eval_steps or cfg.save_steps,
-        save_strategy="steps",
-        save_steps=cfg.save_steps,
-        save_total_limit=None,  # CheckpointMarker rotates, after the new checkpoint is known to be complete
-        logging_steps=cfg.logging_steps,
-        logging_first_step=True,
-        report_to="none",
-        use_cache=False,  # explicit: with a KV cache transformers would not mask packed documents apart
-        disable_tqdm=not cfg.progress,
-        ddp_find_unused_parameters=False,
-        dataloader_num_workers=0,
-        dataloader_pin_memory=torch.cuda.is_available(),
-        use_cpu=processes_on_cpu(),
-    )
 
 
 class TokenNLL:
@@ -245,13 +243,13 @@ def history_from_log(log_history: list[dict[str, Any]]) -> list[dict[str, Any]]:
 class TrainingData:
     """Training rows, the held-out splits by name, and what the data preparation counted."""
 
-    train: Any  # datasets.Dataset of {input_ids, position_ids, labels}
+    train: Any  # datasets.Dataset of {input_ids, position_ids, labels} (+ weights: weighted SFT)
     evals: dict[str, Any] = field(default_factory=dict)
     stats: dict[str, Any] = field(default_factory=dict)
 
 
 def load_training_data(cfg: LMTrainConfig, tokenizer: Any, tokenizer_source: str) -> TrainingData:
-    """cpt: the splits of a prepared corpus; sft: chat JSONL encoded with the tokenizer's chat template."""
+    """cpt: the splits of a prepared corpus; sft: JSONL examples encoded by :mod:`adaptlab.lm.sft_data`."""
     import datasets
 
     path = Path(cfg.data or "")
@@ -271,27 +269,31 @@ def load_training_data(cfg: LMTrainConfig, tokenizer: Any, tokenizer_source: str
         stats = {"block_size": corpus.block_size, "splits": corpus.manifest["splits"]}
         return TrainingData(corpus.train, evals, stats)
 
-    from adaptlab.lm.sft_data import encode_sft_file, require_chat_template
+    from adaptlab.lm.sft_data import encode_sft_file
 
-    require_chat_template(tokenizer, tokenizer_source)
-    rows, train_stats = encode_sft_file(tokenizer, path, cfg.max_length)
+    rows, train_stats = encode_sft_file(tokenizer, path, cfg.max_length, tokenizer_source)
     stats, evals = {"train": train_stats.as_dict()}, {}
     if cfg.eval_data:
-        eval_rows, eval_stats = encode_sft_file(tokenizer, cfg.eval_data, cfg.max_length)
+        eval_rows, eval_stats = encode_sft_file(tokenizer, cfg.eval_data, cfg.max_length, tokenizer_source)
         stats["held_out"] = eval_stats.as_dict()
         evals["held_out"] = datasets.Dataset.from_list(eval_rows)
+    warn_about_cuts(stats, cfg.max_length)
+    return TrainingData(datasets.Dataset.from_list(rows), evals, stats)
+
+
+def warn_about_cuts(stats: dict[str, dict[str, Any]], max_length: int) -> None:
+    """A warning per split for examples cut at ``max_length`` and turns that teach no end of turn."""
     for name, counts in stats.items():
         if counts["truncated_conversations"] or counts["skipped_no_target_after_truncation"]:
             get_logger().warning(
-                "%s: %d conversations longer than max_length=%d were cut (%d tokens, %d of them assistant "
-                "targets); %d kept no target and were skipped", name, counts["truncated_conversations"],
-                cfg.max_length, counts["truncated_tokens"], counts["truncated_target_tokens"],
+                "%s: %d examples longer than max_length=%d were cut (%d tokens, %d of them targets); %d kept no "
+                "target and were skipped", name, counts["truncated_conversations"], max_length,
+                counts["truncated_tokens"], counts["truncated_target_tokens"],
                 counts["skipped_no_target_after_truncation"])
         if counts["turns_without_special_end_token"]:
             get_logger().warning("%s: %d assistant turns end without a special token (EOS / end of turn) in the "
                                  "chat template's rendering: the model will not learn to stop there",
                                  name, counts["turns_without_special_end_token"])
-    return TrainingData(datasets.Dataset.from_list(rows), evals, stats)
 
 
 def check_corpus_tokenizer(corpus: Any, tokenizer: Any, tokenizer_source: str) -> None:
@@ -317,31 +319,3 @@ def pad_token_id(tokenizer: Any) -> int:
         if candidate is not None:
             return int(candidate)
     return 0
-
-
-# ------------------------------------------------------------------------------------------- final model
-
-
-def save_final_model(trainer: Any, tokenizer: Any, lora: LoRAConfig | None, target: Path) -> None:
-    """Write the trained model (merged LoRA unless ``lora.save: adapter``) and tokenizer to ``target`` atomically.
-
-    Saved into ``model.partial`` and renamed when complete. ``use_cache`` is switched back on for inference
-    (training runs without a KV cache: with one, packed documents would attend to each other).
-    """
-    partial = target.with_name(target.name + ".partial")
-    main = trainer.is_world_process_zero()
-    if main and partial.exists():
-        shutil.rmtree(partial)  # left by an interrupted earlier save of this same run
-    trainer.accelerator.wait_for_everyone()
-    model = trainer.accelerator.unwrap_model(trainer.model)
-    model.config.use_cache = True
-    if lora is not None and lora.save == "merged":
-        if main:
-            model.merge_and_unload().save_pretrained(partial)
-    else:
-        trainer.save_model(str(partial))  # collective under FSDP / DeepSpeed; a peft model saves its adapter
-    if main:
-        tokenizer.save_pretrained(partial)
-        (partial / "training_args.bin").unlink(missing_ok=True)  # a pickle; config.yaml of the run says it all
-        os.replace(partial, target)
-    trainer.accelerator.wait_for_everyone()

@@ -37,9 +37,9 @@ from adaptlab.config import StrictModel, save_config
 from adaptlab.errors import AdaptlabError, ConfigError, RunDirError
 from adaptlab.recipes.lm_evaluate import LMEvalConfig
 from adaptlab.recipes.lm_train import LMTrainConfig
-from adaptlab.report.html import Image, KeyValues, Paragraph, Section, Table, write_report
+from adaptlab.report.html import Image, KeyValues, Paragraph, Section, Table
 from adaptlab.report.plots import loss_curve_png
-from adaptlab.runs import RunDir, atomic_write_json, attach_log_file, create_run_dir, get_logger, keep_on_failure
+from adaptlab.runs import RunDir, atomic_write_json, get_logger, keep_on_failure, open_run
 
 RECIPE_SETS = {"train": ("mode", "model", "data", "output", "resume"), "evaluate": ("models", "output")}
 MODEL_ROLES = ("base", "instruct", "domain", "merged")
@@ -76,8 +76,8 @@ def check_config(cfg: DomainInstructConfig) -> None:
         raise ConfigError("merge.search is an empty list; give λ values to try, or remove it")
 
 
-def _open_run(cfg: DomainInstructConfig) -> RunDir:
-    """A fresh run directory, or an earlier run of this recipe in ``output`` to continue.
+def earlier_run(cfg: DomainInstructConfig) -> tuple[RunDir | None, list[str]]:
+    """An earlier run of this recipe in ``output`` to continue (None for a new run), and its changed config keys.
 
     The earlier run's finished stages are kept as long as what they were made from is unchanged: continual
     pretraining while ``base``, ``corpus`` and ``train`` are the same, the merge while ``instruct`` and
@@ -85,7 +85,7 @@ def _open_run(cfg: DomainInstructConfig) -> RunDir:
     """
     output = Path(cfg.output) if cfg.output else None
     if output is None or not output.is_dir() or not any(output.iterdir()):
-        return create_run_dir(cfg.output, cfg.name)
+        return None, []
     run = RunDir(output)
     previous = yaml.safe_load(run.config.read_text(encoding="utf-8")) if run.config.is_file() else None
     if not isinstance(previous, dict):
@@ -97,7 +97,12 @@ def _open_run(cfg: DomainInstructConfig) -> RunDir:
         raise RunDirError(f"{output} holds a run whose continual pretraining was made with other "
                           f"{', '.join(sorted(set(changed) & STAGE_KEYS['cpt']))}; choose another output (adaptlab "
                           "never overwrites a directory)")
-    attach_log_file(run.log)
+    return run, changed
+
+
+def continue_run(cfg: DomainInstructConfig, run: RunDir, changed: list[str]) -> None:
+    """Record the current config in the continued run, and drop the merge when its inputs changed."""
+    save_config(cfg, run.config)
     log = get_logger()
     if set(changed) & STAGE_KEYS["merge"]:
         for stale in ("merged", "merge-search", "merge.json"):
@@ -107,8 +112,7 @@ def _open_run(cfg: DomainInstructConfig) -> RunDir:
             else:
                 target.unlink(missing_ok=True)
         log.info("%s changed: the merge is done again", ", ".join(sorted(set(changed) & STAGE_KEYS["merge"])))
-    log.info("continuing the run in %s (finished stages are kept)", output)
-    return run
+    log.info("continuing the run in %s (finished stages are kept)", run.path)
 
 
 def continual_pretraining(cfg: DomainInstructConfig, run: RunDir) -> dict[str, Any]:
@@ -147,7 +151,7 @@ def chat_vector_merge(cfg: DomainInstructConfig, run: RunDir, domain: Path,
         search = SearchConfig(merge=merge_config, grid=step.search, target="weight", vary=cfg.instruct,
                               domain_text=texts["domain"], general_text=texts.get("general"),
                               general_weight=step.general_weight, max_length=step.max_length,
-                              output=str(search_dir), progress=cfg.train.progress)
+                              output=str(search_dir), progress=cfg.train.training.progress)
         _, result = run_search(search)
         if result["best_model"] is None:
             raise ConfigError("no λ of merge.search gave a finite held-out perplexity; see "
@@ -213,25 +217,26 @@ def run(cfg: DomainInstructConfig) -> tuple[RunDir, dict[str, Any]]:
     check_config(cfg)
     texts = prepared_texts(cfg.corpus)
     check_stage_inputs(cfg)
-    run_dir = _open_run(cfg)
-    save_config(cfg, run_dir.config)
-    log = get_logger()
-    log.info("1/3 continual pretraining of %s on %s", cfg.base, cfg.corpus)
-    cpt = continual_pretraining(cfg, run_dir)
-    keep_on_failure(run_dir, f"run the same command again with --output {run_dir.path}: the finished continual "
-                             "pretraining is reused")
-    domain = run_dir.path / "cpt" / "model"
-    log.info("2/3 chat-vector merge: domain + λ·(instruct − base)")
-    merged, merge_info = chat_vector_merge(cfg, run_dir, domain, texts)
-    log.info("3/3 evaluating base, instruct, domain and merged")
-    models = dict(zip(MODEL_ROLES, (cfg.base, cfg.instruct, str(domain), str(merged))))
-    evaluation = evaluate_models(cfg, run_dir, models, texts)
-    metrics = {"models": models, "merge": merge_info, "table": evaluation["table"],
-               "probe_examples": {name: m.get("probe", {}).get("examples", [])
-                                  for name, m in evaluation["models"].items()},
-               "cpt": {k: v for k, v in cpt.items() if k != "history"}, "cpt_history": cpt["history"]}
-    atomic_write_json(run_dir.metrics, metrics)
-    write_report(run_dir.report, f"Domain instruct: {cfg.name}", report_sections(metrics))
+    existing, changed = earlier_run(cfg)
+    with open_run(cfg.output, cfg.name, cfg, existing=existing) as run_dir:
+        if existing is not None:
+            continue_run(cfg, run_dir, changed)
+        log = get_logger()
+        log.info("1/3 continual pretraining of %s on %s", cfg.base, cfg.corpus)
+        cpt = continual_pretraining(cfg, run_dir)
+        keep_on_failure(run_dir, f"run the same command again with --output {run_dir.path}: the finished "
+                                 "continual pretraining is reused")
+        domain = run_dir.path / "cpt" / "model"
+        log.info("2/3 chat-vector merge: domain + λ·(instruct − base)")
+        merged, merge_info = chat_vector_merge(cfg, run_dir, domain, texts)
+        log.info("3/3 evaluating base, instruct, domain and merged")
+        models = dict(zip(MODEL_ROLES, (cfg.base, cfg.instruct, str(domain), str(merged))))
+        evaluation = evaluate_models(cfg, run_dir, models, texts)
+        metrics = {"models": models, "merge": merge_info, "table": evaluation["table"],
+                   "probe_examples": {name: m.get("probe", {}).get("examples", [])
+                                      for name, m in evaluation["models"].items()},
+                   "cpt": {k: v for k, v in cpt.items() if k != "history"}, "cpt_history": cpt["history"]}
+        run_dir.finish(metrics, f"Domain instruct: {cfg.name}", report_sections(metrics))
     return run_dir, metrics
 
 

@@ -2,99 +2,113 @@
 
 Why: ``fractal score`` says which sentences of a response are good. Plain SFT would teach the bad
 sentences as eagerly as the good ones; here each response token's cross-entropy is scaled by the
-FRACTAL score of its sentence (``mode: weight``), or sentences scoring below ``threshold`` are masked
-out (``mode: mask``). The loss (:func:`adaptlab.fractal.use.weighted_causal_lm_loss`) is
+FRACTAL score of its sentence (``mode: weight``), or sentences scoring below ``threshold`` get weight 0
+and are masked out (``mode: mask``, weights 0 or 1). The loss of an optimizer step is
 
-    L = sum_t w_t * CE_t / sum_t w_t        over the response tokens t of a batch,
+    L = sum_t w_t * CE_t / sum_t w_t        over the target tokens t of the whole accumulated batch,
 
-with ``w_t = score(sentence(t))`` (weight) or ``w_t = [score(sentence(t)) >= threshold]`` (mask).
+with ``w_t = score(sentence(t))`` (weight) or ``w_t = [score(sentence(t)) >= threshold]`` (mask), and 1 for the
+token(s) that end the response.
 
 Read top to bottom: join the scores JSONL (``{"id", "sentences", "scores"}``) with the bags JSONL
-(``{"id", "context", "response"|"sentences"}``) by id -> render each prompt (the context through the
-tokenizer's chat template when it has one, else ``prompt_template``) -> tokenise and weight with
-:func:`~adaptlab.fractal.use.token_weights` -> append EOS -> truncate -> train with
-:class:`~adaptlab.fractal.use.WeightedSFTTrainer` -> write the run directory.
+(``{"id", "context", "response"|"sentences"}``) by id -> one SFT example per scored response, its sentences as
+weighted spans of the response (:mod:`adaptlab.lm.sft_examples`) -> an optional held-out share
+(``eval_fraction``) -> the SFT path of ``adaptlab lm train`` (:mod:`adaptlab.lm.sft_data`, then
+:func:`adaptlab.lm.fit.fit`: the ``strategy:`` block, held-out perplexity, marked checkpoints and exact resume
+with ``resume: auto``) -> the run directory.
 
 Rules (an error names the file:line and record id; whatever is skipped or cut is counted in ``metrics.json``):
 
 - an id on only one side of the join is a :class:`DataError` giving the count and examples on each side;
 - a scored sentence not found, in order, in its bag's response text is a :class:`DataError`;
 - a bag given as ``sentences`` only has no response text; its response is the sentences joined by spaces;
-- EOS teaches the model to stop: the EOS id is appended as a target of weight 1 (a tokenizer that already
-  ends sequences with EOS has that token made a target instead of getting a second one). It is appended
-  as an id rather than as text so it never depends on how a special-token string is split;
-- sequences longer than ``max_length`` tokens are cut from the right (counted; the EOS is then lost too);
-- an example in which no sentence token keeps a positive weight (all masked, all scored 0, or cut off by
-  truncation) has nothing to learn and is skipped (counted); when no example is left it is an error.
+- the chat format (``prompt_format: chat``, or ``auto`` with a tokenizer that has a chat template) is
+  ``[system_prompt,] user: context, assistant: response``: the template's own end-of-turn token ends the
+  response. The plain format is ``[BOS] prompt_template(context) response [EOS]``. Either ending is a target of
+  weight 1, so the model learns to stop;
+- a token belongs to the first sentence that ends after the token starts (whitespace between sentences takes
+  the following sentence's weight);
+- sequences longer than ``max_length`` tokens are cut from the right (counted; the ending is then lost too);
+- a response whose sentences all weigh 0 (all masked, or all scored 0) has nothing to learn, not even its
+  ending, and is skipped (counted); truncation that leaves no target skips an example too; when no example is
+  left it is an error.
 """
 
 from __future__ import annotations
 
-import time
+import random
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from pydantic import Field, field_validator, model_validator
 
-from adaptlab.config import StrictModel, save_config
 from adaptlab.data.records import iter_json_lines
-from adaptlab.errors import ConfigError, DataError, ModelError
+from adaptlab.errors import ConfigError, DataError
 from adaptlab.fractal.bags import read_bags
-from adaptlab.fractal.use import (
-    IGNORE_INDEX,
-    WeightedSFTCollator,
-    WeightedSFTTrainer,
-    locate_sentences,
-    mask_below,
-    token_weights,
-)
+from adaptlab.fractal.use import locate_sentences
 from adaptlab.fractal.view import scored_responses_html
+from adaptlab.lm.fit import check_settings, fit, training_run
 from adaptlab.lm.loading import load_tokenizer
-from adaptlab.lm.train import history_from_log, pad_token_id
+from adaptlab.lm.sft_data import check_tokenizer, encode_examples
+from adaptlab.lm.sft_examples import SFTExample, parse_example
+from adaptlab.lm.train import (
+    CausalTrainingConfig,
+    LMTrainerSettings,
+    TrainingData,
+    processes_on_cpu,
+    warn_about_cuts,
+)
+from adaptlab.models.checks import check_local_model
 from adaptlab.models.gguf import resolve_model
 from adaptlab.report import plots
-from adaptlab.report.html import Image, KeyValues, Paragraph, RawHTML, Section, write_report
-from adaptlab.runs import RunDir, atomic_write_json, create_run_dir, get_logger, seed_everything
+from adaptlab.report.html import Image, KeyValues, Paragraph, RawHTML, Section, Table
+from adaptlab.runs import RunDir, get_logger
+
+REMOVED = {
+    "append_eos": "every response now ends as the model will end it: with the chat template's end-of-turn token "
+                  "(chat format) or the tokenizer's EOS (plain format), always a target of weight 1",
+    "eos_token": "the chat format ends a response with the template's end-of-turn token, the plain format with the "
+                 "tokenizer's eos_token (else its sep_token)",
+}
 
 
-class SFTTrainingConfig(StrictModel):
-    """Trainer hyperparameters (mapped onto ``transformers.TrainingArguments``)."""
+class FractalTrainerSettings(LMTrainerSettings):
+    """``training:`` of ``fractal sft``: 2e-5, 3 epochs, batch 4, linear decay after a 3% warm-up, no decay."""
 
-    learning_rate: float = Field(2e-5, gt=0)
-    epochs: float = Field(3, gt=0)
-    max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps (overrides epochs)")
-    batch_size: int = Field(4, ge=1)
-    gradient_accumulation_steps: int = Field(1, ge=1)
+    num_train_epochs: float = Field(3.0, gt=0)
+    per_device_train_batch_size: int = Field(4, ge=1)
+    warmup_steps: float = Field(0.03, ge=0, description="a step count, or below 1 a fraction of the training steps")
+    lr_scheduler_type: str = Field("linear", description="any transformers scheduler: linear, cosine, constant, ...")
+    min_lr_rate: float | None = Field(None, ge=0, lt=1, description="cosine only: decay to this fraction")
     weight_decay: float = Field(0.0, ge=0)
-    warmup: float = Field(0.03, ge=0, lt=1, description="fraction of training steps with linear warm-up")
-    scheduler: str = "linear"
-    max_grad_norm: float = Field(1.0, gt=0)
-    activation_checkpointing: bool = Field(False, description="recompute activations in backward: less memory")
-    bf16: bool = Field(False, description="bf16 mixed precision (on a GPU that supports it)")
-    seed: int = 42
-    logging_steps: int = Field(10, ge=1)
-    progress: bool = True
 
 
-class FractalSFTConfig(StrictModel):
-    """Config of ``adaptlab fractal sft`` (see configs/fractal_sft.yaml)."""
+class FractalSFTConfig(CausalTrainingConfig):
+    """Config of ``adaptlab fractal sft`` (see configs/fractal_sft.yaml); the training keys are lm train's."""
 
     name: str = "fractal-sft"
-    model: str | None = Field(None, description="causal LM to fine-tune: HF name or local directory")
     scores: str | None = Field(None, description="'adaptlab fractal score' output: {id, sentences, scores} JSONL")
     bags: str | None = Field(None, description="the bags JSONL that was scored: {id, context, response|sentences}")
-    output: str | None = None
     mode: Literal["weight", "mask"] = Field("weight", description="weight tokens by score, or mask low sentences")
     threshold: float = Field(0.5, ge=0, le=1, description="mode mask: sentences scoring below it are masked")
     prompt_format: Literal["auto", "chat", "plain"] = Field(
         "auto", description="chat: the tokenizer's chat template; plain: prompt_template; auto: chat if it has one")
     prompt_template: str = Field("{context}\n\n", description="plain prompt text; {context} is replaced")
     system_prompt: str | None = Field(None, description="chat format: a system message before the context")
-    append_eos: bool = Field(True, description="append EOS to each response so the model learns to stop")
-    eos_token: str | None = Field(None, description="default: the tokenizer's eos_token (else its sep_token)")
     max_length: int = Field(1024, ge=8, description="tokens per sequence; longer ones are cut and counted")
-    training: SFTTrainingConfig = SFTTrainingConfig()
+    eval_fraction: float = Field(0.0, ge=0, lt=1, description="share of the scored responses held out for "
+                                                               "perplexity (chosen with training.seed)")
+    training: FractalTrainerSettings = Field(default_factory=FractalTrainerSettings)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _removed_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key, why in REMOVED.items():
+                if key in data:
+                    raise ConfigError(f"'{key}' was removed: {why}; delete it from the config")
+        return data
 
     @field_validator("prompt_template")
     @classmethod
@@ -114,6 +128,7 @@ class ScoredResponse:
     sentences: list[str]
     scores: list[float]
     offsets: list[tuple[int, int]]
+    line: int  # of the scores file
 
 
 # ------------------------------------------------------------------------------------------------ joining
@@ -176,221 +191,147 @@ def join_scores_and_bags(scores_path: str, bags_path: str) -> tuple[list[ScoredR
         except DataError as exc:
             raise DataError(f"record {record_id!r}: {exc}; these scores do not belong to this bag's response "
                             f"in {bags_path}", scores_path, line) from None
-        items.append(ScoredResponse(record_id, bag.context, response, sentences, scores, offsets))
+        items.append(ScoredResponse(record_id, bag.context, response, sentences, scores, offsets, line))
     stats = {"bags": len(bags), "pairs_not_used": len(pairs), "responses_joined_from_sentences": joined,
              "without_context": sum(item.context is None for item in items)}
     return items, stats
 
 
-# ------------------------------------------------------------------------------------------- tokenisation
+# --------------------------------------------------------------------------------------------- examples
 
 
-def render_prompt(tokenizer: Any, context: str | None, cfg: FractalSFTConfig) -> str:
-    """The prompt text before the response: the chat template's user turn, or ``prompt_template``.
-
-    A null context is an empty user turn (chat) or no prompt at all (plain). A chat template that writes
-    the token the tokenizer adds by itself (usually BOS) has that text removed, so it is not doubled.
-    """
+def uses_chat(tokenizer: Any, cfg: FractalSFTConfig) -> bool:
+    """The chat format when asked for, or (``auto``) when the tokenizer has a chat template."""
     has_template = bool(getattr(tokenizer, "chat_template", None))
     if cfg.prompt_format == "chat" and not has_template:
         raise ConfigError("prompt_format=chat but the tokenizer has no chat_template; use prompt_format=plain")
-    if cfg.prompt_format == "plain" or not has_template:
-        return cfg.prompt_template.replace("{context}", context) if context is not None else ""
-    messages = ([{"role": "system", "content": cfg.system_prompt}] if cfg.system_prompt else []) + [
-        {"role": "user", "content": context or ""}]
-    prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    added = tokenizer("")["input_ids"]
-    first_added = tokenizer.convert_ids_to_tokens(added[0]) if added else None
-    if first_added and prompt.startswith(first_added):
-        prompt = prompt[len(first_added):]
-    return prompt
+    return has_template and cfg.prompt_format != "plain"
 
 
-def resolve_eos_id(tokenizer: Any, cfg: FractalSFTConfig) -> int | None:
-    """The token id appended to teach stopping, or None when ``append_eos`` is off."""
-    if not cfg.append_eos:
-        return None
-    token = cfg.eos_token or tokenizer.eos_token or getattr(tokenizer, "sep_token", None)
-    if not token:
-        raise ConfigError("the tokenizer has no eos_token: set eos_token=... (the token that ends a response), "
-                          "or append_eos=false")
-    token_id = tokenizer.convert_tokens_to_ids(token)
-    if token_id is None or (token_id == tokenizer.unk_token_id and token != tokenizer.unk_token):
-        raise ConfigError(f"eos_token={token!r} is not a token of this tokenizer")
-    return int(token_id)
+def scored_example(item: ScoredResponse, cfg: FractalSFTConfig, chat: bool) -> dict[str, Any]:
+    """The SFT example of one scored response (:mod:`adaptlab.lm.sft_examples`): its sentences as weighted spans.
 
-
-def build_examples(tokenizer: Any, items: list[ScoredResponse], cfg: FractalSFTConfig,
-                   progress: bool = False) -> tuple[list[dict], dict, list[int]]:
-    """Tokenised ``{"input_ids", "labels", "weights"}`` examples, their counts, and the kept items' indices.
-
-    Token weights come from :func:`token_weights` in weight mode (each response token gets its sentence's
-    score; which tokens are the response is known only there); mask mode then keeps a token (weight 1) when
-    its score is >= ``threshold`` and masks it (label -100, weight 0) otherwise. The counts are over the
-    response tokens (EOS included) of every example after truncation, skipped ones too: ``masked_token_share``
-    is the share of them with weight 0, ``mean_weight`` their mean weight.
+    A null context is an empty user turn (chat) or no prompt at all (plain).
     """
-    eos_id = resolve_eos_id(tokenizer, cfg)
-    examples: list[dict] = []
-    kept: list[int] = []
-    counts = {"examples": 0, "skipped_nothing_to_learn": 0, "truncated": 0, "truncated_response_tokens": 0,
-              "response_tokens": 0, "masked_response_tokens": 0}
-    weight_sum = 0.0
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, disable=not progress, transient=True) as bar:
-        for index, item in enumerate(bar.track(items, description="tokenising")):
-            prompt = render_prompt(tokenizer, item.context, cfg)
-            ids, labels, weights = token_weights(tokenizer, prompt, item.response, item.offsets, item.scores)
-            eos_at = None
-            if eos_id is not None:
-                if ids and ids[-1] == eos_id and labels[-1] == IGNORE_INDEX:  # the tokenizer adds EOS itself
-                    labels[-1], weights[-1] = eos_id, 1.0
-                else:
-                    ids, labels, weights = ids + [eos_id], labels + [eos_id], weights + [1.0]
-                eos_at = len(ids) - 1
-            is_response = [label != IGNORE_INDEX for label in labels]
-            if cfg.mode == "mask":
-                labels, weights = mask_below(labels, weights, cfg.threshold)
-            if len(ids) > cfg.max_length:
-                counts["truncated"] += 1
-                counts["truncated_response_tokens"] += sum(is_response[cfg.max_length:])
-                ids, labels, weights = ids[: cfg.max_length], labels[: cfg.max_length], weights[: cfg.max_length]
-                is_response = is_response[: cfg.max_length]
-            counts["response_tokens"] += sum(is_response)
-            counts["masked_response_tokens"] += sum(r and w == 0.0 for r, w in zip(is_response, weights))
-            weight_sum += sum(w for r, w in zip(is_response, weights) if r)
-            if not any(w > 0 and labels[t] != IGNORE_INDEX and t != eos_at for t, w in enumerate(weights)):
-                counts["skipped_nothing_to_learn"] += 1
-                continue
-            examples.append({"input_ids": ids, "labels": labels, "weights": weights})
-            kept.append(index)
-    tokens = max(counts["response_tokens"], 1)
-    counts.update(examples=len(examples), masked_token_share=counts["masked_response_tokens"] / tokens,
-                  mean_weight=weight_sum / tokens)
-    return examples, counts, kept
+    weights = [{"start": start, "end": end,
+                "weight": score if cfg.mode == "weight" else float(score >= cfg.threshold)}
+               for (start, end), score in zip(item.offsets, item.scores, strict=True) if end > start]
+    if not chat:
+        prompt = cfg.prompt_template.replace("{context}", item.context) if item.context is not None else ""
+        return {"prompt": prompt, "completion": item.response, "weights": weights}
+    system = [{"role": "system", "content": cfg.system_prompt}] if cfg.system_prompt else []
+    return {"messages": [*system, {"role": "user", "content": item.context or ""},
+                         {"role": "assistant", "content": item.response, "weights": weights}]}
+
+
+def scored_examples(tokenizer: Any, items: list[ScoredResponse], cfg: FractalSFTConfig) -> list[SFTExample]:
+    chat = uses_chat(tokenizer, cfg)
+    return [parse_example(scored_example(item, cfg, chat), (Path(cfg.scores or "<scores>"), item.line))
+            for item in items]
+
+
+def held_out(count: int, fraction: float, seed: int) -> set[int]:
+    """Indices of the ``round(fraction * count)`` (at least 1) responses held out, chosen with ``seed``."""
+    if fraction == 0:
+        return set()
+    order = list(range(count))
+    random.Random(seed).shuffle(order)
+    size = max(1, round(fraction * count))
+    if size >= count:
+        raise ConfigError(f"eval_fraction={fraction} holds out all {count} scored responses; lower it so that "
+                          "some are left to train on")
+    return set(order[:size])
+
+
+def training_data(tokenizer: Any, items: list[ScoredResponse], cfg: FractalSFTConfig,
+                  source: str) -> tuple[TrainingData, set[int]]:
+    """The encoded training rows and held-out split, and the indices of the held-out items."""
+    import datasets
+
+    examples = scored_examples(tokenizer, items, cfg)
+    check_tokenizer(tokenizer, examples, source)
+    held = held_out(len(items), cfg.eval_fraction, cfg.training.seed)
+    train = [example for i, example in enumerate(examples) if i not in held]
+    rows, stats = encode_examples(tokenizer, train, cfg.max_length, "tokenising")
+    if not rows:
+        rule = (f"every sentence scores below threshold={cfg.threshold}" if cfg.mode == "mask"
+                else "every sentence scores 0")
+        raise DataError(f"nothing to train on: none of the {len(train)} examples has a sentence token with a "
+                        f"positive weight (mode={cfg.mode}: {rule}, or truncation at max_length={cfg.max_length} "
+                        "cut them off); lower the threshold, use mode=weight or raise max_length")
+    data = TrainingData(datasets.Dataset.from_list(rows), {}, {"train": stats.as_dict()})
+    if held:
+        eval_rows, eval_stats = encode_examples(tokenizer, [examples[i] for i in sorted(held)], cfg.max_length)
+        data.stats["held_out"] = eval_stats.as_dict()
+        if eval_rows:
+            data.evals["held_out"] = datasets.Dataset.from_list(eval_rows)
+    warn_about_cuts(data.stats, cfg.max_length)
+    return data, held
+
+
+def weight_counts(stats: dict[str, Any]) -> dict[str, Any]:
+    """The training split's counts, and over its response tokens: the share with weight 0 and the mean weight."""
+    response = max(stats["target_tokens"] + stats["zero_weight_tokens"], 1)
+    return {**stats, "skipped_nothing_to_learn": stats["skipped_all_weights_zero"]
+            + stats["skipped_no_target_after_truncation"],
+            "masked_token_share": stats["zero_weight_tokens"] / response, "mean_weight": stats["weight_sum"] / response}
 
 
 # ---------------------------------------------------------------------------------------------- training
 
 
-def load_causal_lm(name: str, examples: list[dict]) -> Any:
-    """The model in float32 (mixed precision comes from ``training.bf16``); checks it knows every token id."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    try:
-        model = AutoModelForCausalLM.from_pretrained(resolve_model(name), dtype=torch.float32)
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"cannot load a causal language model from model={name!r} ({exc})") from None
-    vocabulary = model.get_input_embeddings().num_embeddings
-    largest = max(max(example["input_ids"]) for example in examples)
-    if largest >= vocabulary:
-        raise ModelError(f"the tokenizer produces token id {largest} but the model {name!r} has only {vocabulary} "
-                         "embeddings; use the tokenizer saved with this model")
-    return model
-
-
-def training_arguments(cfg: SFTTrainingConfig, output_dir: str) -> Any:
-    """TrainingArguments for weighted SFT: no evaluation, no checkpoints, keep the ``weights`` column."""
-    import torch
-    from transformers import TrainingArguments
-
-    if cfg.bf16 and not torch.cuda.is_available():
-        get_logger().warning("training.bf16=true ignored: no CUDA device; training in float32")
-    return TrainingArguments(
-        output_dir=output_dir,
-        learning_rate=cfg.learning_rate,
-        num_train_epochs=cfg.epochs,
-        max_steps=cfg.max_steps or -1,
-        per_device_train_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        weight_decay=cfg.weight_decay,
-        warmup_steps=cfg.warmup,  # a float < 1 is a fraction of the training steps in transformers 5
-        lr_scheduler_type=cfg.scheduler,
-        max_grad_norm=cfg.max_grad_norm,
-        activation_checkpointing=cfg.activation_checkpointing,
-        bf16=cfg.bf16 and torch.cuda.is_available(),
-        seed=cfg.seed,
-        data_seed=cfg.seed,
-        logging_steps=cfg.logging_steps,
-        logging_first_step=True,
-        save_strategy="no",
-        report_to="none",
-        disable_tqdm=not cfg.progress,
-        remove_unused_columns=False,
-        dataloader_num_workers=0,
-        dataloader_pin_memory=torch.cuda.is_available(),
-    )
-
-
 def sft(cfg: FractalSFTConfig) -> tuple[RunDir, dict]:
     """Weighted SFT from FRACTAL scores; returns the run directory (``model/`` holds model + tokenizer) and metrics."""
+    from accelerate import PartialState
+
     for key, flag in (("model", "--model"), ("scores", "--scores"), ("bags", "--bags")):
         if not getattr(cfg, key):
             raise ConfigError(f"no {key}: pass {flag} or set '{key}' in the config")
+    check_settings(cfg)
+    state = PartialState(cpu=processes_on_cpu())
     items, data_stats = join_scores_and_bags(cfg.scores, cfg.bags)
-    tokenizer = load_tokenizer(cfg.model, "model")
-    examples, counts, kept = build_examples(tokenizer, items, cfg, progress=cfg.training.progress)
-    if not examples:
-        rule = (f"every sentence scores below threshold={cfg.threshold}" if cfg.mode == "mask"
-                else "every sentence scores 0")
-        raise DataError(f"nothing to train on: none of the {len(items)} examples has a sentence token with a "
-                        f"positive weight (mode={cfg.mode}: {rule}, or truncation at max_length={cfg.max_length} "
-                        "cut them off); lower the threshold, use mode=weight or raise max_length")
-    seed_everything(cfg.training.seed)
-    model = load_causal_lm(cfg.model, examples)
-    run = create_run_dir(cfg.output, cfg.name)
-    save_config(cfg, run.config)
-    log = get_logger()
-    log.info("weighted SFT of %s on %d examples (%d skipped, %d truncated) in %s", cfg.model, len(examples),
-             counts["skipped_nothing_to_learn"], counts["truncated"], run.path)
+    model_dir = resolve_model(cfg.model, "model")
+    check_local_model(model_dir, "causal_lm")
+    tokenizer = load_tokenizer(model_dir, "model")
+    data, held = training_data(tokenizer, items, cfg, model_dir)
 
-    trainer = WeightedSFTTrainer(model=model, args=training_arguments(cfg.training, str(run.path)),
-                                 train_dataset=examples, data_collator=WeightedSFTCollator(pad_token_id(tokenizer)),
-                                 processing_class=tokenizer)
-    started = time.perf_counter()
-    trainer.train()
-    seconds = time.perf_counter() - started
-    trainer.save_model(str(run.model))
-    history = history_from_log(trainer.state.log_history)
-    sentence_scores = [s for item in items for s in item.scores]
-    metrics = {
-        "data": {**data_stats, "scored_responses": len(items), "sentences": len(sentence_scores),
-                 "sentences_below_threshold": sum(s < cfg.threshold for s in sentence_scores)},
-        "counts": counts,
-        "train_steps": trainer.state.global_step,
-        "train_seconds": round(seconds, 2),
-        "final_loss": history[-1]["loss"] if history else None,
-        "history": history,
-    }
-    atomic_write_json(run.metrics, metrics)
-    shown = [{"id": items[i].id, "context": items[i].context, "sentences": items[i].sentences,
-              "scores": items[i].scores} for i in kept[:10]]
-    write_report(run.report, f"FRACTAL-weighted SFT: {cfg.name}", report_sections(cfg, metrics, sentence_scores, shown))
-    log.info("saved the model to %s after %.1f s", run.model, seconds)
+    with training_run(cfg, state) as (run, checkpoint):
+        get_logger().info("weighted SFT of %s on %d examples (%d held out) in %s%s", cfg.model, len(data.train),
+                          len(held), run.path, f", resuming from {checkpoint}" if checkpoint else "")
+        trained = fit(cfg, run, checkpoint, model_dir, tokenizer, model_dir, data, state)
+        sentence_scores = [s for item in items for s in item.scores]
+        metrics = {
+            "model": cfg.model,
+            "data": {**data_stats, "scored_responses": len(items), "sentences": len(sentence_scores),
+                     "sentences_below_threshold": sum(s < cfg.threshold for s in sentence_scores),
+                     "held_out_ids": [items[i].id for i in sorted(held)]},
+            "counts": weight_counts(data.stats["train"]), "held_out_counts": data.stats.get("held_out"),
+            **trained,
+        }
+        if state.is_main_process:
+            shown = [{"id": item.id, "context": item.context, "sentences": item.sentences, "scores": item.scores}
+                     for i, item in enumerate(items) if i not in held][:10]
+            run.finish(metrics, f"FRACTAL-weighted SFT: {cfg.name}",
+                       report_sections(cfg, metrics, sentence_scores, shown))
     return run, metrics
 
 
 # ------------------------------------------------------------------------------------------------ report
 
 
-def training_figure(history: list[dict], sentence_scores: list[float], threshold: float | None) -> bytes:
-    """Two panels: training loss per step, and the histogram of sentence scores (mask threshold as a line)."""
+def score_histogram_png(sentence_scores: list[float], threshold: float | None) -> bytes:
+    """The histogram of sentence scores, with the mask threshold as a line."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(9.0, 3.2), dpi=plots.DPI, layout="constrained")
+    fig = Figure(figsize=(4.5, 3.2), dpi=plots.DPI, layout="constrained")
     FigureCanvasAgg(fig)
-    loss_ax, score_ax = fig.subplots(1, 2)
-    loss_ax.plot([e["step"] for e in history], [e["loss"] for e in history], marker="o" if len(history) <= 30
-                 else None, markersize=3)
-    loss_ax.set(xlabel="optimizer step", ylabel="weighted loss", title="training loss")
-    loss_ax.grid(alpha=0.3)
-    score_ax.hist(sentence_scores, bins=20, range=(0.0, 1.0), color="#4c72b0")
+    ax = fig.subplots()
+    ax.hist(sentence_scores, bins=20, range=(0.0, 1.0), color="#4c72b0")
     if threshold is not None:
-        score_ax.axvline(threshold, color="#c44e52", linestyle="--", label=f"mask threshold {threshold:g}")
-        score_ax.legend(fontsize=8)
-    score_ax.set(xlabel="FRACTAL sentence score", ylabel="sentences", title="sentence scores")
+        ax.axvline(threshold, color="#c44e52", linestyle="--", label=f"mask threshold {threshold:g}")
+        ax.legend(fontsize=8)
+    ax.set(xlabel="FRACTAL sentence score", ylabel="sentences", title="sentence scores")
     return plots.figure_to_png(fig)
 
 
@@ -398,17 +339,28 @@ def report_sections(cfg: FractalSFTConfig, metrics: dict, sentence_scores: list[
                     shown: list[dict]) -> list[Section]:
     how = ("each response token's loss is weighted by its sentence's score" if cfg.mode == "weight" else
            f"sentences scoring below {cfg.threshold:g} are masked out of the loss")
-    figure = training_figure(metrics["history"], sentence_scores, cfg.threshold if cfg.mode == "mask" else None)
-    return [
+    history = metrics["history"]
+    sections = [
         Section("Training", [
             Paragraph(f"Model {cfg.model}, mode {cfg.mode}: {how}. Loss = sum_t w_t CE_t / sum_t w_t over the "
-                      f"response tokens; {metrics['train_steps']} steps in {metrics['train_seconds']} s."),
-            Image(figure, alt="training loss and sentence score histogram"),
+                      f"response tokens of each optimizer step; {metrics['steps']} steps in "
+                      f"{metrics['train_seconds']} s."),
+            Image(plots.loss_curve_png(history, "weighted SFT"), alt="training loss and held-out perplexity"),
+            Image(score_histogram_png(sentence_scores, cfg.threshold if cfg.mode == "mask" else None),
+                  alt="sentence score histogram"),
             KeyValues({k.replace("_", " "): v for k, v in metrics["counts"].items()}, caption="tokens and examples"),
-            KeyValues({k.replace("_", " "): v for k, v in metrics["data"].items()}, caption="input data"),
-        ]),
-        Section("Training examples", [
-            Paragraph("Sentences coloured by the score that weights them (first trained examples)."),
-            RawHTML(scored_responses_html(shown, limit=10)),
+            KeyValues({k.replace("_", " "): v for k, v in metrics["data"].items() if k != "held_out_ids"},
+                      caption="input data"),
         ]),
     ]
+    evaluations = [row for row in history if "eval_held_out_perplexity" in row]
+    if evaluations:
+        sections.append(Section("Held-out perplexity", [
+            Paragraph(f"{len(metrics['data']['held_out_ids'])} scored responses held out (eval_fraction "
+                      f"{cfg.eval_fraction:g}); perplexity over their target tokens, each counted once."),
+            Table(["step", "perplexity"], [[row["step"], row["eval_held_out_perplexity"]] for row in evaluations])]))
+    sections.append(Section("Training examples", [
+        Paragraph("Sentences coloured by the score that weights them (first training examples)."),
+        RawHTML(scored_responses_html(shown, limit=10)),
+    ]))
+    return sections

@@ -97,6 +97,12 @@ class StrategyTrainer(transformers.Trainer):
 
     # ---------------------------------------------------------------------------------------------- loss
 
+    def _set_signature_columns_if_needed(self) -> None:
+        """Keep the ``weights`` column: the model's ``forward`` does not take it, the causal loss does."""
+        super()._set_signature_columns_if_needed()
+        if self.causal and "weights" not in self._signature_columns:
+            self._signature_columns.append("weights")
+
     def _token_factor(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor | None:
         factor = None
         for strategy in self.strategies:
