@@ -126,12 +126,26 @@ def test_sft_mode_trains_on_chat_data(assets, tmp_path):
 
 
 def test_lora_saves_a_merged_model_or_an_adapter(assets, tmp_path):
-    _, merged = train(make(assets, tmp_path / "merged", max_steps=2, lora={"r": 4, "alpha": 8}))
-    assert merged["lora"]["save"] == "merged"
+    from adaptlab.models.adapters import load_pretrained
+
+    lora = {"peft": {"r": 4, "lora_alpha": 8}}
+    _, merged = train(make(assets, tmp_path / "merged", max_steps=2, strategy=lora))
+    assert merged["strategies"]["peft"]["save"] == "merged" and not merged["strategies"]["peft"]["adapter_unchanged"]
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "merged" / "model")
     assert not any("lora" in name for name, _ in model.named_parameters())
-    train(make(assets, tmp_path / "adapter", max_steps=2, lora={"r": 4, "save": "adapter"}))
+    lora["peft"]["save"] = "adapter"
+    train(make(assets, tmp_path / "adapter", max_steps=2, strategy=lora))
     assert (tmp_path / "adapter" / "model" / "adapter_config.json").is_file()
+    ids = torch.tensor([[1, 5, 9, 2]])
+    with torch.no_grad():
+        merged_logits = model(ids).logits
+        adapter_logits = load_pretrained(tmp_path / "adapter" / "model", AutoModelForCausalLM)(ids).logits
+    assert (merged_logits - adapter_logits).abs().max() < 1e-4  # same seed, same data: the same training
+
+
+def test_the_old_lora_key_names_strategy_peft(assets, tmp_path):
+    with pytest.raises(ConfigError, match="'lora' is now 'strategy.peft'"):
+        make(assets, tmp_path / "x", lora={"r": 4})
 
 
 def test_precision_and_kernel_switches():

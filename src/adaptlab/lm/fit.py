@@ -6,7 +6,7 @@ Read top to bottom:
    unfinished run to resume (:func:`adaptlab.lm.checkpoints.resume_point`). Under ``accelerate launch`` only the
    main process decides and creates; the others receive the same directory (or the same error).
 2. :func:`fit` loads the model with float32 weights (``training.bf16`` adds mixed precision on top: master
-   weights in bf16 would round small updates away), applies ``lora:`` and the ``strategy:`` block
+   weights in bf16 would round small updates away; QLoRA loads it quantised), applies the ``strategy:`` block
    (``tuning.strategies.prepare`` with the causal-LM family), and trains with
    :class:`~adaptlab.tuning.trainer.StrategyTrainer` (``causal=True``: the loss is ``sum w_t CE_t / sum w_t``
    over the accumulated batch when rows carry SFT ``weights``, else the model's token-averaged loss). The
@@ -15,7 +15,7 @@ Read top to bottom:
    :class:`~adaptlab.lm.checkpoints.CheckpointMarker`, never by the Trainer), no KV cache in training.
 3. The held-out splits are evaluated once more at the last step when it was not an evaluation step, and
    ``model/`` is written atomically: the model each strategy's ``finalize`` returns (LoRA merged unless
-   ``lora.save: adapter``), with ``use_cache`` back on for inference, and the tokenizer.
+   ``strategy.peft.save: adapter``), with ``use_cache`` back on for inference, and the tokenizer.
 """
 
 from __future__ import annotations
@@ -33,10 +33,8 @@ from adaptlab.lm.checkpoints import CheckpointMarker, resume_point
 from adaptlab.lm.packing import PackedCollator
 from adaptlab.lm.train import (
     CausalTrainingConfig,
-    LoRAConfig,
     TokenNLL,
     TrainingData,
-    apply_lora,
     check_vocabulary,
     history_from_log,
     pad_token_id,
@@ -48,6 +46,7 @@ from adaptlab.tuning.families import CAUSAL_LM
 from adaptlab.tuning.settings import resolve_bf16, training_arguments
 from adaptlab.tuning.strategies import prepare
 from adaptlab.tuning.strategies.base import Strategy
+from adaptlab.tuning.strategies.peft_config import quantization_kwargs
 from adaptlab.tuning.trainer import StrategyTrainer, finalize, summaries
 
 
@@ -55,9 +54,10 @@ def check_settings(cfg: CausalTrainingConfig) -> None:
     """Settings that cannot work here fail before anything is written or loaded."""
     resolve_bf16(cfg.training.bf16)
     resolve_liger(cfg.training.use_liger_kernel)
-    if cfg.lora and cfg.lora.save == "merged" and os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
-        raise ConfigError("lora.save: merged needs the whole model in one process; under FSDP use lora.save: "
-                          "adapter and merge afterwards (peft's merge_and_unload)")
+    peft = getattr(cfg.strategy, "peft", None)
+    if peft and peft.save == "merged" and os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
+        raise ConfigError("strategy.peft.save: merged needs the whole model in one process; under FSDP use "
+                          "save: adapter and merge afterwards (peft's merge_and_unload)")
 
 
 @contextmanager
@@ -110,14 +110,15 @@ def causal_training_arguments(cfg: CausalTrainingConfig, checkpoints_dir: Path, 
 
 
 def load_model(cfg: CausalTrainingConfig, model_dir: str, tokenizer: Any, tokenizer_source: str) -> Any:
-    """The model to train, float32, with LoRA adapters when ``lora:`` is set; its vocabulary checked."""
+    """The model to train, float32 (4/8-bit for QLoRA, ``strategy.peft.quantization``); its vocabulary checked."""
     import torch
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation=cfg.attn_implementation,
-                                                 dtype=torch.float32)
+                                                 dtype=torch.float32,
+                                                 **quantization_kwargs(getattr(cfg.strategy, "peft", None)))
     check_vocabulary(model, tokenizer, tokenizer_source)
-    return apply_lora(model, cfg.lora) if cfg.lora is not None else model
+    return model
 
 
 def fit(cfg: CausalTrainingConfig, run: RunDir, checkpoint: Path | None, model_dir: str, tokenizer: Any,
@@ -145,28 +146,28 @@ def fit(cfg: CausalTrainingConfig, run: RunDir, checkpoint: Path | None, model_d
     seconds = time.perf_counter() - started
     if data.evals and trainer.state.global_step % args.eval_steps != 0:
         trainer.evaluate()  # the last step's perplexity, when it was not an evaluation step
-    save_final_model(trainer, tokenizer, strategies, cfg.lora, run.model)
+    save_final_model(trainer, tokenizer, strategies, run.model)
     history = history_from_log(trainer.state.log_history)
     return {
         "steps": trainer.state.global_step, "epochs": trainer.state.epoch,
         "global_batch_size": args.per_device_train_batch_size * args.gradient_accumulation_steps
         * state.num_processes,
         "processes": state.num_processes, "bf16": args.bf16, "liger": args.use_liger_kernel,
-        "torch_compile": args.torch_compile, "lora": cfg.lora.model_dump() if cfg.lora else None,
+        "torch_compile": args.torch_compile,
         "strategies": summaries(strategies), "resumed_from": str(checkpoint) if checkpoint else None,
         "train_seconds": round(seconds, 2), **final_values(history), "history": history,
     }
 
 
-def save_final_model(trainer: Any, tokenizer: Any, strategies: list[Strategy], lora: LoRAConfig | None,
-                     target: Path) -> None:
-    """Write the model to save (:func:`adaptlab.tuning.trainer.finalize`; LoRA merged unless ``lora.save:
-    adapter``) and the tokenizer to ``target`` atomically: into ``model.partial``, renamed when complete.
+def save_final_model(trainer: Any, tokenizer: Any, strategies: list[Strategy], target: Path) -> None:
+    """Write the model to save (:func:`adaptlab.tuning.trainer.finalize`; LoRA merged unless
+    ``strategy.peft.save: adapter``) and the tokenizer to ``target`` atomically: into ``model.partial``, renamed
+    when complete.
 
     ``use_cache`` is switched back on for inference (training runs without a KV cache: with one, packed
     documents would attend to each other). The trained model itself is saved by ``trainer.save_model``, which
-    is collective under FSDP / DeepSpeed (a PEFT model saves its adapter); a model a strategy or the LoRA merge
-    made is saved by the main process.
+    is collective under FSDP / DeepSpeed (a PEFT model saves its adapter); a model a strategy made (LoRA
+    merged) is saved by the main process.
     """
     partial = target.with_name(target.name + ".partial")
     main = trainer.is_world_process_zero()
@@ -175,8 +176,6 @@ def save_final_model(trainer: Any, tokenizer: Any, strategies: list[Strategy], l
     trainer.accelerator.wait_for_everyone()
     trained = trainer.accelerator.unwrap_model(trainer.model)
     final = finalize(strategies, trained)
-    if lora is not None and lora.save == "merged":
-        final = final.merge_and_unload()
     final.config.use_cache = True
     if final is trained:
         trainer.save_model(str(partial))

@@ -44,16 +44,6 @@ from adaptlab.tuning.settings import TrainerSettings
 from adaptlab.tuning.strategies import StrategyBlock
 
 
-class LoRAConfig(StrictModel):
-    """LoRA adapters via peft; the final ``model/`` is merged into the base weights unless ``save: adapter``."""
-
-    r: int = Field(16, ge=1)
-    alpha: float = Field(32, gt=0)
-    dropout: float = Field(0.05, ge=0, lt=1)
-    target_modules: list[str] | str = Field("all-linear", description="module names, or peft's 'all-linear'")
-    save: Literal["merged", "adapter"] = "merged"
-
-
 class LMTrainerSettings(TrainerSettings):
     """``training:`` of causal-LM training: :class:`TrainerSettings` with continual-pretraining defaults.
 
@@ -102,7 +92,6 @@ class CausalTrainingConfig(StrictModel):
     output: str | None = None
     max_length: int = Field(2048, ge=8, description="sft: longer examples are cut and counted")
     attn_implementation: str | None = Field(None, description="e.g. sdpa or flash_attention_2")
-    lora: LoRAConfig | None = None
     strategy: StrategyBlock = Field(default_factory=StrategyBlock, description="tuning strategies, by name")
     save_steps: int = Field(500, ge=1, description="a complete, resumable checkpoint every N optimizer steps")
     keep_checkpoints: int = Field(2, ge=1)
@@ -114,6 +103,9 @@ class CausalTrainingConfig(StrictModel):
     @classmethod
     def _moved_keys(cls, data: Any) -> Any:
         if isinstance(data, dict):
+            if "lora" in data:
+                raise ConfigError("'lora' is now 'strategy.peft' (method: lora, r, lora_alpha, lora_dropout, "
+                                  "target_modules, save: merged|adapter; PEFT's names)")
             moved = [key for key in data if key in MOVED_TO_TRAINING and key not in cls.model_fields]
             if moved:
                 raise ConfigError("; ".join(f"'{key}' is now 'training.{MOVED_TO_TRAINING[key]}'" for key in moved)
@@ -201,18 +193,6 @@ def check_vocabulary(model: Any, tokenizer: Any, source: str) -> None:
     if len(tokenizer) > rows:
         raise ModelError(f"the tokenizer {source} has {len(tokenizer)} tokens but the model has only {rows} embedding "
                          "rows; use the model's own tokenizer, or resize the embeddings and save the model first")
-
-
-def apply_lora(model: Any, lora: LoRAConfig) -> Any:
-    """Wrap ``model`` with peft LoRA adapters (only they are trained)."""
-    from peft import LoraConfig, get_peft_model
-
-    config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                        target_modules=lora.target_modules, task_type="CAUSAL_LM")
-    try:
-        return get_peft_model(model, config)
-    except ValueError as exc:  # e.g. target modules not found in the model
-        raise ConfigError(f"lora: {exc}") from None
 
 
 def history_from_log(log_history: list[dict[str, Any]]) -> list[dict[str, Any]]:

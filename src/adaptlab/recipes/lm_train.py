@@ -13,14 +13,14 @@ from typing import Any
 from adaptlab.errors import ConfigError
 from adaptlab.lm.fit import check_settings, fit, training_run
 from adaptlab.lm.loading import load_tokenizer
-from adaptlab.lm.train import LMTrainConfig, LoRAConfig, load_training_data, processes_on_cpu
+from adaptlab.lm.train import LMTrainConfig, load_training_data, processes_on_cpu
 from adaptlab.models.checks import check_local_model
 from adaptlab.models.gguf import resolve_model
 from adaptlab.report.html import Image, KeyValues, Paragraph, Section, Table
 from adaptlab.report.plots import loss_curve_png
 from adaptlab.runs import RunDir, get_logger
 
-__all__ = ["LMTrainConfig", "LoRAConfig", "train"]
+__all__ = ["LMTrainConfig", "train"]
 
 PERPLEXITY_NOTE = (
     "Held-out perplexity is exp of the token-weighted mean negative log-likelihood over every target token of "
@@ -72,7 +72,7 @@ def report_sections(metrics: dict[str, Any]) -> list[Section]:
     splits = sorted({k.removeprefix("eval_").removesuffix("_perplexity") for row in evaluations for k in row
                      if k.endswith("_perplexity")})
     summary = {k: metrics[k] for k in ("mode", "model", "data", "steps", "epochs", "global_batch_size", "processes",
-                                       "bf16", "liger", "torch_compile", "lora", "strategies", "resumed_from",
+                                       "bf16", "liger", "torch_compile", "strategies", "resumed_from",
                                        "train_seconds")}
     summary.update({k: round(v, 4) for k, v in metrics.items() if k.startswith("final_")})
     sections = [
