@@ -47,5 +47,6 @@ def prepare(block: BaseModel, family: Family, model: Any) -> tuple[Any, list[Str
 
 # each strategy module registers itself on import; the block is built from the registry afterwards
 # (strategy modules are imported here, one line each)
+from adaptlab.tuning.strategies import fewshot  # noqa: E402,F401
 
 StrategyBlock = block_model()
