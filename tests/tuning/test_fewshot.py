@@ -242,3 +242,13 @@ def test_accepts_sequence_classification_and_validates_its_keys():
         StrategyBlock(fewshot={"iterations": 5})
     with pytest.raises(ValueError, match="head"):
         StrategyBlock(fewshot={"head": "svm"})
+
+
+def test_refuses_strategies_it_would_not_apply():
+    class Other(Fewshot):
+        name = "layers"
+
+    strategy = Fewshot(FewshotConfig(), ENCODER_SEQUENCE)
+    with pytest.raises(StrategyError, match=r"cannot apply strategy\.layers; remove it \(for layer-wise lr decay "
+                                            r"set strategy\.fewshot\.lr_decay\)"):
+        strategy.check(None, {"layers": Other(FewshotConfig(), ENCODER_SEQUENCE)})

@@ -92,9 +92,15 @@ class Fewshot(Strategy):
     name = "fewshot"
 
     def check(self, model: Any, others: dict[str, Strategy]) -> None:
+        """Text classification only, and alone: :func:`train_fewshot` trains the body itself, so another
+        strategy's hooks would silently not apply (layer-wise decay is ``strategy.fewshot.lr_decay``)."""
         if self.family != ENCODER_SEQUENCE:
             raise StrategyError(self.name, f"few-shot training builds a text classifier; it does not apply to "
                                            f"{self.family.task.replace('_', ' ')} (use it with 'cls train')")
+        if others:
+            hint = " (for layer-wise lr decay set strategy.fewshot.lr_decay)" if "layers" in others else ""
+            raise StrategyError(self.name, f"trains its sentence-transformers body itself and cannot apply "
+                                           f"strategy.{', strategy.'.join(sorted(others))}; remove it{hint}")
 
     def summary(self) -> dict[str, Any]:
         return self.config.model_dump()
