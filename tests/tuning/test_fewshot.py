@@ -91,6 +91,8 @@ def test_bad_labels_are_data_errors(tmp_path, tiny_bert_dir):
         train(tmp_path, tiny_bert_dir, labels=[["meh"]] + LABELS[1:])
     with pytest.raises(DataError, match=r"example 2 has 2 labels; single-label data needs exactly one"):
         train(tmp_path, tiny_bert_dir, labels=[["pos"], ["pos", "neg"]] + LABELS[2:])
+    with pytest.raises(DataError, match=r"needs at least two labels, not \['pos'\]"):
+        train(tmp_path, tiny_bert_dir, labels=[["pos"]] * len(TEXTS), label_names=("pos",))
     with pytest.raises(DataError, match=r"label 'x' has no training example"):
         train(tmp_path, tiny_bert_dir, label_names=("neg", "pos", "x"))
     with pytest.raises(DataError, match=r"label 'all' is on every training example"):

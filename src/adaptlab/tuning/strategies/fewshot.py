@@ -305,6 +305,8 @@ def fit_differentiable_head(body: SentenceTransformer, texts: list[str], member:
 
 def check_head_data(member: np.ndarray, labels: list[str], multi_label: bool) -> None:
     """Every label needs an example (and, multi-label, an example without it) for the head to learn it."""
+    if not multi_label and len(labels) < 2:
+        raise DataError(f"single-label classification needs at least two labels, not {labels}")
     for k, label in enumerate(labels):
         count = int(member[:, k].sum())
         if count == 0:
