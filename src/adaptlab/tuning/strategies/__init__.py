@@ -50,5 +50,6 @@ def prepare(block: BaseModel, family: Family, model: Any) -> tuple[Any, list[Str
 from adaptlab.tuning.strategies import peft  # noqa: E402,F401  # isort: skip
 from adaptlab.tuning.strategies import layers  # noqa: E402,F401  # isort: skip
 from adaptlab.tuning.strategies import dynamic  # noqa: E402,F401  # isort: skip
+from adaptlab.tuning.strategies import fewshot  # noqa: E402,F401  # isort: skip
 
 StrategyBlock = block_model()
