@@ -5,25 +5,20 @@ Read top to bottom: validate config -> load data -> call building blocks -> writ
 
 from __future__ import annotations
 
-import random
-from collections.abc import Callable
-from operator import attrgetter
 from pathlib import Path
-from typing import TypeVar
 
 from pydantic import Field
 
 from adaptlab.config import StrictModel, TrainingConfig, save_config
 from adaptlab.data.io import load_records
 from adaptlab.data.records import Record, write_records
+from adaptlab.data.splits import split_dev
 from adaptlab.errors import ConfigError
 from adaptlab.ie.models import DEFAULT_STUDENT, resolve_student
 from adaptlab.ie.ner import NERPredictor, check_labels, train_ner
 from adaptlab.metrics.spans import ner_report
 from adaptlab.report.html import ner_report_sections, write_report
 from adaptlab.runs import RunDir, atomic_write_json, create_run_dir, get_logger, refuse_existing
-
-T = TypeVar("T")
 
 
 class NERTrainConfig(StrictModel):
@@ -46,16 +41,6 @@ class NEREvalConfig(StrictModel):
     output: str | None = Field(None, description="write a run directory with predictions and report")
     batch_size: int = Field(32, ge=1)
     constrained_decoding: bool = Field(True, description="IOB2-valid Viterbi decoding instead of argmax")
-
-
-def split_dev(items: list[T], fraction: float, seed: int, key: Callable[[T], str] = attrgetter("text")):
-    """Hold out ``fraction`` of the items (at least one) for dev; items with the same key stay together."""
-    if fraction <= 0 or len(items) < 2:
-        return items, []
-    keys = sorted({key(item) for item in items})
-    random.Random(seed).shuffle(keys)
-    dev_keys = set(keys[: max(1, round(fraction * len(keys)))])
-    return [i for i in items if key(i) not in dev_keys], [i for i in items if key(i) in dev_keys]
 
 
 def evaluate_records(predictor: NERPredictor, gold: list[Record], batch_size: int = 32) -> tuple[dict, list]:
