@@ -30,11 +30,11 @@ import torch
 
 from adaptlab.data.formats.conll import record_to_tokens, tags_to_spans
 from adaptlab.data.records import Record, Span
+from adaptlab.data.splits import split_dev
 from adaptlab.data.words import word_offsets
 from adaptlab.ie.models import resolve_student
 from adaptlab.ie.ner import NERPredictor, train_ner
 from adaptlab.metrics.spans import ner_report
-from adaptlab.recipes.ner import split_dev
 from adaptlab.tuning.encoder_fit import EncoderTrainerSettings
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -26,10 +26,10 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from adaptlab.data.splits import split_dev
 from adaptlab.ie.models import resolve_student
 from adaptlab.ie.ner import NERPredictor, train_ner
 from adaptlab.metrics.spans import ner_report
-from adaptlab.recipes.ner import split_dev
 from adaptlab.tuning.strategies import StrategyBlock
 from ner_biospecies import OURS, TYPES, load_variant, summarise
 from tables import targets_table

@@ -27,13 +27,13 @@ from pathlib import Path
 
 from adaptlab.data.formats.markers import read_marked_csv
 from adaptlab.data.records import Record
+from adaptlab.data.splits import split_dev
 from adaptlab.ie.extract import relate
 from adaptlab.ie.models import resolve_student
 from adaptlab.ie.ner import NERPredictor, train_ner
 from adaptlab.ie.pairs import BIOSPECIES_RELATIONS, derive_relations, triples_by_document
 from adaptlab.ie.relations import RelationExample, REPredictor, relation_examples, train_re
 from adaptlab.metrics.classification import classification_prf, triple_prf
-from adaptlab.recipes.ner import split_dev
 from adaptlab.tuning.encoder_fit import EncoderTrainerSettings
 
 ROOT = Path(__file__).resolve().parents[1]

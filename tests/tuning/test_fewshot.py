@@ -254,3 +254,20 @@ def test_refuses_strategies_it_would_not_apply():
     with pytest.raises(StrategyError, match=r"cannot apply strategy\.layers; remove it \(for layer-wise lr decay "
                                             r"set strategy\.fewshot\.lr_decay\)"):
         strategy.check(None, {"layers": Other(FewshotConfig(), ENCODER_SEQUENCE)})
+
+
+def test_cls_train_and_evaluate_run_the_real_fewshot_strategy(tmp_path, tiny_bert_dir):
+    from adaptlab.recipes.cls import ClsEvalConfig, ClsTrainConfig, evaluate
+    from adaptlab.recipes.cls import train as cls_train
+
+    data = tmp_path / "train.txt"
+    data.write_text("".join(f"{names[0]} {text}\n" for text, names in zip(TEXTS, LABELS)), encoding="utf-8")
+    config = ClsTrainConfig(model=str(tiny_bert_dir), train=str(data), dev_fraction=0, output=str(tmp_path / "run"),
+                            training={"progress": False, "seed": 5},
+                            strategy={"fewshot": {"num_iterations": 2, "examples_per_class": 4, "progress": False}})
+    run, metrics = cls_train(config)
+    summary = metrics["strategies"]["fewshot"]
+    assert (summary["examples"], summary["pairs"], summary["seed"]) == (8, 2 * 2 * 8, 5)
+    report, _ = evaluate(ClsEvalConfig(model=str(run.path), data=str(data)))
+    assert report["accuracy"] == pytest.approx(np.mean(
+        FewshotClassifier.load(run.path / "model").predict_proba(TEXTS).argmax(axis=1) == [1] * 6 + [0] * 6))

@@ -34,6 +34,7 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show full traceback
 
 def _register() -> None:
     from adaptlab.cli import (
+        cls,
         data,
         demo,
         distill,
@@ -52,6 +53,7 @@ def _register() -> None:
     app.add_typer(data.app, name="data", help="Inspect, repair and convert annotated data.")
     app.add_typer(ner.app, name="ner", help="Train, evaluate and run NER students.")
     app.add_typer(re_cmd.app, name="re", help="Train, evaluate and run relation-extraction students.")
+    app.add_typer(cls.app, name="cls", help="Train, evaluate and run text classifiers (single- or multi-label).")
     app.add_typer(synth.app, name="synth", help="Generate annotated data with a teacher LLM and review it.")
     app.add_typer(teacher.app, name="teacher", help="Use a teacher LLM directly (zero-shot tagging).")
     app.add_typer(distill.app, name="distill", help="The whole teacher-to-student recipe.")

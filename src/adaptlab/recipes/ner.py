@@ -5,18 +5,15 @@ Read top to bottom: validate config -> load data -> open the run -> call buildin
 
 from __future__ import annotations
 
-import random
-from collections.abc import Callable
 from contextlib import nullcontext
-from operator import attrgetter
 from pathlib import Path
-from typing import TypeVar
 
 from pydantic import Field
 
 from adaptlab.config import StrictModel
 from adaptlab.data.io import load_records
 from adaptlab.data.records import Record, write_records
+from adaptlab.data.splits import split_dev
 from adaptlab.errors import ConfigError
 from adaptlab.ie.models import DEFAULT_STUDENT, resolve_student
 from adaptlab.ie.ner import NERPredictor, check_labels, train_ner
@@ -25,8 +22,6 @@ from adaptlab.report.html import ner_report_sections
 from adaptlab.runs import RunDir, get_logger, open_run, refuse_existing
 from adaptlab.tuning.encoder_fit import EncoderTrainerSettings
 from adaptlab.tuning.strategies import StrategyBlock
-
-T = TypeVar("T")
 
 
 class NERTrainConfig(StrictModel):
@@ -51,16 +46,6 @@ class NEREvalConfig(StrictModel):
     output: str | None = Field(None, description="write a run directory with predictions and report")
     batch_size: int = Field(32, ge=1)
     constrained_decoding: bool = Field(True, description="IOB2-valid Viterbi decoding instead of argmax")
-
-
-def split_dev(items: list[T], fraction: float, seed: int, key: Callable[[T], str] = attrgetter("text")):
-    """Hold out ``fraction`` of the items (at least one) for dev; items with the same key stay together."""
-    if fraction <= 0 or len(items) < 2:
-        return items, []
-    keys = sorted({key(item) for item in items})
-    random.Random(seed).shuffle(keys)
-    dev_keys = set(keys[: max(1, round(fraction * len(keys)))])
-    return [i for i in items if key(i) not in dev_keys], [i for i in items if key(i) in dev_keys]
 
 
 def evaluate_records(predictor: NERPredictor, gold: list[Record], batch_size: int = 32) -> tuple[dict, list]:

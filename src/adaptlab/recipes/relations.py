@@ -11,6 +11,7 @@ from adaptlab.config import StrictModel
 from adaptlab.data.formats.markers import record_from_marked
 from adaptlab.data.io import load_records
 from adaptlab.data.records import Record, write_records
+from adaptlab.data.splits import split_dev
 from adaptlab.errors import ConfigError, DataError
 from adaptlab.ie.extract import extract
 from adaptlab.ie.models import DEFAULT_STUDENT, resolve_student
@@ -18,7 +19,6 @@ from adaptlab.ie.ner import NERPredictor
 from adaptlab.ie.pairs import derive_relations, triples_by_document
 from adaptlab.ie.relations import RelationExample, REPredictor, relation_examples, train_re
 from adaptlab.metrics.classification import classification_prf, triple_prf
-from adaptlab.recipes.ner import split_dev
 from adaptlab.report.html import Section, Table
 from adaptlab.runs import RunDir, atomic_write_text, get_logger, open_run, refuse_existing
 from adaptlab.tuning.encoder_fit import EncoderTrainerSettings

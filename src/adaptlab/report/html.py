@@ -211,3 +211,44 @@ def ner_report_sections(metrics: Mapping[str, Any], history: Sequence[Mapping[st
             Image(plots.learning_curve(history), alt="training loss and evaluation metrics per epoch"),
         ]))
     return sections
+
+
+def cls_report_sections(report: Mapping[str, Any] | None, history: Sequence[Mapping[str, Any]] | None = None
+                        ) -> list[Section]:
+    """The text-classification report sections from :func:`adaptlab.metrics.classification.text_classification_report`.
+
+    Headline numbers, per-class P/R/F1 with F1 bars, the confusion matrix as a heatmap, and the learning curve when
+    a Trainer-style ``history`` is given; a missing report (no dev set) leaves only the curve.
+    """
+    sections: list[Section] = []
+    if report:
+        headline = {"examples": report["examples"], "accuracy": report["accuracy"], "macro F1": report["macro_f1"],
+                    "micro F1": report["micro_f1"], "weighted F1": report["weighted_f1"]}
+        if report.get("multi_label"):
+            headline["subset accuracy (exact set)"] = report["subset_accuracy"]
+        note = ("Multi-label: a label is predicted when its sigmoid probability is at least 0.5; accuracy is the "
+                "share of texts whose predicted label set equals the gold set." if report.get("multi_label") else
+                "Macro F1 is the unweighted mean over the labels present in gold or predictions; micro F1 equals "
+                "accuracy when each text has one label.")
+        sections.append(Section("Summary", [KeyValues(headline), Paragraph(note)]))
+        per_class = report["per_class"]
+        sections.append(Section("Per class", [
+            Table(["label", "precision", "recall", "F1", "support"],
+                  [[label, s["precision"], s["recall"], s["f1"], s["support"]] for label, s in per_class.items()]),
+            Image(plots.per_type_f1_bars({"F1": {label: s["f1"] for label, s in per_class.items()}},
+                                         title="F1 per class"), alt="F1 per class"),
+        ]))
+        confusion = report.get("confusion")
+        if confusion and confusion.get("labels"):
+            what = ("texts with gold label (row) that got the predicted label (column); a text counts once per "
+                    "pair of its gold and predicted labels" if report.get("multi_label") else "text counts")
+            sections.append(Section("Confusion matrix", [
+                Paragraph(f"Rows are gold labels, columns predicted; colour is the share of the gold row, numbers "
+                          f"are {what}."),
+                Image(plots.confusion_heatmap(confusion["labels"], confusion["matrix"]), alt="confusion matrix"),
+            ]))
+    if history:
+        sections.append(Section("Learning curve", [
+            Image(plots.learning_curve(history), alt="training loss and evaluation metrics per epoch"),
+        ]))
+    return sections

@@ -1,0 +1,104 @@
+"""``adaptlab cls train|evaluate|predict``: text classification (single- or multi-label)."""
+
+from __future__ import annotations
+
+import json
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from adaptlab.cli.common import config_or_override, console, print_json
+
+app = typer.Typer(no_args_is_help=True)
+
+
+def summary_table(report: dict, title: str) -> Table:
+    """Headline numbers, then F1 and support per class."""
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    names = ["accuracy", "macro_f1", "micro_f1"] + (["subset_accuracy"] if report.get("multi_label") else [])
+    for name in names:
+        table.add_row(name.replace("_", " "), f"{report[name]:.4f}")
+    for label, row in report["per_class"].items():
+        table.add_row(f"  F1 {label}", f"{row['f1']:.4f} (support {row['support']})")
+    return table
+
+
+@app.command()
+def train(
+    config: Optional[str] = typer.Argument(None, help="YAML config (see configs/cls.yaml)"),
+    overrides: Optional[list[str]] = typer.Argument(None, help="key=value config overrides"),
+    train_file: Optional[str] = typer.Option(None, "--train", help="training data (JSONL, CSV, TSV, LABEL TEXT)"),
+    dev: Optional[str] = typer.Option(None, "--dev", help="dev data for early stopping and model choice"),
+    model: Optional[str] = typer.Option(None, "--model", help="HF name or path; default: packaged MiniLM"),
+    output: Optional[str] = typer.Option(None, "--output", help="run directory (must not exist)"),
+    epochs: Optional[float] = typer.Option(None, "--epochs", help="training.num_train_epochs"),
+    learning_rate: Optional[float] = typer.Option(None, "--lr", help="training.learning_rate"),
+    seed: Optional[int] = typer.Option(None, "--seed", help="training.seed"),
+) -> None:
+    """Fine-tune a text classifier and evaluate it on dev (held out from train when no --dev)."""
+    from adaptlab.config import load_config
+    from adaptlab.recipes import cls
+
+    config, overrides = config_or_override(config, overrides)
+    cfg = load_config(cls.ClsTrainConfig, config, overrides, {
+        "train": train_file, "dev": dev, "model": model, "output": output,
+        "training.num_train_epochs": epochs, "training.learning_rate": learning_rate, "training.seed": seed,
+    })
+    run, metrics = cls.train(cfg)
+    if "dev" in metrics:
+        console.print(summary_table(metrics["dev"], "dev"))
+    console.print(f"run directory: {run.path}  (model: {run.model}, report: {run.report})")
+
+
+@app.command()
+def evaluate(
+    config: Optional[str] = typer.Argument(None, help="YAML config"),
+    overrides: Optional[list[str]] = typer.Argument(None, help="key=value config overrides"),
+    model: Optional[str] = typer.Option(None, "--model", help="run directory or model directory"),
+    data: Optional[str] = typer.Option(None, "--data", help="labelled data (JSONL, CSV, TSV, LABEL TEXT)"),
+    output: Optional[str] = typer.Option(None, "--output", help="write a run directory with predictions and report"),
+    as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
+) -> None:
+    """Score a trained classifier: accuracy, macro/micro F1, per-class P/R/F1, confusion matrix."""
+    from adaptlab.config import load_config
+    from adaptlab.recipes import cls
+
+    config, overrides = config_or_override(config, overrides)
+    cfg = load_config(cls.ClsEvalConfig, config, overrides, {"model": model, "data": data, "output": output})
+    report, run = cls.evaluate(cfg)
+    if as_json:
+        print_json(report)
+        return
+    console.print(summary_table(report, f"{cfg.data}"))
+    if run:
+        console.print(f"run directory: {run.path}")
+
+
+@app.command()
+def predict(
+    texts: Optional[list[str]] = typer.Argument(None, help="texts to classify (or --input FILE)"),
+    model: str = typer.Option(..., "--model", help="run directory or model directory"),
+    input_file: Optional[str] = typer.Option(
+        None, "--input", help="JSONL/CSV/TSV (the text column), else one text per line"),
+    text_column: str = typer.Option("text", "--text-column", help="the text key or column of a JSONL/CSV/TSV input"),
+    output: Optional[str] = typer.Option(None, "--output", help="write JSONL here (must not exist)"),
+) -> None:
+    """Classify texts; prints one JSON object per text: text, label (or labels), scores per label."""
+    from adaptlab.data.classification import read_texts
+    from adaptlab.errors import AdaptlabError
+    from adaptlab.recipes import cls
+
+    if bool(input_file) == bool(texts):
+        raise AdaptlabError("give texts to classify, or --input FILE (not both)")
+    inputs = read_texts(input_file, text_column=text_column) if input_file else list(texts or [])
+    if not all(t.strip() for t in inputs):
+        raise AdaptlabError("an empty text was given; every text needs some words")
+    rows = cls.predict(model, inputs, output)
+    if output:
+        console.print(f"wrote {len(rows)} predictions to {output}")
+    else:
+        for row in rows:
+            print(json.dumps(row, ensure_ascii=False))
