@@ -18,3 +18,14 @@ def seeded_tiny_bert(tiny_bert_dir, tmp_path_factory) -> Path:
     BertModel(BertConfig.from_pretrained(tiny_bert_dir)).save_pretrained(out)
     AutoTokenizer.from_pretrained(tiny_bert_dir).save_pretrained(out)
     return out
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Hidden-size-32 models train faster on one thread than on several (less synchronisation per tiny matmul)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

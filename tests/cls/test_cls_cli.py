@@ -55,6 +55,8 @@ def test_run_directory_is_complete(trained):
     assert {"config.yaml", "metrics.json", "report.html", "log.txt", "model"} <= {p.name for p in run.iterdir()}
     assert not (run / "checkpoints").exists()
     assert "strategy: {}" in (run / "config.yaml").read_text()
+    assert "dev set has only" not in (run / "log.txt").read_text()  # 30 dev texts, 10 per label: no warning
+    assert json.loads((run / "metrics.json").read_text())["warnings"] == []
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["labels"] == ["food", "sport", "tech"]
     assert (metrics["train_examples"], metrics["dev_examples"], metrics["multi_label"]) == (120, 30, False)

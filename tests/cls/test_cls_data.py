@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from adaptlab.data.classification import Example, check_known_labels, label_set, read_examples, read_texts
+from adaptlab.data.classification import Example, check_known_labels, label_set, read_examples, texts_to_classify
 from adaptlab.data.splits import split_dev
 from adaptlab.errors import DataError
 
@@ -101,10 +101,10 @@ def test_label_order_and_unknown_labels():
         check_known_labels([Example("t", ["c"], 1), Example("u", ["a"], 2)], ["a", "b"], "the dev data")
 
 
-def test_read_texts_for_prediction(tmp_path):
-    assert read_texts(write(tmp_path, "t.jsonl", '{"text": "a"}\n{"text": "b", "label": "x"}\n')) == ["a", "b"]
-    assert read_texts(write(tmp_path, "t.csv", "id,body\n1,hello\n"), text_column="body") == ["hello"]
-    assert read_texts(write(tmp_path, "t.txt", "one text\n\n1 another\n")) == ["one text", "1 another"]
+def test_texts_to_classify_for_prediction(tmp_path):
+    assert texts_to_classify(write(tmp_path, "t.jsonl", '{"text": "a"}\n{"text": "b", "label": "x"}\n')) == ["a", "b"]
+    assert texts_to_classify(write(tmp_path, "t.csv", "id,body\n1,hello\n"), text_column="body") == ["hello"]
+    assert texts_to_classify(write(tmp_path, "t.txt", "one text\n\n1 another\n")) == ["one text", "1 another"]
 
 
 def test_split_dev_keeps_class_proportions():

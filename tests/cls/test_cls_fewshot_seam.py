@@ -71,6 +71,9 @@ def test_fewshot_block_trains_evaluates_and_predicts_through_the_seam(fake_modul
     assert call["config"] == {"body_epochs": 1} and call["model_path"].name == "model"  # the packaged MiniLM
     assert metrics["dev"]["accuracy"] == 1.0 and metrics["strategies"] == {"fewshot": {"pairs": 8}}
     assert (run.path / "report.html").exists()
+    warning = "the dev set has only 2 examples (fewer than 10 per label)"
+    assert metrics["warnings"][0].startswith(warning)
+    assert warning in (run.path / "log.txt").read_text() and warning in (run.path / "report.html").read_text()
 
     rows = cls.predict(str(run.path), ["so good", "meh"])
     assert [(r["label"], r["scores"]) for r in rows] == [("pos", {"neg": 0.1, "pos": 0.9}),

@@ -22,6 +22,7 @@ def test_example_configs_validate(name, model):
 def example_config_models():
     from adaptlab.merge.config import MergeConfig
     from adaptlab.merge.search import SearchConfig
+    from adaptlab.recipes.cls import ClsTrainConfig
     from adaptlab.recipes.domain_instruct import DomainInstructConfig
     from adaptlab.recipes.fractal import FractalEvalConfig
     from adaptlab.recipes.fractal_sft import FractalSFTConfig
@@ -36,7 +37,7 @@ def example_config_models():
             "merge_search.yaml": SearchConfig, "fractal.yaml": FractalEvalConfig,
             "fractal_sft.yaml": FractalSFTConfig, "lm_prepare.yaml": PrepareConfig, "lm_cpt.yaml": LMTrainConfig,
             "lm_sft.yaml": LMTrainConfig, "lm_evaluate.yaml": LMEvalConfig,
-            "domain_instruct.yaml": DomainInstructConfig}
+            "domain_instruct.yaml": DomainInstructConfig, "cls.yaml": ClsTrainConfig}
 
 
 def test_every_example_config_validates():

@@ -48,6 +48,8 @@ def train(
         "training.num_train_epochs": epochs, "training.learning_rate": learning_rate, "training.seed": seed,
     })
     run, metrics = cls.train(cfg)
+    for warning in metrics["warnings"]:
+        console.print(f"warning: {warning}")
     if "dev" in metrics:
         console.print(summary_table(metrics["dev"], "dev"))
     console.print(f"run directory: {run.path}  (model: {run.model}, report: {run.report})")
@@ -87,13 +89,13 @@ def predict(
     output: Optional[str] = typer.Option(None, "--output", help="write JSONL here (must not exist)"),
 ) -> None:
     """Classify texts; prints one JSON object per text: text, label (or labels), scores per label."""
-    from adaptlab.data.classification import read_texts
+    from adaptlab.data.classification import texts_to_classify
     from adaptlab.errors import AdaptlabError
     from adaptlab.recipes import cls
 
     if bool(input_file) == bool(texts):
         raise AdaptlabError("give texts to classify, or --input FILE (not both)")
-    inputs = read_texts(input_file, text_column=text_column) if input_file else list(texts or [])
+    inputs = texts_to_classify(input_file, text_column=text_column) if input_file else list(texts or [])
     if not all(t.strip() for t in inputs):
         raise AdaptlabError("an empty text was given; every text needs some words")
     rows = cls.predict(model, inputs, output)

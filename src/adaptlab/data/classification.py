@@ -66,7 +66,7 @@ def read_examples(path: str | Path, format: str = "auto", text_column: str = "te
     return examples
 
 
-def read_texts(path: str | Path, format: str = "auto", text_column: str = "text") -> list[str]:
+def texts_to_classify(path: str | Path, format: str = "auto", text_column: str = "text") -> list[str]:
     """Only the texts of a file to classify: JSONL objects' or the CSV/TSV column's texts (labels not needed),
     else one text per non-blank line (a plain text file; label-text lines are not guessed)."""
     fmt = detect_format(path, format)

@@ -19,19 +19,21 @@ from adaptlab.errors import ConfigError, DataError
 from adaptlab.ie.models import DEFAULT_STUDENT, resolve_student
 from adaptlab.ie.text_classifier import decide, load_classifier, train_classifier
 from adaptlab.metrics.classification import text_classification_report
-from adaptlab.report.html import cls_report_sections
+from adaptlab.report.html import Paragraph, Section, cls_report_sections
 from adaptlab.runs import RunDir, atomic_write_text, get_logger, open_run, refuse_existing
 from adaptlab.tuning.encoder_fit import EncoderTrainerSettings, FitResult
 from adaptlab.tuning.strategies import StrategyBlock
 
+DEV_EXAMPLES_PER_LABEL = 10  # fewer dev examples than this per label make model choice on dev a lottery
 DataFormat = Literal["auto", "jsonl", "csv", "tsv", "label-text"]
 
 
 class ClsTrainerSettings(EncoderTrainerSettings):
-    """``training:`` of ``adaptlab cls train``: one label per sentence is learnt in fewer epochs and at a lower
-    rate than NER's per-token tags (the usual 2e-5 to 1e-4 range for BERT-family classifiers)."""
+    """``training:`` of ``adaptlab cls train``: the encoder defaults (1e-4 suits MiniLM-size models; BERT-base
+    wants 2e-5..5e-5), but one label per text is learnt in fewer epochs than NER's per-word tags, so at most 10,
+    stopping after 3 without a better dev macro F1. Tens of examples need more steps and no dev choice: see
+    ``configs/cls.yaml`` (or ``strategy.fewshot``)."""
 
-    learning_rate: float = Field(5e-5, gt=0)
     num_train_epochs: float = Field(10, gt=0)
     early_stopping_patience: int | None = Field(3, ge=1, description="evaluations without a better dev macro F1")
 
@@ -104,6 +106,15 @@ def fit_student(cfg: ClsTrainConfig, train_set: list[Example], dev_set: list[Exa
                             cfg.strategy, cfg.max_length, output_dir)
 
 
+def tiny_dev_warning(dev_set: list[Example], labels: list[str]) -> str | None:
+    """Best-epoch choice and early stopping on a handful of dev texts follow chance, not the model: say so."""
+    if not dev_set or len(dev_set) >= DEV_EXAMPLES_PER_LABEL * len(labels):
+        return None
+    return (f"the dev set has only {len(dev_set)} examples (fewer than {DEV_EXAMPLES_PER_LABEL} per label), so the "
+            "epoch chosen by dev macro F1 is mostly chance; with this little data train on everything for a fixed "
+            "number of epochs (dev_fraction=0, see configs/cls.yaml) or use strategy.fewshot")
+
+
 def train(cfg: ClsTrainConfig) -> tuple[RunDir, dict]:
     """Train a text classifier and evaluate it on dev; returns the run directory and its metrics."""
     if not cfg.train:
@@ -126,15 +137,20 @@ def train(cfg: ClsTrainConfig) -> tuple[RunDir, dict]:
     with open_run(cfg.output, cfg.name, cfg) as run:
         get_logger().info("training %s on %d examples (dev %d, labels %s) in %s", cfg.model, len(train_set),
                           len(dev_set), labels, run.path)
+        warnings = [w for w in [tiny_dev_warning(dev_set, labels)] if w]
+        for warning in warnings:
+            get_logger().warning(warning)
         result, truncated = fit_student(cfg, train_set, dev_set, labels, model_path, run.path)
         metrics: dict = {"train_examples": len(train_set), "dev_examples": len(dev_set), "labels": labels,
                          "multi_label": cfg.multi_label, "train_seconds": round(result.seconds, 2),
-                         "truncated_examples": truncated, "strategies": result.strategies, "history": result.history}
+                         "truncated_examples": truncated, "strategies": result.strategies, "warnings": warnings,
+                         "history": result.history}
         if dev_set:
             metrics["dev"], _ = evaluate_examples(load_classifier(result.model_dir), dev_set,
                                                   cfg.training.per_device_eval_batch_size)
+        notes = [Section("Warnings", [Paragraph(w) for w in warnings])] if warnings else []
         run.finish(metrics, f"Text classification training: {cfg.name}",
-                   cls_report_sections(metrics.get("dev"), result.history))
+                   notes + cls_report_sections(metrics.get("dev"), result.history))
     return run, metrics
 
 
