@@ -49,6 +49,7 @@ from adaptlab.tuning.families import ENCODER_SEQUENCE
 from adaptlab.tuning.fewshot_model import FewshotClassifier, FewshotHead
 from adaptlab.tuning.strategies import register
 from adaptlab.tuning.strategies.base import Strategy
+from adaptlab.tuning.strategies.layers import depth_lr_factors
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -189,9 +190,8 @@ def embed_batch(body: SentenceTransformer, texts: list[str], normalize: bool = F
 def layer_lr_factors(body: SentenceTransformer, decay: float) -> dict[int, float]:
     """``id(parameter) -> d^(L-1-i)`` for layer i of L, ``d^L`` for the embeddings, 1 for the rest."""
     transformer = body.transformers_model
-    depth = len(ENCODER_SEQUENCE.layers(transformer))
-    factors = {key: decay ** depth if where == "embeddings" else decay ** (depth - 1 - where) if isinstance(where, int)
-               else 1.0 for key, where in ENCODER_SEQUENCE.positions(transformer).items()}
+    by_position = depth_lr_factors(len(ENCODER_SEQUENCE.layers(transformer)), decay)
+    factors = {key: by_position[where] for key, where in ENCODER_SEQUENCE.positions(transformer).items()}
     return {id(p): factors.get(id(p), 1.0) for p in body.parameters()}
 
 

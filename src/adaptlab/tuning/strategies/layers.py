@@ -51,6 +51,11 @@ def count_layers(strategy: str, family: Family, model: Any) -> int:
         raise StrategyError(strategy, f"{exc}; this strategy works by layer, so it needs them") from None
 
 
+def depth_lr_factors(total: int, xi: float, head: float = 1.0) -> dict[Position, float]:
+    """Layer-wise decay (module docstring): ``{"head": m, i: xi^(L-1-i), "embeddings": xi^L}`` for ``L = total``."""
+    return {"embeddings": xi ** total, **{i: xi ** (total - 1 - i) for i in range(total)}, "head": head}
+
+
 class GradualUnfreezingConfig(StrictModel):
     """ULMFiT's gradual unfreezing: one more layer from the top every ``every`` ``unit``s, the embeddings last."""
 
@@ -108,8 +113,7 @@ class Layers(Strategy):
         xi, head = self.config.lr_decay or 1.0, self.config.head_lr_multiplier
         if xi == 1.0 and head == 1.0:
             return {}
-        total = len(self.family.layers(model))
-        self.lr_factors = {"embeddings": xi ** total, **{i: xi ** (total - 1 - i) for i in range(total)}, "head": head}
+        self.lr_factors = depth_lr_factors(len(self.family.layers(model)), xi, head)
         return {key: self.lr_factors[position] for key, position in self.family.positions(model).items()}
 
     def trainable(self, state: Any) -> frozenset[Position]:
