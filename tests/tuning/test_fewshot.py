@@ -258,6 +258,7 @@ def test_refuses_strategies_it_would_not_apply():
 
 def test_cls_train_and_evaluate_run_the_real_fewshot_strategy(tmp_path, tiny_bert_dir):
     from adaptlab.recipes.cls import ClsEvalConfig, ClsTrainConfig, evaluate
+    from adaptlab.recipes.cls import predict as cls_predict
     from adaptlab.recipes.cls import train as cls_train
 
     data = tmp_path / "train.txt"
@@ -269,5 +270,7 @@ def test_cls_train_and_evaluate_run_the_real_fewshot_strategy(tmp_path, tiny_ber
     summary = metrics["strategies"]["fewshot"]
     assert (summary["examples"], summary["pairs"], summary["seed"]) == (8, 2 * 2 * 8, 5)
     report, _ = evaluate(ClsEvalConfig(model=str(run.path), data=str(data)))
-    assert report["accuracy"] == pytest.approx(np.mean(
-        FewshotClassifier.load(run.path / "model").predict_proba(TEXTS).argmax(axis=1) == [1] * 6 + [0] * 6))
+    probabilities = FewshotClassifier.load(run.path / "model").predict_proba(TEXTS)
+    assert report["accuracy"] == pytest.approx(np.mean(probabilities.argmax(axis=1) == [1] * 6 + [0] * 6))
+    predicted = cls_predict(str(run.path), TEXTS[:3])
+    assert [row["label"] for row in predicted] == [metrics["labels"][k] for k in probabilities[:3].argmax(axis=1)]
