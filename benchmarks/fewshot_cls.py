@@ -25,6 +25,7 @@ arm c's ``strategy.fewshot`` settings there (recorded with each run).
     python benchmarks/fewshot_cls.py --datasets cr --shots 8 --draws 1 --arms b,c     # a smoke run
     python benchmarks/fewshot_cls.py --data /path/to/shared/data/fewshot ...          # data elsewhere
     python benchmarks/fewshot_cls.py --dev --draws 2 --arms c --fewshot num_iterations=10
+    python benchmarks/fewshot_cls.py --shots 8 --draws 1 --report    # tables and JSON from the cached runs only
 """
 
 from __future__ import annotations
@@ -297,6 +298,7 @@ def main() -> None:
     parser.add_argument("--fewshot", nargs="*", default=[], metavar="KEY=VALUE",
                         help="with --dev: strategy.fewshot settings of arms c and d")
     parser.add_argument("--data", type=Path, default=DATA, help=f"the fewshot data folder (default {DATA})")
+    parser.add_argument("--report", action="store_true", help="run nothing: summarise the planned runs already cached")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -316,7 +318,7 @@ def main() -> None:
             for d in datasets for s in args.shots.split(",") for k in range(args.draws) for a in arms]
     cache_path = RESULTS / f"fewshot_cls{'_dev' if args.dev else ''}_runs.jsonl"
     cache = read_cache(cache_path)
-    todo = [spec for spec in plan if run_key(spec) not in cache]
+    todo = [] if args.report else [spec for spec in plan if run_key(spec) not in cache]
     print(f"{len(plan)} runs planned, {len(plan) - len(todo)} already in {cache_path.name}, {len(todo)} to run")
     failures = []
     with progress_bar() as progress:
