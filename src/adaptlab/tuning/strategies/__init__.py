@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, create_model
+from pydantic import BaseModel, create_model, model_serializer
 
 from adaptlab.config import StrictModel
 from adaptlab.tuning.families import Family
@@ -21,10 +21,18 @@ def register(config_class: type[BaseModel], strategy_class: type[Strategy]) -> N
     REGISTRY[strategy_class.name] = (config_class, strategy_class)
 
 
+class ChosenStrategies(StrictModel):
+    """Base of the ``strategy:`` block: it is written (config.yaml, metrics) with the chosen strategies only."""
+
+    @model_serializer(mode="wrap")
+    def _chosen_only(self, handler: Any) -> dict[str, Any]:
+        return {name: section for name, section in handler(self).items() if section is not None}
+
+
 def block_model() -> type[StrictModel]:
     """The ``strategy:`` block: one optional section per registered strategy (an unknown name is an error)."""
     fields: dict[str, Any] = {name: (config | None, None) for name, (config, _) in REGISTRY.items()}
-    return create_model("StrategyBlock", __base__=StrictModel, __doc__="Tuning strategies to apply.", **fields)
+    return create_model("StrategyBlock", __base__=ChosenStrategies, __doc__="Tuning strategies to apply.", **fields)
 
 
 def resolve(block: BaseModel, family: Family, model: Any) -> list[Strategy]:
