@@ -186,3 +186,12 @@ def test_spacy_jsonl_written_by_io_is_valid_json_lines(tmp_path):
     path = save_records([FROGS], tmp_path / "p.jsonl", fmt="prodigy")
     (obj,) = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
     assert obj["relations"][0]["head"] == 0 and obj["relations"][0]["child"] == 3
+
+
+def test_text_lines_end_only_at_newlines(tmp_path):
+    """U+0085 (NEL), U+2028 and \\x0b inside a line are text (subj.all holds NEL), not line ends."""
+    from adaptlab.data.records import read_text_lines
+
+    path = tmp_path / "lines.txt"
+    path.write_bytes("1 a\u0085b\n0 c\u2028d\x0be\r\n1 f\rg".encode())
+    assert read_text_lines(path) == ["1 a\u0085b", "0 c\u2028d\x0be", "1 f", "g"]

@@ -13,6 +13,7 @@ edge; BIO tags exist only at the model boundary.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -116,6 +117,9 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+LINE_END = re.compile(r"\r\n|\r|\n")
+
+
 def read_text_lines(path: str | Path) -> list[str]:
     """Read a UTF-8 text file as lines, with errors that name the file (and line for bad bytes)."""
     path = Path(path)
@@ -136,7 +140,9 @@ def read_text_lines(path: str | Path) -> list[str]:
         ) from None
     if not text.strip():
         raise DataError("file is empty", path)
-    return text.splitlines()
+    # only \n, \r\n and \r end a line: str.splitlines() would also split inside a line at U+0085, U+2028, \x0b, ...
+    lines = LINE_END.split(text)
+    return lines[:-1] if lines[-1] == "" else lines
 
 
 def iter_json_lines(path: str | Path) -> Iterator[tuple[int, Any]]:
