@@ -56,6 +56,8 @@ benchmark: $(REAL_STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/cpt_real.py
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/teacher_real.py
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/fault_probes.py
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/ner_peft.py
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/fewshot_cls.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info
