@@ -274,3 +274,12 @@ def test_cls_train_and_evaluate_run_the_real_fewshot_strategy(tmp_path, tiny_ber
     assert report["accuracy"] == pytest.approx(np.mean(probabilities.argmax(axis=1) == [1] * 6 + [0] * 6))
     predicted = cls_predict(str(run.path), TEXTS[:3])
     assert [row["label"] for row in predicted] == [metrics["labels"][k] for k in probabilities[:3].argmax(axis=1)]
+
+
+def test_cls_train_refuses_another_strategy_beside_fewshot(tmp_path, tiny_bert_dir, run_cli):
+    data = tmp_path / "train.txt"
+    data.write_text("".join(f"{names[0]} {text}\n" for text, names in zip(TEXTS, LABELS)), encoding="utf-8")
+    code, _, err = run_cli("cls", "train", "--train", data, "--model", tiny_bert_dir, "--output", tmp_path / "run",
+                           "strategy.fewshot.num_iterations=1", "strategy.layers.lr_decay=0.9")
+    assert code == 2 and "strategy.fewshot" in err and "strategy.fewshot.lr_decay" in err
+    assert not (tmp_path / "run").exists()

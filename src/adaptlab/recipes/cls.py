@@ -97,8 +97,12 @@ def fit_student(cfg: ClsTrainConfig, train_set: list[Example], dev_set: list[Exa
     fine-tuning of a sequence classifier; returns the fit and the count of truncated examples (if known)."""
     fewshot = getattr(cfg.strategy, "fewshot", None)
     if fewshot is not None:
-        from adaptlab.tuning.strategies.fewshot import train_fewshot
+        from adaptlab.tuning.families import ENCODER_SEQUENCE
+        from adaptlab.tuning.strategies.fewshot import Fewshot, train_fewshot
 
+        others = dict.fromkeys(name for name in cfg.strategy.model_dump() if name != "fewshot")
+        Fewshot(fewshot, ENCODER_SEQUENCE).check(None, others)  # it trains alone: others would silently not apply
+        fewshot = fewshot.model_copy(update={"progress": fewshot.progress and cfg.training.progress})
         result = train_fewshot([e.text for e in train_set], [e.labels for e in train_set], labels, cfg.multi_label,
                                model_path, fewshot, cfg.training.seed, output_dir)
         return result, None
