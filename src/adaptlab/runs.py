@@ -94,6 +94,11 @@ def atomic_write_json(path: str | Path, obj: Any) -> Path:
     return atomic_write_text(path, text + "\n")
 
 
+def atomic_write_jsonl(path: str | Path, rows: Any) -> Path:
+    """One JSON object per line (UTF-8, non-ASCII kept), written atomically."""
+    return atomic_write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+
+
 def finite_or_null(obj: Any) -> Any:
     """``obj`` with every float that is NaN or ±Inf (in dicts, lists and tuples) replaced by None."""
     if isinstance(obj, float):

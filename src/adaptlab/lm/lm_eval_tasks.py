@@ -41,7 +41,7 @@ from adaptlab.data.records import iter_json_lines
 from adaptlab.errors import DataError
 from adaptlab.lm.mc_tasks import MCItem, MCTask, load_mc_task
 from adaptlab.metrics.lm import read_text_file
-from adaptlab.runs import atomic_write_text, refuse_existing
+from adaptlab.runs import atomic_write_jsonl, atomic_write_text, refuse_existing
 
 YAML_SUFFIXES = (".yaml", ".yml")
 SUPPORTED_KEYS = {"task", "dataset_path", "dataset_name", "dataset_kwargs", "test_split", "validation_split",
@@ -251,7 +251,7 @@ def _write_task(output_dir: str | Path, name: str, rows: list[dict[str, Any]], s
     data = output / f"{name}.jsonl"
     config = {"task": name, "dataset_path": "json", "dataset_kwargs": {"data_files": {"test": str(data.resolve())}},
               "test_split": "test", **settings}
-    atomic_write_text(data, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+    atomic_write_jsonl(data, rows)
     return atomic_write_text(output / f"{name}.yaml", yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
 
 

@@ -6,7 +6,6 @@ Read top to bottom: validate config -> read examples -> fit a student (encoder f
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,7 +19,7 @@ from adaptlab.ie.models import DEFAULT_STUDENT, resolve_student
 from adaptlab.ie.text_classifier import decide, load_classifier, train_classifier
 from adaptlab.metrics.classification import text_classification_report
 from adaptlab.report.html import Paragraph, Section, cls_report_sections
-from adaptlab.runs import RunDir, atomic_write_text, get_logger, open_run, refuse_existing
+from adaptlab.runs import RunDir, atomic_write_jsonl, get_logger, open_run, refuse_existing
 from adaptlab.tuning.encoder_fit import EncoderTrainerSettings, FitResult
 from adaptlab.tuning.strategies import StrategyBlock
 
@@ -188,4 +187,4 @@ def predict(model_dir: str, texts: list[str], output: str | None = None) -> list
 
 
 def write_jsonl(rows: list[dict], path: Path) -> None:
-    atomic_write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+    atomic_write_jsonl(path, rows)

@@ -35,7 +35,7 @@ from adaptlab.metrics.lm import perplexity, read_text_file
 from adaptlab.models.checks import check_local_model
 from adaptlab.models.gguf import resolve_model
 from adaptlab.report.html import KeyValues, Paragraph, Section, Table
-from adaptlab.runs import RunDir, atomic_write_text, get_logger, open_run, progress_bar
+from adaptlab.runs import RunDir, atomic_write_jsonl, get_logger, open_run, progress_bar
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 PACKAGED_PREFIX = "packaged:"
@@ -259,20 +259,17 @@ def _write_predictions(run: RunDir, model_name: str, scores: dict[str, Any], exa
     folder = run.path / "predictions" / model_name
     for text_name, result in scores["perplexity"].items():
         documents = result.pop("document_loglikelihoods")
-        _write_jsonl(folder / f"ppl_{text_name}.jsonl",
+        atomic_write_jsonl(folder / f"ppl_{text_name}.jsonl",
                      [{"document": i, "loglikelihood": ll} for i, ll in enumerate(documents)])
     for task_name, result in scores["mc"].items():
-        _write_jsonl(folder / f"mc_{task_name}.jsonl", result.pop("predictions"))
+        atomic_write_jsonl(folder / f"mc_{task_name}.jsonl", result.pop("predictions"))
     probe = scores.get("probe", {})
     if "responses" in probe:
         responses = probe.pop("responses")
-        _write_jsonl(folder / "probe.jsonl", responses)
+        atomic_write_jsonl(folder / "probe.jsonl", responses)
         probe["examples"] = responses[:examples]
     return scores
 
-
-def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    atomic_write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
 
 def _work_units(inputs: EvalInputs, tokenizer) -> int:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from contextlib import nullcontext
 
 from pydantic import Field
@@ -20,7 +19,7 @@ from adaptlab.ie.pairs import derive_relations, triples_by_document
 from adaptlab.ie.relations import RelationExample, REPredictor, relation_examples, train_re
 from adaptlab.metrics.classification import classification_prf, triple_prf
 from adaptlab.report.html import Section, Table
-from adaptlab.runs import RunDir, atomic_write_text, get_logger, open_run, refuse_existing
+from adaptlab.runs import RunDir, atomic_write_jsonl, get_logger, open_run, refuse_existing
 from adaptlab.tuning.encoder_fit import EncoderTrainerSettings
 from adaptlab.tuning.strategies import StrategyBlock
 
@@ -129,8 +128,8 @@ def evaluate(cfg: REEvalConfig) -> tuple[dict, RunDir | None]:
         get_logger().info("evaluating %s on %s (%d relation examples)", cfg.model, cfg.data, len(examples))
         scores, predictions = _scores(predictor, examples)
         if run:
-            atomic_write_text(run.path / "predictions.jsonl",
-                              "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in predictions))
+            atomic_write_jsonl(run.path / "predictions.jsonl",
+                              predictions)
             run.finish({"model": cfg.model, "data": cfg.data, "examples": len(examples), **scores},
                        f"RE evaluation of {cfg.model} on {cfg.data}", _classification_sections(scores, cfg.data))
     return scores, run

@@ -16,13 +16,12 @@ and, with the same teacher answers, writes byte-identical ``records.jsonl``.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections import Counter
 from dataclasses import asdict
 
 from adaptlab.data.records import Record, write_records
 from adaptlab.report.html import KeyValues, Paragraph, Section, Table
-from adaptlab.runs import RunDir, atomic_write_text, get_logger, open_run
+from adaptlab.runs import RunDir, atomic_write_jsonl, get_logger, open_run
 from adaptlab.synth import generate as gen
 from adaptlab.synth.config import SynthConfig
 from adaptlab.teacher.base import Sampling
@@ -57,10 +56,10 @@ def generate(cfg: SynthConfig) -> tuple[RunDir, dict]:
         rejects += invalid
 
         write_records(records, run.path / "records.jsonl")
-        atomic_write_text(run.path / "rejects.jsonl",
-                          "".join(json.dumps(r.to_json(), ensure_ascii=False) + "\n" for r in rejects))
-        atomic_write_text(run.path / "subjects.jsonl",
-                          "".join(json.dumps(asdict(s), ensure_ascii=False) + "\n" for s in subjects))
+        atomic_write_jsonl(run.path / "rejects.jsonl",
+                          (r.to_json() for r in rejects))
+        atomic_write_jsonl(run.path / "subjects.jsonl",
+                          (asdict(s) for s in subjects))
         metrics = accounting(records, rejects, proposed, len(subjects), runner_stats)
         if cfg.subjects.groups:
             asked = len(cfg.subjects.groups) * cfg.subjects.per_group
