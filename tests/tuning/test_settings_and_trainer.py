@@ -126,3 +126,47 @@ def test_weighted_loss_with_unit_weights_is_the_models_own_loss():
     assert ours.item() == pytest.approx(out.loss.item(), abs=1e-6)
     zero = weighted_causal_lm_loss(out.logits, labels, torch.zeros_like(labels, dtype=torch.float))
     assert zero.item() == 0.0 and zero.requires_grad
+
+
+class TeacherColumn(Strategy):
+    """A strategy with an extra dataset column: it halves the task loss and adds the column's mean as a term."""
+
+    name = "teacher_column"
+    extra_columns = ("teacher_score",)
+
+    def __init__(self):
+        super().__init__(None, ENCODER_TOKEN)
+        self.seen: list[float] = []
+
+    def task_loss_weight(self):
+        return 0.5
+
+    def loss_terms(self, model, inputs, outputs):
+        if "teacher_score" not in inputs:
+            return {}
+        self.seen.append(float(inputs["teacher_score"].float().mean()))
+        return {"column": inputs["teacher_score"].float().mean() * 0.0 + 3.0}
+
+
+def test_extra_columns_reach_the_loss_but_not_the_model_and_the_task_loss_is_weighted(tmp_path):
+    model = tiny_bert().eval()  # no dropout: the two forward passes must agree
+    args = training_arguments(TrainerSettings(learning_rate=1e-3), tmp_path)
+    strategy = TeacherColumn()
+    trainer = StrategyTrainer(model=model, args=args, strategies=[strategy])
+    ids = torch.randint(1, 50, (2, 6), generator=torch.Generator().manual_seed(0))
+    labels = torch.randint(0, 3, (2, 6), generator=torch.Generator().manual_seed(1))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels,
+             "teacher_score": torch.tensor([1.0, 2.0])}
+    own = model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels).loss
+    loss = trainer.compute_loss(model, batch)  # forward() would refuse the unknown teacher_score keyword
+    assert loss.item() == pytest.approx(0.5 * own.item() + 3.0, abs=1e-5)
+    assert strategy.seen == [1.5]
+    assert "teacher_score" in batch  # the caller's batch is not changed
+
+
+def test_a_batch_without_any_gold_label_has_a_zero_task_loss_not_nan(tmp_path):
+    model = tiny_bert()
+    trainer = StrategyTrainer(model=model, args=training_arguments(TrainerSettings(), tmp_path))
+    ids = torch.randint(1, 50, (2, 6), generator=torch.Generator().manual_seed(0))
+    loss = trainer.compute_loss(model, {"input_ids": ids, "labels": torch.full_like(ids, -100)})
+    assert loss.item() == 0.0 and loss.requires_grad

@@ -35,7 +35,7 @@ from adaptlab.models.adapters import load_pretrained
 from adaptlab.runs import get_logger, seed_everything
 from adaptlab.tuning.encoder_fit import EncoderTrainerSettings, fit
 from adaptlab.tuning.families import ENCODER_TOKEN
-from adaptlab.tuning.strategies import StrategyBlock, prepare
+from adaptlab.tuning.strategies import StrategyBlock, TaskData, prepare, train_dataset
 
 
 @dataclass
@@ -50,6 +50,7 @@ class NERTrainResult:
 
 
 def _dataset(records: Sequence[Record], tokenizer, label2id, max_length: int):
+    """Training rows of ``records`` (first-subword label ids; all ignored when ``label2id`` is None)."""
     from datasets import Dataset
 
     rows, truncated = [], 0
@@ -122,8 +123,12 @@ def train_ner(
         model_name_or_path, num_labels=len(labels), id2label=id2label, label2id=label2id
     )
     max_length = sequence_limit(model, tokenizer, max_length)
-    model, strategies = prepare(strategy or StrategyBlock(), ENCODER_TOKEN, model)
+    task = TaskData(output_dir, tokenizer, [r.text for r in train], labels,
+                    lambda texts: _dataset([Record(text=t) for t in texts], tokenizer, None, max_length)[0],
+                    max_length, training.seed)
+    model, strategies = prepare(strategy or StrategyBlock(), ENCODER_TOKEN, model, task)
     train_ds, truncated = _dataset(train, tokenizer, label2id, max_length)
+    train_ds = train_dataset(strategies, train_ds, task)
     dev_ds = None
     if dev:
         dev_ds, dev_truncated = _dataset(dev, tokenizer, label2id, max_length)

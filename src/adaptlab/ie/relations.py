@@ -27,7 +27,7 @@ from adaptlab.models.adapters import load_pretrained
 from adaptlab.runs import seed_everything
 from adaptlab.tuning.encoder_fit import EncoderTrainerSettings, fit
 from adaptlab.tuning.families import ENCODER_SEQUENCE
-from adaptlab.tuning.strategies import StrategyBlock, prepare
+from adaptlab.tuning.strategies import StrategyBlock, TaskData, prepare, train_dataset
 
 
 @dataclass
@@ -120,8 +120,9 @@ def train_re(
     )
     model.resize_token_embeddings(len(tokenizer))
     max_length = sequence_limit(model, tokenizer, max_length)
-    model, strategies = prepare(strategy or StrategyBlock(), ENCODER_SEQUENCE, model)
-    train_ds = _dataset(train, tokenizer, label2id, max_length)
+    task = TaskData(output_dir, tokenizer, [e.marked for e in train], labels, None, max_length, training.seed)
+    model, strategies = prepare(strategy or StrategyBlock(), ENCODER_SEQUENCE, model, task)
+    train_ds = train_dataset(strategies, _dataset(train, tokenizer, label2id, max_length), task)
     dev_ds = _dataset(dev, tokenizer, label2id, max_length) if dev else None
     done = fit(model, tokenizer, DataCollatorWithPadding(tokenizer), _weighted_f1(id2label), "weighted_f1",
                train_ds, dev_ds, training, output_dir, strategies)

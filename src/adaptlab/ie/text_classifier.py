@@ -26,7 +26,8 @@ from adaptlab.metrics.classification import text_classification_report
 from adaptlab.runs import get_logger, seed_everything
 from adaptlab.tuning.encoder_fit import EncoderTrainerSettings, FitResult, fit
 from adaptlab.tuning.families import ENCODER_SEQUENCE
-from adaptlab.tuning.strategies import prepare
+from adaptlab.tuning.strategies import TaskData, prepare, train_dataset
+from adaptlab.tuning.trainer import IGNORE_INDEX
 
 MULTI_LABEL_THRESHOLD = 0.5
 FEWSHOT_HEAD = "fewshot_head.json"  # marks a model directory written by strategy.fewshot
@@ -49,15 +50,24 @@ def targets(examples: Sequence[Example], labels: Sequence[str], multi_label: boo
 
 def _dataset(examples: Sequence[Example], labels: Sequence[str], multi_label: bool, tokenizer, max_length: int):
     """Tokenized examples (cut to ``max_length`` subwords) and how many were longer than that."""
-    from datasets import Dataset
-
     texts = [example.text for example in examples]
     full_lengths = [len(ids) for ids in tokenizer(texts)["input_ids"]]
-    encoded = tokenizer(texts, truncation=True, max_length=max_length)
-    rows = [{"input_ids": ids, "attention_mask": mask, "labels": target, "length": len(ids)}
-            for ids, mask, target in zip(encoded["input_ids"], encoded["attention_mask"],
-                                         targets(examples, labels, multi_label))]
-    return Dataset.from_list(rows), sum(length > max_length for length in full_lengths)
+    return (_rows(texts, targets(examples, labels, multi_label), tokenizer, max_length),
+            sum(length > max_length for length in full_lengths))
+
+
+def _rows(texts: Sequence[str], label_rows: Sequence, tokenizer, max_length: int):
+    from datasets import Dataset
+
+    encoded = tokenizer(list(texts), truncation=True, max_length=max_length)
+    return Dataset.from_list([{"input_ids": ids, "attention_mask": mask, "labels": target, "length": len(ids)}
+                              for ids, mask, target in zip(encoded["input_ids"], encoded["attention_mask"],
+                                                           label_rows)])
+
+
+def unlabeled_rows(texts: Sequence[str], tokenizer, max_length: int):
+    """Rows for texts without a gold label (single-label: the ignored id -100), for strategies that teach them."""
+    return _rows(texts, [IGNORE_INDEX] * len(texts), tokenizer, max_length)
 
 
 def dev_scores(labels: Sequence[str], multi_label: bool):
@@ -93,9 +103,12 @@ def train_classifier(train: Sequence[Example], dev: Sequence[Example] | None, la
         label2id={label: i for i, label in enumerate(labels)},
         problem_type="multi_label_classification" if multi_label else "single_label_classification",
     )
-    model, strategies = prepare(strategy_block, ENCODER_SEQUENCE, model)
     limit = sequence_limit(model, tokenizer, max_length)
+    task = TaskData(output_dir, tokenizer, [example.text for example in train], list(labels),
+                    lambda texts: unlabeled_rows(texts, tokenizer, limit), limit, settings.seed)
+    model, strategies = prepare(strategy_block, ENCODER_SEQUENCE, model, task)
     train_ds, truncated = _dataset(train, labels, multi_label, tokenizer, limit)
+    train_ds = train_dataset(strategies, train_ds, task)
     dev_ds = None
     if dev:
         dev_ds, dev_truncated = _dataset(dev, labels, multi_label, tokenizer, limit)

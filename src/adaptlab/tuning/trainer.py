@@ -16,7 +16,11 @@ task decides only the model, data, collator and metrics. What it adds to ``trans
   :meth:`_get_num_items_in_batch`, so gradient accumulation 4 x batch 2 gives the same update as batch 8. With
   all weights 1 and no factor it equals the model's own token-averaged loss. ``f_t`` (DFT's detached
   probability) scales the numerator only, as in TRL's ``loss_type="dft"``.
-* **Extra loss terms** from :meth:`Strategy.loss_terms` are added to the loss, and **callbacks** appended.
+* **Extra loss terms** from :meth:`Strategy.loss_terms` are added to the loss; the task's own loss is scaled by
+  every strategy's :meth:`Strategy.task_loss_weight` and is 0 for a batch with no gold label at all (rows that
+  only a teacher labels), where the model's own mean over no targets would be NaN. Strategies' ``extra_columns``
+  are kept in the batches for ``loss_terms`` and removed before the model's ``forward``; their ``collator``
+  wraps the task's, and ``transform_inputs`` may replace a training batch. **Callbacks** are appended.
 """
 
 from __future__ import annotations
@@ -70,6 +74,9 @@ class StrategyTrainer(transformers.Trainer):
         callbacks = list(kwargs.pop("callbacks", None) or [])
         for strategy in self.strategies:
             callbacks.extend(strategy.callbacks())
+            if kwargs.get("data_collator") is not None:
+                kwargs["data_collator"] = strategy.collator(kwargs["data_collator"])
+        self.extra_columns = [column for strategy in self.strategies for column in strategy.extra_columns]
         super().__init__(*args, callbacks=callbacks, **kwargs)
 
     # ----------------------------------------------------------------------------------------- optimizer
@@ -98,10 +105,11 @@ class StrategyTrainer(transformers.Trainer):
     # ---------------------------------------------------------------------------------------------- loss
 
     def _set_signature_columns_if_needed(self) -> None:
-        """Keep the ``weights`` column: the model's ``forward`` does not take it, the causal loss does."""
+        """Keep the ``weights`` column (the causal loss reads it) and the strategies' ``extra_columns``."""
         super()._set_signature_columns_if_needed()
-        if self.causal and "weights" not in self._signature_columns:
-            self._signature_columns.append("weights")
+        for column in (["weights"] if self.causal else []) + self.extra_columns:
+            if column not in self._signature_columns:
+                self._signature_columns.append(column)
 
     def _token_factor(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor | None:
         factor = None
@@ -127,24 +135,38 @@ class StrategyTrainer(transformers.Trainer):
 
     def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: Any = None) -> Any:
-        if self._weighted(inputs):
-            inputs = dict(inputs)
-            labels = inputs.pop("labels")
-            weights = inputs.pop("weights", None)
-            outputs = model(**inputs)
+        if model.training:
+            for strategy in self.strategies:
+                inputs = strategy.transform_inputs(model, inputs)
+        model_inputs = {key: value for key, value in inputs.items() if key not in self.extra_columns}
+        if self._weighted(model_inputs):
+            labels = model_inputs.pop("labels")
+            weights = model_inputs.pop("weights", None)
+            outputs = model(**model_inputs)
             factor = self._token_factor(outputs.logits, labels)
             loss = weighted_causal_lm_loss(outputs.logits, labels, weights, factor, num_items_in_batch)
             self.loss_is_scaled_for_ga = num_items_in_batch is not None
             if num_items_in_batch is not None and self.args.average_tokens_across_devices:
                 loss = loss * self.accelerator.num_processes  # DDP averages gradients over processes
+        elif "labels" in model_inputs and not _has_gold(model_inputs["labels"]):
+            self.loss_is_scaled_for_ga = None
+            outputs = model(**{key: value for key, value in model_inputs.items() if key != "labels"})
+            loss = outputs.logits.sum() * 0.0  # no gold label in this batch: only strategies' terms teach
         else:
             self.loss_is_scaled_for_ga = None
-            loss, outputs = super().compute_loss(model, inputs, return_outputs=True,
+            loss, outputs = super().compute_loss(model, model_inputs, return_outputs=True,
                                                  num_items_in_batch=num_items_in_batch)
+        for strategy in self.strategies:
+            loss = loss * strategy.task_loss_weight()
         for strategy in self.strategies:
             for term in strategy.loss_terms(model, inputs, outputs).values():
                 loss = loss + term
         return (loss, outputs) if return_outputs else loss
+
+
+def _has_gold(labels: torch.Tensor) -> bool:
+    """Whether a batch has any gold target: integer labels other than ``-100`` (float multi-hot rows always do)."""
+    return labels.is_floating_point() or bool((labels != IGNORE_INDEX).any())
 
 
 def finalize(strategies: list[Strategy], model: Any) -> Any:

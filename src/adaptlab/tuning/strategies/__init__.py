@@ -12,7 +12,7 @@ from pydantic import BaseModel, create_model, model_serializer
 
 from adaptlab.config import StrictModel
 from adaptlab.tuning.families import Family
-from adaptlab.tuning.strategies.base import Strategy
+from adaptlab.tuning.strategies.base import Strategy, TaskData
 
 REGISTRY: dict[str, tuple[type[BaseModel], type[Strategy]]] = {}
 
@@ -45,12 +45,24 @@ def resolve(block: BaseModel, family: Family, model: Any) -> list[Strategy]:
     return chosen
 
 
-def prepare(block: BaseModel, family: Family, model: Any) -> tuple[Any, list[Strategy]]:
-    """Resolve and check the block's strategies (before step 0), then let each prepare the model in turn."""
+def prepare(block: BaseModel, family: Family, model: Any, task: TaskData | None = None
+            ) -> tuple[Any, list[Strategy]]:
+    """Resolve and check the block's strategies (before step 0); with ``task``, let each do its work before
+    training (:meth:`Strategy.before_training`); then let each prepare the model in turn."""
     strategies = resolve(block, family, model)
+    if task is not None:
+        for strategy in strategies:
+            model = strategy.before_training(model, task)
     for strategy in strategies:
         model = strategy.prepare_model(model)
     return model, strategies
+
+
+def train_dataset(strategies: list[Strategy], dataset: Any, task: TaskData) -> Any:
+    """The training rows after every strategy's :meth:`Strategy.train_dataset`, in turn."""
+    for strategy in strategies:
+        dataset = strategy.train_dataset(dataset, task)
+    return dataset
 
 
 # each strategy module registers itself on import; the block is built from the registry afterwards
