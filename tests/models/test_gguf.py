@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from gguf_files import write_tiny_gguf
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from adaptlab.errors import ModelError
 from adaptlab.models import gguf as gguf_import
 from adaptlab.models.gguf import RECORD_FILE, import_gguf, inspect_gguf, resolve_model
+from gguf_files import write_tiny_gguf
 
 
 @pytest.fixture(autouse=True)

@@ -34,13 +34,13 @@ def resolve_student(name_or_path: str) -> str:
     return name_or_path
 
 
-def saved_model_dir(path: str | Path, head: str) -> Path:
+def saved_model_dir(path: str | Path, head: str, key: str = "model") -> Path:
     """A run directory (with ``model/`` inside) or a model directory, checked to be a model with ``head``
-    (:data:`adaptlab.models.checks.HEADS`)."""
+    (:data:`adaptlab.models.checks.HEADS`); an error names the config ``key``."""
     path = Path(path)
     if (path / "model" / "config.json").exists():
         path = path / "model"
-    check_model_dir(path, head)
+    check_model_dir(path, head, key)
     return path
 
 

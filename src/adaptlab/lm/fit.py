@@ -7,7 +7,8 @@ Read top to bottom:
    main process decides and creates; the others receive the same directory (or the same error).
 2. :func:`fit` loads the model with float32 weights (``training.bf16`` adds mixed precision on top: master
    weights in bf16 would round small updates away; QLoRA loads it quantised), applies the ``strategy:`` block
-   (``tuning.strategies.prepare`` with the causal-LM family), and trains with
+   (``tuning.strategies.prepare`` with the causal-LM family and a ``TaskData`` naming the run directory and the
+   tokenizer, then each strategy's ``train_dataset``: e.g. a distillation teacher's top-k, cached), and trains with
    :class:`~adaptlab.tuning.trainer.StrategyTrainer` (``causal=True``: the loss is ``sum w_t CE_t / sum w_t``
    over the accumulated batch when rows carry SFT ``weights``, else the model's token-averaged loss). The
    ``TrainingArguments`` come from :func:`adaptlab.tuning.settings.training_arguments`, with what causal
@@ -44,7 +45,7 @@ from adaptlab.lm.train import (
 from adaptlab.runs import RunDir, get_logger, keep_on_failure, open_run
 from adaptlab.tuning.families import CAUSAL_LM
 from adaptlab.tuning.settings import resolve_bf16, training_arguments
-from adaptlab.tuning.strategies import prepare
+from adaptlab.tuning.strategies import TaskData, prepare, train_dataset
 from adaptlab.tuning.strategies.base import Strategy
 from adaptlab.tuning.strategies.peft_config import quantization_kwargs
 from adaptlab.tuning.trainer import StrategyTrainer, finalize, summaries
@@ -127,11 +128,14 @@ def fit(cfg: CausalTrainingConfig, run: RunDir, checkpoint: Path | None, model_d
     from transformers import PrinterCallback, set_seed
 
     set_seed(cfg.training.seed)
-    model, strategies = prepare(cfg.strategy, CAUSAL_LM, load_model(cfg, model_dir, tokenizer, tokenizer_source))
+    task = TaskData(run.path, tokenizer, [], max_length=cfg.max_length, seed=cfg.training.seed)
+    model, strategies = prepare(cfg.strategy, CAUSAL_LM, load_model(cfg, model_dir, tokenizer, tokenizer_source),
+                                task)
+    train_rows = train_dataset(strategies, data.train, task)
     # evaluate at step 0 too (the baseline), but not again at the step a resumed run starts from
     args = causal_training_arguments(cfg, run.path / "checkpoints", bool(data.evals), eval_on_start=checkpoint is None)
     trainer = StrategyTrainer(
-        model=model, args=args, train_dataset=data.train, eval_dataset=data.evals or None,
+        model=model, args=args, train_dataset=train_rows, eval_dataset=data.evals or None,
         processing_class=tokenizer, data_collator=PackedCollator(pad_token_id(tokenizer)),
         compute_metrics=TokenNLL.compute_metrics if data.evals else None,
         preprocess_logits_for_metrics=TokenNLL.preprocess_logits_for_metrics if data.evals else None,

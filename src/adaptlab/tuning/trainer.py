@@ -16,7 +16,9 @@ task decides only the model, data, collator and metrics. What it adds to ``trans
   :meth:`_get_num_items_in_batch`, so gradient accumulation 4 x batch 2 gives the same update as batch 8. With
   all weights 1 and no factor it equals the model's own token-averaged loss. ``f_t`` (DFT's detached
   probability) scales the numerator only, as in TRL's ``loss_type="dft"``.
-* **Extra loss terms** from :meth:`Strategy.loss_terms` are added to the loss; the task's own loss is scaled by
+* **Extra loss terms** from :meth:`Strategy.loss_terms` (means over the micro-batch) are added to the loss, divided
+  by the accumulation steps when the task loss is already normalised over the whole step (so both have the same
+  per-step scale with gradient accumulation); the task's own loss is scaled by
   every strategy's :meth:`Strategy.task_loss_weight` and is 0 for a batch with no gold label at all (rows that
   only a teacher labels), where the model's own mean over no targets would be NaN. Strategies' ``extra_columns``
   are kept in the batches for ``loss_terms`` and removed before the model's ``forward``; their ``collator``
@@ -158,10 +160,22 @@ class StrategyTrainer(transformers.Trainer):
                                                  num_items_in_batch=num_items_in_batch)
         for strategy in self.strategies:
             loss = loss * strategy.task_loss_weight()
+        share = self._term_share(model, num_items_in_batch)
         for strategy in self.strategies:
             for term in strategy.loss_terms(model, inputs, outputs).values():
-                loss = loss + term
+                loss = loss + term * share
         return (loss, outputs) if return_outputs else loss
+
+    def _term_share(self, model: Any, num_items_in_batch: Any) -> float:
+        """The factor on the strategies' terms (each a mean over this micro-batch) that puts them on the task
+        loss's scale: ``1 / accumulation steps`` when the task loss is already divided for gradient accumulation
+        (normalised by ``num_items_in_batch``, so the Trainer will not divide it again), else 1."""
+        scaled = self.loss_is_scaled_for_ga
+        if scaled is None:  # the Trainer's own rule (transformers.Trainer.training_step)
+            scaled = (self.model_accepts_loss_kwargs and num_items_in_batch is not None) \
+                or self.compute_loss_func is not None
+        steps = getattr(self, "current_gradient_accumulation_steps", 1)
+        return 1.0 / steps if model.training and scaled and steps > 1 else 1.0
 
 
 def _has_gold(labels: torch.Tensor) -> bool:
