@@ -113,9 +113,11 @@ def test_the_same_tokenizer_with_another_padding_token_is_accepted(dirs, tmp_pat
     assert not any(p.requires_grad for p in strategy.teacher.parameters())
 
 
-def test_missing_teacher_and_a_teacher_with_too_few_rows_are_refused(dirs, tmp_path):
+def test_missing_and_unavailable_teachers_and_a_teacher_with_too_few_rows_are_refused(dirs, tmp_path):
     with pytest.raises(ModelError, match=f"strategy.distill.teacher: {tmp_path / 'nowhere'} does not exist"):
         distiller(tmp_path / "nowhere").before_training(student(dirs), TaskData(tmp_path, tiny_tokenizer(), []))
+    with pytest.raises(StrategyError, match="cannot load the tokenizer of the teacher nobody/no-such-teacher"):
+        distiller("nobody/no-such-teacher").before_training(student(dirs), TaskData(tmp_path, tiny_tokenizer(), []))
     short = save_teacher(tmp_path / "short", rows=VOCAB - 2)
     with pytest.raises(StrategyError, match=f"the teacher has {VOCAB - 2} output rows but the tokenizer has {VOCAB}"):
         distiller(short).before_training(student(dirs), TaskData(tmp_path, tiny_tokenizer(), []))
@@ -280,7 +282,7 @@ def test_a_teacher_saved_without_a_tokenizer_is_refused(dirs, tmp_path):
     torch.manual_seed(0)
     LlamaForCausalLM(LlamaConfig(vocab_size=VOCAB, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                                  num_attention_heads=2, num_key_value_heads=2)).save_pretrained(tmp_path / "bare")
-    refused = "has no loadable tokenizer .* save the teacher with its tokenizer"
+    refused = "cannot load the tokenizer of the teacher .*; a teacher must come with its tokenizer"
     with pytest.raises(StrategyError, match=refused) as caught:
         distiller(tmp_path / "bare").before_training(student(dirs), TaskData(tmp_path, tiny_tokenizer(), []))
     assert "\n" not in str(caught.value)

@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import yaml
 from distill_helpers import other_tokenizer, save_teacher
 from train_helpers import save_tiny_llama, tiny_tokenizer, train_config, write_prepared_corpus, write_sft_jsonl
+
+from adaptlab.config import load_config
+from adaptlab.recipes.lm_train import LMTrainConfig
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -78,3 +82,10 @@ def test_a_missing_teacher_exits_2_naming_the_key(assets, run_cli):
     code, _, err = run_cli("lm", "train", config, f"strategy.distill.teacher={missing}")
     assert code == 2 and f"strategy.distill.teacher: {missing} does not exist" in err
     assert not (assets["root"] / "missing").exists()
+
+
+def test_the_example_config_loads():
+    cfg = load_config(LMTrainConfig, Path(__file__).resolve().parents[2] / "configs" / "lm_distill.yaml")
+    distill = cfg.strategy.distill
+    assert (cfg.mode, distill.loss, distill.top_k, distill.cache_teacher) == ("sft", "forward_kl", 20, True)
+    assert cfg.training.use_liger_kernel is False

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import os
 import random
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -71,7 +70,7 @@ class CausalDistiller(Strategy):
     def __init__(self, config: Any, family: Any):
         super().__init__(config, family)
         self.teacher: Any = None
-        self.teacher_dir: Path | None = None
+        self.teacher_dir: str | None = None
         self.tokenizer: Any = None
         self.vocabulary_rows: dict[str, int] = {}
         self.compared_rows: int | None = None
@@ -188,7 +187,7 @@ class CausalDistiller(Strategy):
 
     def summary(self) -> dict[str, Any]:
         done: dict[str, Any] = {
-            "teacher": str(self.teacher_dir), "loss": self.config.loss, "alpha": self.config.alpha,
+            "teacher": self.teacher_dir, "loss": self.config.loss, "alpha": self.config.alpha,
             "temperature": self.config.temperature, "top_k": self.config.top_k,
             "vocabulary_rows": self.vocabulary_rows, "compared_rows": self.compared_rows,
             "trimmed_rows": (max(self.vocabulary_rows["student"], self.vocabulary_rows["teacher"]) - self.compared_rows
@@ -205,35 +204,41 @@ class CausalDistiller(Strategy):
 # ------------------------------------------------------------------------------------------------ teacher
 
 
-def teacher_directory(path: str) -> Path:
-    """The teacher's model directory: ``path`` itself or its ``model/`` (an adaptlab run), checked to be a causal LM."""
+def teacher_directory(name: str) -> str:
+    """The teacher's model directory: a path itself or its ``model/`` (an adaptlab run), checked to be a causal LM;
+    a hub name is left to transformers (its cache, or a download)."""
     from adaptlab.ie.models import saved_model_dir
+    from adaptlab.models.checks import looks_local
 
-    return saved_model_dir(path, "causal_lm", key="strategy.distill.teacher")
+    return str(saved_model_dir(name, "causal_lm", key="strategy.distill.teacher")) if looks_local(name) else name
 
 
-def load_teacher_tokenizer(model_dir: Path) -> Any:
+def load_teacher_tokenizer(name: str) -> Any:
     """The tokenizer saved with the teacher; without one the ids cannot be checked, which is refused."""
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(model_dir)
+        return AutoTokenizer.from_pretrained(name)
     except (OSError, ValueError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise StrategyError("distill", f"the teacher {model_dir} has no loadable tokenizer ({reason}), so nothing "
-                            "shows that it reads the student's token ids; save the teacher with its tokenizer"
-                            ) from None
+        raise StrategyError("distill", f"cannot load the tokenizer of the teacher {name} ({first_line(exc)}); a "
+                            "teacher must come with its tokenizer, so that its token ids can be checked against the "
+                            "student's") from None
 
 
-def load_teacher(model_dir: Path) -> Any:
+def load_teacher(name: str) -> Any:
     """The teacher, frozen, in eval mode; bf16 where CUDA supports it, else float32 (logits are compared in
     float32 at least)."""
     from transformers import AutoModelForCausalLM
 
     dtype = torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
     try:
-        teacher = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
+        teacher = AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
     except (OSError, ValueError) as exc:
-        raise ModelError(f"strategy.distill.teacher: cannot load {model_dir} as a causal LM ({exc})") from None
+        raise ModelError(f"strategy.distill.teacher: cannot load {name} as a causal LM ({first_line(exc)})") from None
     teacher.requires_grad_(False)
     return teacher.eval()
+
+
+def first_line(exc: Exception) -> str:
+    """An exception's message in one line (transformers' loading errors run over several)."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

@@ -29,11 +29,12 @@ class DistillConfig(StrictModel):
     """Distil a teacher into the student being trained (see the module docstring)."""
 
     teacher: str = Field(description="the teacher: a saved adaptlab model (run directory or model directory) of "
-                                     "the same task, or for causal LMs any causal LM with the same tokenizer")
+                                     "the same task, or for causal LMs any causal LM (directory or hub name) "
+                                     "saved with the student's tokenizer")
     alpha: float = Field(0.5, ge=0, le=1, description="weight of the KD term; the gold-label loss gets 1 - alpha")
     temperature: float = Field(2.0, gt=0, description="softens both distributions; the KD term is scaled by T^2")
-    cache_teacher: bool = Field(True, description="compute the teacher's outputs once before training (top-k per "
-                                                  "token for causal LMs), not at every epoch")
+    cache_teacher: bool = Field(True, description="compute the teacher's outputs once before training, not at every "
+                                                  "epoch (causal LMs: its top-k per token, so only with top_k)")
     # encoder students
     unlabeled: list[str] = Field(default_factory=list,
                                  description="files of unlabeled texts (one per line, or records JSONL) that the "
@@ -43,7 +44,8 @@ class DistillConfig(StrictModel):
     # causal LMs
     loss: Literal["forward_kl", "reverse_kl", "jsd"] = Field("forward_kl", description="causal LMs: the divergence")
     beta: float = Field(0.5, ge=0, le=1, description="jsd: the mixture weight (0 is forward KL, 1 reverse KL)")
-    top_k: int | None = Field(None, ge=1, description="causal LMs: compare over the teacher's top-k tokens only")
+    top_k: int | None = Field(None, ge=1, description="causal LMs: compare over the teacher's top-k tokens only "
+                                                      "(both distributions renormalised over them)")
     on_policy_fraction: float = Field(0.0, ge=0, le=1, description="causal LMs: share of batches replaced by the "
                                                                    "student's own generations (GKD's lambda)")
     max_new_tokens: int = Field(64, ge=1, description="causal LMs: length of on-policy generations")
