@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import random
+from types import SimpleNamespace
 
 import datasets
 import pytest
@@ -236,6 +237,20 @@ def test_on_policy_batches_come_at_the_seeded_fraction(dirs, tmp_path):
     assert 0.3 - 0.08 < sum(drawn[0]) / 120 < 0.3 + 0.08
     never = ready(dirs, tmp_path, model=model)
     assert all(never.transform_inputs(model, batch) is batch for _ in range(20))
+
+
+def test_a_resumed_run_continues_the_same_draws(dirs, tmp_path):
+    model = student(dirs)
+    batch = PackedCollator(0)(rows(2))
+    first = ready(dirs, tmp_path, model=model, on_policy_fraction=0.4, max_new_tokens=1)
+    draws = [(first.transform_inputs(model, batch), first.on_policy_now)[1] for _ in range(10)]
+    resumed = ready(dirs, tmp_path, model=model, on_policy_fraction=0.4, max_new_tokens=1)
+    [callback] = resumed.callbacks()
+    callback.on_train_begin(SimpleNamespace(gradient_accumulation_steps=2), SimpleNamespace(global_step=3), None)
+    assert resumed.summary()["on_policy_batches"] == sum(draws[:6])
+    assert [(resumed.transform_inputs(model, batch), resumed.on_policy_now)[1] for _ in range(4)] == draws[6:]
+    assert resumed.summary()["on_policy_batches"] == sum(draws) and 0 < sum(draws) < 10
+    assert ready(dirs, tmp_path, model=model).callbacks() == []
 
 
 def test_an_on_policy_batch_is_well_formed_and_teaches_by_the_teacher_only(dirs, tmp_path):
