@@ -128,10 +128,10 @@ class CausalDistiller(Strategy):
         get_logger().info("strategy.distill: computing the teacher's top-%d log-probabilities for %d training rows "
                           "once (%s)", self.config.top_k, len(dataset), cache_file)
         device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else None
-        dataset = cache_top_k(dataset, lambda batch: self.teacher_logits({k: v.to(device) for k, v in batch.items()}),
-                              self.config.top_k, pad_token_id(task.tokenizer), cache_file)
-        self.cached = {"rows": len(dataset), "k": self.config.top_k,
-                       "tokens": sum(len(ids) for ids in dataset[TOP_IDS])}
+        dataset, tokens = cache_top_k(dataset,
+                                      lambda batch: self.teacher_logits({k: v.to(device) for k, v in batch.items()}),
+                                      self.config.top_k, pad_token_id(task.tokenizer), cache_file)
+        self.cached = {"rows": len(dataset), "k": self.config.top_k, "tokens": tokens}
         return dataset
 
     def collator(self, collator: Any) -> Any:

@@ -36,13 +36,14 @@ def target_mask(labels: torch.Tensor) -> torch.Tensor:
 
 
 def cache_top_k(dataset: Any, teacher_logits: Callable[[dict[str, torch.Tensor]], torch.Tensor], k: int,
-                pad_token_id: int, cache_file: Path | None = None) -> Any:
-    """``dataset`` with :data:`TOP_IDS` and :data:`TOP_LOG_PROBS` added; ``teacher_logits(batch)`` gives
-    ``[batch, seq, V]`` for a :class:`~adaptlab.lm.packing.PackedCollator` batch. ``cache_file``: where the
-    columns are written (an Arrow file in the run directory), else they are kept in memory."""
+                pad_token_id: int, cache_file: Path | None = None) -> tuple[Any, int]:
+    """``(dataset with TOP_IDS and TOP_LOG_PROBS added, number of target tokens cached)``;
+    ``teacher_logits(batch)`` gives ``[batch, seq, V]`` for a :class:`~adaptlab.lm.packing.PackedCollator` batch.
+    ``cache_file``: where the columns are written (an Arrow file in the run directory), else they stay in memory."""
     import datasets
 
     collate = PackedCollator(pad_token_id)
+    cached_tokens = [0]
 
     def add_top_k(columns: dict[str, list]) -> dict[str, list]:
         rows = [dict(zip(columns, values, strict=True)) for values in zip(*columns.values(), strict=True)]
@@ -52,6 +53,7 @@ def cache_top_k(dataset: Any, teacher_logits: Callable[[dict[str, torch.Tensor]]
             logits = teacher_logits(batch)[:, :-1]
             ids, log_probs = teacher_top_k(logits[mask.to(logits.device)], k)
         counts = mask.sum(dim=1).tolist()
+        cached_tokens[0] += sum(counts)
         return {TOP_IDS: [part.tolist() for part in ids.cpu().split(counts)],
                 TOP_LOG_PROBS: [part.tolist() for part in log_probs.float().cpu().split(counts)]}
 
@@ -60,10 +62,11 @@ def cache_top_k(dataset: Any, teacher_logits: Callable[[dict[str, torch.Tensor]]
                                   TOP_LOG_PROBS: datasets.List(datasets.List(datasets.Value("float32")))})
     if cache_file is not None:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
-    return dataset.map(add_top_k, batched=True, batch_size=CACHE_BATCH_ROWS, features=features,
-                       desc="teacher top-k", load_from_cache_file=False,
-                       cache_file_name=str(cache_file) if cache_file is not None else None,
-                       keep_in_memory=cache_file is None)
+    dataset = dataset.map(add_top_k, batched=True, batch_size=CACHE_BATCH_ROWS, features=features,
+                          desc="teacher top-k", load_from_cache_file=False,
+                          cache_file_name=str(cache_file) if cache_file is not None else None,
+                          keep_in_memory=cache_file is None)
+    return dataset, cached_tokens[0]
 
 
 @dataclass
