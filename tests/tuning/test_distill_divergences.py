@@ -139,8 +139,8 @@ def test_top_k_compares_both_renormalised_over_the_teachers_top_k(batch, loss):
 def test_the_loss_is_never_negative_where_the_distributions_agree():
     """Rounding makes the plain float32 sum slightly negative for some near-equal rows; the loss is clamped at 0."""
     generator = torch.Generator().manual_seed(0)
-    student = 8 * torch.randn(4000, 50, generator=generator)
-    teacher = student + 1e-6 * torch.randn(4000, 50, generator=generator)
+    student = 8 * torch.randn(500, 50, generator=generator)
+    teacher = student + 1e-6 * torch.randn(500, 50, generator=generator)
     log_s, log_t = torch.log_softmax(student, -1), torch.log_softmax(teacher, -1)
     unclamped = (log_t.exp() * (log_t - log_s)).sum(-1)
     assert (unclamped < 0).any()  # what the clamp is for
