@@ -78,19 +78,20 @@ def translate_chat_template(tokenizer: Any) -> ChatTranslation | None:
         return None
     bos = tokenizer.bos_token or ""
     for shape in CHAT_SHAPES:
-        plain_turns = _turns(shape, plain, bos)
-        system_turns = _turns(shape, with_system, bos)
+        plain_turns, system_turns = _turns(shape, plain, bos), _turns(shape, with_system, bos)
         if plain_turns is None or system_turns is None:
             continue
-        default_system = None
-        if plain_turns and plain_turns[0][0] == "system":
-            default_system = plain_turns.pop(0)[1]
-        wanted = [(m["role"], m["content"]) for m in PROBE_CHAT]
-        system_kept = system_turns[:1] and system_turns[0][0] == "system" and \
-            system_turns[0][1].endswith(PROBE_SYSTEM[0]["content"])
-        if plain_turns == wanted and system_kept and system_turns[1:] == [("user", PROBE_SYSTEM[1]["content"])]:
+        default_system = plain_turns.pop(0)[1] if plain_turns[:1] and plain_turns[0][0] == "system" else None
+        # the probe's own system prompt may be extended (Llama 3.1 puts a date in front), never dropped
+        system_kept = bool(system_turns) and system_turns[0][0] == "system" \
+            and system_turns[0][1].endswith(PROBE_SYSTEM[0]["content"])
+        if plain_turns == _pairs(PROBE_CHAT) and system_kept and system_turns[1:] == _pairs(PROBE_SYSTEM[1:]):
             return ChatTranslation(shape, default_system)
     return None
+
+
+def _pairs(messages: list[dict]) -> list[tuple[str, str]]:
+    return [(m["role"], m["content"]) for m in messages]
 
 
 def _render(tokenizer: Any, messages: list[dict]) -> str:
