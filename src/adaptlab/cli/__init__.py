@@ -39,6 +39,7 @@ def _register() -> None:
         demo,
         distill,
         domain_instruct,
+        export,
         extract,
         fractal,
         lm,
@@ -62,6 +63,7 @@ def _register() -> None:
     app.add_typer(fractal.app, name="fractal", help="FRACTAL: sentence scores learned from response-level labels.")
     app.add_typer(lm.app, name="lm", help="Continual pretraining and SFT of causal LMs: prepare, train, evaluate.")
     app.add_typer(model.app, name="model", help="Bring model files into adaptlab (GGUF -> HF directory).")
+    app.add_typer(export.app, name="export", help="Export models for other tools (GGUF for llama.cpp and Ollama).")
     app.add_typer(domain_instruct.app, name="domain-instruct",
                   help="A domain instruct model without instruction data: CPT, chat vector, evaluation.")
     app.command("extract")(extract.extract)
