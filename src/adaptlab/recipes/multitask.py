@@ -52,7 +52,7 @@ class MultitaskTrainerSettings(EncoderTrainerSettings):
 class MultitaskConfig(StrictModel):
     """Config of ``adaptlab multitask train`` (see configs/multitask.yaml)."""
 
-    name: str = "multitask"
+    name: str = Field("multitask", description="names the run directory runs/<time>-<name>")
     model: str = Field(DEFAULT_STUDENT, description="the shared encoder: HF name, local path, or 'minilm' (packaged)")
     tasks: dict[str, TaskConfig] = Field(
         default_factory=dict, validate_default=True,
@@ -62,7 +62,7 @@ class MultitaskConfig(StrictModel):
     temperature: float = Field(2.0, gt=0, description="T of sampling: temperature (1 is proportional)")
     dev_fraction: float = Field(0.1, ge=0, lt=1, description="held out from a task's train when it has no dev file")
     max_length: int = Field(256, ge=8, description="subwords per sequence; longer ones are cut and counted")
-    output: str | None = None
+    output: str | None = Field(None, description="run directory (must not exist); default runs/<time>-<name>")
     training: MultitaskTrainerSettings = MultitaskTrainerSettings()
     strategy: StrategyBlock = StrategyBlock()
 
