@@ -13,7 +13,9 @@
   (``loss_<task>``; this process's batches), so the report can show every task's curve.
 
 Checkpoints hold the plain state dict (encoder and heads once each); training keeps the best epoch by
-``eval_mean_f1``, as the single-task students keep theirs by dev F1.
+``eval_mean_f1``, as the single-task students keep theirs by dev F1. With several processes accelerate deals the
+batches out (each still of one task), and the Trainer wraps this model (not a ``PreTrainedModel``) in DDP with
+``find_unused_parameters``, which the heads of the tasks absent from a batch need. Not tried in multi-process runs.
 """
 
 from __future__ import annotations
