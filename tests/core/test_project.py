@@ -29,6 +29,7 @@ def example_config_models():
     from adaptlab.recipes.lm_evaluate import LMEvalConfig
     from adaptlab.recipes.lm_prepare import PrepareConfig
     from adaptlab.recipes.lm_train import LMTrainConfig
+    from adaptlab.recipes.multitask import MultitaskConfig
     from adaptlab.recipes.zero_shot import ZeroShotConfig
     from adaptlab.synth.config import SynthConfig
 
@@ -37,7 +38,8 @@ def example_config_models():
             "merge_search.yaml": SearchConfig, "fractal.yaml": FractalEvalConfig,
             "fractal_sft.yaml": FractalSFTConfig, "lm_prepare.yaml": PrepareConfig, "lm_cpt.yaml": LMTrainConfig,
             "lm_sft.yaml": LMTrainConfig, "lm_evaluate.yaml": LMEvalConfig,
-            "domain_instruct.yaml": DomainInstructConfig, "cls.yaml": ClsTrainConfig}
+            "domain_instruct.yaml": DomainInstructConfig, "cls.yaml": ClsTrainConfig,
+            "multitask.yaml": MultitaskConfig}
 
 
 def test_every_example_config_validates():

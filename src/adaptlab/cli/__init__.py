@@ -45,6 +45,7 @@ def _register() -> None:
         lm,
         merge,
         model,
+        multitask,
         ner,
         re_cmd,
         synth,
@@ -55,6 +56,7 @@ def _register() -> None:
     app.add_typer(ner.app, name="ner", help="Train, evaluate and run NER students.")
     app.add_typer(re_cmd.app, name="re", help="Train, evaluate and run relation-extraction students.")
     app.add_typer(cls.app, name="cls", help="Train, evaluate and run text classifiers (single- or multi-label).")
+    app.add_typer(multitask.app, name="multitask", help="One encoder, a head per task (NER, RE, classification).")
     app.add_typer(synth.app, name="synth", help="Generate annotated data with a teacher LLM and review it.")
     app.add_typer(teacher.app, name="teacher", help="Use a teacher LLM directly (zero-shot tagging).")
     app.add_typer(distill.app, name="distill", help="The whole teacher-to-student recipe.")

@@ -59,7 +59,8 @@ class REEvalConfig(StrictModel):
     output: str | None = Field(None, description="write a run directory with predictions and report")
 
 
-def _relation_records(path: str, derive: bool = False) -> list[Record]:
+def relation_records(path: str, derive: bool = False) -> list[Record]:
+    """The records of ``path``, relations derived from entity types with ``derive``; a DataError if none has any."""
     records = load_records(path)
     if derive:
         records = [r if r.relations else derive_relations(r) for r in records]
@@ -87,8 +88,8 @@ def train(cfg: RETrainConfig) -> tuple[RunDir, dict]:
     if not cfg.train:
         raise ConfigError("no training data: pass --train FILE or set 'train' in the config")
     model_path = resolve_student(cfg.model)
-    train_records = _relation_records(cfg.train, cfg.derive_relations)
-    dev_records = _relation_records(cfg.dev, cfg.derive_relations) if cfg.dev else None
+    train_records = relation_records(cfg.train, cfg.derive_relations)
+    dev_records = relation_records(cfg.dev, cfg.derive_relations) if cfg.dev else None
     if dev_records is None:
         train_records, dev_records = split_dev(train_records, cfg.dev_fraction, cfg.training.seed)
     train_examples = relation_examples(train_records, cfg.negatives)
@@ -123,7 +124,7 @@ def evaluate(cfg: REEvalConfig) -> tuple[dict, RunDir | None]:
     if cfg.output:
         refuse_existing(cfg.output, "run directory")
     predictor = REPredictor(cfg.model)
-    examples = relation_examples(_relation_records(cfg.data), cfg.negatives)
+    examples = relation_examples(relation_records(cfg.data), cfg.negatives)
     with open_run(cfg.output, "re-eval", cfg) if cfg.output else nullcontext() as run:
         get_logger().info("evaluating %s on %s (%d relation examples)", cfg.model, cfg.data, len(examples))
         scores, predictions = _scores(predictor, examples)

@@ -24,7 +24,7 @@ from torch import nn
 
 from adaptlab.errors import ConfigError
 
-Task = Literal["token_classification", "sequence_classification", "causal_lm"]
+Task = Literal["token_classification", "sequence_classification", "causal_lm", "multitask"]  # multitask: shared encoder
 Position = int | Literal["embeddings", "head"]
 
 
