@@ -236,7 +236,7 @@ def merge_in_slices(method, plan: MergePlan, sources: list[ModelTensors], tensor
         inputs = {i: values.to(torch.float32) for i, values in stored.items()}
         base = inputs[plan.base] if plan.base is not None else None
         generator = tensor_generator(seed, f"{tensor.name}#{k}") if method.uses_density else None
-        merged = method.fn(base, [inputs[i] for i in plan.models], list(tensor.weights), plan.densities,
+        merged = method.fn(base, [inputs[i] for i in plan.models], list(tensor.weights), list(tensor.densities),
                            tensor.params, generator)
         reference = base if base is not None else inputs[plan.models[0]]
         max_change = max(max_change, float((merged - reference).abs().max()))
@@ -271,7 +271,7 @@ def merged_tensor(method, plan: MergePlan, sources: list[ModelTensors], tensor: 
     base = inputs[plan.base] if plan.base is not None else None
     models = [inputs[i] for i in plan.models]
     generator = tensor_generator(seed, tensor.name)
-    merged = method.fn(base, models, list(tensor.weights), plan.densities, tensor.params, generator)
+    merged = method.fn(base, models, list(tensor.weights), list(tensor.densities), tensor.params, generator)
     reference = base if base is not None else models[0]
     squares = float(torch.sum(merged * merged, dtype=torch.float64))
     check_finite(plan, sources, tensor, squares)
