@@ -100,7 +100,7 @@ def load_merge_config(path: str | Path | None, overrides: list[str] | None = Non
     CLI flags (``output``, ``dtype``), validated."""
     data = read_yaml(path) if path else {}
     data = deep_merge(data, parse_overrides(overrides or []))
-    mergekit = is_mergekit(data)
+    mergekit = is_mergekit(data, path)
     for dotted, value in (flags or {}).items():
         if value is not None:
             set_dotted(data, "out_dtype" if mergekit and dotted == "dtype" else dotted, value)
@@ -109,8 +109,9 @@ def load_merge_config(path: str | Path | None, overrides: list[str] | None = Non
     return validate_config(MergeConfig, data, f" (from {path})" if path else "")
 
 
-def is_mergekit(data: dict[str, Any]) -> bool:
-    """Whether ``data`` is in mergekit's dialect; a mix of both dialects is a ConfigError naming the keys."""
+def is_mergekit(data: dict[str, Any], path: str | Path | None = None) -> bool:
+    """Whether ``data`` (read from ``path``) is in mergekit's dialect; a mix of both dialects is a ConfigError
+    naming the keys."""
     models = data.get("models") if isinstance(data.get("models"), list) else []
     entries = [(i, entry) for i, entry in enumerate(models) if isinstance(entry, dict)]
     theirs = [key for key in MERGEKIT_KEYS if key in data]
@@ -118,8 +119,9 @@ def is_mergekit(data: dict[str, Any]) -> bool:
     ours = [key for key in ADAPTLAB_KEYS if key in data]
     ours += [f"models.{i}.{key}" for i, entry in entries for key in ("weight", "density") if key in entry]
     if theirs and ours:
-        raise ConfigError(f"the merge config mixes mergekit keys ({', '.join(theirs)}) with adaptlab keys "
-                          f"({', '.join(ours)}); write it in one dialect")
+        keys = tuple(int(k) if k.isdigit() else k for k in ours[0].split("."))
+        raise _Source(path).error(keys, f"the config mixes mergekit keys ({', '.join(theirs)}) with adaptlab keys "
+                                        f"({', '.join(ours)}); write it in one dialect", label="adaptlab key")
     return bool(theirs)
 
 
@@ -135,11 +137,11 @@ class _Source:
             except yaml.YAMLError:
                 self.root = None
 
-    def error(self, keys: tuple, problem: str) -> ConfigError:
+    def error(self, keys: tuple, problem: str, label: str = "mergekit key") -> ConfigError:
         dotted = ".".join(str(k) for k in keys)
         line = self._line(keys)
         where = f"{self.path}:{line}: " if line else (f"{self.path}: " if self.path else "")
-        return ConfigError(f"{where}mergekit key '{dotted}': {problem}")
+        return ConfigError(f"{where}{label} '{dotted}': {problem}")
 
     def _line(self, keys: tuple) -> int | None:
         node, line = self.root, None
