@@ -12,12 +12,14 @@ float32 rounding, and the comparison checks the semantics (gradients, filters, w
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 import yaml
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
+ROOT = Path(__file__).resolve().parents[2]
 mergekit_config = pytest.importorskip("mergekit.config")
 mergekit_merge = pytest.importorskip("mergekit.merge")
 
@@ -62,22 +64,8 @@ tokenizer_source: base
 dtype: float32 # published: float16 (see the module docstring)
 """
 
-SLERP = """
-models:
-  - model: {base}
-  - model: {b}
-merge_method: slerp
-base_model: {base}
-parameters:
-  t:
-    - filter: self_attn
-      value: [0, 0.5, 0.3, 0.7, 1]
-    - filter: mlp
-      value: [1, 0.5, 0.7, 0.3, 0]
-    - value: 0.5
-chat_template: auto
-dtype: bfloat16
-"""
+SLERP = (ROOT / "configs" / "merge_slerp_mergekit.yml").read_text().replace(  # the shipped example
+    "models/base", "{base}").replace("models/instruct", "{b}")
 
 # max |Δ| allowed per tensor, in ulps of the output dtype at the tensor's largest |value|
 CASES = {"linear": (LINEAR, 2), "ties": (TIES, 4), "slerp": (SLERP, 2)}

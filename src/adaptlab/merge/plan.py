@@ -175,8 +175,9 @@ def plan_vocabulary(cfg: MergeConfig, inputs: list[str], sources: list[ModelTens
     return plan_vocab(paths, cfg.vocab, reference, priority, rows)
 
 
-def rule_for(cfg: MergeConfig, name: str):
-    return next((rule for rule in cfg.rules if re.search(rule.match, name)), None)
+def rule_index(cfg: MergeConfig, name: str) -> int | None:
+    """The index of the first rule whose pattern is found in ``name``."""
+    return next((index for index, rule in enumerate(cfg.rules) if re.search(rule.match, name)), None)
 
 
 def build_plan(cfg: MergeConfig, sources: list[ModelTensors]) -> MergePlan:
@@ -202,11 +203,12 @@ def build_plan(cfg: MergeConfig, sources: list[ModelTensors]) -> MergePlan:
     vocab = plan_vocabulary(cfg, inputs, sources, aliases, names) if cfg.vocab != "strict" else None
     weights = tuple(m.weight for m in cfg.models)
     densities = tuple(m.density for m in cfg.models)
-    tensors = []
+    tensors, by_rule = [], {}
     for name in names:
         stored = aliases[0].get(name, name)
         floating = sources[0].dtype(stored).is_floating_point
-        rule = rule_for(cfg, name)
+        index = rule_index(cfg, name)
+        rule = cfg.rules[index] if index is not None else None
         shape = tuple(sources[0].shape(stored))
         vocab_rows = vocab is not None and is_vocab_tensor(name)
         if vocab_rows:
@@ -216,9 +218,9 @@ def build_plan(cfg: MergeConfig, sources: list[ModelTensors]) -> MergePlan:
         elif rule is None:
             tensors.append(TensorPlan(name, shape, "merge", None, params, weights, densities, vocab_rows=vocab_rows))
         elif rule.action == "merge":
-            merged_params, rule_weights, rule_densities = rule_settings(method, cfg, rule, params, weights, densities)
-            tensors.append(TensorPlan(name, shape, "merge", None, merged_params, rule_weights, rule_densities,
-                                      vocab_rows=vocab_rows))
+            if index not in by_rule:
+                by_rule[index] = rule_settings(method, cfg, index, params, weights, densities)
+            tensors.append(TensorPlan(name, shape, "merge", None, *by_rule[index], vocab_rows=vocab_rows))
         elif rule.action == "skip":
             if base is None:
                 raise ConfigError(f"rule {rule.match!r}: 'skip' keeps the base model's tensor, but there is no "
@@ -235,10 +237,10 @@ def build_plan(cfg: MergeConfig, sources: list[ModelTensors]) -> MergePlan:
                      vocab, cfg.allow_nonfinite)
 
 
-def rule_settings(method, cfg: MergeConfig, rule, params: dict[str, Any], weights: tuple[float, ...],
+def rule_settings(method, cfg: MergeConfig, index: int, params: dict[str, Any], weights: tuple[float, ...],
                   densities: tuple[float, ...]) -> tuple[dict[str, Any], tuple[float, ...], tuple[float, ...]]:
-    """A merge rule's parameters, weights and densities: its overrides over the config's, checked."""
-    where = f"rules[{cfg.rules.index(rule)}]"
+    """Merge rule ``index``'s parameters, weights and densities: its overrides over the config's, checked."""
+    rule, where = cfg.rules[index], f"rules[{index}]"
     merged_params = {**params, **rule.parameters}
     check_params(method, merged_params, where=f"{where}.parameters")
     own = {}
