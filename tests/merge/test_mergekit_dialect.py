@@ -8,6 +8,7 @@ from contextlib import ExitStack
 import pytest
 import yaml
 
+from adaptlab.errors import ConfigError
 from adaptlab.merge.config import MergeConfig
 from adaptlab.merge.engine import open_and_plan
 from adaptlab.merge.mergekit_config import load_merge_config
@@ -188,3 +189,48 @@ def test_mergekit_config_yml_reproduces_skip_and_copy_in_mergekit(model_family, 
         exact = name.endswith("norm.weight")  # skipped: exactly the base's tensor, in both
         assert (mine[name] - theirs[name]).abs().max() <= (0 if exact else 1e-6), name
     assert (mine["model.norm.weight"] == base["model.norm.weight"]).all()
+
+
+def translated(tmp_path, config: dict, flags: dict | None = None) -> MergeConfig:
+    path = tmp_path / "mergekit.yml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return load_merge_config(path, flags=flags)
+
+
+def test_mergekit_scalars_translate_with_mergekit_semantics(tmp_path):
+    linear = translated(tmp_path, {"merge_method": "linear", "base_model": "B", "parameters": {"weight": 0.5},
+                                   "models": [{"model": "A", "parameters": {"weight": 2}}, {"model": "C"}]})
+    # linear averages a base_model it is given (mergekit adds it to the inputs), with the top-level weight
+    assert [(m.model, m.weight) for m in linear.models] == [("A", 2.0), ("C", 0.5), ("B", 0.5)]
+    assert linear.parameters == {"normalize": True} and linear.vocab == "strict"
+    arithmetic = translated(tmp_path, {
+        "merge_method": "task_arithmetic", "base_model": "B", "dtype": "bfloat16", "tokenizer_source": "A",
+        "parameters": {"int8_mask": True, "lambda": 0.7, "rescale": True},
+        "models": [{"model": "B", "parameters": {"weight": 9}}, {"model": "A", "parameters": {"weight": 1,
+                                                                                             "density": 0.5}}]},
+        flags={"dtype": "float16"})
+    # the base's own entry is never weighed; int8_mask, and task_arithmetic's density and rescale change nothing
+    assert [(m.model, m.weight, m.density) for m in arithmetic.models] == [("A", 1.0, 1.0)]
+    assert arithmetic.parameters == {"normalize": False, "lambda": 0.7}
+    assert (arithmetic.vocab, arithmetic.tokenizer_from) == ("base", "A") and arithmetic.dtype == "float16"
+    union = translated(tmp_path, {"merge_method": "slerp", "base_model": "B", "tokenizer": {"source": "union"},
+                                  "models": [{"model": "A"}], "parameters": {"t": 0.25}})
+    assert union.vocab == "union" and union.parameters == {"t": 0.25} and union.models[0].model == "A"
+
+
+def test_mergekit_translation_errors_name_the_key(tmp_path):
+    cases = [
+        ({"merge_method": "linear", "base_model": "B", "models": [{"model": "A", "parameters": {"weight": 1}}]},
+         "mergekit key 'parameters.weight'"),
+        ({"merge_method": "ties", "base_model": "B", "tokenizer_source": "X",
+          "models": [{"model": "A", "parameters": {"weight": 1}}]}, "'X' is not base, union or one of"),
+        ({"merge_method": "slerp", "models": [{"model": "A"}, {"model": "C"}], "parameters": {"t": 0.5}},
+         "slerp needs base_model"),
+        ({"merge_method": "slerp", "base_model": "B", "models": [{"model": "A"}], "parameters": {"t": 1.5}},
+         "expected a number in [0, 1]"),
+        ({"merge_method": "ties", "base_model": "B", "dtype": "float64",
+          "models": [{"model": "A", "parameters": {"weight": 1}}]}, "'dtype': 'float64'"),
+    ]
+    for config, message in cases:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            translated(tmp_path, config)

@@ -349,8 +349,9 @@ class _Translator:
                 raise self.source.error(keys, f"{problem} for {model}")
         try:
             check_params(METHODS[self.method], dict(values.shared))
-        except ConfigError as exc:
-            raise self.source.error(("parameters",), str(exc).removeprefix("parameters.")) from None
+        except ConfigError as exc:  # "parameters.KEY: problem"
+            dotted, _, problem = str(exc).partition(": ")
+            raise self.source.error(tuple(dotted.split(".")), problem) from None
 
     def per_tensor(self, model: str, allow_pickle: bool) -> tuple[Resolved, list[dict[str, Any]]]:
         """The config-wide values and the tensor rules for gradients and filters, from ``model``'s tensor names:
