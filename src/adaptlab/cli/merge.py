@@ -21,17 +21,17 @@ def _summary(result) -> None:
 
 @app.command()
 def run(
-    config: str = typer.Argument(..., help="YAML merge config (see configs/merge_ties.yaml)"),
+    config: str = typer.Argument(..., help="YAML merge config: adaptlab's (see configs/merge_ties.yaml) or "
+                                           "mergekit's (merge_method, models[].parameters, gradients, filters)"),
     overrides: Optional[list[str]] = typer.Argument(None, help="key=value config overrides"),
     output: Optional[str] = typer.Option(None, "--output", help="merged model and run directory (must not exist)"),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="float32, float16 or bfloat16"),
 ) -> None:
     """Merge models as the config says (linear, task_arithmetic, ties, dare_linear, dare_ties, slerp)."""
-    from adaptlab.config import load_config
-    from adaptlab.merge.config import MergeConfig
     from adaptlab.merge.engine import merge_run
+    from adaptlab.merge.mergekit_config import load_merge_config
 
-    _summary(merge_run(load_config(MergeConfig, config, overrides, {"output": output, "dtype": dtype})))
+    _summary(merge_run(load_merge_config(config, overrides, {"output": output, "dtype": dtype})))
 
 
 @app.command("chat-vector")

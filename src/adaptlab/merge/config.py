@@ -13,8 +13,11 @@
     dtype: bfloat16                  # float32 | float16 | bfloat16; default: the base model's
     vocab: strict                    # strict | base | union (when tokenizers differ)
     tokenizer_from: models/domain    # default: base model
-    chat_template_from: models/instruct
+    chat_template_from: models/instruct  # or chat_template: a Jinja template, or auto (the inputs' most common)
     output: merged/
+
+A mergekit YAML (``merge_method:``, ``models[].parameters``, gradients, filters, ``tokenizer_source``) is
+accepted as well: :mod:`adaptlab.merge.mergekit_config` translates it into this config.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ class TensorRule(StrictModel):
     copy_from: str | None = Field(None, description="copy: the model path (base_model or one of models)")
     parameters: dict[str, Any] = {}
     weights: list[float] | None = Field(None, description="per-model weights for matching tensors")
+    densities: list[float] | None = Field(None, description="per-model densities for matching tensors (ties, dare)")
 
     @field_validator("match")
     @classmethod
@@ -68,6 +72,8 @@ class MergeConfig(StrictModel):
     vocab: Literal["strict", "base", "union"] = "strict"
     tokenizer_from: str | None = Field(None, description="model whose tokenizer files are copied; default: base")
     chat_template_from: str | None = Field(None, description="model whose chat template and special tokens win")
+    chat_template: str | None = Field(None, description="a Jinja chat template written into the output tokenizer, "
+                                      "or 'auto': the template most inputs share (mergekit's chat_template)")
     config_from: str | None = Field(None, description="model whose config.json is copied; default: tokenizer_from")
     allow_pickle: bool = Field(False, description="also read .bin checkpoints (torch.load weights_only=True)")
     allow_nonfinite: bool = Field(False, description="merge inputs holding NaN or Inf (an error by default, "
@@ -76,6 +82,20 @@ class MergeConfig(StrictModel):
     seed: int = 0
     output: str | None = None
     progress: bool = True
+
+    @field_validator("chat_template")
+    @classmethod
+    def _template_or_auto(cls, value: str | None) -> str | None:
+        if value is not None and value != "auto" and "{" not in value:
+            raise ValueError(f"{value!r} is neither 'auto' nor a Jinja template (a text with {{% ... %}} and "
+                             "{{ ... }}); write the template itself")
+        return value
+
+    @model_validator(mode="after")
+    def _one_chat_template(self) -> MergeConfig:
+        if self.chat_template is not None and self.chat_template_from is not None:
+            raise ValueError("set chat_template (a template) or chat_template_from (a model), not both")
+        return self
 
     def all_models(self) -> list[str]:
         """Every distinct input path: base first, then models in order."""

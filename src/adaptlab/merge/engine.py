@@ -11,8 +11,9 @@ shard or a model.
 
 The output is built in a hidden temporary directory beside ``output`` and renamed when it is
 complete (config, tokenizer, generation config, chat template, shards + index,
-``merge_report.json``). ``output`` must not exist and must not be an input; on any failure the
-temporary directory is removed, so a half-written model never sits where the merged one belongs.
+``mergekit_config.yml`` (the merge in mergekit's dialect), ``merge_report.json``). ``output`` must not
+exist and must not be an input; on any failure the temporary directory is removed, so a half-written
+model never sits where the merged one belongs.
 
 :func:`merge_models` is the building block (search candidates, the domain-instruct recipe);
 :func:`merge_run` is the command (``adaptlab merge CONFIG``, ``merge chat-vector``): its output is the
@@ -42,13 +43,15 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from adaptlab.errors import ConfigError, ModelError, RunDirError
 from adaptlab.merge import files
 from adaptlab.merge.config import MergeConfig
+from adaptlab.merge.mergekit_export import NotExpressible, to_mergekit_yaml
 from adaptlab.merge.methods import METHODS, tensor_generator
 from adaptlab.merge.plan import MergePlan, TensorPlan, build_plan
 from adaptlab.merge.tensors_io import ModelTensors, SafetensorsShardWriter
 from adaptlab.report.html import KeyValues, Paragraph, Section, Table
-from adaptlab.runs import assembled, atomic_write_json, get_logger, open_run
+from adaptlab.runs import assembled, atomic_write_json, atomic_write_text, get_logger, open_run
 
 SLICE_ELEMENTS = 1 << 20
+MERGEKIT_CONFIG = "mergekit_config.yml"
 QUEUED_WRITES = 8  # chunks waiting for the writer thread (a few MB)
 
 
@@ -147,13 +150,29 @@ def merge_run(cfg: MergeConfig) -> MergeResult:
 
 def write_merged_model(cfg: MergeConfig, inputs: list[str], sources: list[ModelTensors], plan: MergePlan,
                        directory: Path, started: float) -> dict[str, Any]:
-    """Weights, side files and ``merge_report.json`` into ``directory`` (empty); returns the report."""
+    """Weights, side files, ``mergekit_config.yml`` and ``merge_report.json`` into ``directory`` (empty); returns
+    the report."""
     stats = write_tensors(cfg, plan, sources, directory)
     files.write_side_files(cfg, plan, inputs, directory)
+    mergekit = write_mergekit_config(cfg, plan, directory)
     report = merge_report(cfg, plan, stats, time.perf_counter() - started)
+    report["mergekit_config"] = mergekit
     atomic_write_json(directory / "merge_report.json", report)
     get_logger().info("merged %d tensors (%s) in %.1f s", report["tensors"], cfg.method, report["seconds"])
     return report
+
+
+def write_mergekit_config(cfg: MergeConfig, plan: MergePlan, directory: Path) -> str:
+    """The merge in mergekit's dialect as ``mergekit_config.yml`` (mergekit's own file name), with the output dtype
+    resolved; what the report says about it (the file, or why there is none)."""
+    resolved = cfg.model_copy(update={"dtype": str(plan.dtype).removeprefix("torch.")})
+    try:
+        text = to_mergekit_yaml(resolved, [tensor.name for tensor in plan.tensors])
+    except NotExpressible as exc:
+        get_logger().warning("no mergekit_config.yml: %s", exc)
+        return f"not written: {exc}"
+    atomic_write_text(directory / MERGEKIT_CONFIG, text)
+    return MERGEKIT_CONFIG
 
 
 def open_and_plan(cfg: MergeConfig, stack: ExitStack) -> tuple[list[str], list[ModelTensors], MergePlan]:
@@ -236,7 +255,7 @@ def merge_in_slices(method, plan: MergePlan, sources: list[ModelTensors], tensor
         inputs = {i: values.to(torch.float32) for i, values in stored.items()}
         base = inputs[plan.base] if plan.base is not None else None
         generator = tensor_generator(seed, f"{tensor.name}#{k}") if method.uses_density else None
-        merged = method.fn(base, [inputs[i] for i in plan.models], list(tensor.weights), plan.densities,
+        merged = method.fn(base, [inputs[i] for i in plan.models], list(tensor.weights), list(tensor.densities),
                            tensor.params, generator)
         reference = base if base is not None else inputs[plan.models[0]]
         max_change = max(max_change, float((merged - reference).abs().max()))
@@ -271,7 +290,7 @@ def merged_tensor(method, plan: MergePlan, sources: list[ModelTensors], tensor: 
     base = inputs[plan.base] if plan.base is not None else None
     models = [inputs[i] for i in plan.models]
     generator = tensor_generator(seed, tensor.name)
-    merged = method.fn(base, models, list(tensor.weights), plan.densities, tensor.params, generator)
+    merged = method.fn(base, models, list(tensor.weights), list(tensor.densities), tensor.params, generator)
     reference = base if base is not None else models[0]
     squares = float(torch.sum(merged * merged, dtype=torch.float64))
     check_finite(plan, sources, tensor, squares)

@@ -7,7 +7,10 @@
   its special tokens (``special_tokens_map.json`` and the special-token entries of
   ``tokenizer_config.json``) and its ``generation_config.json`` (so generation stops at its
   end-of-turn token);
-* otherwise ``generation_config.json`` comes from the config source.
+* otherwise ``generation_config.json`` comes from the config source;
+* ``chat_template`` (a Jinja template, or ``auto``: the template most inputs share, ties to the
+  first in input order, as mergekit's ``chat_template: auto``) becomes the output's
+  ``chat_template.jinja``, which transformers prefers over any template in ``tokenizer_config.json``.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from adaptlab.errors import ModelError
 from adaptlab.merge.config import MergeConfig
 from adaptlab.merge.vocab import write_output_tokenizer
 from adaptlab.models.gguf import is_gguf_path, resolve_model
-from adaptlab.runs import atomic_write_json
+from adaptlab.runs import atomic_write_json, atomic_write_text
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "vocab.json",
                    "merges.txt", "tokenizer.model", "added_tokens.json", "spiece.model", "chat_template.jinja",
@@ -81,6 +84,42 @@ def write_side_files(cfg: MergeConfig, plan, inputs: list[str], out_dir: Path) -
         shutil.copyfile(Path(generation_source) / "generation_config.json", out_dir / "generation_config.json")
     if sources["chat"]:
         carry_chat_template(Path(sources["chat"]), out_dir)
+    if cfg.chat_template is not None:
+        write_chat_template(chosen_chat_template(cfg.chat_template, inputs), out_dir)
+
+
+def read_chat_template(model_dir: str | Path) -> str | None:
+    """The default chat template a model directory ships (``chat_template.jinja``, ``chat_template.json`` or
+    ``tokenizer_config.json``, in transformers' order of preference), or None."""
+    directory = Path(model_dir)
+    if (directory / "chat_template.jinja").is_file():
+        return (directory / "chat_template.jinja").read_text(encoding="utf-8")
+    for name in ("chat_template.json", "tokenizer_config.json"):
+        template = (_read_json(directory / name) or {}).get("chat_template")
+        if isinstance(template, list):  # named templates: [{"name": ..., "template": ...}]
+            template = next((t.get("template") for t in template if t.get("name") == "default"), None)
+        if isinstance(template, str) and template:
+            return template
+    return None
+
+
+def chosen_chat_template(setting: str, inputs: list[str]) -> str:
+    """``setting`` itself, or for ``auto`` the template most inputs ship (ties: the first in input order)."""
+    if setting != "auto":
+        return setting
+    templates = [t.strip() for t in (read_chat_template(path) for path in inputs) if t]
+    if not templates:
+        raise ModelError(f"chat_template: auto, but none of the inputs ({', '.join(inputs)}) has a chat template")
+    return max(templates, key=templates.count)
+
+
+def write_chat_template(template: str, out_dir: Path) -> None:
+    """``template`` as the output's only chat template."""
+    atomic_write_text(out_dir / "chat_template.jinja", template)
+    (out_dir / "chat_template.json").unlink(missing_ok=True)
+    out_config = _read_json(out_dir / "tokenizer_config.json")
+    if out_config is not None and out_config.pop("chat_template", None) is not None:
+        atomic_write_json(out_dir / "tokenizer_config.json", out_config)
 
 
 def carry_chat_template(chat_dir: Path, out_dir: Path) -> None:

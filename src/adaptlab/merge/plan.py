@@ -13,7 +13,7 @@ Checks (every one is an error listing the offending names, never a skipped tenso
 
 Rules are tried in order, the first whose regular expression is found in the tensor name wins:
 ``skip`` keeps the base model's tensor, ``copy`` takes the named model's tensor, ``merge`` merges
-with the rule's parameter and weight overrides. Tensors that are not floating point (integer
+with the rule's parameter, weight and density overrides. Tensors that are not floating point (integer
 buffers) are never merged: they must be equal in every input and are copied from the first.
 """
 
@@ -48,6 +48,7 @@ class TensorPlan:
     source: int | None = None
     params: dict[str, Any] = field(default_factory=dict)
     weights: tuple[float, ...] = ()
+    densities: tuple[float, ...] = ()
     floating: bool = True
     vocab_rows: bool = False  # an embedding matrix whose rows are aligned by token string
 
@@ -57,7 +58,6 @@ class MergePlan:
     inputs: list[str]
     base: int | None  # index into inputs
     models: list[int]  # index into inputs of each configured model, in config order
-    densities: list[float]
     tensors: list[TensorPlan]
     dtype: torch.dtype
     aliases: list[dict[str, str]]  # per input: tensor name -> stored name (tied embeddings)
@@ -175,8 +175,9 @@ def plan_vocabulary(cfg: MergeConfig, inputs: list[str], sources: list[ModelTens
     return plan_vocab(paths, cfg.vocab, reference, priority, rows)
 
 
-def rule_for(cfg: MergeConfig, name: str):
-    return next((rule for rule in cfg.rules if re.search(rule.match, name)), None)
+def rule_index(cfg: MergeConfig, name: str) -> int | None:
+    """The index of the first rule whose pattern is found in ``name``."""
+    return next((index for index, rule in enumerate(cfg.rules) if re.search(rule.match, name)), None)
 
 
 def build_plan(cfg: MergeConfig, sources: list[ModelTensors]) -> MergePlan:
@@ -201,27 +202,25 @@ def build_plan(cfg: MergeConfig, sources: list[ModelTensors]) -> MergePlan:
     names = check_names_and_shapes(inputs, sources, aliases, cfg.vocab != "strict")
     vocab = plan_vocabulary(cfg, inputs, sources, aliases, names) if cfg.vocab != "strict" else None
     weights = tuple(m.weight for m in cfg.models)
-    tensors = []
+    densities = tuple(m.density for m in cfg.models)
+    tensors, by_rule = [], {}
     for name in names:
         stored = aliases[0].get(name, name)
         floating = sources[0].dtype(stored).is_floating_point
-        rule = rule_for(cfg, name)
+        index = rule_index(cfg, name)
+        rule = cfg.rules[index] if index is not None else None
         shape = tuple(sources[0].shape(stored))
         vocab_rows = vocab is not None and is_vocab_tensor(name)
         if vocab_rows:
             shape = (vocab.out_rows, *shape[1:])
         if not floating:
             tensors.append(TensorPlan(name, shape, "copy", 0, floating=False))
-        elif rule is None or rule.action == "merge":
-            overrides = rule.parameters if rule else {}
-            merged_params = {**params, **overrides}
-            check_params(method, merged_params, where=f"rules[{cfg.rules.index(rule)}].parameters" if rule else
-                         "parameters")
-            rule_weights = tuple(rule.weights) if rule and rule.weights is not None else weights
-            if len(rule_weights) != len(weights):
-                raise ConfigError(f"rule {rule.match!r}: weights has {len(rule_weights)} values for "
-                                  f"{len(weights)} models")
-            tensors.append(TensorPlan(name, shape, "merge", None, merged_params, rule_weights, vocab_rows=vocab_rows))
+        elif rule is None:
+            tensors.append(TensorPlan(name, shape, "merge", None, params, weights, densities, vocab_rows=vocab_rows))
+        elif rule.action == "merge":
+            if index not in by_rule:
+                by_rule[index] = rule_settings(method, cfg, index, params, weights, densities)
+            tensors.append(TensorPlan(name, shape, "merge", None, *by_rule[index], vocab_rows=vocab_rows))
         elif rule.action == "skip":
             if base is None:
                 raise ConfigError(f"rule {rule.match!r}: 'skip' keeps the base model's tensor, but there is no "
@@ -234,8 +233,25 @@ def build_plan(cfg: MergeConfig, sources: list[ModelTensors]) -> MergePlan:
             tensors.append(TensorPlan(name, shape, "copy", inputs.index(rule.copy_from), vocab_rows=vocab_rows))
     check_every_rule_matches(cfg, names)
     dtype = parse_dtype(cfg.dtype) if cfg.dtype else output_dtype_default(sources[base or 0], names, aliases[base or 0])
-    return MergePlan(inputs, base, [inputs.index(m.model) for m in cfg.models], [m.density for m in cfg.models],
-                     tensors, dtype, aliases, configs, vocab, cfg.allow_nonfinite)
+    return MergePlan(inputs, base, [inputs.index(m.model) for m in cfg.models], tensors, dtype, aliases, configs,
+                     vocab, cfg.allow_nonfinite)
+
+
+def rule_settings(method, cfg: MergeConfig, index: int, params: dict[str, Any], weights: tuple[float, ...],
+                  densities: tuple[float, ...]) -> tuple[dict[str, Any], tuple[float, ...], tuple[float, ...]]:
+    """Merge rule ``index``'s parameters, weights and densities: its overrides over the config's, checked."""
+    rule, where = cfg.rules[index], f"rules[{index}]"
+    merged_params = {**params, **rule.parameters}
+    check_params(method, merged_params, where=f"{where}.parameters")
+    own = {}
+    for key, default in (("weights", weights), ("densities", densities)):
+        values = getattr(rule, key)
+        if values is not None and len(values) != len(default):
+            raise ConfigError(f"{where} ({rule.match!r}): {key} has {len(values)} values for {len(default)} models")
+        own[key] = tuple(values) if values is not None else default
+    check_inputs(method, has_base=cfg.base_model is not None, weights=own["weights"], densities=own["densities"],
+                 where=f"{where}.models")
+    return merged_params, own["weights"], own["densities"]
 
 
 def check_every_rule_matches(cfg: MergeConfig, names: list[str]) -> None:
