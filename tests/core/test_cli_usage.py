@@ -83,6 +83,13 @@ def test_every_command_has_the_one_shape(path):
     assert not {"-q", "-v", "--quiet", "--verbose", "--debug"} & options  # the global flags are the root's
 
 
+def test_the_groups_are_registered_once_however_often_main_runs(run_cli):
+    groups = len(app.registered_groups)
+    for _ in range(3):
+        run_cli("config", "--help")
+    assert len(app.registered_groups) == groups  # each call used to add them all again, and slowed the next
+
+
 def test_help_shows_brackets_literally(run_cli):
     code, out, _ = run_cli("re", "predict", "--help")
     assert code == 0 and "[E1]head[/E1]" in out

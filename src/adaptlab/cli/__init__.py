@@ -28,7 +28,7 @@ app = typer.Typer(
     rich_markup_mode=None,  # help texts show [E1] markers and [key=value] literally, never as markup
 )
 err_console = Console(stderr=True)
-_state = {"debug": False}
+_state = {"debug": False, "registered": False}
 GLOBAL_FLAGS = ("-q", "--quiet", "-v", "--verbose", "--debug")
 CLICK_ERRORS = (click.ClickException, click_exceptions.ClickException)  # the vendored click and the real one
 NO_ARGS_HELP = tuple(getattr(module, "NoArgsIsHelpError", ()) for module in (click.exceptions, click_exceptions))
@@ -66,6 +66,10 @@ def _root(
 
 
 def _register() -> None:
+    """Add every command group to the app, once per process (tests call :func:`main` many times)."""
+    if _state["registered"]:
+        return
+    _state["registered"] = True
     from adaptlab.cli import (
         cls,
         config_cmd,
