@@ -255,7 +255,7 @@ def probes(a: dict[str, Path], work: Path, stub_url: str, slow_url: str, html_ur
               pause="adaptlab.lm.checkpoints:rotate_checkpoints",
               check=lambda c, o, e: None if "resume=auto" in " ".join(e.split()) else "silent_wrong"),
         Probe("signal", "synth generate, SIGINT after the answers",
-              ["synth", "generate", ROOT / "configs" / "synth_biospecies.yaml", f"teacher.base_url={stub_url}",
+              ["synth", "generate", "synth_biospecies", f"teacher.base_url={stub_url}",
                f"teacher.cache_path={work / 'cache-s6.sqlite'}", "subjects.per_group=2", "progress=false",
                "--output", out("s6")], "interrupt", out("s6"), pause="adaptlab.synth.generate:filter_records"),
     ]
@@ -282,14 +282,14 @@ def probes(a: dict[str, Path], work: Path, stub_url: str, slow_url: str, html_ur
             target = out(f"m-{command}-{how}".replace(" ", "_"))
             found.append(Probe("damaged model", f"{command}: {how}", build(model, target), output=target))
     # 4. teachers
-    zero_shot = ["teacher", "zero-shot-ner", ROOT / "configs" / "zero_shot_ner.yaml", "--data", a["gold"],
+    zero_shot = ["teacher", "zero-shot-ner", "zero_shot_ner", "--data", a["gold"],
                  "teacher.max_retries=1", "teacher.backoff_initial_s=0.01", "teacher.cache=false"]
     found += [
         Probe("teacher", "zero-shot against a closed port", [*zero_shot, f"teacher.base_url={closed_url}",
                                                              "--output", out("t1")], output=out("t1"),
               teacher_failed=True),
         Probe("teacher", "synth generate against a closed port",
-              ["synth", "generate", ROOT / "configs" / "synth_biospecies.yaml", f"teacher.base_url={closed_url}",
+              ["synth", "generate", "synth_biospecies", f"teacher.base_url={closed_url}",
                "teacher.max_retries=1", "teacher.backoff_initial_s=0.01", "teacher.cache=false", "progress=false",
                "--output", out("t2")], output=out("t2"), teacher_failed=True),
         Probe("teacher", "a 200 answer that is an HTML page", [*zero_shot, f"teacher.base_url={html_url}",
@@ -333,7 +333,7 @@ def probes(a: dict[str, Path], work: Path, stub_url: str, slow_url: str, html_ur
     below_file = work / "afile" / "out"
     found += [
         Probe("output path", "data convert below a regular file",
-              ["data", "convert", a["conll"], below_file / "x.jsonl"]),
+              ["data", "convert", a["conll"], "--output", below_file / "x.jsonl"]),
         Probe("output path", "ner train below a regular file",
               ["ner", "train", "--train", a["conll"], "--model", a["encoder"], "--output", below_file]),
         Probe("output path", "lm prepare below a regular file", ["lm", "prepare", a["prepare_config"], "--output",

@@ -1,6 +1,6 @@
 """A real small teacher: SmolLM2-135M-Instruct with and without constrained decoding, and behind a real server.
 
-(a) **Synthetic data.** ``adaptlab synth generate`` on ``configs/synth_biospecies.yaml`` scaled down
+(a) **Synthetic data.** ``adaptlab synth generate`` on the shipped ``synth_biospecies`` config scaled down
 (``--groups`` amphibians, birds; ``--per-group`` 4 species; 3 sentences per request; the config's
 sampling: temperature 0.7, seed 0, ``max_tokens`` 2048 unless ``--max-tokens``) runs as a
 subprocess three times, each with a fresh run directory and no cache:
@@ -64,8 +64,9 @@ from adaptlab.teacher.serve_process import transformers_serve  # noqa: E402
 from tables import targets_table  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "teacher_real.json"
-SYNTH_CONFIG = ROOT / "configs" / "synth_biospecies.yaml"
-ZERO_SHOT_CONFIG = ROOT / "configs" / "zero_shot_ner.yaml"
+CONFIGS = ROOT / "src" / "adaptlab" / "resources" / "configs"  # the shipped examples (adaptlab config list)
+SYNTH_CONFIG = CONFIGS / "synth_biospecies.yaml"
+ZERO_SHOT_CONFIG = CONFIGS / "zero_shot_ner.yaml"
 NER_RESULTS = ROOT / "benchmarks" / "results" / "ner_biospecies.json"
 KEY_ENV = "ADAPTLAB_BENCH_UNSET_KEY"  # kept unset: a 127.0.0.1 server gets the placeholder key
 TARGET_VALID = 0.95

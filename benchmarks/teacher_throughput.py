@@ -65,7 +65,7 @@ from adaptlab.teacher.stub_server import StubServer, body_fingerprint, corrupt_c
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "teacher_throughput.json"
-EXAMPLE_CONFIG = ROOT / "configs" / "synth_biospecies.yaml"
+EXAMPLE_CONFIG = ROOT / "src" / "adaptlab" / "resources" / "configs" / "synth_biospecies.yaml"
 KEY_ENV = "ADAPTLAB_BENCH_UNSET_KEY"  # kept unset: a 127.0.0.1 server gets the placeholder key
 MODEL = "adaptlab-bench-teacher"  # the stubs in (b) answer no other model, so stray clients are not counted
 TARGET_RATIO = 0.9

@@ -20,6 +20,7 @@ import math
 import os
 import random
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -340,8 +341,59 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+_console = {"progress": True}
+
+
+class _ConsoleLogHandler(logging.StreamHandler):
+    """adaptlab's log records on stderr as ``warning: ...`` lines.
+
+    The stream is looked up for every record, so a replaced ``sys.stderr`` (a redirect, pytest's capture) gets them.
+    """
+
+    def __init__(self, level: int) -> None:
+        super().__init__()
+        self.setLevel(level)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{record.levelname.lower()}: {record.getMessage()}"
+
+
+def configure_console(quiet: bool = False, verbose: bool = False) -> None:
+    """The CLI's ``-q`` / ``-v`` for this process: which log records reach the console, and whether bars are drawn.
+
+    Default: adaptlab's warnings and errors on stderr, progress bars on (every record from info up also goes to
+    the run's ``log.txt``). ``quiet``: the same records, and no progress bar at all (tqdm's too, through
+    ``TQDM_DISABLE``, which tqdm reads when it is imported). ``verbose``: debug and info records too, on stderr and
+    in ``log.txt``.
+    """
+    logger = get_logger()
+    logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+    for handler in [h for h in logger.handlers if isinstance(h, _ConsoleLogHandler)]:
+        logger.removeHandler(handler)
+    logger.addHandler(_ConsoleLogHandler(logging.DEBUG if verbose else logging.WARNING))
+    _console["progress"] = not quiet
+    if quiet:
+        os.environ["TQDM_DISABLE"] = "1"
+
+
+def progress_enabled(requested: bool = True) -> bool:
+    """Whether to draw a progress bar that a config asks for (``requested``): never under ``adaptlab -q``."""
+    return requested and _console["progress"]
+
+
 def progress_bar(enabled: bool = True):
-    """A rich progress bar on stderr (description, bar, done/total, elapsed, ETA); ``enabled=False`` shows nothing."""
+    """A rich progress bar on stderr (description, bar, done/total, elapsed, ETA); ``enabled=False`` shows nothing.
+
+    ``adaptlab -q`` turns every bar off (:func:`progress_enabled`).
+    """
     from rich.console import Console
     from rich.progress import (
         BarColumn,
@@ -353,4 +405,5 @@ def progress_bar(enabled: bool = True):
     )
 
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TextColumn("ETA"), TimeRemainingColumn(), console=Console(stderr=True), disable=not enabled)
+                    TextColumn("ETA"), TimeRemainingColumn(), console=Console(stderr=True),
+                    disable=not progress_enabled(enabled))

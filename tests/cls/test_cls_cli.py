@@ -89,7 +89,8 @@ def test_evaluate_scores_held_out_data(trained, run_cli):
 
 def test_predict_texts_and_files(trained, run_cli, tmp_path):
     _, run = trained
-    code, out, _ = run_cli("cls", "predict", "--model", run, "my pizza was great", "a new laptop today")
+    code, out, _ = run_cli("cls", "predict", "--model", run, "--text", "my pizza was great",
+                           "--text", "a new laptop today")
     assert code == 0
     rows = [json.loads(line) for line in out.splitlines()]
     assert [row["label"] for row in rows] == ["food", "tech"]
@@ -138,7 +139,7 @@ def test_unhappy_paths_exit_2_with_one_line(trained, run_cli, seeded_tiny_bert):
     assert code == 2 and "no 'sentence' key (the object has ['label', 'text'])" in err
     code, _, err = run_cli("cls", "train", "--train", root / "train.jsonl", "strategy.nope={}", *FAST)
     assert code == 2 and "unknown key 'strategy.nope'" in err
-    code, _, err = run_cli("cls", "predict", "--model", seeded_tiny_bert, "some text")
+    code, _, err = run_cli("cls", "predict", "--model", seeded_tiny_bert, "--text", "some text")
     assert code == 2 and "BertModel, not a sequence classifier" in err
 
 
@@ -166,7 +167,8 @@ def test_multi_label_end_to_end(seeded_tiny_bert, run_cli, tmp_path):
     assert report["micro_f1"] > 0.75 and report["subset_accuracy"] > 0.5  # predicting every label: micro F1 0.5
     assert report["accuracy"] == report["subset_accuracy"]
 
-    code, out, _ = run_cli("cls", "predict", "--model", "run", "the pizza and the laptop", "the day")
+    code, out, _ = run_cli("cls", "predict", "--model", "run", "--text", "the pizza and the laptop",
+                           "--text", "the day")
     rows = [json.loads(line) for line in out.splitlines()]
     for row in rows:  # a sigmoid per label (they need not sum to 1), each label taken at p >= 0.5
         assert row["labels"] == [label for label, p in row["scores"].items() if p >= 0.5]

@@ -4,8 +4,10 @@ from pathlib import Path
 
 import pytest
 
+from adaptlab import example_configs
 from adaptlab.config import load_config
 from adaptlab.data.records import read_records
+from adaptlab.merge.mergekit_config import load_merge_config
 from adaptlab.recipes.demo import demo_data
 from adaptlab.recipes.ner import NERTrainConfig
 from adaptlab.recipes.relations import RETrainConfig
@@ -13,9 +15,9 @@ from adaptlab.recipes.relations import RETrainConfig
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("name,model", [("ner.yaml", NERTrainConfig), ("re.yaml", RETrainConfig)])
+@pytest.mark.parametrize("name,model", [("ner", NERTrainConfig), ("re", RETrainConfig)])
 def test_example_configs_validate(name, model):
-    cfg = load_config(model, ROOT / "configs" / name)
+    cfg = load_config(model, example_configs.path(name))
     assert cfg.model == "minilm"
 
 
@@ -33,20 +35,29 @@ def example_config_models():
     from adaptlab.recipes.zero_shot import ZeroShotConfig
     from adaptlab.synth.config import SynthConfig
 
-    return {"synth_biospecies.yaml": SynthConfig, "zero_shot_ner.yaml": ZeroShotConfig,
-            "merge_chat_vector.yaml": MergeConfig, "merge_ties.yaml": MergeConfig,
-            "merge_search.yaml": SearchConfig, "fractal.yaml": FractalEvalConfig,
-            "fractal_sft.yaml": FractalSFTConfig, "lm_prepare.yaml": PrepareConfig, "lm_cpt.yaml": LMTrainConfig,
-            "lm_sft.yaml": LMTrainConfig, "lm_evaluate.yaml": LMEvalConfig,
-            "domain_instruct.yaml": DomainInstructConfig, "cls.yaml": ClsTrainConfig,
-            "multitask.yaml": MultitaskConfig}
+    return {"synth_biospecies": SynthConfig, "zero_shot_ner": ZeroShotConfig,
+            "merge_chat_vector": MergeConfig, "merge_ties": MergeConfig,
+            "merge_search": SearchConfig, "fractal": FractalEvalConfig,
+            "fractal_sft": FractalSFTConfig, "lm_prepare": PrepareConfig, "lm_cpt": LMTrainConfig,
+            "lm_sft": LMTrainConfig, "lm_evaluate": LMEvalConfig,
+            "domain_instruct": DomainInstructConfig, "cls": ClsTrainConfig,
+            "multitask": MultitaskConfig, "lm_distill": LMTrainConfig, "merge_slerp_mergekit": MergeConfig}
 
 
-def test_every_example_config_validates():
-    models = {"ner.yaml": NERTrainConfig, "re.yaml": RETrainConfig, **example_config_models()}
-    assert {p.name for p in (ROOT / "configs").glob("*.yaml")} == set(models)
+def test_every_shipped_config_validates_against_its_recipe():
+    models = {"ner": NERTrainConfig, "re": RETrainConfig, **example_config_models()}
+    recipe_configs = {name for name in example_configs.names() if not name.startswith("accelerate")}
+    assert recipe_configs == set(models)  # a new example config needs its model here
     for name, model in models.items():
-        load_config(model, ROOT / "configs" / name)
+        if name == "merge_slerp_mergekit":  # mergekit's dialect, translated into a MergeConfig
+            load_merge_config(example_configs.path(name))
+        else:
+            load_config(model, example_configs.path(name))
+
+
+def test_the_configs_ship_inside_the_package_only():
+    assert not (ROOT / "configs").exists()  # one source of truth: src/adaptlab/resources/configs
+    assert example_configs.root().parts[-3:] == ("adaptlab", "resources", "configs")
 
 
 def test_demo_data_is_valid_and_disjoint():

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from adaptlab import example_configs
 from adaptlab.runs import RunDir, open_run, partial_dir, unfinished_runs_removed
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -103,7 +104,7 @@ def stub_teacher(inputs: Inputs, answer: Callable[[dict], str]) -> str:
 def synth_generate(inputs: Inputs, run: Path) -> list:
     from adaptlab.synth.scripted import scripted_answer
 
-    cfg = yaml.safe_load((ROOT / "configs" / "synth_biospecies.yaml").read_text())
+    cfg = yaml.safe_load((example_configs.path("synth_biospecies")).read_text())
     cfg["subjects"] = {"groups": ["amphibians"], "per_group": 2}
     cfg["teacher"].update(base_url=stub_teacher(inputs, scripted_answer), requests_per_minute=None,
                           tokens_per_minute=None, cache_path=str(inputs.folder / "cache.sqlite"))
@@ -117,7 +118,7 @@ def synth_review_import(inputs: Inputs, run: Path) -> list:
     from adaptlab.recipes.review import load_schema
     from adaptlab.synth.review import export_review
 
-    schema = ROOT / "configs" / "synth_biospecies.yaml"
+    schema = example_configs.path("synth_biospecies")
     records = [Record("Axolotls live in lakes.", [Span(0, 8, "SPECIES"), Span(17, 22, "HABITAT")],
                       meta={"id": "synth-000000", "teacher": "gpt-4o"})]
     export_review(records, inputs.folder / "review", load_schema(schema))

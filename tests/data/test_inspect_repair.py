@@ -291,24 +291,24 @@ def test_cli_inspect_table_and_json(run_cli, messy):
 
 def test_cli_convert_repairs_writes_jsonl_and_report(run_cli, messy, tmp_path):
     target, report = tmp_path / "out.jsonl", tmp_path / "report.json"
-    code, out, err = run_cli("data", "convert", messy, target, "--types", ",".join(TYPES), "--report", report,
-                             "--normalise-boundaries")
+    code, out, err = run_cli("data", "convert", messy, "--output", target, "--types", ",".join(TYPES),
+                             "--report", report, "--normalise-boundaries")
     assert code == 0, err
     assert "bridge_gap" in out and "records out 7" in out and "garbled_clause" in out
     records = read_records(target)
     assert len(records) == 7 and records[0].meta["id"] == "messy-L1"
     saved = json.loads(report.read_text())
     assert saved["rules"]["remove_duplicate"] == 1 and saved["normalisation"]["preposition_outside"] == 1
-    code, _, err = run_cli("data", "convert", messy, target)
+    code, _, err = run_cli("data", "convert", messy, "--output", target)
     assert code == 2 and "already exists" in err
     conll = tmp_path / "round.conll"
-    code, _, err = run_cli("data", "convert", target, conll)  # canonical JSONL -> CoNLL through io
+    code, _, err = run_cli("data", "convert", target, "--output", conll)  # canonical JSONL -> CoNLL through io
     assert code == 0, err
     assert len(read_conll(conll)) == 7
 
 
 def test_cli_convert_without_repair_is_strict(run_cli, messy, tmp_path):
-    code, _, err = run_cli("data", "convert", messy, tmp_path / "x.jsonl", "--no-repair", "--from", "conll")
+    code, _, err = run_cli("data", "convert", messy, "--output", tmp_path / "x.jsonl", "--no-repair", "--from", "conll")
     assert code == 2 and f"{messy}:1:" in err.replace("\n", "")
 
 
@@ -323,7 +323,7 @@ def test_cli_inspect_refuses_json(run_cli, tmp_path):
 def test_cli_missing_and_empty_files_exit_2_naming_the_file(run_cli, tmp_path, command):
     missing, empty = tmp_path / "missing.txt", tmp_path / "empty.txt"
     empty.write_text("\n \n")
-    extra = [tmp_path / "o.jsonl"] if command == "convert" else []
+    extra = ["--output", tmp_path / "o.jsonl"] if command == "convert" else []
     for path, message in ((missing, "file not found"), (empty, "file is empty")):
         code, out, err = run_cli("data", command, path, *extra)
         flat = err.replace("\n", "")
@@ -383,7 +383,7 @@ def test_repair_lists_every_span_a_rule_changed_with_file_line(messy, run_cli, t
     assert (f"{messy}:133", "changed", "clean_subject", "Tiny snail mostly [SPECIES]",
             "Tiny snail [SPECIES]") in changes
     assert len(report.span_changes) == 11 and report.to_json()["span_changes"] == report.span_changes
-    code, out, _ = run_cli("data", "convert", messy, tmp_path / "out.jsonl", "--types", ",".join(TYPES))
+    code, out, _ = run_cli("data", "convert", messy, "--output", tmp_path / "out.jsonl", "--types", ",".join(TYPES))
     printed = " ".join(out.split())  # rich wraps long lines
     assert code == 0 and "spans the rules changed: changed 10, retyped 1" in printed
     assert f"{messy}:133: clean_subject changed Tiny snail mostly [SPECIES] -> Tiny snail [SPECIES]" in printed

@@ -126,7 +126,7 @@ def test_bad_input_is_a_clear_error(case, trained, tmp_path, tiny_bert_dir, run_
     elif case == "bad_config_key":
         args, needle = base + ["--train", train, "training.lr=1"], "unknown key 'training.lr'"
     elif case == "missing_config":
-        args, needle = base + ["--train", train, "--config", tmp_path / "c.yaml"], "c.yaml not found"
+        args, needle = ["ner", "train", tmp_path / "c.yaml", *base[2:], "--train", train], "c.yaml not found"
     else:
         (tmp_path / "o.jsonl").write_text('{"text": "abc", "spans": [[1, 9, "X"]]}\n')
         args, needle = base + ["--train", tmp_path / "o.jsonl"], "o.jsonl:1"
@@ -151,14 +151,14 @@ def test_evaluate_writes_a_run_directory_from_config(trained, run_cli, tmp_path)
     config = tmp_path / "eval.yaml"
     config.write_text(f"model: {run}\ndata: {root / 'dev.jsonl'}\nbatch_size: 8\n")
     out = tmp_path / "eval-run"
-    code, _, err = run_cli("ner", "evaluate", "--config", config, "--output", out, "constrained_decoding=false")
+    code, _, err = run_cli("ner", "evaluate", config, "--output", out, "constrained_decoding=false")
     assert code == 0, err
     assert {"config.yaml", "metrics.json", "report.html", "log.txt", "predictions.jsonl"} == {
         p.name for p in out.iterdir()}
     assert "evaluating" in (out / "log.txt").read_text()
     assert "constrained_decoding: false" in (out / "config.yaml").read_text()
     assert len(read_records(out / "predictions.jsonl")) == 40
-    code, _, err = run_cli("ner", "evaluate", "--config", config, "--output", out)
+    code, _, err = run_cli("ner", "evaluate", config, "--output", out)
     assert code == 2 and "already exists" in err
 
 

@@ -23,11 +23,12 @@ import torch
 import yaml
 from train_helpers import save_tiny_llama, train_config, write_prepared_corpus
 
+from adaptlab import example_configs
 from adaptlab.config import validate_config
 from adaptlab.lm.checkpoints import MARKER_NAME, list_checkpoints
 from adaptlab.recipes.lm_train import LMTrainConfig, train
 
-DDP_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "accelerate" / "ddp.yaml"
+DDP_CONFIG = example_configs.path("accelerate/ddp")
 
 
 def free_port() -> int:

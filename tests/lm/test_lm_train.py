@@ -15,6 +15,7 @@ import yaml
 from train_helpers import save_tiny_llama, train_config, write_prepared_corpus, write_sft_jsonl
 from transformers import AutoModelForCausalLM
 
+from adaptlab import example_configs
 from adaptlab.config import validate_config
 from adaptlab.errors import ConfigError, DataError, ModelError, RunDirError
 from adaptlab.lm.checkpoints import checkpoint_problem, list_checkpoints
@@ -24,7 +25,7 @@ from adaptlab.recipes.lm_train import LMTrainConfig, train
 from adaptlab.tuning.settings import resolve_bf16
 from gguf_files import write_tiny_gguf
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+CONFIGS = example_configs.root()
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from adaptlab import example_configs
 from adaptlab.config import load_config, validate_config
 from adaptlab.errors import ConfigError, DataError, ModelError
 from adaptlab.lm.packing import IGNORE_INDEX, encode_document
@@ -226,7 +227,7 @@ def test_load_prepared_names_what_is_missing(tmp_path, tokenizer_dir):
 def test_example_config_runs_on_the_demo_corpora(tmp_path, tokenizer_dir, monkeypatch):
     root = Path(__file__).resolve().parents[2]
     monkeypatch.chdir(root)  # the example's source paths are relative to the repository
-    cfg = load_config(PrepareConfig, root / "configs" / "lm_prepare.yaml",
+    cfg = load_config(PrepareConfig, example_configs.path("lm_prepare"),
                       [f"tokenizer={tokenizer_dir}", "block_size=256", "progress=false",
                        f"cache_dir={tmp_path / 'cache'}"], {"output": str(tmp_path / "run")})
     run, metrics = prepare(cfg)

@@ -19,6 +19,8 @@ import torch
 import yaml
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
+from adaptlab import example_configs
+
 ROOT = Path(__file__).resolve().parents[2]
 mergekit_config = pytest.importorskip("mergekit.config")
 mergekit_merge = pytest.importorskip("mergekit.merge")
@@ -64,7 +66,7 @@ tokenizer_source: base
 dtype: float32 # published: float16 (see the module docstring)
 """
 
-SLERP = (ROOT / "configs" / "merge_slerp_mergekit.yml").read_text().replace(  # the shipped example
+SLERP = example_configs.path("merge_slerp_mergekit").read_text().replace(  # the shipped example
     "models/base", "{base}").replace("models/instruct", "{b}")
 
 # max |Δ| allowed per tensor, in ulps of the output dtype at the tensor's largest |value|

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from adaptlab import example_configs
 from adaptlab.data.records import read_records
 from adaptlab.recipes import distill, synth
 
@@ -15,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_demo_schema_matches_the_example_config():
-    example = yaml.safe_load((ROOT / "configs" / "synth_biospecies.yaml").read_text())["schema"]
+    example = yaml.safe_load((example_configs.path("synth_biospecies")).read_text())["schema"]
     packaged = yaml.safe_load((distill.demo_resources() / "schema.yaml").read_text())["schema"]
     assert example == packaged
 

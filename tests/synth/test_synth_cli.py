@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from adaptlab import example_configs
 from adaptlab.data.records import read_records
 from adaptlab.synth.review import ACCEPT, LABELS_NAME, REJECT, TEXT_NAME, VERDICT_NAME
 from adaptlab.synth.scripted import scripted_answer
@@ -27,7 +28,7 @@ def stub(monkeypatch):
 
 
 def write_config(tmp_path: Path, base_url: str) -> Path:
-    cfg = yaml.safe_load((ROOT / "configs" / "synth_biospecies.yaml").read_text())
+    cfg = yaml.safe_load((example_configs.path("synth_biospecies")).read_text())
     cfg["subjects"] = {"groups": ["amphibians", "birds"], "per_group": 3}
     cfg["teacher"].update(base_url=base_url, cache_path=str(tmp_path / "cache.sqlite"), requests_per_minute=None,
                           tokens_per_minute=None)
@@ -98,7 +99,7 @@ def review_annotations(tasks: list[dict]) -> list[dict]:
 def test_review_export_import_and_factcheck_round_trip(tmp_path, stub, run_cli):
     config = write_config(tmp_path, stub.base_url)
     assert run_cli("synth", "generate", config, "--output", tmp_path / "gen")[0] == 0
-    code, out, err = run_cli("synth", "review", "export", tmp_path / "gen", "--out", tmp_path / "ls")
+    code, out, err = run_cli("synth", "review", "export", tmp_path / "gen", "--output", tmp_path / "ls")
     assert code == 0, err
     tasks = json.loads((tmp_path / "ls" / "tasks.json").read_text())
     assert len(tasks) == 18 and all(t["predictions"][0]["result"] for t in tasks)
@@ -122,7 +123,7 @@ def test_review_export_import_and_factcheck_round_trip(tmp_path, stub, run_cli):
     assert habitat["precision"] == 0.0 and habitat["support"] == 1
 
     sheet = tmp_path / "facts.csv"
-    code, out, err = run_cli("synth", "factcheck", "export", tmp_path / "gen", "--out", sheet, "--per-aspect", "2")
+    code, out, err = run_cli("synth", "factcheck", "export", tmp_path / "gen", "--output", sheet, "--per-aspect", "2")
     assert code == 0, err
     lines = sheet.read_text(encoding="utf-8-sig").splitlines()
     assert len(lines) == 1 + 6

@@ -1,18 +1,23 @@
 """The ``adaptlab`` command line. Each command group lives in its own module and only parses
-arguments, calls a recipe or building block, and prints; no logic lives here."""
+arguments, calls a recipe or building block, and prints; no logic lives here.
+
+Global options (``-q``, ``-v``, ``--debug``) may stand anywhere on the command line; they are moved in front of
+the group before typer parses it.
+"""
 
 from __future__ import annotations
 
 import os
 import sys
+from importlib import metadata
 
 import click
 import typer
 from rich.console import Console
 from rich.markup import escape
-from typer._click import exceptions as typer_click_exceptions
 
 from adaptlab import interrupts, runs
+from adaptlab.cli.common import click_exceptions, old_option_message
 from adaptlab.errors import AdaptlabError
 
 app = typer.Typer(
@@ -20,21 +25,54 @@ app = typer.Typer(
     help="Adapt language models to a domain when labelled data is scarce.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
     rich_markup_mode=None,  # help texts show [E1] markers and [key=value] literally, never as markup
 )
 err_console = Console(stderr=True)
-_state = {"debug": False}
+_state = {"debug": False, "registered": False}
+GLOBAL_FLAGS = ("-q", "--quiet", "-v", "--verbose", "--debug")
+CLICK_ERRORS = (click.ClickException, click_exceptions.ClickException)  # the vendored click and the real one
+NO_ARGS_HELP = tuple(getattr(module, "NoArgsIsHelpError", ()) for module in (click.exceptions, click_exceptions))
+
+
+def version() -> str:
+    """The installed distribution's version; the source tree's when adaptlab runs uninstalled."""
+    try:
+        return metadata.version("adaptlab")
+    except metadata.PackageNotFoundError:
+        from adaptlab import __version__
+
+        return __version__
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        print(f"adaptlab {version()}")
+        raise typer.Exit()
 
 
 @app.callback()
-def _root(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks for errors.")) -> None:
+def _root(
+    quiet: bool = typer.Option(False, "--quiet", "-q",
+                               help="Results, warnings and errors only: no progress bars or status lines."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show adaptlab's debug and info log records too."),
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks and library messages for errors."),
+    _version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
+                                  help="Print adaptlab's version and exit."),
+) -> None:
+    if quiet and verbose:
+        raise click_exceptions.UsageError("-q/--quiet and -v/--verbose exclude each other")
     _state["debug"] = debug
+    runs.configure_console(quiet=quiet, verbose=verbose)
 
 
 def _register() -> None:
+    """Add every command group to the app, once per process (tests call :func:`main` many times)."""
+    if _state["registered"]:
+        return
+    _state["registered"] = True
     from adaptlab.cli import (
         cls,
+        config_cmd,
         data,
         demo,
         distill,
@@ -52,6 +90,7 @@ def _register() -> None:
         teacher,
     )
 
+    app.add_typer(config_cmd.app, name="config", help="List, show and copy the example configs shipped with adaptlab.")
     app.add_typer(data.app, name="data", help="Inspect, repair and convert annotated data.")
     app.add_typer(ner.app, name="ner", help="Train, evaluate and run NER students.")
     app.add_typer(re_cmd.app, name="re", help="Train, evaluate and run relation-extraction students.")
@@ -89,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     0 done; 2 the input, config or command line is wrong (one message, no traceback); 1 an internal error
     (one line pointing to ``--debug``); 128 + signal (130 SIGINT, 143 SIGTERM) interrupted, with what was kept.
     """
-    args = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    args = _global_flags_first(sys.argv[1:] if argv is None else [str(a) for a in argv])
     debug = "--debug" in args
     _quiet_libraries(debug)
     _register()
@@ -107,9 +146,8 @@ def main(argv: list[str] | None = None) -> int:
             return _interrupted()
         except typer.Exit as exc:
             return exc.exit_code
-        except (click.ClickException, typer_click_exceptions.ClickException) as exc:
-            exc.show()
-            return exc.exit_code
+        except CLICK_ERRORS as exc:
+            return _command_line_error(exc)
         except OSError as exc:  # a path that cannot be written or read, a full disk: the environment, not a bug
             if debug or exc.filename is None and exc.strerror is None:
                 raise
@@ -130,13 +168,41 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
+def _global_flags_first(args: list[str]) -> list[str]:
+    """``adaptlab ner train x.yaml -q`` as ``adaptlab -q ner train x.yaml``: the global flags, wherever they stand
+    (before a ``--``), go in front, since typer reads them only before the group."""
+    end = args.index("--") if "--" in args else len(args)
+    flags = [arg for arg in args[:end] if arg in GLOBAL_FLAGS]
+    return flags + [arg for arg in args[:end] if arg not in GLOBAL_FLAGS] + args[end:]
+
+
+def _command_line_error(exc: click.ClickException) -> int:
+    """One line for what is wrong and one hint, exit 2; a group called without a command shows its help."""
+    if NO_ARGS_HELP and isinstance(exc, NO_ARGS_HELP):
+        exc.show()
+        return exc.exit_code
+    ctx = getattr(exc, "ctx", None)
+    message = exc.format_message()
+    if isinstance(exc, (click.exceptions.NoSuchOption, click_exceptions.NoSuchOption)):
+        message = old_option_message(exc.option_name, ctx) or message
+    _error(message)
+    command = ctx.command_path if ctx is not None else "adaptlab"
+    err_console.print(f"hint: '{escape(command)} --help' shows the arguments and options", highlight=False,
+                      soft_wrap=True)
+    return 2
+
+
 def _run_app(args: list[str]) -> int:
     """Run the typer app, turning what it returns instead of raising back into exceptions.
 
     Without standalone mode typer returns the code of a ``typer.Exit`` and turns KeyboardInterrupt into a
-    returned 130; raised again, both are failures that :func:`runs.unfinished_runs_removed` sees.
+    returned 130; raised again, both are failures that :func:`runs.unfinished_runs_removed` sees. Shell completion
+    calls ``sys.exit`` itself; its code is returned like the others.
     """
-    code = app(args=args, prog_name="adaptlab", standalone_mode=False)
+    try:
+        code = app(args=args, prog_name="adaptlab", standalone_mode=False)
+    except SystemExit as exc:  # shell completion (--show-completion, the completion requests) exits by itself
+        code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
     if code == 130:
         raise KeyboardInterrupt
     if isinstance(code, int) and code != 0:

@@ -8,7 +8,20 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from adaptlab.cli.common import config_or_override, console, print_json
+from adaptlab.cli.common import (
+    WithOldArguments,
+    config_argument,
+    console,
+    json_option,
+    model_option,
+    old_argument,
+    output_option,
+    overrides_argument,
+    print_json,
+    resolve_config,
+    texts_option,
+    texts_or_file,
+)
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -28,12 +41,12 @@ def summary_table(report: dict, title: str) -> Table:
 
 @app.command()
 def train(
-    config: Optional[str] = typer.Argument(None, help="YAML config (see configs/cls.yaml)"),
-    overrides: Optional[list[str]] = typer.Argument(None, help="key=value config overrides"),
+    config: Optional[str] = config_argument(),
+    overrides: Optional[list[str]] = overrides_argument(),
     train_file: Optional[str] = typer.Option(None, "--train", help="training data (JSONL, CSV, TSV, LABEL TEXT)"),
     dev: Optional[str] = typer.Option(None, "--dev", help="dev data for early stopping and model choice"),
-    model: Optional[str] = typer.Option(None, "--model", help="HF name or path; default: packaged MiniLM"),
-    output: Optional[str] = typer.Option(None, "--output", help="run directory (must not exist)"),
+    model: Optional[str] = model_option("HF name or path; default: packaged MiniLM"),
+    output: Optional[str] = output_option(),
     epochs: Optional[float] = typer.Option(None, "--epochs", help="training.num_train_epochs"),
     learning_rate: Optional[float] = typer.Option(None, "--lr", help="training.learning_rate"),
     seed: Optional[int] = typer.Option(None, "--seed", help="training.seed"),
@@ -42,7 +55,7 @@ def train(
     from adaptlab.config import load_config
     from adaptlab.recipes import cls
 
-    config, overrides = config_or_override(config, overrides)
+    config, overrides = resolve_config(config, overrides)
     cfg = load_config(cls.ClsTrainConfig, config, overrides, {
         "train": train_file, "dev": dev, "model": model, "output": output,
         "training.num_train_epochs": epochs, "training.learning_rate": learning_rate, "training.seed": seed,
@@ -57,18 +70,18 @@ def train(
 
 @app.command()
 def evaluate(
-    config: Optional[str] = typer.Argument(None, help="YAML config"),
-    overrides: Optional[list[str]] = typer.Argument(None, help="key=value config overrides"),
-    model: Optional[str] = typer.Option(None, "--model", help="run directory or model directory"),
+    config: Optional[str] = config_argument(),
+    overrides: Optional[list[str]] = overrides_argument(),
+    model: Optional[str] = model_option(),
     data: Optional[str] = typer.Option(None, "--data", help="labelled data (JSONL, CSV, TSV, LABEL TEXT)"),
-    output: Optional[str] = typer.Option(None, "--output", help="write a run directory with predictions and report"),
-    as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
+    output: Optional[str] = output_option("write a run directory with predictions and report (must not exist)"),
+    as_json: bool = json_option("print the report as JSON"),
 ) -> None:
     """Score a trained classifier: accuracy, macro/micro F1, per-class P/R/F1, confusion matrix."""
     from adaptlab.config import load_config
     from adaptlab.recipes import cls
 
-    config, overrides = config_or_override(config, overrides)
+    config, overrides = resolve_config(config, overrides)
     cfg = load_config(cls.ClsEvalConfig, config, overrides, {"model": model, "data": data, "output": output})
     report, run = cls.evaluate(cfg)
     if as_json:
@@ -79,25 +92,22 @@ def evaluate(
         console.print(f"run directory: {run.path}")
 
 
-@app.command()
+@app.command(cls=WithOldArguments)
 def predict(
-    texts: Optional[list[str]] = typer.Argument(None, help="texts to classify (or --input FILE)"),
-    model: str = typer.Option(..., "--model", help="run directory or model directory"),
+    model: str = model_option(required=True),
+    texts: Optional[list[str]] = texts_option(),
     input_file: Optional[str] = typer.Option(
         None, "--input", help="JSONL/CSV/TSV (the text column), else one text per line"),
     text_column: str = typer.Option("text", "--text-column", help="the text key or column of a JSONL/CSV/TSV input"),
-    output: Optional[str] = typer.Option(None, "--output", help="write JSONL here (must not exist)"),
+    output: Optional[str] = output_option("write JSONL here (must not exist)"),
+    _old_texts: Optional[list[str]] = old_argument(
+        'texts are given with --text now: adaptlab cls predict --model MODEL --text "..." [--text "..."]'),
 ) -> None:
     """Classify texts; prints one JSON object per text: text, label (or labels), scores per label."""
     from adaptlab.data.classification import texts_to_classify
-    from adaptlab.errors import AdaptlabError
     from adaptlab.recipes import cls
 
-    if bool(input_file) == bool(texts):
-        raise AdaptlabError("give texts to classify, or --input FILE (not both)")
-    inputs = texts_to_classify(input_file, text_column=text_column) if input_file else list(texts or [])
-    if not all(t.strip() for t in inputs):
-        raise AdaptlabError("an empty text was given; every text needs some words")
+    inputs = texts_or_file(texts, input_file, lambda path: texts_to_classify(path, text_column=text_column))
     rows = cls.predict(model, inputs, output)
     if output:
         console.print(f"wrote {len(rows)} predictions to {output}")

@@ -1,16 +1,63 @@
-"""Small helpers shared by the CLI modules: printing, and a group that runs a config by default."""
+"""What the CLI modules share: the argument and option aliases of the one command shape, printing, and the
+messages for command-line forms that changed.
+
+Every command reads ``adaptlab GROUP COMMAND [CONFIG] [key=value ...] [--flags]``: the config is an optional
+first argument (a YAML file or the name of a shipped one), ``key=value`` overrides follow, and everything a
+command writes goes to ``--output`` / ``-o``. The aliases below are the only place these arguments are spelled.
+"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
+import typer
 from rich.console import Console
 from rich.table import Table
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
+
+try:  # typer >= 0.20 vendors click as typer._click and raises its exceptions
+    from typer._click import exceptions as click_exceptions
+except ImportError:  # pragma: no cover - an older typer on the real click
+    from click import exceptions as click_exceptions
 
 # User data (paths, texts with [E1] markers) must never be read as rich markup.
 console = Console(markup=False, highlight=False)
+status_console = Console(stderr=True, markup=False, highlight=False)
+
+CONFIG_HELP = "YAML config file, or the name of a shipped one (adaptlab config list)"
+OVERRIDES_HELP = "key=value config overrides (dotted keys: training.seed=1)"
+RUN_OUTPUT_HELP = "run directory to write (must not exist)"
+OLD_FORMS = {  # an option some commands no longer have -> the form that replaced it ({command}: the command path)
+    "--config": ("config", "--config is gone; the config is the first argument: {command} CONFIG [key=value ...]"),
+    "--out": ("output", "--out is now --output: {command} ... --output PATH"),
+}
+
+
+def config_argument(help: str = CONFIG_HELP) -> Any:
+    return typer.Argument(None, help=help, show_default=False)
+
+
+def overrides_argument(help: str = OVERRIDES_HELP) -> Any:
+    return typer.Argument(None, help=help, show_default=False)
+
+
+def output_option(help: str = RUN_OUTPUT_HELP, required: bool = False) -> Any:
+    return typer.Option(... if required else None, "--output", "-o", help=help, show_default=False)
+
+
+def json_option(help: str = "print the result as JSON on stdout") -> Any:
+    return typer.Option(False, "--json", help=help)
+
+
+def model_option(help: str = "run directory or model directory", required: bool = False) -> Any:
+    return typer.Option(... if required else None, "--model", help=help, show_default=False)
+
+
+def texts_option() -> Any:
+    return typer.Option(None, "--text", help='a text to read (repeat for several); or --input FILE',
+                        show_default=False)
 
 
 class RunByDefault(TyperGroup):
@@ -22,11 +69,85 @@ class RunByDefault(TyperGroup):
         return super().parse_args(ctx, args)
 
 
-def config_or_override(config: str | None, overrides: list[str] | None) -> tuple[str | None, list[str] | None]:
-    """``COMMAND key=value ...`` with no config file: the first argument is an override too."""
-    if config and "=" in config and not Path(config).exists():
+def resolve_config(config: str | None, overrides: list[str] | None) -> tuple[str | None, list[str] | None]:
+    """The CONFIG argument as a file to load, and the overrides.
+
+    CONFIG is a YAML file, else the name of a shipped example (``adaptlab config list``); a ``key=value`` in its
+    place means there is no config file and it is the first override.
+    """
+    from adaptlab import example_configs
+    from adaptlab.errors import ConfigError
+
+    misplaced = next((item for item in overrides or [] if "=" not in item and item.endswith((".yaml", ".yml"))), None)
+    if misplaced:
+        raise ConfigError(f"{misplaced} is not key=value; a config file goes first: COMMAND CONFIG [key=value ...]")
+    if config is None or Path(config).exists():
+        return config, overrides
+    if "=" in config:
         return None, [config, *(overrides or [])]
-    return config, overrides
+    shipped = example_configs.find(config)
+    if shipped is not None and shipped.is_file():
+        return str(shipped), overrides
+    raise ConfigError(f"config file {config} not found; give a YAML file, the name of a shipped config "
+                      "(adaptlab config list) or key=value overrides")
+
+
+def texts_or_file(texts: list[str] | None, input_file: str | None, read_file) -> list[str]:
+    """The ``--text`` values, or what ``read_file(--input)`` reads: exactly one of the two must be given."""
+    from adaptlab.errors import AdaptlabError
+
+    if bool(texts) == bool(input_file):
+        raise AdaptlabError('give --text "..." (once per text) or --input FILE, not both')
+    if input_file:
+        return read_file(input_file)
+    if not all(text.strip() for text in texts):
+        raise AdaptlabError("--text is empty; every text needs some words")
+    return list(texts)
+
+
+class WithOldArguments(TyperCommand):
+    """A command with :func:`old_argument` parameters, which stay out of its usage line as out of its help."""
+
+    def collect_usage_pieces(self, ctx) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if not getattr(param, "hidden", False):
+                pieces.extend(param.get_usage_pieces(ctx))
+        return pieces
+
+
+def old_argument(new_form: str) -> Any:
+    """A hidden argument that catches a form the command no longer has and names the new one (usage error, exit 2);
+    its command is declared with ``cls=WithOldArguments``.
+
+    ``new_form`` may hold ``{value}``: what was given in the old place. It is checked as soon as it is parsed,
+    before a required option of the new form is missed.
+    """
+    def refuse(ctx: typer.Context, value):
+        if value:
+            given = " ".join(value) if isinstance(value, (list, tuple)) else value
+            raise click_exceptions.UsageError(new_form.format(value=given), ctx=ctx)
+        return value
+
+    return typer.Argument(None, hidden=True, callback=refuse, show_default=False)
+
+
+def old_option_message(option: str, ctx) -> str | None:
+    """For an option the command of ``ctx`` does not know: one line naming the form that replaced it, if any."""
+    if option not in OLD_FORMS or ctx is None:
+        return None
+    replacement, message = OLD_FORMS[option]
+    if not any(param.name == replacement for param in ctx.command.params):
+        return None
+    return message.format(command=ctx.command_path)
+
+
+def status(message: str) -> None:
+    """A line about what the command is doing (stderr); ``adaptlab -q`` leaves it out."""
+    from adaptlab.runs import progress_enabled
+
+    if progress_enabled():
+        status_console.print(message)
 
 
 def print_json(obj) -> None:

@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from adaptlab.cli.common import console, print_json
+from adaptlab.cli.common import WithOldArguments, console, json_option, old_argument, output_option, print_json
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -25,7 +25,7 @@ def _types(value: Optional[str]) -> Optional[list[str]]:
 @app.command()
 def inspect(
     path: str = typer.Argument(..., help="CoNLL-like file (token and tag per line)"),
-    as_json: bool = typer.Option(False, "--json", help="print the report as JSON on stdout"),
+    as_json: bool = json_option("print the report as JSON on stdout"),
     examples: int = typer.Option(5, "--examples", min=0, help="examples (file:line) shown per problem"),
     types: Optional[str] = typer.Option(None, "--types", help=TYPES_HELP),
     first_section: Optional[str] = typer.Option(None, "--first-section", help=FIRST_SECTION_HELP),
@@ -64,10 +64,10 @@ def inspect(
     console.print(problems if data["problems"] else "no problems found")
 
 
-@app.command()
+@app.command(cls=WithOldArguments)
 def convert(
     source: str = typer.Argument(..., help="input file (CoNLL-like, JSONL, Label Studio, ...)"),
-    target: str = typer.Argument(..., help="output file; the format follows the suffix (must not exist)"),
+    target: str = output_option("output file; the format follows the suffix (must not exist)", required=True),
     from_fmt: Optional[str] = typer.Option(None, "--from", help="input format (default: detected)"),
     to_fmt: Optional[str] = typer.Option(None, "--to", help="output format (default: from the suffix)"),
     repair: bool = typer.Option(True, "--repair/--no-repair", help="repair CoNLL-like input"),
@@ -79,6 +79,8 @@ def convert(
     keep_unrepairable: bool = typer.Option(False, "--keep-unrepairable",
                                            help="keep garbled/fragmented sequences instead of dropping them"),
     clauses: bool = typer.Option(False, "--clauses", help="one record per relation clause"),
+    _old_target: Optional[str] = old_argument("the output file is an option now: adaptlab data convert SOURCE "
+                                              "--output {value}"),
 ) -> None:
     """Convert between formats; CoNLL-like input is repaired by default and the repair summarised."""
     from adaptlab.data import boundary, io

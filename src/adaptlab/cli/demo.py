@@ -6,16 +6,16 @@ from typing import Optional
 
 import typer
 
-from adaptlab.cli.common import console, print_student_result
+from adaptlab.cli.common import output_option, print_student_result, status
 
 
 def demo(
-    output: Optional[str] = typer.Option(None, "--output", help="run directory (default runs/<time>-demo)"),
-    epochs: float = typer.Option(12, "--epochs"),
+    output: Optional[str] = output_option("run directory (default runs/<time>-demo)"),
+    epochs: float = typer.Option(12, "--epochs", help="training epochs"),
 ) -> None:
     """Train the packaged MiniLM NER student on the demo set and report test F1 (a few minutes on CPU)."""
     from adaptlab.recipes import demo as recipe
 
-    console.print("Training the default student (all-MiniLM-L6-v2) on the shipped demo set...")
+    status("Training the default student (all-MiniLM-L6-v2) on the shipped demo set...")
     path, metrics = recipe.run(output, epochs)
     print_student_result(metrics["test"], metrics["test_triples"], "demo test set", path)

@@ -6,20 +6,20 @@ from typing import Optional
 
 import typer
 
-from adaptlab.cli.common import console, print_stage_accounting, print_student_result
+from adaptlab.cli.common import console, output_option, print_stage_accounting, print_student_result, status
 
 app = typer.Typer(no_args_is_help=True)
 
 
 @app.command()
 def demo(
-    output: Optional[str] = typer.Option(None, "--output", help="run directory (default runs/<time>-distill-demo)"),
-    epochs: float = typer.Option(20, "--epochs"),
+    output: Optional[str] = output_option("run directory (default runs/<time>-distill-demo)"),
+    epochs: float = typer.Option(20, "--epochs", help="student training epochs"),
 ) -> None:
     """Replay teacher -> validated synthetic data -> reviewed data -> MiniLM student -> test F1 (minutes on CPU)."""
     from adaptlab.recipes import distill
 
-    console.print("Generating with the replay teacher, importing the review, training the student...")
+    status("Generating with the replay teacher, importing the review, training the student...")
     path, metrics = distill.run(output, epochs)
     print_stage_accounting(metrics["generation"])
     counts = metrics["review"]["counts"]

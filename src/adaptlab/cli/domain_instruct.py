@@ -6,7 +6,15 @@ from typing import Optional
 
 import typer
 
-from adaptlab.cli.common import RunByDefault, console
+from adaptlab.cli.common import (
+    RunByDefault,
+    config_argument,
+    console,
+    output_option,
+    overrides_argument,
+    resolve_config,
+    status,
+)
 
 app = typer.Typer(cls=RunByDefault, no_args_is_help=True)
 
@@ -18,14 +26,15 @@ def _print_table(table: list[dict]) -> None:
 
 @app.command()
 def run(
-    config: str = typer.Argument(..., help="YAML config (see configs/domain_instruct.yaml)"),
-    overrides: Optional[list[str]] = typer.Argument(None, help="key=value config overrides"),
-    output: Optional[str] = typer.Option(None, "--output", help="run directory; the same one continues a run"),
+    config: Optional[str] = config_argument("YAML config file, or a shipped one's name (e.g. domain_instruct)"),
+    overrides: Optional[list[str]] = overrides_argument(),
+    output: Optional[str] = output_option("run directory; the same one continues a run"),
 ) -> None:
     """Base -> domain by continual pretraining, + λ·(instruct − base), then all four models compared."""
     from adaptlab.config import load_config
     from adaptlab.recipes import domain_instruct
 
+    config, overrides = resolve_config(config, overrides)
     cfg = load_config(domain_instruct.DomainInstructConfig, config, overrides, {"output": output})
     run_dir, metrics = domain_instruct.run(cfg)
     _print_table(metrics["table"])
@@ -34,13 +43,13 @@ def run(
 
 @app.command()
 def demo(
-    output: Optional[str] = typer.Option(None, "--output", help="run directory (default runs/<time>-...)"),
+    output: Optional[str] = output_option("run directory (default runs/<time>-...)"),
     cpt_steps: int = typer.Option(120, "--cpt-steps", help="continual-pretraining steps"),
 ) -> None:
     """The whole recipe offline on tiny models trained from scratch here (a few minutes on 2 CPU cores)."""
     from adaptlab.recipes import domain_instruct_demo
 
-    console.print("Training a tiny base and instruct model from scratch, then running the recipe...")
+    status("Training a tiny base and instruct model from scratch, then running the recipe...")
     run_dir, metrics = domain_instruct_demo.run_demo(output, cpt_steps, say=console.print)
     _print_table(metrics["table"])
     console.print(f"took {metrics['seconds']} s; report: {run_dir.report}")

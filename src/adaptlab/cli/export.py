@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from adaptlab.cli.common import console, print_json
+from adaptlab.cli.common import console, json_option, output_option, print_json
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -15,7 +15,7 @@ app = typer.Typer(no_args_is_help=True)
 @app.command("gguf")
 def gguf(
     model: str = typer.Argument(..., help="HF model directory, or an adaptlab run directory holding model/"),
-    output: str = typer.Option(..., "--output", help="the .gguf file to write (must not exist)"),
+    output: str = output_option("the .gguf file to write (must not exist)", required=True),
     dtype: str = typer.Option("f16", "--dtype", help="f16 (llama.cpp's usual), bf16 or f32 for the matrices; "
                                                      "norms and biases stay f32"),
     modelfile: Optional[str] = typer.Option(None, "--modelfile",
@@ -25,7 +25,7 @@ def gguf(
     verify: bool = typer.Option(False, "--verify", help="load the file back with transformers and print the max "
                                                         "|difference| of its logits from the source model's "
                                                         "(needs memory for the model in float32)"),
-    as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
+    as_json: bool = json_option(),
 ) -> None:
     """Write a Llama- or Qwen2-family causal LM as GGUF (llama.cpp's format) with an Ollama Modelfile.
 

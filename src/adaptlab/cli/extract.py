@@ -6,16 +6,16 @@ from typing import Optional
 
 import typer
 
-from adaptlab.cli.common import console, print_json
+from adaptlab.cli.common import console, output_option, print_json, texts_option, texts_or_file
 
 
 def extract(
     ner: str = typer.Option(..., "--ner", help="NER run or model directory"),
     re_model: Optional[str] = typer.Option(None, "--re", help="RE run or model directory (else type rules)"),
+    texts: Optional[list[str]] = texts_option(),
     input_file: Optional[str] = typer.Option(None, "--input", help="JSONL records or one text per line"),
-    text: Optional[str] = typer.Option(None, "--text"),
     gold: Optional[str] = typer.Option(None, "--gold", help="gold records: tag their texts, print triple F1"),
-    output: Optional[str] = typer.Option(None, "--output", help="write records with relations here"),
+    output: Optional[str] = output_option("write records with relations here (must not exist)"),
 ) -> None:
     """Extract (species, relation, argument) triples from raw text."""
     from adaptlab.data.io import load_records
@@ -23,7 +23,10 @@ def extract(
     from adaptlab.recipes import relations
 
     gold_records = load_records(gold) if gold else None
-    texts = [r.text for r in gold_records] if gold_records else read_texts(input_file, text)
+    if gold_records:
+        texts = [r.text for r in gold_records]
+    else:
+        texts = texts_or_file(texts, input_file, lambda path: read_texts(path, None))
     records = relations.extract_triples(ner, re_model, texts, output)
     if gold_records:
         print_json(relations.score_triples(records, gold_records))

@@ -6,23 +6,33 @@ from typing import Optional
 
 import typer
 
-from adaptlab.cli.common import config_or_override, console, print_json
+from adaptlab.cli.common import (
+    config_argument,
+    console,
+    json_option,
+    model_option,
+    output_option,
+    overrides_argument,
+    print_json,
+    resolve_config,
+)
 
 app = typer.Typer(no_args_is_help=True)
 
 
 @app.command()
 def train(
-    overrides: Optional[list[str]] = typer.Argument(None, help="key=value config overrides (train.aggregation=min)"),
+    config: Optional[str] = config_argument(),
+    overrides: Optional[list[str]] = overrides_argument("key=value config overrides (train.aggregation=min)"),
     data: Optional[str] = typer.Option(None, "--data", help="bags JSONL (or multispanqa / qa_feedback + data_root)"),
-    output: Optional[str] = typer.Option(None, "--output", help="run directory (must not exist)"),
-    config: Optional[str] = typer.Option(None, "--config", help="YAML config (see configs/fractal.yaml)"),
+    output: Optional[str] = output_option(),
     aggregation: Optional[str] = typer.Option(None, "--aggregation", help="max, min, avg, lse_max, softmin, ..."),
 ) -> None:
     """Train a sentence scorer from bag labels (MiniLM features, the paper's loss weights by default)."""
     from adaptlab.config import load_config
     from adaptlab.recipes import fractal
 
+    config, overrides = resolve_config(config, overrides)
     cfg = load_config(fractal.FractalTrainRunConfig, config, overrides,
                       {"data": data, "output": output, "train.aggregation": aggregation})
     run, metrics = fractal.train(cfg)
@@ -33,9 +43,9 @@ def train(
 
 @app.command()
 def score(
-    model: str = typer.Option(..., "--model", help="a 'fractal train' run or model directory"),
+    model: str = model_option("a 'fractal train' run or model directory", required=True),
     input_file: str = typer.Option(..., "--input", help="bags JSONL to score"),
-    output: str = typer.Option(..., "--output", help="JSONL to write: {id, sentences, scores} per bag"),
+    output: str = output_option("JSONL to write: {id, sentences, scores} per bag", required=True),
 ) -> None:
     """Score every sentence of every bag (scores in [0, 1], higher = the bag label's positive class)."""
     from adaptlab.recipes import fractal
@@ -46,9 +56,9 @@ def score(
 
 @app.command("dpo-pairs")
 def dpo_pairs(
-    model: str = typer.Option(..., "--model", help="a 'fractal train' run or model directory"),
+    model: str = model_option("a 'fractal train' run or model directory", required=True),
     input_file: str = typer.Option(..., "--input", help='JSONL: {"prompt": ..., "responses": [...]} per line'),
-    output: str = typer.Option(..., "--output", help="DPO JSONL to write: prompt, chosen, rejected"),
+    output: str = output_option("DPO JSONL to write: prompt, chosen, rejected", required=True),
     reduce: str = typer.Option("min", "--reduce", help="a response's reward: min or mean of its sentence scores"),
     min_margin: float = typer.Option(0.0, "--min-margin", help="skip prompts whose best and worst differ less"),
 ) -> None:
@@ -63,18 +73,18 @@ def dpo_pairs(
 
 @app.command()
 def evaluate(
-    config: Optional[str] = typer.Argument(None, help="YAML config (see configs/fractal.yaml)"),
-    overrides: Optional[list[str]] = typer.Argument(None, help="key=value config overrides"),
+    config: Optional[str] = config_argument(),
+    overrides: Optional[list[str]] = overrides_argument(),
     data: Optional[str] = typer.Option(None, "--data", help="bags JSONL with sentence_labels"),
-    output: Optional[str] = typer.Option(None, "--output", help="run directory (must not exist)"),
-    as_json: bool = typer.Option(False, "--json"),
+    output: Optional[str] = output_option(),
+    as_json: bool = json_option("print the summary as JSON"),
 ) -> None:
     """Cosine, BagLoss, FRACTAL, FRACTAL + pseudo-labels and supervised on grouped folds: AUC and bag accuracy."""
 
     from adaptlab.config import load_config
     from adaptlab.recipes import fractal
 
-    config, overrides = config_or_override(config, overrides)
+    config, overrides = resolve_config(config, overrides)
     cfg = load_config(fractal.FractalEvalConfig, config, overrides, {"data": data, "output": output})
     run, metrics = fractal.evaluate(cfg)
     if as_json:
@@ -88,19 +98,19 @@ def evaluate(
 
 @app.command()
 def sft(
-    config: Optional[str] = typer.Argument(None, help="YAML config (see configs/fractal_sft.yaml)"),
-    overrides: Optional[list[str]] = typer.Argument(None, help="key=value overrides (mode=mask threshold=0.6)"),
-    model: Optional[str] = typer.Option(None, "--model", help="causal LM to fine-tune (HF name or directory)"),
+    config: Optional[str] = config_argument(),
+    overrides: Optional[list[str]] = overrides_argument("key=value overrides (mode=mask threshold=0.6)"),
+    model: Optional[str] = model_option("causal LM to fine-tune (HF name or directory)"),
     scores: Optional[str] = typer.Option(None, "--scores", help="'fractal score' output: {id, sentences, scores}"),
     bags: Optional[str] = typer.Option(None, "--bags", help="the bags JSONL that was scored (context, response)"),
-    output: Optional[str] = typer.Option(None, "--output", help="run directory (an existing one only to resume)"),
+    output: Optional[str] = output_option("run directory (an existing one only to resume)"),
 ) -> None:
     """Fine-tune a causal LM on the scored responses, each token's loss weighted (or masked) by its sentence score."""
 
     from adaptlab.config import load_config
     from adaptlab.recipes import fractal_sft
 
-    config, overrides = config_or_override(config, overrides)
+    config, overrides = resolve_config(config, overrides)
     cfg = load_config(fractal_sft.FractalSFTConfig, config, overrides,
                       {"model": model, "scores": scores, "bags": bags, "output": output})
     run, metrics = fractal_sft.sft(cfg)

@@ -6,21 +6,30 @@ from typing import Optional
 
 import typer
 
-from adaptlab.cli.common import config_or_override, console, print_json
+from adaptlab.cli.common import (
+    config_argument,
+    console,
+    json_option,
+    output_option,
+    overrides_argument,
+    print_json,
+    resolve_config,
+)
 
 app = typer.Typer(no_args_is_help=True)
 
 
 @app.command()
 def prepare(
-    config: str = typer.Argument(..., help="YAML config (see configs/lm_prepare.yaml)"),
-    overrides: Optional[list[str]] = typer.Argument(None, help="key=value config overrides"),
-    output: Optional[str] = typer.Option(None, "--output", help="run directory (must not exist)"),
+    config: Optional[str] = config_argument("YAML config file, or a shipped one's name (e.g. lm_prepare)"),
+    overrides: Optional[list[str]] = overrides_argument(),
+    output: Optional[str] = output_option(),
 ) -> None:
     """Clean, de-duplicate, tokenize and pack a corpus into blocks; held-out domain and general splits."""
     from adaptlab.config import load_config
     from adaptlab.recipes import lm_prepare
 
+    config, overrides = resolve_config(config, overrides)
     run, metrics = lm_prepare.prepare(load_config(lm_prepare.PrepareConfig, config, overrides, {"output": output}))
     splits = metrics["splits"]
     console.print(", ".join(f"{name}: {row['rows']} blocks / {row['tokens']} tokens" for name, row in splits.items()))
@@ -29,15 +38,16 @@ def prepare(
 
 @app.command()
 def train(
-    config: str = typer.Argument(..., help="YAML config (see configs/lm_cpt.yaml, configs/lm_sft.yaml)"),
-    overrides: Optional[list[str]] = typer.Argument(None, help="key=value config overrides"),
-    output: Optional[str] = typer.Option(None, "--output", help="run directory (an existing one only with resume)"),
+    config: Optional[str] = config_argument("YAML config file, or a shipped one's name (e.g. lm_cpt, lm_sft)"),
+    overrides: Optional[list[str]] = overrides_argument(),
+    output: Optional[str] = output_option("run directory (an existing one only with resume)"),
 ) -> None:
     """Continual pretraining (mode cpt, packed blocks) or SFT (mode sft: chat or prompt/completion examples, loss on
     the assistant turns or completions, optionally weighted per span or token)."""
     from adaptlab.config import load_config
     from adaptlab.recipes import lm_train
 
+    config, overrides = resolve_config(config, overrides)
     run, metrics = lm_train.train(load_config(lm_train.LMTrainConfig, config, overrides, {"output": output}))
     final = {k: v for k, v in metrics.items() if k.startswith("final_")}
     console.print("  ".join(f"{k.removeprefix('final_')} {v:.4g}" for k, v in final.items()))
@@ -46,16 +56,16 @@ def train(
 
 @app.command()
 def evaluate(
-    config: Optional[str] = typer.Argument(None, help="YAML config (see configs/lm_evaluate.yaml)"),
-    overrides: Optional[list[str]] = typer.Argument(None, help="key=value config overrides"),
-    output: Optional[str] = typer.Option(None, "--output", help="run directory (must not exist)"),
-    as_json: bool = typer.Option(False, "--json"),
+    config: Optional[str] = config_argument(),
+    overrides: Optional[list[str]] = overrides_argument(),
+    output: Optional[str] = output_option(),
+    as_json: bool = json_option("print the table as JSON"),
 ) -> None:
     """Perplexity on text files, multiple-choice tasks by log-likelihood, and the instruction-following probe."""
     from adaptlab.config import load_config
     from adaptlab.recipes import lm_evaluate
 
-    config, overrides = config_or_override(config, overrides)
+    config, overrides = resolve_config(config, overrides)
     run, metrics = lm_evaluate.evaluate(load_config(lm_evaluate.LMEvalConfig, config, overrides, {"output": output}))
     if as_json:
         print_json(metrics["table"])
@@ -69,7 +79,7 @@ def evaluate(
 def export_task(
     task: str = typer.Argument(..., help="task JSONL (adaptlab.lm.mc_tasks format), lm-eval YAML, packaged:NAME, "
                                          "or a .txt file (documents separated by blank lines) for perplexity"),
-    output: str = typer.Option(..., "--output", help="folder to write NAME.yaml and NAME.jsonl to (must not exist)"),
+    output: str = output_option("folder to write NAME.yaml and NAME.jsonl to (must not exist)", required=True),
     name: Optional[str] = typer.Option(None, "--name", help="lm-eval task name; default: the file's stem"),
 ) -> None:
     """Write a task as an lm-evaluation-harness task, to run with `lm_eval --include_path DIR --tasks NAME`."""

@@ -6,7 +6,16 @@ from typing import Optional
 
 import typer
 
-from adaptlab.cli.common import RunByDefault, console, print_json
+from adaptlab.cli.common import (
+    RunByDefault,
+    config_argument,
+    console,
+    json_option,
+    output_option,
+    overrides_argument,
+    print_json,
+    resolve_config,
+)
 
 app = typer.Typer(cls=RunByDefault, no_args_is_help=True)
 
@@ -21,16 +30,18 @@ def _summary(result) -> None:
 
 @app.command()
 def run(
-    config: str = typer.Argument(..., help="YAML merge config: adaptlab's (see configs/merge_ties.yaml) or "
-                                           "mergekit's (merge_method, models[].parameters, gradients, filters)"),
-    overrides: Optional[list[str]] = typer.Argument(None, help="key=value config overrides"),
-    output: Optional[str] = typer.Option(None, "--output", help="merged model and run directory (must not exist)"),
+    config: Optional[str] = config_argument("YAML merge config, adaptlab's or mergekit's (merge_method, "
+                                            "models[].parameters, gradients, filters), or a shipped one's name "
+                                            "(e.g. merge_ties)"),
+    overrides: Optional[list[str]] = overrides_argument(),
+    output: Optional[str] = output_option("merged model and run directory (must not exist)"),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="float32, float16 or bfloat16"),
 ) -> None:
     """Merge models as the config says (linear, task_arithmetic, ties, dare_linear, dare_ties, slerp)."""
     from adaptlab.merge.engine import merge_run
     from adaptlab.merge.mergekit_config import load_merge_config
 
+    config, overrides = resolve_config(config, overrides)
     _summary(merge_run(load_merge_config(config, overrides, {"output": output, "dtype": dtype})))
 
 
@@ -39,7 +50,7 @@ def chat_vector(
     base: str = typer.Option(..., "--base", help="the base model both others started from"),
     instruct: str = typer.Option(..., "--instruct", help="the base model's instruction-tuned version"),
     domain: str = typer.Option(..., "--domain", help="the base model after continual pretraining on domain text"),
-    output: str = typer.Option(..., "--output", help="merged model and run directory (must not exist)"),
+    output: str = output_option("merged model and run directory (must not exist)", required=True),
     scale: float = typer.Option(1.0, "--scale", help="λ in θ_domain + λ·(θ_instruct − θ_base)"),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="default: the base model's"),
     vocab: str = typer.Option("strict", "--vocab", help="strict, base or union when tokenizers differ"),
@@ -53,15 +64,17 @@ def chat_vector(
 
 @app.command()
 def search(
-    config: str = typer.Argument(..., help="YAML search config (see configs/merge_search.yaml)"),
-    overrides: Optional[list[str]] = typer.Argument(None, help="key=value config overrides"),
-    as_json: bool = typer.Option(False, "--json"),
+    config: Optional[str] = config_argument("YAML search config, or a shipped one's name (e.g. merge_search)"),
+    overrides: Optional[list[str]] = overrides_argument(),
+    output: Optional[str] = output_option("run directory with the candidates (must not exist)"),
+    as_json: bool = json_option("print the ranking as JSON"),
 ) -> None:
     """Try a grid of λ (or weights) and rank the merges by perplexity on held-out text."""
     from adaptlab.config import load_config
     from adaptlab.merge.search import SearchConfig, run_search
 
-    run_dir, result = run_search(load_config(SearchConfig, config, overrides))
+    config, overrides = resolve_config(config, overrides)
+    run_dir, result = run_search(load_config(SearchConfig, config, overrides, {"output": output}))
     if as_json:
         print_json(result)
         return

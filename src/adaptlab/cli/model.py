@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from adaptlab.cli.common import console, print_json
+from adaptlab.cli.common import console, json_option, output_option, print_json
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -14,10 +14,9 @@ app = typer.Typer(no_args_is_help=True)
 @app.command("import")
 def import_(
     path: str = typer.Argument(..., help="a .gguf file (llama.cpp's format)"),
-    output: Optional[str] = typer.Option(None, "--output",
-                                         help="model directory to write (must not exist); default: the cache"),
+    output: Optional[str] = output_option("model directory to write (must not exist); default: the cache"),
     dtype: str = typer.Option("float32", "--dtype", help="float32 (exact dequantised values), bfloat16 or float16"),
-    as_json: bool = typer.Option(False, "--json", help="print the import record as JSON"),
+    as_json: bool = json_option("print the import record as JSON"),
 ) -> None:
     """Check and convert a GGUF once into safetensors, tokenizer, chat template and generation config.
 

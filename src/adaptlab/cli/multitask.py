@@ -7,17 +7,24 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from adaptlab.cli.common import config_or_override, console
+from adaptlab.cli.common import (
+    config_argument,
+    console,
+    model_option,
+    output_option,
+    overrides_argument,
+    resolve_config,
+)
 
 app = typer.Typer(no_args_is_help=True)
 
 
 @app.command()
 def train(
-    config: Optional[str] = typer.Argument(None, help="YAML config (see configs/multitask.yaml)"),
-    overrides: Optional[list[str]] = typer.Argument(None, help="key=value config overrides"),
-    model: Optional[str] = typer.Option(None, "--model", help="the shared encoder; default: packaged MiniLM"),
-    output: Optional[str] = typer.Option(None, "--output", help="run directory (must not exist)"),
+    config: Optional[str] = config_argument("YAML config, or a shipped one's name (e.g. multitask)"),
+    overrides: Optional[list[str]] = overrides_argument(),
+    model: Optional[str] = model_option("the shared encoder; default: packaged MiniLM"),
+    output: Optional[str] = output_option(),
     epochs: Optional[float] = typer.Option(None, "--epochs", help="training.num_train_epochs"),
     seed: Optional[int] = typer.Option(None, "--seed", help="training.seed"),
 ) -> None:
@@ -25,7 +32,7 @@ def train(
     from adaptlab.config import load_config
     from adaptlab.recipes import multitask
 
-    config, overrides = config_or_override(config, overrides)
+    config, overrides = resolve_config(config, overrides)
     cfg = load_config(multitask.MultitaskConfig, config, overrides, {
         "model": model, "output": output, "training.num_train_epochs": epochs, "training.seed": seed,
     })

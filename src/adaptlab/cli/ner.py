@@ -6,27 +6,40 @@ from typing import Optional
 
 import typer
 
-from adaptlab.cli.common import console, ner_summary_table, print_json
+from adaptlab.cli.common import (
+    config_argument,
+    console,
+    json_option,
+    model_option,
+    ner_summary_table,
+    output_option,
+    overrides_argument,
+    print_json,
+    resolve_config,
+    texts_option,
+    texts_or_file,
+)
 
 app = typer.Typer(no_args_is_help=True)
 
 
 @app.command()
 def train(
-    overrides: Optional[list[str]] = typer.Argument(None, help="key=value config overrides"),
+    config: Optional[str] = config_argument(),
+    overrides: Optional[list[str]] = overrides_argument(),
     train_file: Optional[str] = typer.Option(None, "--train", help="training data (JSONL, CoNLL, ...)"),
     dev: Optional[str] = typer.Option(None, "--dev", help="dev data for early stopping and model choice"),
-    model: Optional[str] = typer.Option(None, "--model", help="HF name or path; default: packaged MiniLM"),
-    output: Optional[str] = typer.Option(None, "--output", help="run directory (must not exist)"),
-    config: Optional[str] = typer.Option(None, "--config", help="YAML config"),
-    epochs: Optional[float] = typer.Option(None, "--epochs"),
-    learning_rate: Optional[float] = typer.Option(None, "--lr"),
-    seed: Optional[int] = typer.Option(None, "--seed"),
+    model: Optional[str] = model_option("HF name or path; default: packaged MiniLM"),
+    output: Optional[str] = output_option(),
+    epochs: Optional[float] = typer.Option(None, "--epochs", help="training.num_train_epochs"),
+    learning_rate: Optional[float] = typer.Option(None, "--lr", help="training.learning_rate"),
+    seed: Optional[int] = typer.Option(None, "--seed", help="training.seed"),
 ) -> None:
     """Fine-tune a NER student and evaluate it on dev."""
     from adaptlab.config import load_config
     from adaptlab.recipes import ner
 
+    config, overrides = resolve_config(config, overrides)
     cfg = load_config(ner.NERTrainConfig, config, overrides, {
         "train": train_file, "dev": dev, "model": model, "output": output,
         "training.num_train_epochs": epochs, "training.learning_rate": learning_rate, "training.seed": seed,
@@ -39,17 +52,18 @@ def train(
 
 @app.command()
 def evaluate(
-    overrides: Optional[list[str]] = typer.Argument(None, help="key=value config overrides"),
-    model: Optional[str] = typer.Option(None, "--model", help="run directory or model directory"),
+    config: Optional[str] = config_argument(),
+    overrides: Optional[list[str]] = overrides_argument(),
+    model: Optional[str] = model_option(),
     data: Optional[str] = typer.Option(None, "--data", help="gold data (JSONL, CoNLL, ...)"),
-    output: Optional[str] = typer.Option(None, "--output", help="write a run directory with report"),
-    config: Optional[str] = typer.Option(None, "--config", help="YAML config"),
-    as_json: bool = typer.Option(False, "--json", help="print metrics as JSON"),
+    output: Optional[str] = output_option("write a run directory with the report (must not exist)"),
+    as_json: bool = json_option("print metrics as JSON"),
 ) -> None:
     """Score a trained NER student on gold data: strict, overlap and token-level F1."""
     from adaptlab.config import load_config
     from adaptlab.recipes import ner
 
+    config, overrides = resolve_config(config, overrides)
     cfg = load_config(ner.NEREvalConfig, config, overrides, {"model": model, "data": data, "output": output})
     report, run = ner.evaluate(cfg)
     if as_json:
@@ -62,17 +76,17 @@ def evaluate(
 
 @app.command()
 def predict(
-    model: str = typer.Option(..., "--model", help="run directory or model directory"),
+    model: str = model_option(required=True),
+    texts: Optional[list[str]] = texts_option(),
     input_file: Optional[str] = typer.Option(None, "--input", help="JSONL records or one text per line"),
-    text: Optional[str] = typer.Option(None, "--text", help="a single text"),
-    output: Optional[str] = typer.Option(None, "--output", help="write canonical JSONL here"),
+    output: Optional[str] = output_option("write canonical JSONL here (must not exist)"),
 ) -> None:
     """Tag texts; prints canonical JSONL records with character spans and scores."""
     from adaptlab.data.records import iter_jsonl
     from adaptlab.data.texts import read_texts
     from adaptlab.recipes import ner
 
-    records = ner.predict(model, read_texts(input_file, text), output)
+    records = ner.predict(model, texts_or_file(texts, input_file, lambda path: read_texts(path, None)), output)
     if output:
         console.print(f"wrote {len(records)} records to {output}")
     else:

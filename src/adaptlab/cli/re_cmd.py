@@ -6,29 +6,42 @@ from typing import Optional
 
 import typer
 
-from adaptlab.cli.common import console, print_json
+from adaptlab.cli.common import (
+    config_argument,
+    console,
+    json_option,
+    model_option,
+    output_option,
+    overrides_argument,
+    print_json,
+    resolve_config,
+    texts_option,
+    texts_or_file,
+)
 
 app = typer.Typer(no_args_is_help=True)
 
 
 @app.command()
 def train(
-    overrides: Optional[list[str]] = typer.Argument(None, help="key=value config overrides"),
+    config: Optional[str] = config_argument(),
+    overrides: Optional[list[str]] = overrides_argument(),
     train_file: Optional[str] = typer.Option(None, "--train", help="records with relations, or marker CSV"),
-    dev: Optional[str] = typer.Option(None, "--dev"),
-    model: Optional[str] = typer.Option(None, "--model", help="HF name or path; default: packaged MiniLM"),
-    output: Optional[str] = typer.Option(None, "--output", help="run directory (must not exist)"),
-    config: Optional[str] = typer.Option(None, "--config", help="YAML config"),
-    epochs: Optional[float] = typer.Option(None, "--epochs"),
-    seed: Optional[int] = typer.Option(None, "--seed"),
+    dev: Optional[str] = typer.Option(None, "--dev", help="dev data for early stopping and model choice"),
+    model: Optional[str] = model_option("HF name or path; default: packaged MiniLM"),
+    output: Optional[str] = output_option(),
+    epochs: Optional[float] = typer.Option(None, "--epochs", help="training.num_train_epochs"),
+    learning_rate: Optional[float] = typer.Option(None, "--lr", help="training.learning_rate"),
+    seed: Optional[int] = typer.Option(None, "--seed", help="training.seed"),
 ) -> None:
     """Fine-tune a relation classifier over entity-marker inputs."""
     from adaptlab.config import load_config
     from adaptlab.recipes import relations
 
+    config, overrides = resolve_config(config, overrides)
     cfg = load_config(relations.RETrainConfig, config, overrides, {
         "train": train_file, "dev": dev, "model": model, "output": output,
-        "training.num_train_epochs": epochs, "training.seed": seed,
+        "training.num_train_epochs": epochs, "training.learning_rate": learning_rate, "training.seed": seed,
     })
     run, metrics = relations.train(cfg)
     if "dev" in metrics:
@@ -39,19 +52,20 @@ def train(
 
 @app.command()
 def evaluate(
-    overrides: Optional[list[str]] = typer.Argument(None, help="key=value config overrides"),
-    model: Optional[str] = typer.Option(None, "--model", help="run directory or model directory"),
+    config: Optional[str] = config_argument(),
+    overrides: Optional[list[str]] = overrides_argument(),
+    model: Optional[str] = model_option(),
     data: Optional[str] = typer.Option(None, "--data", help="records with relations, or marker CSV"),
     negatives: Optional[bool] = typer.Option(None, "--negatives/--no-negatives",
                                              help="also score unrelated candidate pairs as no_relation"),
-    output: Optional[str] = typer.Option(None, "--output", help="write a run directory with predictions and report"),
-    config: Optional[str] = typer.Option(None, "--config", help="YAML config"),
-    as_json: bool = typer.Option(False, "--json"),
+    output: Optional[str] = output_option("write a run directory with predictions and report (must not exist)"),
+    as_json: bool = json_option("print the scores as JSON"),
 ) -> None:
     """Per-class and weighted F1 of a relation classifier."""
     from adaptlab.config import load_config
     from adaptlab.recipes import relations
 
+    config, overrides = resolve_config(config, overrides)
     cfg = load_config(relations.REEvalConfig, config, overrides,
                       {"model": model, "data": data, "negatives": negatives, "output": output})
     scores, run = relations.evaluate(cfg)
@@ -67,15 +81,24 @@ def evaluate(
 
 @app.command()
 def predict(
-    model: str = typer.Option(..., "--model"),
+    model: str = model_option(required=True),
+    texts: Optional[list[str]] = texts_option(),
     input_file: Optional[str] = typer.Option(None, "--input", help="one marked sentence per line"),
-    text: Optional[str] = typer.Option(None, "--text", help="[E1]head[/E1] ... [E2]tail[/E2]"),
+    output: Optional[str] = output_option("write JSONL here (must not exist)"),
 ) -> None:
-    """Classify marked sentences; prints one JSON object per line."""
+    """Classify marked sentences ([E1]head[/E1] ... [E2]tail[/E2]); prints one JSON object per line."""
     import json
 
     from adaptlab.data.texts import read_texts
     from adaptlab.recipes import relations
+    from adaptlab.runs import atomic_write_jsonl, refuse_existing
 
-    for row in relations.predict(model, read_texts(input_file, text, annotated=False)):
+    if output:
+        refuse_existing(output, "output file")
+    rows = relations.predict(model, texts_or_file(texts, input_file, lambda path: read_texts(path, None, False)))
+    if output:
+        atomic_write_jsonl(output, rows)
+        console.print(f"wrote {len(rows)} predictions to {output}")
+        return
+    for row in rows:
         print(json.dumps(row, ensure_ascii=False))

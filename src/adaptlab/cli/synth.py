@@ -6,16 +6,25 @@ from typing import Optional
 
 import typer
 
-from adaptlab.cli.common import console, print_json, print_stage_accounting
+from adaptlab.cli.common import (
+    config_argument,
+    console,
+    json_option,
+    output_option,
+    overrides_argument,
+    print_json,
+    print_stage_accounting,
+    resolve_config,
+)
 
 app = typer.Typer(no_args_is_help=True)
 
 
 @app.command()
 def generate(
-    config: str = typer.Argument(..., help="YAML config (see configs/synth_biospecies.yaml)"),
-    overrides: Optional[list[str]] = typer.Argument(None, help="key=value config overrides"),
-    output: Optional[str] = typer.Option(None, "--output", help="run directory (must not exist)"),
+    config: Optional[str] = config_argument("YAML config file, or a shipped one's name (e.g. synth_biospecies)"),
+    overrides: Optional[list[str]] = overrides_argument(),
+    output: Optional[str] = output_option(),
     record: Optional[str] = typer.Option(None, "--record", help="also write every answer to this cassette"),
 ) -> None:
     """Ask the teacher for annotated sentences; writes records.jsonl, rejects.jsonl and a report."""
@@ -23,6 +32,7 @@ def generate(
     from adaptlab.recipes import synth
     from adaptlab.synth.config import SynthConfig
 
+    config, overrides = resolve_config(config, overrides)
     flags = {"output": output}
     if record:
         flags |= {"teacher.record": True, "teacher.cassette": record}
@@ -47,15 +57,15 @@ SCHEMA_HELP = "generation config or run directory (for the schema); default: the
 @review_app.command("export")
 def review_export(
     records: str = typer.Argument(..., help="generation run directory or records file"),
-    out: str = typer.Option(..., "--out", help="folder for tasks.json, labeling_config.xml, instructions.txt"),
+    output: str = output_option("folder for tasks.json, labeling_config.xml, instructions.txt", required=True),
     schema: Optional[str] = typer.Option(None, "--schema", help=SCHEMA_HELP),
     model_version: Optional[str] = typer.Option(None, "--model-version", help="default: each record's teacher"),
 ) -> None:
     """Write Label Studio tasks with the teacher's spans and relations as predictions."""
     from adaptlab.recipes import review
 
-    counts = review.export(records, schema or records, out, model_version)
-    console.print(f"{counts['tasks']} tasks ({counts['spans']} spans, {counts['relations']} relations) in {out}; "
+    counts = review.export(records, schema or records, output, model_version)
+    console.print(f"{counts['tasks']} tasks ({counts['spans']} spans, {counts['relations']} relations) in {output}; "
                   "see instructions.txt")
 
 
@@ -63,7 +73,7 @@ def review_export(
 def review_import(
     export: str = typer.Argument(..., help="Label Studio JSON export of the review project"),
     schema: str = typer.Option(..., "--schema", help="generation config or run directory"),
-    output: Optional[str] = typer.Option(None, "--output", help="run directory (must not exist)"),
+    output: Optional[str] = output_option(),
     verified_only: bool = typer.Option(False, "--verified-only", help="drop tasks nobody reviewed"),
 ) -> None:
     """Read reviewed tasks back: verified flag, edits kept, rejected removed; teacher agreement per type."""
@@ -83,23 +93,23 @@ def review_import(
 @factcheck_app.command("export")
 def factcheck_export(
     records: str = typer.Argument(..., help="generation run directory or records file"),
-    out: str = typer.Option(..., "--out", help="CSV score sheet to write"),
+    output: str = output_option("CSV score sheet to write (must not exist)", required=True),
     schema: Optional[str] = typer.Option(None, "--schema", help=SCHEMA_HELP),
     per_aspect: int = typer.Option(50, "--per-aspect", help="facts sampled per relation type"),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", help="seed of the sample"),
 ) -> None:
     """Sample facts per aspect into a CSV; people fill the 'correct' column with 1/0."""
     from adaptlab.recipes import review
 
-    counts = review.factcheck_export(records, schema or records, out, per_aspect, seed)
-    console.print(f"{counts['sampled']} facts in {out}: " + ", ".join(
+    counts = review.factcheck_export(records, schema or records, output, per_aspect, seed)
+    console.print(f"{counts['sampled']} facts in {output}: " + ", ".join(
         f"{aspect} {row['sampled']}/{row['available']}" for aspect, row in counts["per_aspect"].items()))
 
 
 @factcheck_app.command("score")
 def factcheck_score(
     sheet: str = typer.Argument(..., help="the filled CSV score sheet"),
-    as_json: bool = typer.Option(False, "--json"),
+    as_json: bool = json_option("print the scores as JSON"),
 ) -> None:
     """Teacher factual accuracy per aspect and group, with 95% Wilson intervals."""
     from adaptlab.recipes import review

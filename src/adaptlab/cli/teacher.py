@@ -6,25 +6,34 @@ from typing import Optional
 
 import typer
 
-from adaptlab.cli.common import console, print_json
+from adaptlab.cli.common import (
+    config_argument,
+    console,
+    json_option,
+    output_option,
+    overrides_argument,
+    print_json,
+    resolve_config,
+)
 
 app = typer.Typer(no_args_is_help=True)
 
 
 @app.command("zero-shot-ner")
 def zero_shot_ner(
-    config: str = typer.Argument(..., help="YAML config (see configs/zero_shot_ner.yaml)"),
-    overrides: Optional[list[str]] = typer.Argument(None, help="key=value config overrides"),
+    config: Optional[str] = config_argument("YAML config file, or a shipped one's name (e.g. zero_shot_ner)"),
+    overrides: Optional[list[str]] = overrides_argument(),
     data: Optional[str] = typer.Option(None, "--data", help="gold records to tag and score"),
     prompt: Optional[str] = typer.Option(None, "--prompt", help="universalner or json_spans"),
     student: Optional[str] = typer.Option(None, "--student", help="NER run/model directory to compare"),
-    output: Optional[str] = typer.Option(None, "--output", help="run directory (must not exist)"),
-    as_json: bool = typer.Option(False, "--json", help="print all metrics as JSON"),
+    output: Optional[str] = output_option(),
+    as_json: bool = json_option("print all metrics as JSON"),
 ) -> None:
     """Tag gold data with the teacher and report strict / overlap / string-match F1 (teacher vs student)."""
     from adaptlab.config import load_config
     from adaptlab.recipes import zero_shot
 
+    config, overrides = resolve_config(config, overrides)
     cfg = load_config(zero_shot.ZeroShotConfig, config, overrides,
                       {"data": data, "prompt": prompt, "student": student, "output": output})
     run, metrics = zero_shot.run(cfg)

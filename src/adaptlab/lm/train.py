@@ -1,8 +1,8 @@
 """Causal-LM training settings and pieces: continual pretraining (``cpt``) on packed blocks, SFT (``sft``).
 
 The Trainer is built in :mod:`adaptlab.lm.fit` (the one path of ``lm train`` and ``fractal sft``) and accelerate
-under it does the rest (DDP, FSDP, DeepSpeed), so ``accelerate launch --config_file configs/accelerate/ddp.yaml
-$(which adaptlab) lm train`` works unchanged.
+under it does the rest (DDP, FSDP, DeepSpeed), so ``accelerate launch --config_file ddp.yaml $(which adaptlab) lm
+train`` works unchanged (``adaptlab config cp accelerate/ddp .`` copies the shipped accelerate config).
 
 * **Settings.** ``training:`` is :class:`LMTrainerSettings` (the HF Trainer's names); the LM keys (data, run
   directory, checkpoints, resume) stay at the top of :class:`LMTrainConfig`. A trainer key at the top (e.g.
@@ -124,7 +124,7 @@ class CausalTrainingConfig(StrictModel):
 
 
 class LMTrainConfig(CausalTrainingConfig):
-    """Config of ``adaptlab lm train`` (see configs/lm_cpt.yaml and configs/lm_sft.yaml)."""
+    """Config of ``adaptlab lm train`` (shipped examples: ``adaptlab config show lm_cpt`` and ``lm_sft``)."""
 
     mode: Literal["cpt", "sft"] = "cpt"
     tokenizer: str | None = Field(None, description="defaults to the model's tokenizer")

@@ -74,7 +74,7 @@ class ProbeConfig(StrictModel):
 
 
 class LMEvalConfig(StrictModel):
-    """Config of ``adaptlab lm evaluate`` (see configs/lm_evaluate.yaml)."""
+    """Config of ``adaptlab lm evaluate`` (shipped example: ``adaptlab config show lm_evaluate``)."""
 
     name: str = "lm-evaluate"
     models: list[ModelSpec] = Field([], description="the models to compare, each {name, path}")

@@ -50,7 +50,7 @@ class MultitaskTrainerSettings(EncoderTrainerSettings):
 
 
 class MultitaskConfig(StrictModel):
-    """Config of ``adaptlab multitask train`` (see configs/multitask.yaml)."""
+    """Config of ``adaptlab multitask train`` (shipped example: ``adaptlab config show multitask``)."""
 
     name: str = Field("multitask", description="names the run directory runs/<time>-<name>")
     model: str = Field(DEFAULT_STUDENT, description="the shared encoder: HF name, local path, or 'minilm' (packaged)")

@@ -1,4 +1,4 @@
-"""Config of ``adaptlab synth generate`` (see configs/synth_biospecies.yaml)."""
+"""Config of ``adaptlab synth generate`` (shipped example: ``adaptlab config show synth_biospecies``)."""
 
 from __future__ import annotations
 
