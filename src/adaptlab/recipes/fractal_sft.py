@@ -85,7 +85,8 @@ class FractalTrainerSettings(LMTrainerSettings):
 
 
 class FractalSFTConfig(CausalTrainingConfig):
-    """Config of ``adaptlab fractal sft`` (shipped example: ``adaptlab config show fractal_sft``); the training keys are lm train's."""
+    """Config of ``adaptlab fractal sft`` (shipped example: ``adaptlab config show fractal_sft``); the training
+    keys are lm train's."""
 
     name: str = "fractal-sft"
     scores: str | None = Field(None, description="'adaptlab fractal score' output: {id, sentences, scores} JSONL")
