@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 import yaml
 from distill_helpers import other_tokenizer, save_teacher
 from train_helpers import save_tiny_llama, tiny_tokenizer, train_config, write_prepared_corpus, write_sft_jsonl
 
+from adaptlab import example_configs
 from adaptlab.config import load_config
 from adaptlab.recipes.lm_train import LMTrainConfig
 
@@ -85,7 +85,7 @@ def test_a_missing_teacher_exits_2_naming_the_key(assets, run_cli):
 
 
 def test_the_example_config_loads():
-    cfg = load_config(LMTrainConfig, Path(__file__).resolve().parents[2] / "configs" / "lm_distill.yaml")
+    cfg = load_config(LMTrainConfig, example_configs.path("lm_distill"))
     distill = cfg.strategy.distill
     assert (cfg.mode, distill.loss, distill.top_k, distill.cache_teacher) == ("sft", "forward_kl", 20, True)
     assert cfg.training.use_liger_kernel is False

@@ -129,7 +129,7 @@ def test_adaptlab_predictors_load_each_export(trained, run_cli):
                              "--json")
     assert code == 0, err
     assert json.loads(out)["strict"]["macro"]["f1"] == metrics["tasks"]["species"]["dev_f1"]
-    code, out, err = run_cli("cls", "predict", "--model", run / "tasks" / "topic", "the pond there")
+    code, out, err = run_cli("cls", "predict", "--model", run / "tasks" / "topic", "--text", "the pond there")
     assert code == 0, err
     assert json.loads(out)["label"] == "water"
     code, out, err = run_cli("re", "predict", "--model", run / "tasks" / "relations",
