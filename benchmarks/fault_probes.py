@@ -303,7 +303,8 @@ def probes(a: dict[str, Path], work: Path, stub_url: str, slow_url: str, html_ur
     # 5. the wrong kind of model
     found += [
         Probe("model kind", "extract --re with an NER model",
-              ["extract", "--ner", a["ner"], "--re", a["ner"], "--text", "Otter lives in rivers"]),
+              ["extract", "--ner", a["ner"], "--re", a["ner"], "--schema", "biospecies", "--text",
+               "Otter lives in rivers"]),
         Probe("model kind", "re evaluate with an NER model", ["re", "evaluate", "--model", a["ner"], "--data",
                                                               a["re_quoted"]]),
         Probe("model kind", "re evaluate with labels the model does not know",

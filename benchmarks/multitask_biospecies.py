@@ -39,12 +39,14 @@ from adaptlab.ie.pairs import derive_relations
 from adaptlab.ie.relations import REPredictor, relation_examples, train_re
 from adaptlab.metrics.classification import classification_prf
 from adaptlab.metrics.spans import ner_report
+from adaptlab.synth.schema import preset_schema
 from adaptlab.tuning.encoder_fit import EncoderTrainerSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "biospecies" / "NER_Biospecies_data.txt"
 RESULTS = ROOT / "benchmarks" / "results" / "multitask_biospecies.json"
 TYPES = ["BREEDING", "FEEDING", "HABITAT", "SPECIES"]
+SCHEMA = preset_schema("biospecies")
 NER_CFG = EncoderTrainerSettings(num_train_epochs=15, learning_rate=2e-4, early_stopping_patience=4, progress=False)
 RE_CFG = EncoderTrainerSettings(num_train_epochs=4, learning_rate=5e-5, early_stopping_patience=2, progress=False)
 
@@ -52,12 +54,13 @@ RE_CFG = EncoderTrainerSettings(num_train_epochs=4, learning_rate=5e-5, early_st
 def split(seed: int, limit: int | None):
     from adaptlab.data.repair import repair_file
 
-    records, _ = repair_file(DATA, normalise_boundaries=True, first_section="amphibians")
+    records, _ = repair_file(DATA, normalise_boundaries=True, first_section="amphibians",
+                             grammar=SCHEMA.clause_grammar())
     texts = sorted({r.text for r in records})
     random.Random(seed).shuffle(texts)
     test_texts = set(texts[: round(0.2 * len(texts))])
-    train = [derive_relations(r) for r in records if r.text not in test_texts]
-    test = [derive_relations(r) for r in records if r.text in test_texts]
+    train = [derive_relations(r, SCHEMA) for r in records if r.text not in test_texts]
+    test = [derive_relations(r, SCHEMA) for r in records if r.text in test_texts]
     random.Random(seed).shuffle(train)
     return train[:limit] if limit else train, test
 
@@ -92,7 +95,7 @@ def multi_task(train, test, seed: int, work: Path, epochs: float, sampling: str)
     cfg = validate_config(multitask.MultitaskConfig, {
         "model": "minilm", "output": str(work / "mt"), "sampling": sampling,
         "tasks": {"species": {"type": "ner", "train": str(data)},
-                  "relations": {"type": "re", "train": str(data), "derive_relations": True}},
+                  "relations": {"type": "re", "train": str(data), "derive_relations": "biospecies"}},
         "training": {"learning_rate": 2e-4, "num_train_epochs": epochs, "early_stopping_patience": 2,
                      "seed": seed, "progress": False},
     })

@@ -31,16 +31,18 @@ from adaptlab.data.splits import split_dev
 from adaptlab.ie.extract import relate
 from adaptlab.ie.models import resolve_student
 from adaptlab.ie.ner import NERPredictor, train_ner
-from adaptlab.ie.pairs import BIOSPECIES_RELATIONS, derive_relations, triples_by_document
+from adaptlab.ie.pairs import derive_relations, triples_by_document
 from adaptlab.ie.relations import RelationExample, REPredictor, relation_examples, train_re
 from adaptlab.metrics.classification import classification_prf, triple_prf
+from adaptlab.synth.schema import preset_schema
 from adaptlab.tuning.encoder_fit import EncoderTrainerSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "biospecies"
 RESULTS = ROOT / "benchmarks" / "results" / "re_biospecies.json"
 PAPER_RE_WEIGHTED_F1 = 0.923
-TAIL_TYPE = {relation: typ for typ, relation in BIOSPECIES_RELATIONS.items()}
+SCHEMA = preset_schema("biospecies")
+TAIL_TYPE = {relation: typ for typ, relation in SCHEMA.relation_by_tail().items()}
 CONNECTIVE = re.compile(r"\[/E1\](.*?)\[E2\]")
 RE_CFG = EncoderTrainerSettings(num_train_epochs=4, learning_rate=5e-5, per_device_train_batch_size=16,
                                 early_stopping_patience=2, progress=False)
@@ -86,24 +88,26 @@ def re_file_part(seed: int) -> dict:
 def end_to_end_part(seed: int) -> dict:
     from adaptlab.data.repair import repair_file
 
-    records, _ = repair_file(DATA / "NER_Biospecies_data.txt", normalise_boundaries=True, first_section="amphibians")
+    records, _ = repair_file(DATA / "NER_Biospecies_data.txt", normalise_boundaries=True, first_section="amphibians",
+                             grammar=SCHEMA.clause_grammar())
     train, test = split_by(records, lambda r: r.text, seed)
-    gold = [derive_relations(r) for r in test]
+    gold = [derive_relations(r, SCHEMA) for r in test]
     out: dict = {"train_records": len(train), "test_records": len(test)}
     with tempfile.TemporaryDirectory() as work:
         fit, dev = split_dev(train, 0.1, seed)
         ner = train_ner(fit, dev, resolve_student("minilm"), NER_CFG, Path(work) / "ner")
         tagged = NERPredictor(ner.model_dir).predict([r.text for r in test])
-        out["ner_type_rule"] = triple_prf(triples_by_document(gold), triples_by_document(relate(tagged, None)))
-        re_train = [derive_relations(r) for r in train]
+        out["ner_type_rule"] = triple_prf(triples_by_document(gold), triples_by_document(relate(tagged, None, SCHEMA)))
+        re_train = [derive_relations(r, SCHEMA) for r in train]
         examples = relation_examples(re_train, with_negatives=True)
         re_fit, re_dev = split_dev(examples, 0.1, seed, key=lambda e: e.marked)
         re_run = train_re(re_fit, re_dev, resolve_student("minilm"), RE_CFG, Path(work) / "re")
         re_model = REPredictor(re_run.model_dir)
-        out["ner_re_student"] = triple_prf(triples_by_document(gold), triples_by_document(relate(tagged, re_model)))
+        out["ner_re_student"] = triple_prf(triples_by_document(gold),
+                                           triples_by_document(relate(tagged, re_model, SCHEMA)))
         unrelated = [Record(r.text, list(r.spans)) for r in test]
         out["gold_spans_re_student"] = triple_prf(triples_by_document(gold),
-                                                  triples_by_document(relate(unrelated, re_model)))
+                                                  triples_by_document(relate(unrelated, re_model, SCHEMA)))
         out["re_training_examples"] = len(examples)
     for name in ("ner_type_rule", "ner_re_student", "gold_spans_re_student"):
         print(f"[triples] {name}: micro F1 {out[name]['micro']['f1']:.4f}", flush=True)

@@ -18,8 +18,10 @@ from adaptlab.data.formats.conll import read_conll, write_conll
 from adaptlab.data.inspect import inspect_file
 from adaptlab.data.records import Record, Span, read_records
 from adaptlab.data.repair import RULES, repair_file
+from adaptlab.synth.schema import preset_schema
 
 TYPES = ["SPECIES", "HABITAT", "FEEDING", "BREEDING"]
+BIOSPECIES = preset_schema("biospecies").clause_grammar()  # the clause rules of the file below
 MESSY = [
     # S1, lines 1-21: multi-word line, space separator, glued tag, I after O, missing tags,
     # bracketed (O), zero-width space, unknown type B-VERB, truncated I-B.
@@ -99,7 +101,7 @@ def test_decode_type_change_and_gap_limits():
     def decode(pairs, max_gap=2):
         seq = Sequence([Entry(w, t, i + 1) for i, (w, t) in enumerate(pairs)], None, 0)
         fired = Counter()
-        return decode_tags(seq, TYPES, fired, max_gap), fired
+        return decode_tags(seq, TYPES, fired, max_gap, BIOSPECIES.verbs), fired
 
     tags, fired = decode([("small", "B-FEEDING"), ("fish", "I-HABITAT")])
     assert tags == ["B-FEEDING", "B-HABITAT"] and fired == {"i_type_change_to_b": 1}
@@ -122,7 +124,7 @@ def test_scan_messy_file_lines_sections_and_tokens(messy):
 
 
 def test_inspect_counts_every_problem_kind(messy):
-    report = inspect_file(messy, types=TYPES, examples=2)
+    report = inspect_file(messy, types=TYPES, examples=2, grammar=BIOSPECIES)
     counts = {k: v for k, v in report.problem_counts().items() if v}
     assert counts == {
         "space_separator": 2,  # lines 2, 25
@@ -161,7 +163,7 @@ def test_inspect_counts_every_problem_kind(messy):
 
 
 def test_repair_fires_each_rule_and_accounts_for_every_token(messy):
-    records, report = repair_file(messy, types=TYPES)
+    records, report = repair_file(messy, types=TYPES, grammar=BIOSPECIES)
     fired = {k: v for k, v in report.rules.items() if v}
     assert fired == {
         "skip_section_header": 1, "strip_invisible_chars": 1, "unglue_tag": 1, "split_multiword_line": 1,
@@ -208,11 +210,12 @@ def test_repair_fires_each_rule_and_accounts_for_every_token(messy):
 
 
 def test_repair_keeps_unrepairable_when_asked_and_splits_clauses(messy):
-    records, report = repair_file(messy, types=TYPES, drop_unrepairable=False, first_section="frogs")
+    records, report = repair_file(messy, types=TYPES, drop_unrepairable=False, first_section="frogs",
+                                  grammar=BIOSPECIES)
     assert report.records_out == 9 and report.records_dropped == 0
     assert {u["action"] for u in report.unrepairable} == {"kept"}
     assert records[0].meta["section"] == "frogs"
-    records, report = repair_file(messy, types=TYPES, clause_records=True)
+    records, report = repair_file(messy, types=TYPES, clause_records=True, grammar=BIOSPECIES)
     ids = [r.meta["id"] for r in records]
     assert ids[:3] == ["messy-L1-c1", "messy-L1-c2", "messy-L1-c3"]
     assert records[1].text == "Green frog feed on insects ;" and records[1].meta["source"] == f"{messy}:8"
@@ -221,7 +224,7 @@ def test_repair_keeps_unrepairable_when_asked_and_splits_clauses(messy):
 
 
 def test_repaired_output_is_clean_conll(messy, tmp_path):
-    records, _ = repair_file(messy, types=TYPES)
+    records, _ = repair_file(messy, types=TYPES, grammar=BIOSPECIES)
     out = tmp_path / "clean.conll"
     write_conll(records, out)
     assert len(read_conll(out)) == len(records)  # the strict reader accepts it
@@ -235,40 +238,40 @@ def test_repaired_output_is_clean_conll(messy, tmp_path):
 
 def test_split_clauses_finds_subjects_without_punctuation():
     words = "Oedipina grandis live in rainforests of Panama Oedipina grandis feed on small insects".split()
-    clauses = split_clauses(words)
+    clauses = split_clauses(words, BIOSPECIES)
     assert [(c.start, c.verb, c.prep, c.end, c.object_type) for c in clauses] == [
         (0, 2, 3, 7, "HABITAT"), (7, 9, 10, 13, "FEEDING")]
     words = "X feeds on nectar and its larvae feed on leaves".split()  # same relation: inside the object
-    assert len(split_clauses(words)) == 1
+    assert len(split_clauses(words, BIOSPECIES)) == 1
     words = "Y live in the island of Madeira. feed on nectar.".split()  # empty subject after a full stop
-    assert [(c.start, c.verb) for c in split_clauses(words)] == [(0, 1), (7, 7)]
+    assert [(c.start, c.verb) for c in split_clauses(words, BIOSPECIES)] == [(0, 1), (7, 7)]
 
 
 def test_normalise_boundaries_one_convention_and_counts():
     text = "Cave crab (Foo bar) live in dark caves; Cave crab feed on algae, mostly."
     record = Record(text, [Span(0, 9, "SPECIES"), Span(25, 39, "HABITAT"), Span(40, 49, "SPECIES"),
                            Span(58, 64, "FEEDING")], meta={"id": "r1"})
-    assert clause_conventions([record]) == Counter({"inside": 1, "outside": 1})
-    (out,), counts = normalise_boundaries([record])
+    assert clause_conventions([record], BIOSPECIES) == Counter({"inside": 1, "outside": 1})
+    (out,), counts = normalise_boundaries([record], BIOSPECIES)
     assert spans_of(out) == [("Cave crab (Foo bar)", "SPECIES"), ("dark caves", "HABITAT"),
                              ("Cave crab", "SPECIES"), ("algae", "FEEDING")]
     assert counts == Counter(
         {"preposition_outside": 1, "parenthetical_in_species": 1, "punctuation_outside": 2})
     assert record.spans[1] == Span(25, 39, "HABITAT") and out.meta == {"id": "r1"}  # input untouched
-    assert clause_conventions([out]) == Counter({"outside": 2})
+    assert clause_conventions([out], BIOSPECIES) == Counter({"outside": 2})
 
 
 def test_normalise_keeps_a_separately_tagged_scientific_name_apart():
     text = "Bornean frog ( Barbourula kalimantanensis) live in streams"
     record = Record(text, [Span(0, 12, "SPECIES"), Span(15, 42, "SPECIES"), Span(51, 58, "HABITAT")])
-    (out,), counts = normalise_boundaries([record])
+    (out,), counts = normalise_boundaries([record], BIOSPECIES)
     assert spans_of(out) == [("Bornean frog", "SPECIES"), ("Barbourula kalimantanensis", "SPECIES"),
                              ("streams", "HABITAT")]
     assert counts == Counter({"punctuation_outside": 1})
 
 
 def test_repair_with_normalised_boundaries(messy):
-    records, report = repair_file(messy, types=TYPES, normalise_boundaries=True)
+    records, report = repair_file(messy, types=TYPES, normalise_boundaries=True, grammar=BIOSPECIES)
     assert report.normalisation == Counter(
         {"preposition_outside": 1, "punctuation_outside": 2, "parenthetical_in_species": 1})
     by_id = {r.meta["id"]: r for r in records}
@@ -281,10 +284,11 @@ def test_repair_with_normalised_boundaries(messy):
 
 
 def test_cli_inspect_table_and_json(run_cli, messy):
-    code, out, err = run_cli("data", "inspect", messy, "--types", ",".join(TYPES), "--examples", "1")
+    code, out, err = run_cli("data", "inspect", messy, "--types", ",".join(TYPES), "--examples", "1",
+                             "--preset", "biospecies")
     assert code == 0, err
     assert "i_after_o" in out and "garbled_clause" in out and ":99:" in out.replace("\n", "")
-    code, out, _ = run_cli("data", "inspect", messy, "--types", ",".join(TYPES), "--json")
+    code, out, _ = run_cli("data", "inspect", messy, "--types", ",".join(TYPES), "--json", "--preset", "biospecies")
     data = json.loads(out)
     assert code == 0 and data["records"] == 10 and data["problems"]["bare_type"]["count"] == 12
 
@@ -292,7 +296,7 @@ def test_cli_inspect_table_and_json(run_cli, messy):
 def test_cli_convert_repairs_writes_jsonl_and_report(run_cli, messy, tmp_path):
     target, report = tmp_path / "out.jsonl", tmp_path / "report.json"
     code, out, err = run_cli("data", "convert", messy, "--output", target, "--types", ",".join(TYPES),
-                             "--report", report, "--normalise-boundaries")
+                             "--report", report, "--normalise-boundaries", "--preset", "biospecies")
     assert code == 0, err
     assert "bridge_gap" in out and "records out 7" in out and "garbled_clause" in out
     records = read_records(target)
@@ -342,7 +346,7 @@ def biospecies(shared_data):
 
 
 def test_real_file_inspection_matches_the_readme(biospecies):
-    report = inspect_file(biospecies, first_section="amphibians")
+    report = inspect_file(biospecies, first_section="amphibians", grammar=BIOSPECIES)
     assert report.records == 407 and report.token_lines == 17047
     assert report.sections == {"amphibians": 95, "arthropods": 51, "birds": 124, "fishes": 87, "insects": 34,
                                "invertebrates": 16}
@@ -359,7 +363,7 @@ def test_real_file_inspection_matches_the_readme(biospecies):
 
 
 def test_real_file_repair_loses_no_token_and_leaves_clean_tags(biospecies, tmp_path):
-    records, report = repair_file(biospecies, first_section="amphibians")
+    records, report = repair_file(biospecies, first_section="amphibians", grammar=BIOSPECIES)
     assert report.sequences_in == 407 and report.rules["remove_duplicate"] == 4
     assert report.tokens_in == report.tokens_out + report.tokens_in_duplicates + report.tokens_in_dropped
     assert report.records_out == 407 - 4 - report.records_dropped == len(records)
@@ -368,22 +372,23 @@ def test_real_file_repair_loses_no_token_and_leaves_clean_tags(biospecies, tmp_p
     assert {s.label for r in records for s in r.spans} == {"SPECIES", "HABITAT", "FEEDING", "BREEDING"}
     out = tmp_path / "repaired.conll"
     write_conll(records, out)
-    counts = inspect_file(out).problem_counts()
+    counts = inspect_file(out, grammar=BIOSPECIES).problem_counts()
     for kind in ("bare_type", "stray_tag", "missing_tag", "glued_tag", "i_after_o", "garbled_clause"):
         assert counts[kind] == 0, kind
-    normalised, _ = normalise_boundaries(records)
-    assert clause_conventions(normalised)["inside"] == 0
+    normalised, _ = normalise_boundaries(records, BIOSPECIES)
+    assert clause_conventions(normalised, BIOSPECIES)["inside"] == 0
 
 
 def test_repair_lists_every_span_a_rule_changed_with_file_line(messy, run_cli, tmp_path):
-    _, report = repair_file(messy, types=TYPES)
+    _, report = repair_file(messy, types=TYPES, grammar=BIOSPECIES)
     changes = {(c["where"], c["change"], c["rule"], c["before"], c["after"]) for c in report.span_changes}
     assert (f"{messy}:80", "retyped", "retype_object_by_verb", "nesting in holes [HABITAT]",
             "nesting in holes [BREEDING]") in changes
     assert (f"{messy}:133", "changed", "clean_subject", "Tiny snail mostly [SPECIES]",
             "Tiny snail [SPECIES]") in changes
     assert len(report.span_changes) == 11 and report.to_json()["span_changes"] == report.span_changes
-    code, out, _ = run_cli("data", "convert", messy, "--output", tmp_path / "out.jsonl", "--types", ",".join(TYPES))
+    code, out, _ = run_cli("data", "convert", messy, "--output", tmp_path / "out.jsonl", "--types", ",".join(TYPES),
+                           "--preset", "biospecies")
     printed = " ".join(out.split())  # rich wraps long lines
     assert code == 0 and "spans the rules changed: changed 10, retyped 1" in printed
     assert f"{messy}:133: clean_subject changed Tiny snail mostly [SPECIES] -> Tiny snail [SPECIES]" in printed

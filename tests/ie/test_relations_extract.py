@@ -1,4 +1,5 @@
-"""RE student and text-to-triples with tiny random models on the shipped demo records."""
+"""RE student and text-to-triples with tiny random models on the shipped demo records; relations derived by a
+schema (the biospecies preset, or any other), never by a default."""
 
 import json
 from pathlib import Path
@@ -6,8 +7,12 @@ from pathlib import Path
 import pytest
 
 from adaptlab.data.records import Record, Relation, Span, read_records, write_records
-from adaptlab.ie.pairs import NO_RELATION, candidate_pairs, derive_relations, record_triples
+from adaptlab.errors import ConfigError
+from adaptlab.ie.pairs import NO_RELATION, candidate_pairs, derive_relations, head_types, record_triples
 from adaptlab.ie.relations import relation_examples
+from adaptlab.synth.schema import Schema, preset_schema
+
+BIOSPECIES = preset_schema("biospecies")
 
 DEMO = Path(__file__).resolve().parents[2] / "src" / "adaptlab" / "resources" / "demo"
 FAST = ["training.progress=false"]
@@ -21,15 +26,36 @@ def species_record() -> Record:
 
 
 def test_derive_relations_pairs_nearest_preceding_species():
-    record = derive_relations(species_record())
+    record = derive_relations(species_record(), BIOSPECIES)
     assert [(r.head, r.tail, r.label) for r in record.relations] == [
         (0, 1, "live_in"), (2, 3, "feed_on"), (2, 4, "breed_by")]
     assert ("olm", "feed_on", "snails") in {(t.head, t.relation, t.tail) for t in record_triples(record)}
 
 
+def test_derive_relations_follows_any_schema():
+    """Nothing is biospecies by default: another schema's subject and relations give other triples."""
+    schema = Schema.model_validate({
+        "subject": "COMPANY", "entities": [{"name": "COMPANY"}, {"name": "CITY"}, {"name": "PERSON"}],
+        "relations": [{"name": "based_in", "head": "COMPANY", "tail": "CITY"},
+                      {"name": "born_in", "head": "PERSON", "tail": "CITY"}]})
+    text = "Acme is based in Lyon; Bo runs Zeta from Oslo."
+    record = Record(text, [Span(0, 4, "COMPANY"), Span(17, 21, "CITY"), Span(23, 25, "PERSON"), Span(31, 35, "COMPANY"),
+                           Span(41, 45, "CITY")])
+    derived = derive_relations(record, schema)
+    assert [(r.head, r.tail, r.label) for r in derived.relations] == [(0, 1, "based_in"), (3, 4, "based_in")]
+    assert derive_relations(species_record(), schema).relations == []  # no COMPANY or CITY spans: nothing derived
+    assert derive_relations(record, BIOSPECIES).relations == []
+    clash = schema.model_copy(update={"relations": [*schema.relations, schema.relations[0].model_copy(
+        update={"name": "sells_in"})]})
+    with pytest.raises(ConfigError, match="CITY is the tail of both 'based_in' and 'sells_in'"):
+        derive_relations(record, clash)
+
+
 def test_examples_include_negative_pairs():
-    record = derive_relations(species_record())
-    assert len(candidate_pairs(record)) == 6
+    record = derive_relations(species_record(), BIOSPECIES)
+    assert len(candidate_pairs(record, {"SPECIES"})) == 6
+    assert candidate_pairs(record, {"SPECIES"}, {"FEEDING"}) == [(0, 3), (2, 3)]
+    assert head_types([record]) == {"SPECIES"}  # the negatives start from the types that head a relation
     examples = relation_examples([record])
     assert sum(e.label == NO_RELATION for e in examples) == 3
     assert all(e.marked.count("[E1]") == 1 and e.marked.count("[/E2]") == 1 for e in examples)
@@ -104,29 +130,40 @@ def test_re_training_data_without_relations_is_refused(tmp_path, tiny_bert_dir, 
     write_records([species_record()], tmp_path / "norel.jsonl")
     code, _, err = run_cli("re", "train", "--train", tmp_path / "norel.jsonl", "--model", tiny_bert_dir)
     assert code == 2 and "no relations" in err
-    code, _, err = run_cli("re", "train", "--train", tmp_path / "norel.jsonl", "--model", tiny_bert_dir,
-                           "--output", tmp_path / "run", "derive_relations=true", "dev_fraction=0", "--epochs", "1",
-                           *FAST)
+    derive = ["re", "train", "--train", tmp_path / "norel.jsonl", "--model", tiny_bert_dir, "--output",
+              tmp_path / "run", "dev_fraction=0", "--epochs", "1", *FAST]
+    code, _, err = run_cli(*derive, "derive_relations=true")  # the old form: which schema was meant is not said
+    assert code == 2 and "derive_relations=biospecies (a preset)" in " ".join(err.split())
+    assert len(err.strip().splitlines()) == 1
+    code, _, err = run_cli(*derive, "derive_relations=nope")
+    assert code == 2 and "'nope' is neither a preset (biospecies) nor a file" in " ".join(err.split())
+    assert not (tmp_path / "run").exists()
+    code, _, err = run_cli(*derive, "derive_relations=biospecies")
     assert code == 0, err
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["train_examples"] == 6
 
 
 def test_extract_prints_triples_and_scores_against_gold(runs, run_cli, tmp_path):
-    code, out, _ = run_cli("extract", "--ner", runs / "ner", "--text", "Axolotl lives in canals.")
+    code, _, err = run_cli("extract", "--ner", runs / "ner", "--text", "Axolotl lives in canals.")
+    assert code == 2 and "extract needs the schema of its triples: --schema biospecies" in " ".join(err.split())
+    code, out, _ = run_cli("extract", "--ner", runs / "ner", "--text", "Axolotl lives in canals.", "--schema",
+                           "biospecies")
     assert code == 0
-    code, out, _ = run_cli("extract", "--ner", runs / "ner", "--re", runs / "re", "--gold", DEMO / "test.jsonl")
+    code, out, _ = run_cli("extract", "--ner", runs / "ner", "--re", runs / "re", "--gold", DEMO / "test.jsonl",
+                           "--schema", "biospecies")
     assert code == 0
     scores = json.loads(out)
     assert 0.0 <= scores["micro"]["f1"] <= 1.0 and scores["counts"]["gold"] > 0
     out_file = tmp_path / "triples.jsonl"
-    assert run_cli("extract", "--ner", runs / "ner", "--input", DEMO / "test.jsonl", "--output", out_file)[0] == 0
+    assert run_cli("extract", "--ner", runs / "ner", "--input", DEMO / "test.jsonl", "--output", out_file,
+                   "--schema", "biospecies")[0] == 0
     assert len(read_records(out_file)) == len(read_records(DEMO / "test.jsonl"))
 
 
 def test_perfect_predictions_score_one():
     from adaptlab.recipes.relations import score_triples
 
-    gold = [derive_relations(species_record())]
-    assert score_triples(gold, [species_record()])["micro"]["f1"] == 1.0
+    gold = [derive_relations(species_record(), BIOSPECIES)]
+    assert score_triples(gold, [species_record()], BIOSPECIES)["micro"]["f1"] == 1.0
     wrong = Record(gold[0].text, gold[0].spans, [Relation(0, 1, "feed_on")])
-    assert score_triples([wrong], gold)["micro"]["f1"] == 0.0
+    assert score_triples([wrong], gold, BIOSPECIES)["micro"]["f1"] == 0.0

@@ -92,7 +92,7 @@ def command(kind: str, model: Path, files: dict[str, Path], output: Path) -> lis
     if kind == "re evaluate":
         return ["re", "evaluate", "--model", model, "--data", files["re"]]
     if kind == "extract":
-        return ["extract", "--ner", model, "--text", "the Zorbfish", "--output", output]
+        return ["extract", "--ner", model, "--schema", "biospecies", "--text", "the Zorbfish", "--output", output]
     if kind == "re predict":
         return ["re", "predict", "--model", model, "--text", "[E1]Zorbfish[/E1] in [E2]lakes[/E2]"]
     if kind == "lm train":
@@ -132,7 +132,8 @@ def test_the_wrong_kind_of_model_is_refused(kind, source, words, models, tmp_pat
 
 
 def test_extract_with_an_ner_model_as_relation_model_is_refused(models, tmp_path, run_cli):
-    code, _, err = run_cli("extract", "--ner", models["ner"], "--re", models["ner"], "--text", "the Zorbfish")
+    code, _, err = run_cli("extract", "--ner", models["ner"], "--re", models["ner"], "--schema", "biospecies",
+                           "--text", "the Zorbfish")
     assert code == 2 and "not a sequence classifier" in " ".join(err.split())
 
 

@@ -11,14 +11,15 @@ import yaml
 from adaptlab import example_configs
 from adaptlab.data.records import read_records
 from adaptlab.recipes import distill, synth
+from adaptlab.synth.schema import Schema, preset_schema
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_demo_schema_matches_the_example_config():
-    example = yaml.safe_load((example_configs.path("synth_biospecies")).read_text())["schema"]
-    packaged = yaml.safe_load((distill.demo_resources() / "schema.yaml").read_text())["schema"]
-    assert example == packaged
+    """The demo's schema is the biospecies preset, the same as the shipped generation config's."""
+    example = Schema.model_validate(yaml.safe_load((example_configs.path("synth_biospecies")).read_text())["schema"])
+    assert distill.demo_schema() == example == preset_schema("biospecies")
 
 
 def test_shipped_cassette_replays_and_the_shipped_review_belongs_to_it(tmp_path):

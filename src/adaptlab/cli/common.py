@@ -55,6 +55,10 @@ def model_option(help: str = "run directory or model directory", required: bool 
     return typer.Option(... if required else None, "--model", help=help, show_default=False)
 
 
+def schema_option(help: str = "preset name (biospecies) or YAML file with a schema: section (a synth config)") -> Any:
+    return typer.Option(None, "--schema", help=help, show_default=False)
+
+
 def texts_option() -> Any:
     return typer.Option(None, "--text", help='a text to read (repeat for several); or --input FILE',
                         show_default=False)

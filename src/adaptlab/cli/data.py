@@ -1,4 +1,8 @@
-"""``adaptlab data inspect|convert``: look at a messy annotated file, repair it, convert it."""
+"""``adaptlab data inspect|convert``: look at a messy annotated file, repair it, convert it.
+
+Without a schema only the generic line repairs and checks run; ``--preset NAME`` or ``--schema FILE``
+names the annotation schema whose relation verbs turn on the clause rules (see :mod:`adaptlab.data.repair`).
+"""
 
 from __future__ import annotations
 
@@ -9,17 +13,49 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from adaptlab.cli.common import WithOldArguments, console, json_option, old_argument, output_option, print_json
+from adaptlab.cli.common import (
+    WithOldArguments,
+    console,
+    json_option,
+    old_argument,
+    output_option,
+    print_json,
+    schema_option,
+)
 
 app = typer.Typer(no_args_is_help=True)
 
 CONLL_SUFFIXES = {".conll", ".conllu", ".bio", ".iob", ".tsv", ".txt"}
 TYPES_HELP = "entity types, comma-separated (default: inferred from the tags)"
 FIRST_SECTION_HELP = "name for the sequences before the first section header (meta.section)"
+PRESET_HELP = "a shipped schema whose clause rules apply (biospecies); default: generic line repairs only"
+SCHEMA_HELP = "YAML file with a schema: section whose relation verbs turn on the clause rules"
+NO_CLAUSE_RULES = "clause rules: off (no schema; --preset NAME or --schema FILE turns them on)"
 
 
 def _types(value: Optional[str]) -> Optional[list[str]]:
     return [t.strip() for t in value.split(",") if t.strip()] if value else None
+
+
+def _preset_option() -> Optional[str]:
+    return typer.Option(None, "--preset", help=PRESET_HELP, show_default=False)
+
+
+def _grammar(preset: Optional[str], schema: Optional[str]):
+    """The clause grammar of ``--preset`` or ``--schema`` (None with neither); a ConfigError for both, an
+    unknown preset, or a schema whose relations name no verbs."""
+    from adaptlab.errors import ConfigError
+    from adaptlab.synth.schema import preset_schema, resolve_schema
+
+    if preset and schema:
+        raise ConfigError("--preset and --schema both name a schema; give one")
+    if not preset and not schema:
+        return None
+    grammar = (preset_schema(preset) if preset else resolve_schema(schema)).clause_grammar()
+    if grammar is None:
+        raise ConfigError(f"schema {preset or schema!r}: no relation names its verbs (verbs: [live, lives]), so "
+                          "there are no clause rules; add them, or leave the schema out for the line repairs only")
+    return grammar
 
 
 @app.command()
@@ -29,11 +65,15 @@ def inspect(
     examples: int = typer.Option(5, "--examples", min=0, help="examples (file:line) shown per problem"),
     types: Optional[str] = typer.Option(None, "--types", help=TYPES_HELP),
     first_section: Optional[str] = typer.Option(None, "--first-section", help=FIRST_SECTION_HELP),
+    preset: Optional[str] = _preset_option(),
+    schema: Optional[str] = schema_option(SCHEMA_HELP),
 ) -> None:
     """Count records, tokens and labels and list every problem with file:line examples."""
     from adaptlab.data.inspect import inspect_file
 
-    report = inspect_file(path, examples=examples, types=_types(types), first_section=first_section)
+    grammar = _grammar(preset, schema)
+    report = inspect_file(path, examples=examples, types=_types(types), first_section=first_section,
+                          grammar=grammar)
     if as_json:
         print_json(report.to_json())
         return
@@ -45,8 +85,11 @@ def inspect(
     summary.add_row("tokens (words / lines)", f"{data['tokens']} / {data['token_lines']}")
     summary.add_row("entity types", ", ".join(data["types"]) or "(none)")
     summary.add_row("sections", ", ".join(f"{k} {v}" for k, v in data["sections"].items()))
-    conventions = ", ".join(f"{k} {v}" for k, v in data["clause_conventions"].items())
-    summary.add_row("clauses (by preposition convention)", f"{data['clauses']} ({conventions})")
+    if data["clauses"] is None:
+        summary.add_row("clauses", NO_CLAUSE_RULES)
+    else:
+        conventions = ", ".join(f"{k} {v}" for k, v in data["clause_conventions"].items())
+        summary.add_row("clauses (by preposition convention)", f"{data['clauses']} ({conventions})")
     console.print(summary)
     labels = Table(title="labels")
     for column in ("type", "spans", "tokens"):
@@ -78,15 +121,19 @@ def convert(
     first_section: Optional[str] = typer.Option(None, "--first-section", help=FIRST_SECTION_HELP),
     keep_unrepairable: bool = typer.Option(False, "--keep-unrepairable",
                                            help="keep garbled/fragmented sequences instead of dropping them"),
-    clauses: bool = typer.Option(False, "--clauses", help="one record per relation clause"),
+    clauses: bool = typer.Option(False, "--clauses", help="one record per relation clause (needs a schema)"),
+    preset: Optional[str] = _preset_option(),
+    schema: Optional[str] = schema_option(SCHEMA_HELP),
     _old_target: Optional[str] = old_argument("the output file is an option now: adaptlab data convert SOURCE "
                                               "--output {value}"),
 ) -> None:
-    """Convert between formats; CoNLL-like input is repaired by default and the repair summarised."""
+    """Convert between formats; CoNLL-like input is repaired by default (line repairs; the clause rules too with
+    --preset or --schema) and the repair summarised."""
     from adaptlab.data import boundary, io
     from adaptlab.data.records import read_text_lines
     from adaptlab.runs import atomic_write_json, refuse_existing
 
+    grammar = _grammar(preset, schema)
     refuse_existing(target, "output")
     if report_path:
         refuse_existing(report_path, "report")
@@ -99,16 +146,16 @@ def convert(
 
         records, report = repair_file(source, normalise_boundaries=normalise, types=_types(types),
                                       first_section=first_section, drop_unrepairable=not keep_unrepairable,
-                                      clause_records=clauses)
+                                      clause_records=clauses, grammar=grammar)
     else:
         records = io.load_records(source, fmt)
         if normalise:
-            records, counts = boundary.normalise_boundaries(records)
+            records, counts = boundary.normalise_boundaries(records, grammar)
             changes = ", ".join(f"{k} {v}" for k, v in counts.items()) or "nothing to change"
             console.print(f"normalised: {changes}")
     written = io.save_records(records, target, to_fmt)
     if report is not None:
-        _print_repair(report)
+        _print_repair(report, grammar is not None)
         if report_path:
             atomic_write_json(report_path, report.to_json())
     console.print(f"wrote {len(records)} records to {written}")
@@ -127,7 +174,7 @@ def _detect(source: str) -> str:
         raise
 
 
-def _print_repair(report) -> None:
+def _print_repair(report, clause_rules: bool) -> None:
     data = report.to_json()
     table = Table(title="repair rules fired")
     table.add_column("rule")
@@ -155,7 +202,10 @@ def _print_repair(report) -> None:
         f"dropped {data['records_dropped']}, records out {data['records_out']}; tokens in {tokens['in']} = "
         f"out {tokens['out']} + duplicates {tokens['in_duplicates']} + dropped {tokens['in_dropped']}"
     )
-    conventions = ", ".join(f"{k} {v}" for k, v in data["clause_conventions"].items())
-    console.print(f"clauses by preposition convention (after repair): {conventions}")
+    if clause_rules:
+        conventions = ", ".join(f"{k} {v}" for k, v in data["clause_conventions"].items())
+        console.print(f"clauses by preposition convention (after repair): {conventions}")
+    else:
+        console.print(NO_CLAUSE_RULES)
     if data["normalisation"]:
         console.print("normalised: " + ", ".join(f"{k} {v}" for k, v in data["normalisation"].items()))

@@ -33,11 +33,11 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from adaptlab.data.boundary import RELATION_VERBS, core, ends_clause
+from adaptlab.data.boundary import core, ends_clause
 from adaptlab.data.formats.conll import OUTSIDE, split_tag
 from adaptlab.data.records import read_text_lines
 
@@ -55,16 +55,16 @@ PROBLEM_KINDS: dict[str, str] = {
     "i_type_change": "I-X right after a Y span (Y != X)",
     "duplicate_sequence": "a sequence identical (words and tags) to an earlier one",
     "shifted_tags": "a clause's subject span starts one or more tokens before or after the clause",
-    "verb_in_span": "the relation verb (live/feed/breed) is tagged as part of an entity",
-    "type_mismatch_with_verb": "object type does not match the verb (HABITAT after 'feed on')",
+    "verb_in_span": "the clause's relation verb is tagged as part of an entity",
+    "type_mismatch_with_verb": "the object's type does not match the relation of the clause's verb",
     "dangling_span_end": "a span ends on a function word or comma (... Indian and | Atlantic Oceans)",
     "parenthesis_split": "a span boundary falls inside a parenthesised group ((Necturus | alabamensis))",
     "punctuation_in_span": "a span starts or ends with punctuation glued to a word (Alabama,)",
     "preposition_in_span": "the linking preposition after the verb opens the object span (in rivers ...)",
-    "subject_boundary": "a SPECIES span that does not cover its subject (other types inside, head word out)",
-    "garbled_clause": "a clause whose tags contradict its structure (SPECIES after the verb, ...)",
+    "subject_boundary": "a subject span that does not cover its subject (other types inside, head word out)",
+    "garbled_clause": "a clause whose tags contradict its structure (a subject-type span after the verb, ...)",
     "fragmented_clause": "a clause object broken into many small pieces with gaps",
-    "no_relation_verb": "a sequence without a live/feed/breed clause (no structure to check)",
+    "no_relation_verb": "a sequence without a relation clause of the schema (no structure to check)",
 }
 
 # Repair rule applied by decode_tags for each tag kind of classify_tag.
@@ -307,9 +307,11 @@ def _iob_problems(sequences: list[Sequence], types: set[str]) -> list[Problem]:
     return problems
 
 
-def decode_tags(seq: Sequence, types: Iterable[str], fired: Counter, max_gap: int = 2) -> list[str]:
+def decode_tags(seq: Sequence, types: Iterable[str], fired: Counter, max_gap: int = 2,
+                relation_verbs: Collection[str] = ()) -> list[str]:
     """One valid IOB2 tag per entry of ``seq`` (rules 5-12 of :mod:`adaptlab.data.repair`);
-    ``fired`` counts the rules applied (per line, not per word of a multi-word line)."""
+    ``fired`` counts the rules applied (per line, not per word of a multi-word line). A bridged gap
+    never crosses a clause end, nor one of ``relation_verbs`` (the schema's clause verbs, if any)."""
     entries, types = seq.entries, set(types)
     tags: list[str] = []
     for k, entry in enumerate(entries):
@@ -324,12 +326,12 @@ def decode_tags(seq: Sequence, types: Iterable[str], fired: Counter, max_gap: in
                     k + 1 == len(entries) or ends_clause(entry.word)):
                 tag = "I-" + tags[-1][2:]  # "tree/I-BREEDING cavities." closes the span
         elif kind == "bare":
-            tag = ("I-" if _gap_start(tags, entries, k, tag, max_gap) is not None else "B-") + tag
+            tag = ("I-" if _gap_start(tags, entries, k, tag, max_gap, relation_verbs) is not None else "B-") + tag
         elif entry.continued and tag.startswith("B-"):
             tag = "I-" + tag[2:]
         prefix, typ = split_tag(tag)
         if prefix == "I" and not (tags and tags[-1] != OUTSIDE and tags[-1][2:] == typ):
-            gap = _gap_start(tags, entries, k, typ, max_gap)
+            gap = _gap_start(tags, entries, k, typ, max_gap, relation_verbs)
             if gap is not None:
                 tags[gap:k] = ["I-" + typ] * (k - gap)
                 fired["bridge_gap"] += 1
@@ -340,13 +342,14 @@ def decode_tags(seq: Sequence, types: Iterable[str], fired: Counter, max_gap: in
     return tags
 
 
-def _gap_start(tags: list[str], entries: list[Entry], k: int, typ: str, max_gap: int) -> int | None:
+def _gap_start(tags: list[str], entries: list[Entry], k: int, typ: str, max_gap: int,
+               relation_verbs: Collection[str]) -> int | None:
     """Where an ``O`` gap before token ``k`` starts when an ``X = typ`` span ends right before it,
     the gap is 1 to ``max_gap`` tokens and crosses no clause end or relation verb; ``k`` itself
     when ``k`` directly follows such a span; otherwise None."""
     j = k - 1
     while j >= 0 and tags[j] == OUTSIDE and k - j <= max_gap:
-        if ends_clause(entries[j].word) or core(entries[j].word) in RELATION_VERBS:
+        if ends_clause(entries[j].word) or core(entries[j].word) in relation_verbs:
             return None
         j -= 1
     if j >= 0 and tags[j] != OUTSIDE and tags[j][2:] == typ:

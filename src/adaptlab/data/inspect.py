@@ -5,7 +5,9 @@ kind of :data:`adaptlab.data.conll_scan.PROBLEM_KINDS` with its count and the fi
 ``file:line: excerpt``, so each one can be looked up in an editor. Line problems come from the
 scanner; structural ones (shifted tags, verbs inside spans, wrong types, dangling ends) are the
 places where a clause rule of :mod:`adaptlab.data.repair` would fire, and ``garbled_clause`` /
-``fragmented_clause`` are what those rules could not fix. Nothing is changed on disk.
+``fragmented_clause`` are what those rules could not fix; they are looked for only with a clause
+grammar (a schema whose relations name their verbs, e.g. ``--preset biospecies``), since a generic
+file has no clause structure to check. Nothing is changed on disk.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from adaptlab.data import boundary
+from adaptlab.data.boundary import ClauseGrammar
 from adaptlab.data.conll_scan import PROBLEM_KINDS, Problem, decode_tags, scan_conll
 from adaptlab.data.formats.conll import tags_to_spans
 from adaptlab.data.records import read_text_lines
@@ -47,7 +50,7 @@ class InspectReport:
     raw_tags: Counter
     entity_types: Counter
     token_types: Counter
-    clauses: int
+    clauses: int | None  # None: no clause grammar, so no clause checks
     conventions: Counter
     problems: dict[str, list[Problem]] = field(default_factory=dict)
     examples: int = 5
@@ -86,8 +89,10 @@ def inspect_file(
     examples: int = 5,
     types: list[str] | None = None,
     first_section: str | None = None,
+    grammar: ClauseGrammar | None = None,
 ) -> InspectReport:
-    """Scan ``path`` and collect counts and problems (see the module docstring)."""
+    """Scan ``path`` and collect counts and problems (see the module docstring); clauses and their
+    problems only with ``grammar``."""
     first = next((line for line in read_text_lines(path) if line.strip()), "")
     if first.lstrip().startswith(("{", "[")):
         raise DataError("looks like JSON; `adaptlab data inspect` reads CoNLL-like token/tag files "
@@ -110,30 +115,32 @@ def inspect_file(
             problems["duplicate_sequence"].append(Problem("duplicate_sequence", seq.first_line, same))
         seen.setdefault(seq.key(), seq.first_line)
         words = seq.words
-        tags = decode_tags(seq, scan.types, Counter())
+        tags = decode_tags(seq, scan.types, Counter(), relation_verbs=grammar.verbs if grammar else ())
         for start, end, typ in tags_to_spans(tags):
             entity_types[typ] += 1
             token_types[typ] += end - start
             if EDGE_PUNCT.search(words[start]) or EDGE_PUNCT.search(words[end - 1]):
                 problems["punctuation_in_span"].append(
                     Problem("punctuation_in_span", lines[start], " ".join(words[start:end])[:60]))
-        clauses = boundary.split_clauses(words, tags)
+        if grammar is None:
+            continue
+        clauses = boundary.split_clauses(words, grammar, tags)
         n_clauses += len(clauses)
         if not clauses:
             start = " ".join(words[:8])
             problems["no_relation_verb"].append(Problem("no_relation_verb", seq.first_line, start))
         for clause in clauses:
-            convention = boundary.preposition_convention(clause, tags)
+            convention = boundary.preposition_convention(clause, tags, grammar.subject_type)
             conventions[convention] += 1
             if convention == "inside":
                 problems["preposition_in_span"].append(
                     Problem("preposition_in_span", lines[clause.prep], _excerpt(words, tags, clause.prep)))
         log = RuleLog()
-        repaired, clauses = repair_clauses(words, tags, log)
+        repaired, clauses = repair_clauses(words, tags, log, grammar)
         for rule, index in log.events:
             kind = RULE_PROBLEMS[rule]
             problems[kind].append(Problem(kind, lines[index], _excerpt(words, tags, index)))
-        for kind, k in structure_problems(words, repaired, clauses):
+        for kind, k in structure_problems(words, repaired, clauses, grammar.subject_type):
             start = clauses[k].start
             problems[kind].append(Problem(kind, lines[start], _excerpt(words, tags, start)))
     for found in problems.values():
@@ -142,5 +149,6 @@ def inspect_file(
         path=str(scan.path), records=len(scan.sequences), tokens=scan.n_tokens,
         token_lines=len({e.line for s in scan.sequences for e in s.entries}), types=scan.types,
         sections=dict(sections), raw_tags=scan.raw_tags, entity_types=entity_types, token_types=token_types,
-        clauses=n_clauses, conventions=conventions, problems=dict(problems), examples=examples,
+        clauses=n_clauses if grammar is not None else None, conventions=conventions, problems=dict(problems),
+        examples=examples,
     )

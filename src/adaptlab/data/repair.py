@@ -22,24 +22,31 @@ Line rules (:mod:`adaptlab.data.conll_scan` reads the lines and decodes the tags
 9. ``bare_type_to_iob``: bare ``SPECIES`` tokens become ``B-``/``I-``; a run of one type is one
    span, and a run that resumes after a short gap continues it (rule 10).
 10. ``bridge_gap``: ``I-X`` (or a resumed bare ``X``) after at most ``max_gap`` ``O`` tokens that
-    follow an ``X`` span in the same clause fills the gap with ``I-X``: the ``I-`` says the
+    follow an ``X`` span in the same clause (no ``;``/``.`` and, with a clause grammar, no relation
+    verb in between) fills the gap with ``I-X``: the ``I-`` says the
     annotator meant to continue the span and skipped a word (``wetlands and/O freshwater/I``).
 11. ``i_after_o_to_b``: any other ``I-X`` after ``O`` opens a span (``B-X``).
 12. ``i_type_change_to_b``: ``I-X`` right after a ``Y`` span opens an ``X`` span.
 
+The line rules (1-12, 22) apply to any file. The clause rules (13-21) and the unrepairable checks
+apply only with a :class:`~adaptlab.data.boundary.ClauseGrammar`, built from a schema whose relations
+name their verbs (``adaptlab data convert --preset biospecies`` or ``--schema FILE``): they encode how
+one dataset writes its sentences, which other data does not share.
+
 Clause rules (clauses from :func:`adaptlab.data.boundary.split_clauses`; the subject is the
-SPECIES mention before the verb, the object the HABITAT/FEEDING/BREEDING mention after it):
+mention of the grammar's subject type before the verb (SPECIES in the biospecies preset), the object
+the mention after it, whose type the verb fixes (``feed on`` -> FEEDING)):
 
 13. ``verb_out_of_span``: the relation verb and its adverb (``live``, ``feed mainly``) are never
     part of an entity; they leave the span they were tagged in (``Schelly/B live/I``).
-14. ``shift_subject_span``: a SPECIES span that starts 1-2 tokens before its clause
+14. ``shift_subject_span``: a subject span that starts 1-2 tokens before its clause
     (``system;/B-SPECIES Alabama/I-SPECIES``) is moved to the clause start, keeping its length, and
     the previous object gets back the words the shift took (``... Atlantic Oceans;``); one that
     starts 1-2 tokens late gets its start moved to the clause start.
 15. ``clean_subject``: another type inside the subject is removed (``, a carnivorous/B-FEEDING
-    insect,``), or joins the SPECIES span when it is the subject's last word; an adverb right
+    insect,``), or joins the subject span when it is the subject's last word; an adverb right
     before the verb leaves the span (``Vendace primarily/I-SPECIES feed``).
-16. ``complete_subject``: a SPECIES span that stops one word before the verb (``New Zealand|kaka``)
+16. ``complete_subject``: a subject span that stops one word before the verb (``New Zealand|kaka``)
     is extended to the verb.
 17. ``shift_object_span``: an object tagged from the preposition to the clause's last word but one
     (``feed on/B small/I organisms/O``) is moved one token right.
@@ -54,7 +61,7 @@ SPECIES mention before the verb, the object the HABITAT/FEEDING/BREEDING mention
 22. ``remove_duplicate``: a sequence identical (words and raw tags) to an earlier one is removed.
 
 Unrepairable (listed with file:line; dropped unless ``drop_unrepairable=False``): a clause with
-SPECIES tags after its verb or two or more other-type tags before it (``garbled_clause``), and a
+subject-type tags after its verb or two or more other-type tags before it (``garbled_clause``), and a
 clause object in three or more pieces covering under 60% of its words (``fragmented_clause``).
 With ``clause_records`` only the bad clauses are dropped, not their whole sequence.
 """
@@ -67,10 +74,11 @@ from pathlib import Path
 from typing import Any
 
 from adaptlab.data import boundary
-from adaptlab.data.boundary import Clause, core, ends_clause, split_clauses
+from adaptlab.data.boundary import Clause, ClauseGrammar, core, ends_clause, split_clauses
 from adaptlab.data.conll_scan import ScanResult, decode_tags, scan_conll
 from adaptlab.data.formats.conll import tokens_to_record
 from adaptlab.data.records import Record
+from adaptlab.errors import ConfigError
 
 FUNCTION_WORDS = frozenset(
     "and or of the a an in on to with for at from by as including such that which where".split()
@@ -174,10 +182,6 @@ def span_changes(words: list[str], before: list[str], after: list[str], events: 
     return changes
 
 
-def _is_adverb(word: str) -> bool:
-    return core(word) in boundary.VERB_ADVERBS
-
-
 def _spans(tags: list[str]) -> list[list]:
     """Mutable ``[start, end, type]`` spans of valid IOB2 tags."""
     spans: list[list] = []
@@ -197,9 +201,10 @@ def _to_tags(n: int, spans: list[list]) -> list[str]:
     return tags
 
 
-def _subject_rules(words: list[str], tags: list[str], clauses: list[Clause], log: RuleLog) -> list[str]:
+def _subject_rules(words: list[str], tags: list[str], clauses: list[Clause], log: RuleLog,
+                   grammar: ClauseGrammar) -> list[str]:
     """Rules 13-16."""
-    n, species = len(words), boundary.SUBJECT_TYPE
+    n, species = len(words), grammar.subject_type
     for clause in clauses:  # 13
         trigger = range(clause.verb, clause.prep if clause.prep is not None else clause.verb + 1)
         spans = _spans(tags)
@@ -241,19 +246,20 @@ def _subject_rules(words: list[str], tags: list[str], clauses: list[Clause], log
                 span[1] = span[0]
             log.hit("clean_subject", span[0])
         while subject is not None and subject[1] - subject[0] > 1 and subject[1] == clause.verb \
-                and _is_adverb(words[subject[1] - 1]):
+                and grammar.is_adverb(words[subject[1] - 1]):
             subject[1] -= 1
             log.hit("clean_subject", subject[1])
         rest = list(range(subject[1], clause.verb)) if subject is not None else []
         head = words[rest[0]] if len(rest) == 1 else ""
-        if core(head) and tags[rest[0]] == "O" and not set("()") & set(head) and not _is_adverb(head):
+        if core(head) and tags[rest[0]] == "O" and not set("()") & set(head) and not grammar.is_adverb(head):
             subject[1] = clause.verb
             log.hit("complete_subject", rest[0])
         tags = _to_tags(n, spans)
     return tags
 
 
-def _object_rules(words: list[str], tags: list[str], clauses: list[Clause], log: RuleLog) -> list[str]:
+def _object_rules(words: list[str], tags: list[str], clauses: list[Clause], log: RuleLog,
+                  subject_type: str) -> list[str]:
     """Rules 17-21."""
     n = len(words)
     for clause in clauses:  # 17
@@ -303,7 +309,7 @@ def _object_rules(words: list[str], tags: list[str], clauses: list[Clause], log:
     for clause in clauses:  # 21
         spans = _spans(tags)
         objects = [s for s in spans
-                   if clause.object_start <= s[0] < clause.end and s[2] != boundary.SUBJECT_TYPE]
+                   if clause.object_start <= s[0] < clause.end and s[2] != subject_type]
         wrong = [s for s in objects if s[2] != clause.object_type]
         if wrong and 2 * len(wrong) <= len(objects) or wrong and len(wrong) == len(objects):
             for span in wrong:
@@ -313,22 +319,27 @@ def _object_rules(words: list[str], tags: list[str], clauses: list[Clause], log:
     return tags
 
 
-def repair_clauses(words: list[str], tags: list[str], log: RuleLog) -> tuple[list[str], list[Clause]]:
-    """Rules 13-21 on one decoded sequence; returns the new tags and its clauses."""
-    clauses = split_clauses(words, tags)
-    tags = _subject_rules(words, tags, clauses, log)
-    return _object_rules(words, tags, clauses, log), clauses
+def repair_clauses(words: list[str], tags: list[str], log: RuleLog,
+                   grammar: ClauseGrammar | None) -> tuple[list[str], list[Clause]]:
+    """Rules 13-21 on one decoded sequence; returns the new tags and its clauses (none, and the tags
+    unchanged, without a grammar)."""
+    if grammar is None:
+        return tags, []
+    clauses = split_clauses(words, grammar, tags)
+    tags = _subject_rules(words, tags, clauses, log, grammar)
+    return _object_rules(words, tags, clauses, log, grammar.subject_type), clauses
 
 
-def structure_problems(words: list[str], tags: list[str], clauses: list[Clause]) -> list[tuple[str, int]]:
+def structure_problems(words: list[str], tags: list[str], clauses: list[Clause],
+                       subject_type: str) -> list[tuple[str, int]]:
     """``(kind, clause index)`` for clauses the rules cannot fix: garbled or fragmented."""
     found = []
     for k, clause in enumerate(clauses):
         subject, obj = tags[clause.start:clause.verb], tags[clause.object_start:clause.end]
         object_words = words[clause.object_start:clause.end]
         stop = next((i + 1 for i, w in enumerate(object_words) if ends_clause(w)), len(obj))
-        species_after = sum(1 for t in obj[:stop] if t[2:] == boundary.SUBJECT_TYPE)
-        wrong_subject = sum(1 for t in subject if t != "O" and t[2:] != boundary.SUBJECT_TYPE)
+        species_after = sum(1 for t in obj[:stop] if t[2:] == subject_type)
+        wrong_subject = sum(1 for t in subject if t != "O" and t[2:] != subject_type)
         if species_after or wrong_subject >= 2:
             found.append(("garbled_clause", k))
             continue
@@ -345,8 +356,13 @@ def repair_scan(
     drop_unrepairable: bool = True,
     clause_records: bool = False,
     max_gap: int = 2,
+    grammar: ClauseGrammar | None = None,
 ) -> tuple[list[Record], RepairReport]:
     """Repair an already scanned file (see :func:`repair_file`)."""
+    if clause_records and grammar is None:
+        raise ConfigError("one record per clause needs the clauses of a schema: give a schema whose relations "
+                          "name their verbs, or a preset (adaptlab data convert --preset biospecies)")
+    verbs = grammar.verbs if grammar is not None else ()
     report = RepairReport(str(scan.path), sequences_in=len(scan.sequences), tokens_in=scan.n_tokens)
     report.rules.update(SCAN_RULES[p.kind] for p in scan.problems if p.kind in SCAN_RULES)
     seen: dict[tuple, int] = {}
@@ -361,14 +377,14 @@ def repair_scan(
             continue
         seen[seq.key()] = seq.first_line
         log, words = RuleLog(), seq.words
-        decoded = decode_tags(seq, scan.types, log, max_gap)
-        tags, clauses = repair_clauses(words, decoded, log)
+        decoded = decode_tags(seq, scan.types, log, max_gap, verbs)
+        tags, clauses = repair_clauses(words, decoded, log, grammar)
         report.rules.update(log)
         report.span_changes += span_changes(words, decoded, tags, log.events,
                                             lambda index, seq=seq: f"{scan.path}:{seq.entries[index].line}")
-        conventions = [boundary.preposition_convention(c, tags) for c in clauses]
+        conventions = [boundary.preposition_convention(c, tags, grammar.subject_type) for c in clauses]
         report.conventions.update(conventions)
-        issues = structure_problems(words, tags, clauses)
+        issues = structure_problems(words, tags, clauses, grammar.subject_type) if clauses else []
         for kind, k in issues:
             start = clauses[k].start
             report.unrepairable.append({
@@ -395,7 +411,7 @@ def repair_scan(
         else:
             records.append(tokens_to_record(words, tags, meta))
     if normalise:
-        records, report.normalisation = boundary.normalise_boundaries(records)
+        records, report.normalisation = boundary.normalise_boundaries(records, grammar)
     report.records_out = len(records)
     report.tokens_out = sum(len(r.text.split(" ")) for r in records)
     return records, report
@@ -409,12 +425,14 @@ def repair_file(
     drop_unrepairable: bool = True,
     clause_records: bool = False,
     max_gap: int = 2,
+    grammar: ClauseGrammar | None = None,
 ) -> tuple[list[Record], RepairReport]:
     """Scan and repair a CoNLL-like file into canonical records (one per sequence, or one per
     clause with ``clause_records``) with the numbered rules of this module; with
     ``normalise_boundaries`` the records are then rewritten to the single convention of
     :mod:`adaptlab.data.boundary`. ``types`` fixes the tag set (inferred when None);
-    ``first_section`` names the sequences before the first section header.
+    ``first_section`` names the sequences before the first section header. ``grammar`` turns on
+    the clause rules (13-21) and checks; without it only the line rules apply.
     """
     scan = scan_conll(path, types=types, first_section=first_section)
-    return repair_scan(scan, normalise_boundaries, drop_unrepairable, clause_records, max_gap)
+    return repair_scan(scan, normalise_boundaries, drop_unrepairable, clause_records, max_gap, grammar)

@@ -21,7 +21,7 @@ from adaptlab.data.formats.markers import MARKERS, marked_from_record
 from adaptlab.data.records import Record
 from adaptlab.errors import ModelError
 from adaptlab.ie.models import saved_model_dir, sequence_limit
-from adaptlab.ie.pairs import NO_RELATION, candidate_pairs
+from adaptlab.ie.pairs import NO_RELATION, candidate_pairs, head_types
 from adaptlab.metrics.classification import classification_prf
 from adaptlab.models.adapters import load_pretrained
 from adaptlab.runs import seed_everything
@@ -37,13 +37,15 @@ class RelationExample:
 
 
 def relation_examples(records: Sequence[Record], with_negatives: bool = True) -> list[RelationExample]:
-    """Positive pairs from ``relations``; other SPECIES-argument candidates as ``no_relation``."""
+    """Positive pairs from ``relations``; with ``with_negatives``, the other candidate pairs as ``no_relation``:
+    a span of a type that heads some relation in ``records`` with a span of any other type."""
+    heads = head_types(records)
     examples = []
     for record in records:
         gold = {(r.head, r.tail): r.label for r in record.relations}
         pairs = set(gold)
         if with_negatives:
-            pairs |= set(candidate_pairs(record))
+            pairs |= set(candidate_pairs(record, heads))
         for pair in sorted(pairs):
             examples.append(RelationExample(marked_from_record(record, pair), gold.get(pair, NO_RELATION)))
     return examples

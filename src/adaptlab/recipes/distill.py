@@ -28,6 +28,7 @@ from adaptlab.recipes.relations import score_triples
 from adaptlab.report.html import KeyValues, Section, Table, ner_report_sections
 from adaptlab.runs import open_run
 from adaptlab.synth.config import SynthConfig
+from adaptlab.synth.schema import Schema, preset_schema
 from adaptlab.teacher.config import TeacherConfig
 from adaptlab.tuning.encoder_fit import EncoderTrainerSettings
 
@@ -47,9 +48,14 @@ def demo_resources() -> Path:
     return Path(str(files("adaptlab") / "resources" / "distill"))
 
 
+def demo_schema() -> Schema:
+    """The demo's annotation schema: the ``biospecies`` preset (resources/schemas/biospecies.yaml)."""
+    return preset_schema("biospecies")
+
+
 def demo_synth_config(cassette: str | Path, output: str | None) -> SynthConfig:
-    """The biospecies generation config with the replay teacher (schema: resources/distill/schema.yaml)."""
-    schema = review.load_schema(demo_resources() / "schema.yaml")
+    """The biospecies generation config with the replay teacher (schema: :func:`demo_schema`)."""
+    schema = demo_schema()
     return SynthConfig.model_validate({
         "name": "distill-demo-synth", "schema": schema.model_dump(), "output": output, "progress": False,
         "teacher": TeacherConfig(backend="replay", model="demo-teacher", cassette=str(cassette)).model_dump(),
@@ -74,13 +80,15 @@ def run(output: str | None = None, epochs: float = 20) -> tuple[Path, dict]:
             output=str(root.path / "student"), training=cfg.training))
         gold = read_records(test_path)
         test_report, predicted = ner.evaluate_records(NERPredictor(student_run.model), gold)
+        schema = demo_schema()
 
         metrics = {
             "generation": {stage: generation[stage] for stage in synth.STAGES},
             "review": {"counts": reviewed.counts, "agreement": reviewed.agreement},
             "student": {"train_records": student["train_records"], "dev_records": student["dev_records"],
                         "test": test_report,
-                        "test_triples": score_triples([derive_relations(p) for p in predicted], gold)},
+                        "test_triples": score_triples([derive_relations(p, schema) for p in predicted], gold,
+                                                      schema)},
         }
         root.finish(metrics, "adaptlab distill demo: teacher -> review -> student",
                     _sections(metrics) + ner_report_sections(test_report, student["history"]))

@@ -25,7 +25,8 @@ from adaptlab.ie.ner import check_labels
 from adaptlab.ie.relations import relation_examples
 from adaptlab.ie.tagging import bio_labels, entity_types
 from adaptlab.recipes.cls import DataFormat
-from adaptlab.recipes.relations import relation_records
+from adaptlab.recipes.relations import DERIVE_HELP, DeriveRelations, relation_records
+from adaptlab.synth.schema import resolve_schema
 
 TASK_TYPES = ("ner", "re", "cls")
 TASK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
@@ -41,8 +42,9 @@ class TaskConfig(StrictModel):
                     "classification (single- or multi-label)")
     train: str = Field(description="training data, read as by `ner train`, `re train` or `cls train`")
     dev: str | None = Field(None, description="dev data; without it dev_fraction of train is held out")
-    negatives: bool = Field(True, description="re: unrelated SPECIES-argument pairs become no_relation examples")
-    derive_relations: bool = Field(False, description="re: records without relations get them from entity types")
+    negatives: bool = Field(True, description="re: unrelated pairs (a span of a type that heads a relation, a span of "
+                            "another type) become no_relation examples")
+    derive_relations: DeriveRelations = Field(None, description=f"re: {DERIVE_HELP}")
     format: DataFormat = Field("auto", description="cls: auto (by suffix), jsonl, csv, tsv or label-text")
     text_column: str = Field("text", description="cls: the text key or column")
     label_column: str = Field("label", description="cls: the label key or column")
@@ -116,11 +118,13 @@ def _read_ner(name: str, task: TaskConfig, dev_fraction: float, seed: int) -> Ta
 
 
 def _read_re(name: str, task: TaskConfig, dev_fraction: float, seed: int) -> TaskInput:
+    with task_key(name, "derive_relations"):
+        derive_by = resolve_schema(task.derive_relations) if task.derive_relations else None
     with task_key(name, "train"):
-        records = relation_records(task.train, task.derive_relations)
+        records = relation_records(task.train, derive_by)
     if task.dev:
         with task_key(name, "dev"):
-            dev_records = relation_records(task.dev, task.derive_relations)
+            dev_records = relation_records(task.dev, derive_by)
     else:
         records, dev_records = split_dev(records, dev_fraction, seed)
     train, dev = relation_examples(records, task.negatives), relation_examples(dev_records, task.negatives)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from contextlib import nullcontext
+from typing import Annotated, Any
 
-from pydantic import Field
+from pydantic import BeforeValidator, Field
 
 from adaptlab.config import StrictModel
 from adaptlab.data.formats.markers import record_from_marked
@@ -20,8 +21,24 @@ from adaptlab.ie.relations import RelationExample, REPredictor, relation_example
 from adaptlab.metrics.classification import classification_prf, triple_prf
 from adaptlab.report.html import Section, Table
 from adaptlab.runs import RunDir, atomic_write_jsonl, get_logger, open_run, refuse_existing
+from adaptlab.synth.schema import Schema, resolve_schema
 from adaptlab.tuning.encoder_fit import EncoderTrainerSettings
 from adaptlab.tuning.strategies import StrategyBlock
+
+
+def _schema_named(value: Any) -> Any:
+    """``derive_relations`` names the schema it derives by; ``false`` is None and the old ``true`` is refused with
+    the new form (a default schema would be one dataset's rules in every config)."""
+    if value is True:
+        raise ValueError("names the schema to derive by: derive_relations=biospecies (a preset) or "
+                         "derive_relations=FILE (a YAML file with a schema: section)")
+    return None if value is False else value
+
+
+DeriveRelations = Annotated[str | None, BeforeValidator(_schema_named)]
+DERIVE_HELP = ("records without relations get them from entity types by this schema: a preset name (biospecies) or "
+               "a YAML file with a schema: section (a synth config); its subject heads each relation, and the "
+               "argument's type gives the relation (HABITAT -> live_in)")
 
 
 class RETrainerSettings(EncoderTrainerSettings):
@@ -41,9 +58,9 @@ class RETrainConfig(StrictModel):
     train: str | None = None
     dev: str | None = None
     dev_fraction: float = Field(0.1, ge=0, lt=1)
-    negatives: bool = Field(True, description="train on unrelated SPECIES-argument pairs as no_relation")
-    derive_relations: bool = Field(
-        False, description="records without relations get them from entity types (biospecies schema)")
+    negatives: bool = Field(True, description="train on unrelated pairs as no_relation: a span of a type that "
+                            "heads a relation with a span of another type")
+    derive_relations: DeriveRelations = Field(None, description=DERIVE_HELP)
     output: str | None = None
     max_length: int = Field(256, ge=8, description="subwords per marked sentence; longer ones are truncated")
     training: RETrainerSettings = RETrainerSettings()
@@ -59,14 +76,15 @@ class REEvalConfig(StrictModel):
     output: str | None = Field(None, description="write a run directory with predictions and report")
 
 
-def relation_records(path: str, derive: bool = False) -> list[Record]:
-    """The records of ``path``, relations derived from entity types with ``derive``; a DataError if none has any."""
+def relation_records(path: str, derive_by: Schema | None = None) -> list[Record]:
+    """The records of ``path``, relations derived from entity types by ``derive_by`` where a record has none; a
+    DataError if none has any."""
     records = load_records(path)
-    if derive:
-        records = [r if r.relations else derive_relations(r) for r in records]
+    if derive_by is not None:
+        records = [r if r.relations else derive_relations(r, derive_by) for r in records]
     if not any(r.relations for r in records):
         raise DataError("holds no relations; RE needs records with relations or marker rows with labels "
-                        "(or derive_relations=true to pair arguments with species by entity type)", path)
+                        "(or derive_relations=SCHEMA to pair arguments with subjects by entity type)", path)
     return records
 
 
@@ -87,9 +105,10 @@ def train(cfg: RETrainConfig) -> tuple[RunDir, dict]:
     """Train a relation classifier and evaluate it on dev; returns the run directory and its metrics."""
     if not cfg.train:
         raise ConfigError("no training data: pass --train FILE or set 'train' in the config")
+    derive_by = resolve_schema(cfg.derive_relations) if cfg.derive_relations else None
     model_path = resolve_student(cfg.model)
-    train_records = relation_records(cfg.train, cfg.derive_relations)
-    dev_records = relation_records(cfg.dev, cfg.derive_relations) if cfg.dev else None
+    train_records = relation_records(cfg.train, derive_by)
+    dev_records = relation_records(cfg.dev, derive_by) if cfg.dev else None
     if dev_records is None:
         train_records, dev_records = split_dev(train_records, cfg.dev_fraction, cfg.training.seed)
     train_examples = relation_examples(train_records, cfg.negatives)
@@ -143,16 +162,17 @@ def predict(model_dir: str, marked: list[str]) -> list[dict]:
             for m, (label, score) in zip(marked, REPredictor(model_dir).predict(marked))]
 
 
-def extract_triples(ner_dir: str, re_dir: str | None, texts: list[str], output: str | None) -> list[Record]:
+def extract_triples(ner_dir: str, re_dir: str | None, texts: list[str], output: str | None,
+                    schema: Schema) -> list[Record]:
     if output:
         refuse_existing(output, "output file")
-    records = extract(texts, NERPredictor(ner_dir), REPredictor(re_dir) if re_dir else None)
+    records = extract(texts, NERPredictor(ner_dir), REPredictor(re_dir) if re_dir else None, schema)
     if output:
         write_records(records, output)
     return records
 
 
-def score_triples(predicted: list[Record], gold: list[Record]) -> dict:
-    """Triple F1 against gold relations (derived from entity types where the gold has none)."""
-    gold = [g if g.relations else derive_relations(g) for g in gold]
+def score_triples(predicted: list[Record], gold: list[Record], schema: Schema) -> dict:
+    """Triple F1 against gold relations (derived from entity types by ``schema`` where the gold has none)."""
+    gold = [g if g.relations else derive_relations(g, schema) for g in gold]
     return triple_prf(triples_by_document(gold), triples_by_document(predicted))

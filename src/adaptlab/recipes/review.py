@@ -15,24 +15,12 @@ from pathlib import Path
 
 from pydantic import Field
 
-from adaptlab.config import StrictModel, read_yaml, validate_config
+from adaptlab.config import StrictModel
 from adaptlab.data.records import read_records, write_records
-from adaptlab.errors import ConfigError
 from adaptlab.report.html import KeyValues, Paragraph, Section, Table
 from adaptlab.runs import RunDir, atomic_write_text, get_logger, open_run
 from adaptlab.synth import factcheck, review
-from adaptlab.synth.schema import Schema
-
-
-def load_schema(source: str | Path) -> Schema:
-    """The ``schema:`` section of a synth config file, or of ``config.yaml`` in a run directory."""
-    path = Path(source)
-    if path.is_dir():
-        path = path / "config.yaml"
-    data = read_yaml(path)
-    if "schema" not in data:
-        raise ConfigError(f"{path} has no 'schema' section; pass the generation config or its run directory")
-    return validate_config(Schema, data["schema"], f" (schema in {path})")
+from adaptlab.synth.schema import load_schema
 
 
 def generated_records(source: str | Path):
