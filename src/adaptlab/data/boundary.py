@@ -88,6 +88,11 @@ class ClauseGrammar:
     def is_adverb(self, word: str) -> bool:
         return core(word) in self.adverbs
 
+    @property
+    def entity_types(self) -> set[str]:
+        """The subject type and every object type: the labels the clause rules read and write."""
+        return {self.subject_type, *(object_type for _, object_type in self.verbs.values())}
+
 
 @dataclass(frozen=True)
 class Clause:

@@ -23,7 +23,7 @@ from adaptlab.data.boundary import ClauseGrammar
 from adaptlab.data.conll_scan import PROBLEM_KINDS, Problem, decode_tags, scan_conll
 from adaptlab.data.formats.conll import tags_to_spans
 from adaptlab.data.records import read_text_lines
-from adaptlab.data.repair import RuleLog, repair_clauses, structure_problems
+from adaptlab.data.repair import RuleLog, check_grammar_types, repair_clauses, structure_problems
 from adaptlab.errors import DataError
 
 # Which problem a clause rule's firing reveals.
@@ -98,6 +98,7 @@ def inspect_file(
         raise DataError("looks like JSON; `adaptlab data inspect` reads CoNLL-like token/tag files "
                         "(convert JSON with `adaptlab data convert` first)", path, 1)
     scan = scan_conll(path, types=types, first_section=first_section)
+    check_grammar_types(grammar, scan)
     problems: dict[str, list[Problem]] = defaultdict(list)
     for problem in scan.problems:
         problems[problem.kind].append(problem)

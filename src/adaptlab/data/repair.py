@@ -330,6 +330,16 @@ def repair_clauses(words: list[str], tags: list[str], log: RuleLog,
     return _object_rules(words, tags, clauses, log, grammar.subject_type), clauses
 
 
+def check_grammar_types(grammar: ClauseGrammar | None, scan: ScanResult) -> None:
+    """A ConfigError when the grammar's types are not the file's: its rules would retype spans to labels the file
+    does not use (another dataset's schema, or ``--types`` that leave some out)."""
+    missing = sorted(grammar.entity_types - set(scan.types)) if grammar is not None else []
+    if missing:
+        raise ConfigError(f"{scan.path}: the schema's types {', '.join(missing)} are not tag types of this file "
+                          f"({', '.join(scan.types) or 'none'}); its clause rules would write labels the file does "
+                          "not use: check --preset/--schema (or --types)")
+
+
 def structure_problems(words: list[str], tags: list[str], clauses: list[Clause],
                        subject_type: str) -> list[tuple[str, int]]:
     """``(kind, clause index)`` for clauses the rules cannot fix: garbled or fragmented."""
@@ -362,6 +372,7 @@ def repair_scan(
     if clause_records and grammar is None:
         raise ConfigError("one record per clause needs the clauses of a schema: give a schema whose relations "
                           "name their verbs, or a preset (adaptlab data convert --preset biospecies)")
+    check_grammar_types(grammar, scan)
     verbs = grammar.verbs if grammar is not None else ()
     report = RepairReport(str(scan.path), sequences_in=len(scan.sequences), tokens_in=scan.n_tokens)
     report.rules.update(SCAN_RULES[p.kind] for p in scan.problems if p.kind in SCAN_RULES)
