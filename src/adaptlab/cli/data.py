@@ -115,7 +115,8 @@ def convert(
     to_fmt: Optional[str] = typer.Option(None, "--to", help="output format (default: from the suffix)"),
     repair: bool = typer.Option(True, "--repair/--no-repair", help="repair CoNLL-like input"),
     normalise: bool = typer.Option(False, "--normalise-boundaries",
-                                   help="one span-boundary convention (preposition and punctuation outside)"),
+                                   help="one span-boundary convention: punctuation outside spans; with a schema also "
+                                        "the preposition outside the object and a parenthesised name in the subject"),
     report_path: Optional[str] = typer.Option(None, "--report", help="write the repair report as JSON here"),
     types: Optional[str] = typer.Option(None, "--types", help=TYPES_HELP),
     first_section: Optional[str] = typer.Option(None, "--first-section", help=FIRST_SECTION_HELP),
