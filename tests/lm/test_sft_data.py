@@ -10,7 +10,13 @@ from train_helpers import tiny_tokenizer
 
 from adaptlab.errors import DataError, ModelError
 from adaptlab.lm.packing import PackedCollator
-from adaptlab.lm.sft_data import IGNORE_INDEX, encode_example, encode_examples, encode_sft_dataset, require_chat_template
+from adaptlab.lm.sft_data import (
+    IGNORE_INDEX,
+    encode_example,
+    encode_examples,
+    encode_sft_dataset,
+    require_chat_template,
+)
 from adaptlab.lm.sft_examples import parse_example
 
 CONVERSATION = [

@@ -98,7 +98,7 @@ def load_records(block: DatasetBlock, key: str) -> tuple[str, list[Record]]:
     elif path.suffix.lower() in SUFFIXES or block.path.startswith(("/", ".", "~")):
         raise DataError(f"file not found; check {key}.path", path)
     else:
-        source, columns, records = _hub(block, key)
+        source, columns, records = _hub(block)
     if not records:
         raise DataError(f"holds no records; check {key}.path" + (f" and {key}.split" if block.split else ""), source)
     missing = [(field, column) for field, column in block.columns.items() if column not in columns]
@@ -192,11 +192,11 @@ def hub_offline() -> str | None:
                  if os.environ.get(name, "").upper() in ("1", "ON", "YES", "TRUE")), None)
 
 
-def _hub(block: DatasetBlock, key: str) -> tuple[str, list[str], list[Record]]:
+def _hub(block: DatasetBlock) -> tuple[str, list[str], list[Record]]:
     name = block.path
     offline = hub_offline()
     if offline:
-        raise DataError(f"{key}.path: {name!r} is not a local file or folder, and hub downloads are off "
+        raise DataError(f"{name!r} is not a local file or folder, and hub downloads are off "
                         f"({offline}=1); save the dataset with save_to_disk and give its folder")
     import datasets
 
@@ -204,7 +204,7 @@ def _hub(block: DatasetBlock, key: str) -> tuple[str, list[str], list[Record]]:
         loaded = datasets.load_dataset(name, block.subset, split=block.split or "train")
     except Exception as exc:  # the hub client and the builders raise many kinds; all mean "not available"
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise DataError(f"{key}.path: {name!r} is not a local file or folder, and loading it from the hub failed: "
+        raise DataError(f"{name!r} is not a local file or folder, and loading it from the hub failed: "
                         f"{first}") from None
     source = f"{name}[{block.split or 'train'}]"
     return source, loaded.column_names, _numbered(source, loaded.to_list())
@@ -238,8 +238,8 @@ def read_sft_examples(block: DatasetBlock, key: str = "dataset") -> list[SFTExam
 def read_texts(block: DatasetBlock, key: str = "dataset") -> list[str]:
     """The documents of a ``text`` block (``auto``: every record needs a ``text`` field), for mode cpt."""
     if block.format not in ("auto", "text"):
-        raise ConfigError(f"{key}.format: mode cpt trains on plain text, so the block's format is text (or auto); "
-                          f"{block.format} records are for mode sft")
+        raise ConfigError(f"{key}.format: mode cpt trains on plain text (format: text, or auto); {block.format} "
+                          "examples are for mode sft")
     _, records = load_records(block, key)
     texts = []
     for where, record in records:

@@ -65,7 +65,8 @@ def _require(record: dict[str, Any], fmt: str, columns_key: str) -> None:
 
 
 def _list(record: dict[str, Any], name: str, fmt: str) -> list[Any]:
-    value = json_value(record.get(name, []), name)
+    value = record.get(name)
+    value = json_value(value, name) if value not in (None, "") else []  # an empty CSV cell: no history
     if not isinstance(value, list):
         raise ValueError(f"{fmt}: {name!r} must be a list, got {type(value).__name__}")
     return value

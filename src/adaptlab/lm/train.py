@@ -159,18 +159,11 @@ class LMTrainConfig(CausalTrainingConfig):
     @model_validator(mode="after")
     def _consistent(self) -> LMTrainConfig:
         if self.mode == "cpt" and self.eval_data:
-            raise ValueError("eval_data is for mode sft; in mode cpt a prepared corpus (data) brings its held-out "
-                             "splits, and plain text (dataset) takes eval_dataset")
+            raise ConfigError("eval_data is for mode sft; in mode cpt a prepared corpus (data) brings its held-out "
+                              "splits, and plain text (dataset) takes eval_dataset")
         if self.mode == "cpt" and self.data and (self.eval_dataset or "max_length" in self.model_fields_set):
-            raise ValueError("eval_dataset and max_length are for plain text (dataset: ..., format: text) or mode "
-                             "sft; a prepared corpus (data) brings its held-out splits and block size")
-        for key, block in (("dataset", self.dataset), ("eval_dataset", self.eval_dataset)):
-            if block is not None and self.mode == "cpt" and block.format not in ("auto", "text"):
-                raise ValueError(f"{key}.format: mode cpt trains on plain text (format: text); {block.format} "
-                                 "examples are for mode: sft")
-            if block is not None and self.mode == "sft" and block.format == "text":
-                raise ValueError(f"{key}.format: text is plain text for mode cpt; SFT needs messages, sharegpt, "
-                                 "alpaca or prompt_completion examples")
+            raise ConfigError("eval_dataset and max_length are for plain text (dataset: ..., format: text) or mode "
+                              "sft; a prepared corpus (data) brings its held-out splits and block size")
         return self
 
     def dataset_blocks(self) -> dict[str, tuple[str, DatasetBlock]]:
