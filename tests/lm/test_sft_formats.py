@@ -96,6 +96,13 @@ def test_messages_with_tools_from_jsonl_and_a_saved_dataset(tokenizer, tmp_path)
     assert encode(tokenizer, path=str(tmp_path / "saved")) == rows
 
 
+def test_a_template_that_drops_tool_calls_is_refused(tmp_path):
+    no_tools = tiny_tokenizer(extra_words=("tool", "call"))  # "role : content </s>": the calls would vanish
+    with pytest.raises(DataError, match="chat.jsonl:1: the chat template does not render the tool calls of "
+                                        "assistant message 2"):
+        encode(no_tools, path=write_jsonl(tmp_path / "chat.jsonl", [TOOL_CHAT]))
+
+
 def test_message_weights_keep_working_from_a_json_file_with_mapped_columns(tokenizer, tmp_path):
     conversation = [{"role": "user", "content": "bond ."},
                     {"role": "assistant", "content": "rate bank . snow", "weights": [

@@ -138,6 +138,15 @@ def _place_content(text: str, target: Target, content: str, what: str, where: Wh
     return target
 
 
+def _check_tool_calls(message: dict[str, Any], rendered: str, i: int, where: Where) -> None:
+    """A template without tool support drops the calls, and the turn would teach an empty answer: refuse it."""
+    for call in message.get("tool_calls", []):
+        if call["function"]["name"] not in rendered:
+            raise DataError(f"the chat template does not render the tool calls of assistant message {i} (the call to "
+                            f"{call['function']['name']!r} is not in its rendering); use a tokenizer whose chat "
+                            "template supports tools (tool_calls)", *where)
+
+
 def render(tokenizer: Any, example: SFTExample) -> tuple[str, list[Target]]:
     """The text to tokenize and its target stretches: the assistant turns (chat), or the completion (plain)."""
     if example.messages is None:
@@ -148,6 +157,7 @@ def render(tokenizer: Any, example: SFTExample) -> tuple[str, list[Target]]:
     turns = [i for i, m in enumerate(example.messages) if m["role"] == "assistant"]
     targets = []
     for i, (start, end) in zip(turns, spans, strict=True):
+        _check_tool_calls(example.messages[i], text[start:end], i, example.where)
         target = Target(start, end, weights=example.weights.get(i))
         if target.weights is not None:
             target = _place_content(text, target, example.messages[i]["content"], f"assistant message {i}",
