@@ -29,8 +29,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import Field, model_validator
 
@@ -45,6 +46,7 @@ from adaptlab.lm.sft_formats import FIELDS, ROLE_TARGETS, detect_format, to_exam
 SUFFIXES = {".jsonl": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "tsv", ".parquet": "parquet"}
 OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
 Record = tuple[Where, dict[str, Any]]
+T = TypeVar("T")
 
 
 class DatasetBlock(StrictModel):
@@ -86,8 +88,8 @@ class DatasetBlock(StrictModel):
 # ------------------------------------------------------------------------------------------------ sources
 
 
-def load_records(block: DatasetBlock, key: str) -> tuple[str, list[Record]]:
-    """``(the source's name, [(where, record), ...])`` with ``columns`` applied; see the module docstring."""
+def load_records(block: DatasetBlock, key: str) -> list[Record]:
+    """``[(where, record), ...]`` with ``columns`` applied (module docstring); ``key`` names the block."""
     path = Path(block.path).expanduser()
     if path.is_dir():
         source, columns, records = _saved_dataset(path, block, key)
@@ -96,17 +98,17 @@ def load_records(block: DatasetBlock, key: str) -> tuple[str, list[Record]]:
             raise ConfigError(f"{key}.split: {path} is a file; split is for save_to_disk folders and hub datasets")
         source, columns, records = str(path), *_file(path)
     elif path.suffix.lower() in SUFFIXES or block.path.startswith(("/", ".", "~")):
-        raise DataError(f"file not found; check {key}.path", path)
+        raise DataError("file not found", path)
     else:
         source, columns, records = _hub(block)
     if not records:
-        raise DataError(f"holds no records; check {key}.path" + (f" and {key}.split" if block.split else ""), source)
+        raise DataError("holds no records" + (f"; check {key}.split" if block.split else ""), source)
     missing = [(field, column) for field, column in block.columns.items() if column not in columns]
     if missing:
         raise DataError("; ".join(f"{key}.columns.{field}: there is no column {column!r}" for field, column in missing)
                         + f" (the columns are {', '.join(columns) or 'none'})", source)
     renamed = {column: field for field, column in block.columns.items()}
-    return source, [(where, _rename(record, renamed)) for where, record in records]
+    return [(where, _rename(record, renamed)) for where, record in records]
 
 
 def _rename(record: Any, renamed: dict[str, str]) -> Any:
@@ -167,8 +169,8 @@ def _saved_dataset(path: Path, block: DatasetBlock, key: str) -> tuple[str, list
     import datasets
 
     if not is_saved_dataset(path):
-        raise DataError(f"is a folder but not one written by datasets' save_to_disk; {key}.path is a data file, "
-                        "such a folder or a hub dataset name (a prepared corpus goes to mode cpt's data:)", path)
+        raise DataError("is a folder but not one written by datasets' save_to_disk; the data is a file, such a "
+                        "folder or a hub dataset name (a prepared corpus goes to mode cpt's data:)", path)
     loaded = datasets.load_from_disk(str(path))
     return str(path), *_split_rows(loaded, block.split, key, str(path))
 
@@ -218,21 +220,15 @@ def read_sft_examples(block: DatasetBlock, key: str = "dataset") -> list[SFTExam
     if block.format == "text":
         raise ConfigError(f"{key}.format: text is plain text for mode cpt; SFT needs messages, sharegpt, alpaca or "
                           "prompt_completion records")
-    _, records = load_records(block, key)
-    examples = []
-    for where, record in records:
-        try:
-            if not isinstance(record, dict):
-                raise ValueError(f"expected a record (a JSON object), got {type(record).__name__}")
-            fmt = block.format if block.format != "auto" else detect_format(record)
-            if fmt == "text":
-                raise ValueError(f"a plain 'text' record has no response to learn; text trains in mode cpt (or map "
-                                 f"its columns onto a format's fields with {key}.columns)")
-            example = to_example(record, fmt, block.roles, key)
-        except ValueError as exc:
-            raise DataError(str(exc), *where) from None
-        examples.append(parse_example(example, where))
-    return examples
+
+    def example(where: Where, record: dict[str, Any]) -> SFTExample:
+        fmt = block.format if block.format != "auto" else detect_format(record)
+        if fmt == "text":
+            raise ValueError(f"a plain 'text' record has no response to learn; text trains in mode cpt (or map its "
+                             f"columns onto a format's fields with {key}.columns)")
+        return parse_example(to_example(record, fmt, block.roles, key), where)
+
+    return _each_record(load_records(block, key), example)
 
 
 def read_texts(block: DatasetBlock, key: str = "dataset") -> list[str]:
@@ -240,13 +236,17 @@ def read_texts(block: DatasetBlock, key: str = "dataset") -> list[str]:
     if block.format not in ("auto", "text"):
         raise ConfigError(f"{key}.format: mode cpt trains on plain text (format: text, or auto); {block.format} "
                           "examples are for mode sft")
-    _, records = load_records(block, key)
-    texts = []
+    return _each_record(load_records(block, key), lambda where, record: to_text(record, key))
+
+
+def _each_record(records: list[Record], convert: Callable[[Where, dict[str, Any]], T]) -> list[T]:
+    """``convert`` of every record; a ValueError becomes a DataError naming the record's file:line."""
+    converted = []
     for where, record in records:
         try:
             if not isinstance(record, dict):
                 raise ValueError(f"expected a record (a JSON object), got {type(record).__name__}")
-            texts.append(to_text(record, key))
+            converted.append(convert(where, record))
         except ValueError as exc:
             raise DataError(str(exc), *where) from None
-    return texts
+    return converted

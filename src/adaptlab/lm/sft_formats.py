@@ -31,7 +31,6 @@ from typing import Any
 
 from adaptlab.lm.sft_examples import json_value, present
 
-FORMATS = ("messages", "sharegpt", "alpaca", "prompt_completion", "text")
 # every field a record of each shape may have (the keys `columns:` may map); the first ones are required
 FIELDS = {
     "messages": ("messages", "tools"),

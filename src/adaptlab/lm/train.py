@@ -169,12 +169,13 @@ class LMTrainConfig(CausalTrainingConfig):
     def dataset_blocks(self) -> dict[str, tuple[str, DatasetBlock]]:
         """``{"train": (config key, block), "held_out": ...}``: the blocks, or the ``data`` shorthands of sft."""
         blocks = {}
-        for split, key, block, shorthand in (("train", "dataset", self.dataset, self.data),
-                                             ("held_out", "eval_dataset", self.eval_dataset, self.eval_data)):
+        for split, key, block, short_key, shorthand in (
+                ("train", "dataset", self.dataset, "data", self.data),
+                ("held_out", "eval_dataset", self.eval_dataset, "eval_data", self.eval_data)):
             if block is not None:
                 blocks[split] = (key, block)
             elif shorthand and self.mode == "sft":
-                blocks[split] = (key, DatasetBlock(path=shorthand))
+                blocks[split] = (short_key, DatasetBlock(path=shorthand))
         return blocks
 
 
