@@ -187,7 +187,8 @@ def json_value(value: Any, what: str) -> Any:
 def parse_tool_calls(value: Any, what: str) -> list[dict[str, Any]]:
     """Tool calls as transformers' templates take them: ``[{"type": "function", "function": {"name": str,
     "arguments": dict}}]`` (+ ``id`` when given). A call may also be given flat, ``{"name", "arguments"}``, as
-    ShareGPT's ``function_call`` turns hold it, and a JSON string stands for what it encodes."""
+    ShareGPT's ``function_call`` turns hold it, and a JSON string stands for what it encodes. Null arguments are
+    left out: Arrow-backed data gives every call every argument any call has, as null."""
     value = json_value(value, f"{what}: tool_calls")
     calls = value if isinstance(value, list) else [value]
     parsed = []
