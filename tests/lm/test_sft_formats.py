@@ -287,3 +287,23 @@ def test_malformed_records_name_where(tmp_path, content, message):
 def test_the_shipped_sft_config_uses_the_dataset_block():
     cfg = load_config(LMTrainConfig, example_configs.root() / "lm_sft.yaml")
     assert cfg.dataset is not None and cfg.data is None and cfg.eval_dataset is not None
+
+
+def test_hub_names_go_to_load_dataset_and_its_failure_is_one_line(tokenizer, monkeypatch):
+    """No network here: ``datasets.load_dataset`` is replaced, to see what it is asked and what its failure becomes."""
+    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(name, raising=False)
+    asked = []
+
+    def load_dataset(name, subset, split):
+        asked.append((name, subset, split))
+        if name == "someone/unreachable":
+            raise ConnectionError("Couldn't reach 'someone/unreachable' on the Hub (LocalEntryNotFoundError)\nmore")
+        return datasets.Dataset.from_list([TOOL_CHAT])
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    row = encode(tokenizer, path="someone/chats", subset="tools", split="test")[0]
+    assert asked == [("someone/chats", "tools", "test")] and target_runs(tokenizer, row) == TOOL_TARGETS
+    with pytest.raises(DataError, match=r"^'someone/unreachable' is not a local file or folder, and loading it from "
+                                        r"the hub failed: Couldn't reach .*Error\)$"):
+        encode(tokenizer, path="someone/unreachable")
