@@ -161,8 +161,8 @@ def test_precision_and_kernel_switches():
 
 @pytest.mark.parametrize("overrides, error, message", [
     ({"data": "nowhere"}, DataError, "prepared corpus not found"),
-    ({"data": "corpus.jsonl"}, DataError, "mode cpt trains on a prepared corpus directory"),
-    ({"mode": "sft", "data": "."}, DataError, "not a directory"),
+    ({"data": "corpus.jsonl"}, DataError, "mode cpt's data is a prepared corpus directory"),
+    ({"mode": "sft", "data": "."}, DataError, "is a folder but not one written by datasets' save_to_disk"),
     ({"resume": "no-such-checkpoint"}, ConfigError, "resume: no-such-checkpoint does not exist"),
     ({"resume": "empty-run"}, ConfigError, "no valid checkpoint"),
     ({"use_liger_kernel": True}, ConfigError, "liger_kernel"),
@@ -224,8 +224,10 @@ def test_sft_needs_a_chat_template_for_chat_examples_only(assets, tmp_path):
 def test_config_mistakes(assets, tmp_path):
     with pytest.raises(ConfigError, match="min_lr_rate applies to lr_scheduler_type: cosine only"):
         make(assets, tmp_path, lr_scheduler_type="linear", min_lr_rate=0.2)
-    with pytest.raises(ConfigError, match="eval_data and max_length are for mode: sft"):
+    with pytest.raises(ConfigError, match="eval_data is for mode sft"):
         make(assets, tmp_path, eval_data="x.jsonl")
+    with pytest.raises(ConfigError, match="a prepared corpus \\(data\\) brings its held-out splits and block size"):
+        make(assets, tmp_path, max_length=64)
     with pytest.raises(ConfigError, match="no model"):
         train(make(assets, tmp_path, model=None))
     with pytest.raises(ConfigError, match="unknown key 'strategy.no_such_strategy'"):

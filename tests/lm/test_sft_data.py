@@ -10,7 +10,13 @@ from train_helpers import tiny_tokenizer
 
 from adaptlab.errors import DataError, ModelError
 from adaptlab.lm.packing import PackedCollator
-from adaptlab.lm.sft_data import IGNORE_INDEX, encode_example, encode_examples, encode_sft_file, require_chat_template
+from adaptlab.lm.sft_data import (
+    IGNORE_INDEX,
+    encode_example,
+    encode_examples,
+    encode_sft_dataset,
+    require_chat_template,
+)
 from adaptlab.lm.sft_examples import parse_example
 
 CONVERSATION = [
@@ -87,7 +93,7 @@ def test_truncation_is_counted_and_targetless_rows_skipped(tmp_path):
                                 {"role": "assistant", "content": "cash"}]}
     no_assistant = {"messages": [{"role": "user", "content": "tree"}]}
     path = write_jsonl(tmp_path / "sft.jsonl", [long_answer, long_prompt, no_assistant, {"messages": CONVERSATION}])
-    rows, stats = encode_sft_file(tokenizer, path, max_length=16)
+    rows, stats = encode_sft_dataset(tokenizer, path, max_length=16)
     assert stats.conversations == 4 and stats.examples == 2
     assert stats.skipped_no_assistant == 1
     assert stats.skipped_no_target_after_truncation == 1  # the 30-word prompt leaves no room for the answer
@@ -104,7 +110,7 @@ def test_turns_without_a_special_end_token_are_counted(tmp_path):
     tokenizer = tiny_tokenizer("{% for m in messages %}{{ m['role'] }} : {{ m['content'] }} . {% endfor %}"
                                "{% if add_generation_prompt %}assistant : {% endif %}")
     path = write_jsonl(tmp_path / "sft.jsonl", [{"messages": CONVERSATION}])
-    _, stats = encode_sft_file(tokenizer, path, max_length=64)
+    _, stats = encode_sft_dataset(tokenizer, path, max_length=64)
     assert stats.assistant_turns == 2 and stats.turns_without_special_end_token == 2
 
 
@@ -118,11 +124,12 @@ def test_template_that_is_not_prefix_consistent_names_the_line(tmp_path):
                                "{% endfor %}{% if add_generation_prompt %}assistant : {% endif %}")
     path = write_jsonl(tmp_path / "sft.jsonl", [{"messages": CONVERSATION}])
     with pytest.raises(DataError, match=r"sft.jsonl:1: .*not prefix-consistent"):
-        encode_sft_file(tokenizer, path, max_length=64)
+        encode_sft_dataset(tokenizer, path, max_length=64)
 
 
 @pytest.mark.parametrize("line, message", [
-    ({"text": "a corpus line"}, r"sft.jsonl:2: expected \{\"messages\""),
+    ({"text": "a corpus line"}, r"sft.jsonl:2: a plain 'text' record has no response to learn"),
+    ({"id": 7}, r"sft.jsonl:2: cannot tell the format of this record from its fields \(id\)"),
     ({"prompt": "a", "completion": 3}, r"sft.jsonl:2: a plain example is"),
     ({"messages": [{"role": "bot", "content": "x"}]}, r"sft.jsonl:2: message 0 must be"),
     ({"messages": [{"role": "user", "content": 3}]}, r"sft.jsonl:2: message 0 must be"),
@@ -130,18 +137,18 @@ def test_template_that_is_not_prefix_consistent_names_the_line(tmp_path):
 def test_malformed_lines_name_file_and_line(tmp_path, line, message):
     path = write_jsonl(tmp_path / "sft.jsonl", [{"messages": CONVERSATION}, line])
     with pytest.raises(DataError, match=message):
-        encode_sft_file(tiny_tokenizer(), path, max_length=64)
+        encode_sft_dataset(tiny_tokenizer(), path, max_length=64)
 
 
 def test_a_directory_is_not_sft_data(tmp_path):
-    with pytest.raises(DataError, match="not a directory"):
-        encode_sft_file(tiny_tokenizer(), tmp_path, max_length=64)
+    with pytest.raises(DataError, match="is a folder but not one written by datasets' save_to_disk"):
+        encode_sft_dataset(tiny_tokenizer(), tmp_path, max_length=64)
 
 
 def test_nothing_usable_is_an_error(tmp_path):
     path = write_jsonl(tmp_path / "sft.jsonl", [{"messages": [{"role": "user", "content": "tree"}]}])
     with pytest.raises(DataError, match="no usable example"):
-        encode_sft_file(tiny_tokenizer(), path, max_length=64)
+        encode_sft_dataset(tiny_tokenizer(), path, max_length=64)
 
 
 # ------------------------------------------------------------------------------------------------ loss weights
@@ -189,7 +196,7 @@ def test_token_weights_give_one_weight_per_content_token(tmp_path):
         ("rate", 0.1), ("bank", 0.2), (".", 0.3), ("river", 0.4), ("</s>", 1.0)]
     path = write_jsonl(tmp_path / "sft.jsonl", [chat("rate bank. river", token_weights=[1, 1, 1])])
     with pytest.raises(DataError, match="sft.jsonl:1: 3 token_weights, but the content is 4 tokens"):
-        encode_sft_file(tokenizer, path, max_length=64)
+        encode_sft_dataset(tokenizer, path, max_length=64)
 
 
 def test_weights_are_placed_in_a_trimmed_content_and_refused_in_a_changed_one(tmp_path):
@@ -202,15 +209,15 @@ def test_weights_are_placed_in_a_trimmed_content_and_refused_in_a_changed_one(tm
                               "{% endfor %}{% if add_generation_prompt %}assistant : {% endif %}")
     path = write_jsonl(tmp_path / "sft.jsonl", [chat("rate", weights=[{"start": 0, "end": 4, "weight": 1}])])
     with pytest.raises(DataError, match="sft.jsonl:1: the chat template changes the content of assistant message 1"):
-        encode_sft_file(shouting, path, max_length=64)
+        encode_sft_dataset(shouting, path, max_length=64)
 
 
 def test_rows_carry_weights_only_when_the_file_has_some(tmp_path):
     tokenizer = tiny_tokenizer()
-    plain, _ = encode_sft_file(tokenizer, write_jsonl(tmp_path / "plain.jsonl", [{"messages": CONVERSATION}]), 64)
+    plain, _ = encode_sft_dataset(tokenizer, write_jsonl(tmp_path / "plain.jsonl", [{"messages": CONVERSATION}]), 64)
     assert "weights" not in plain[0]
     mixed = [{"messages": CONVERSATION}, chat(WEIGHTED, weights=[{"start": 0, "end": 10, "weight": 0.25}])]
-    rows, stats = encode_sft_file(tokenizer, write_jsonl(tmp_path / "mixed.jsonl", mixed), 64)
+    rows, stats = encode_sft_dataset(tokenizer, write_jsonl(tmp_path / "mixed.jsonl", mixed), 64)
     unweighted, weighted = rows
     assert all(w == (1.0 if label != IGNORE_INDEX else 0.0)
                for label, w in zip(unweighted["labels"], unweighted["weights"]))
@@ -235,14 +242,14 @@ def test_rows_carry_weights_only_when_the_file_has_some(tmp_path):
 def test_malformed_weights_name_file_line_and_message(tmp_path, message, error):
     path = write_jsonl(tmp_path / "sft.jsonl", [{"messages": CONVERSATION}, chat("rate bank. river", **message)])
     with pytest.raises(DataError, match=rf"sft.jsonl:2: message 1.*{error}"):
-        encode_sft_file(tiny_tokenizer(), path, max_length=64)
+        encode_sft_dataset(tiny_tokenizer(), path, max_length=64)
 
 
 def test_weights_on_a_user_message_are_refused(tmp_path):
     line = {"messages": [{"role": "user", "content": "bond", "weights": [{"start": 0, "end": 4, "weight": 1}]},
                          {"role": "assistant", "content": "rate"}]}
     with pytest.raises(DataError, match="sft.jsonl:1: message 0 .user. has weights, but only assistant messages"):
-        encode_sft_file(tiny_tokenizer(), write_jsonl(tmp_path / "sft.jsonl", [line]), max_length=64)
+        encode_sft_dataset(tiny_tokenizer(), write_jsonl(tmp_path / "sft.jsonl", [line]), max_length=64)
 
 
 # ------------------------------------------------------------------------------------------------ plain examples
@@ -258,10 +265,10 @@ def test_plain_examples_are_bos_prompt_completion_eos_without_a_chat_template(tm
     assert weighted_targets(tokenizer, example) == [("rate", 0.3), ("bank", 0.3), (".", 0.3), ("river", 1.0),
                                                     ("</s>", 1.0)]
     path = write_jsonl(tmp_path / "sft.jsonl", [{"prompt": "bond", "completion": " rate"}])
-    rows, stats = encode_sft_file(tokenizer, path, max_length=64)  # no chat template needed
+    rows, stats = encode_sft_dataset(tokenizer, path, max_length=64)  # no chat template needed
     assert stats.examples == 1 and stats.turns_without_special_end_token == 0
     with pytest.raises(ModelError, match="no chat template"):
-        encode_sft_file(tokenizer, write_jsonl(tmp_path / "chat.jsonl", [{"messages": CONVERSATION}]), 64)
+        encode_sft_dataset(tokenizer, write_jsonl(tmp_path / "chat.jsonl", [{"messages": CONVERSATION}]), 64)
 
 
 def test_plain_examples_end_with_sep_when_the_tokenizer_has_no_eos(tokenizer):

@@ -27,11 +27,13 @@ CHAT_TEMPLATE = (
 )
 
 
-def tiny_tokenizer(chat_template: str | None = CHAT_TEMPLATE) -> PreTrainedTokenizerFast:
-    """A word-level fast tokenizer over WORDS, roles and punctuation, with <s>, </s>, <pad>, <unk>."""
+def tiny_tokenizer(chat_template: str | None = CHAT_TEMPLATE,
+                   extra_words: tuple[str, ...] = ()) -> PreTrainedTokenizerFast:
+    """A word-level fast tokenizer over WORDS, roles and punctuation (and ``extra_words`` after them), with <s>,
+    </s>, <pad>, <unk>."""
     specials = ["<pad>", "<unk>", "<s>", "</s>"]
     vocab = {token: i for i, token in enumerate([*specials, ".", ":", "system", "user", "assistant", "be", "brief",
-                                                 *WORDS])}
+                                                 *WORDS, *extra_words])}
     backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", unk_token="<unk>",

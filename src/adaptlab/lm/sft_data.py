@@ -1,24 +1,29 @@
 """SFT data: examples (:mod:`adaptlab.lm.sft_examples`) to training rows, for ``lm train`` and ``fractal sft``.
 
+``lm train`` reads its examples through the ``dataset:`` block (:mod:`adaptlab.lm.dataset_block`: files, saved
+datasets, the hub; messages, ShareGPT, Alpaca, prompt/completion), ``fractal sft`` builds them in memory.
+
 Targets: the assistant turns of a chat example with the end of turn the template writes after each (end-of-turn
 token, EOS, newline), so the model learns to stop; or the completion of a plain example and its EOS. Loss
 weights go to their tokens by the rules in :mod:`adaptlab.lm.sft_examples`; a token of weight 0 is not a
 target (label -100).
 
 Where are the assistant tokens? Chat templates rarely mark them (``{% generation %}`` is missing from most
-templates), so they are found by rendering prefixes of the conversation. For assistant message ``i``::
+templates), so they are found by rendering prefixes of the conversation (with the example's ``tools``, passed to
+every rendering). For assistant message ``i``::
 
     before_i  = render(messages[:i], add_generation_prompt=True)    # ends with the assistant header
     through_i = render(messages[:i + 1])                            # adds the content and the end of turn
     full      = render(messages)
 
-and the assistant characters are ``full[len(before_i):len(through_i)]``. This holds only when the template is
-prefix-consistent (``full`` starts with ``through_i``, which starts with ``before_i``); a template that is not
-(e.g. one that rewrites earlier turns) is an error naming the line, never a silent mislabel. ``full`` is
-tokenized once, as at inference, and a token is a target when its character offsets overlap an assistant span
-(a fast tokenizer is needed for the offsets). Weights need the content's place inside that span: the content
-verbatim, or stripped of surrounding whitespace (templates that ``trim`` it); a template that changes it
-otherwise is an error for a weighted message.
+and the assistant characters are ``full[len(before_i):len(through_i)]``: its text and its tool calls, as the
+template writes them; ``system``, ``user`` and ``tool`` turns (a tool's result) are never targets. This holds
+only when the template is prefix-consistent (``full`` starts with ``through_i``, which starts with
+``before_i``); a template that is not (e.g. one that rewrites earlier turns) is an error naming the line, never
+a silent mislabel. ``full`` is tokenized once, as at inference, and a token is a target when its character
+offsets overlap an assistant span (a fast tokenizer is needed for the offsets). Weights need the content's
+place inside that span: the content verbatim, or stripped of surrounding whitespace (templates that ``trim``
+it); a template that changes it otherwise is an error for a weighted message.
 
 Examples longer than ``max_length`` tokens are cut at the end; the cut examples, tokens and target tokens are
 counted, and an example left without any target token is skipped and counted, never silently.
@@ -31,8 +36,9 @@ from pathlib import Path
 from typing import Any
 
 from adaptlab.errors import DataError, ModelError
+from adaptlab.lm.dataset_block import DatasetBlock, read_sft_examples
 from adaptlab.lm.packing import IGNORE_INDEX
-from adaptlab.lm.sft_examples import MEMORY, Messages, SFTExample, Weights, Where, read_examples
+from adaptlab.lm.sft_examples import MEMORY, Messages, SFTExample, Weights, Where
 
 
 @dataclass
@@ -89,22 +95,24 @@ class Target:
     weights: Weights | None = None
 
 
-def _render(tokenizer: Any, messages: Messages, generation_prompt: bool, where: Where) -> str:
+def _render(tokenizer: Any, messages: Messages, generation_prompt: bool, where: Where, tools: Any = None) -> str:
     try:
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+        return tokenizer.apply_chat_template(messages, tools=tools, tokenize=False,
+                                             add_generation_prompt=generation_prompt)
     except Exception as exc:  # jinja2 TemplateError, or a template's own raise_exception(...)
         raise DataError(f"the chat template cannot render this conversation: {exc}", *where) from None
 
 
-def assistant_spans(tokenizer: Any, messages: Messages, where: Where = MEMORY) -> tuple[str, list[tuple[int, int]]]:
+def assistant_spans(tokenizer: Any, messages: Messages, where: Where = MEMORY,
+                    tools: list[dict[str, Any]] | None = None) -> tuple[str, list[tuple[int, int]]]:
     """The rendered conversation and the ``[start, end)`` character span of every assistant turn (module doc)."""
-    full = _render(tokenizer, messages, False, where)
+    full = _render(tokenizer, messages, False, where, tools)
     spans = []
     for i, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
-        before = _render(tokenizer, messages[:i], True, where)
-        through = _render(tokenizer, messages[: i + 1], False, where)
+        before = _render(tokenizer, messages[:i], True, where, tools)
+        through = _render(tokenizer, messages[: i + 1], False, where, tools)
         if not through.startswith(before) or not full.startswith(through):
             raise DataError(
                 f"the chat template is not prefix-consistent at assistant message {i}: rendering the conversation "
@@ -130,16 +138,26 @@ def _place_content(text: str, target: Target, content: str, what: str, where: Wh
     return target
 
 
+def _check_tool_calls(message: dict[str, Any], rendered: str, i: int, where: Where) -> None:
+    """A template without tool support drops the calls, and the turn would teach an empty answer: refuse it."""
+    for call in message.get("tool_calls", []):
+        if call["function"]["name"] not in rendered:
+            raise DataError(f"the chat template does not render the tool calls of assistant message {i} (the call to "
+                            f"{call['function']['name']!r} is not in its rendering); use a tokenizer whose chat "
+                            "template supports tools (tool_calls)", *where)
+
+
 def render(tokenizer: Any, example: SFTExample) -> tuple[str, list[Target]]:
     """The text to tokenize and its target stretches: the assistant turns (chat), or the completion (plain)."""
     if example.messages is None:
         start = len(example.prompt)
         end = start + len(example.completion)
         return example.prompt + example.completion, [Target(start, end, (start, end), 0, example.weights.get(0))]
-    text, spans = assistant_spans(tokenizer, example.messages, example.where)
+    text, spans = assistant_spans(tokenizer, example.messages, example.where, example.tools)
     turns = [i for i, m in enumerate(example.messages) if m["role"] == "assistant"]
     targets = []
     for i, (start, end) in zip(turns, spans, strict=True):
+        _check_tool_calls(example.messages[i], text[start:end], i, example.where)
         target = Target(start, end, weights=example.weights.get(i))
         if target.weights is not None:
             target = _place_content(text, target, example.messages[i]["content"], f"assistant message {i}",
@@ -242,7 +260,7 @@ def encode_examples(tokenizer: Any, examples: list[SFTExample], max_length: int,
     """Rows ``{"input_ids", "position_ids", "labels"}`` (+ ``"weights"`` when some example is weighted), one
     example each as :class:`~adaptlab.lm.packing.PackedCollator` takes them, and what was cut or skipped.
 
-    Nothing usable is not an error here (the caller says what it means); :func:`encode_sft_file` raises.
+    Nothing usable is not an error here (the caller says what it means); :func:`encode_sft_dataset` raises.
     """
     from rich.progress import track
 
@@ -289,14 +307,15 @@ def check_tokenizer(tokenizer: Any, examples: list[SFTExample], source: str) -> 
         require_chat_template(tokenizer, source)
 
 
-def encode_sft_file(tokenizer: Any, path: str | Path, max_length: int,
-                    source: str = "") -> tuple[list[dict], SFTStats]:
-    """:func:`encode_examples` of every example of ``path``; a file with nothing usable is a :class:`DataError`."""
-    path = Path(path)
-    examples = read_examples(path)
+def encode_sft_dataset(tokenizer: Any, data: DatasetBlock | str | Path, max_length: int, source: str = "",
+                       key: str = "dataset") -> tuple[list[dict], SFTStats]:
+    """:func:`encode_examples` of every example of a ``dataset:`` block (or a file: the block ``{path: FILE}``);
+    nothing usable is a :class:`DataError`. ``key`` names the block in messages."""
+    block = data if isinstance(data, DatasetBlock) else DatasetBlock(path=str(data))
+    examples = read_sft_examples(block, key)
     check_tokenizer(tokenizer, examples, source or str(getattr(tokenizer, "name_or_path", "")))
-    rows, stats = encode_examples(tokenizer, examples, max_length, f"encoding {path.name}")
+    rows, stats = encode_examples(tokenizer, examples, max_length, f"encoding {Path(block.path).name}")
     if not rows:
         raise DataError(f"no usable example ({stats.as_dict()}); each needs an assistant message (or completion) "
-                        f"with a token of positive weight within max_length={max_length}", path)
+                        f"with a token of positive weight within max_length={max_length}", block.path)
     return rows, stats

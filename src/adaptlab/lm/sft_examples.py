@@ -1,10 +1,17 @@
-"""SFT examples: the JSONL formats of ``lm train`` (mode sft) and ``fractal sft``, read and validated.
+"""SFT examples: the two canonical shapes of ``lm train`` (mode sft) and ``fractal sft``, validated.
 
-Input is JSONL, one example per line, in one of two formats:
+Every outside shape (ShareGPT, Alpaca, a file's own column names; :mod:`adaptlab.lm.sft_formats`, read by the
+``dataset:`` block of :mod:`adaptlab.lm.dataset_block`) becomes one of these two before it is encoded:
 
-* **chat**: ``{"messages": [{"role": "system"|"user"|"assistant", "content": str}, ...]}``, rendered with the
-  tokenizer's chat template; the targets are the assistant turns, each with the end of turn the template
-  writes after it (end-of-turn token, EOS, newline), so the model learns to stop.
+* **chat**: ``{"messages": [{"role": "system"|"user"|"assistant"|"tool", "content": str}, ...], "tools": [...]}``
+  (OpenAI's messages), rendered with the tokenizer's chat template; the targets are the assistant turns, each
+  with the end of turn the template writes after it (end-of-turn token, EOS, newline), so the model learns to
+  stop. Tool use is passed to the template the way transformers documents it: an assistant message may carry
+  ``"tool_calls": [{"type": "function", "function": {"name": str, "arguments": {...}}}]`` (its ``content`` may
+  then be empty or null), a ``tool`` message holds a tool's result (optional ``name``, ``tool_call_id``), and the
+  optional ``tools`` (JSON schemas of the functions) go to ``apply_chat_template(tools=...)``. ``arguments`` and
+  ``tools`` given as JSON strings (OpenAI's API, many hub datasets) are parsed, since templates expect objects.
+  Tool results are context, never targets; an assistant's tool call is a target like its text.
 * **plain**: ``{"prompt": str, "completion": str}`` for a tokenizer without a chat template (a base model):
   ``[BOS] prompt completion [EOS]`` as for a pretraining document (:func:`adaptlab.lm.packing.encode_document`:
   BOS when the tokenizer has one, its ``eos_token``, else its ``sep_token``, appended as an id); the targets are
@@ -35,17 +42,18 @@ examples into training rows.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from adaptlab.data.records import iter_json_lines
 from adaptlab.errors import DataError
 
-ROLES = ("system", "user", "assistant")
-Messages = list[dict[str, str]]
-Where = tuple[Path, int]
+ROLES = ("system", "user", "assistant", "tool")
+Messages = list[dict[str, Any]]
+# (file, line) of an example for DataError; a source without lines (Parquet, a dataset) names "file row N", no line
+Where = tuple[Path | str, int | None]
 MEMORY: Where = (Path("<memory>"), 0)
 
 
@@ -69,6 +77,7 @@ class SFTExample:
     prompt: str | None = None
     completion: str | None = None
     weights: dict[int, Weights] = field(default_factory=dict)
+    tools: list[dict[str, Any]] | None = None  # JSON schemas for the chat template's ``tools``
 
 
 # ------------------------------------------------------------------------------------------------ reading
@@ -117,6 +126,7 @@ def parse_example(obj: Any, where: Where = MEMORY) -> SFTExample:
 
 
 def _parse(obj: Any, where: Where) -> SFTExample:
+    obj = present(obj)
     if isinstance(obj, dict) and "messages" not in obj and ("prompt" in obj or "completion" in obj):
         if not isinstance(obj.get("prompt"), str) or not isinstance(obj.get("completion"), str):
             raise ValueError('a plain example is {"prompt": str, "completion": str}')
@@ -126,27 +136,84 @@ def _parse(obj: Any, where: Where) -> SFTExample:
     messages = obj.get("messages") if isinstance(obj, dict) else None
     if not isinstance(messages, list) or not messages:
         raise ValueError('expected {"messages": [{"role": ..., "content": ...}, ...]} with at least one message, '
-                         'or {"prompt": ..., "completion": ...} (is this a corpus file? corpora go through '
-                         "`adaptlab lm prepare` and mode: cpt)")
-    example = SFTExample(where, messages=[])
+                         'or {"prompt": ..., "completion": ...} (is this a corpus file? plain text trains in '
+                         "mode: cpt)")
+    example = SFTExample(where, messages=[], tools=parse_tools(obj.get("tools")))
     for n, message in enumerate(messages):
-        if not isinstance(message, dict) or message.get("role") not in ROLES \
-                or not isinstance(message.get("content"), str):
-            raise ValueError(f"message {n} must be {{\"role\": one of {list(ROLES)}, \"content\": str}}; "
-                             f"got {message!r:.120}")
-        weights = parse_weights(message, message["content"], f"message {n}")
+        message = present(message)
+        example.messages.append(_message(message, n))
+        weights = parse_weights(message, example.messages[-1]["content"], f"message {n}")
         if weights is not None and message["role"] != "assistant":
             raise ValueError(f"message {n} ({message['role']}) has weights, but only assistant messages are targets")
         if weights is not None:
             example.weights[n] = weights
-        example.messages.append({"role": message["role"], "content": message["content"]})
     return example
 
 
-def read_examples(path: str | Path) -> list[SFTExample]:
-    """Every example of an SFT JSONL file; malformed lines name file:line."""
-    path = Path(path)
-    if path.is_dir():
-        raise DataError("sft mode reads a JSONL file of {\"messages\": [...]}, not a directory "
-                        "(a prepared corpus directory is for mode: cpt)", path)
-    return [parse_example(obj, (path, lineno)) for lineno, obj in iter_json_lines(path)]
+def present(obj: Any) -> Any:
+    """``obj`` without its null keys: Arrow-backed data (Parquet, datasets) gives every row every column."""
+    return {k: v for k, v in obj.items() if v is not None} if isinstance(obj, dict) else obj
+
+
+def _message(message: Any, n: int) -> dict[str, Any]:
+    """One message in the shape chat templates take: role, content, and tool calls / the tool call answered."""
+    role = message.get("role") if isinstance(message, dict) else None
+    calls = message.get("tool_calls") if role == "assistant" else None
+    content = message.get("content", "" if calls else None) if isinstance(message, dict) else None
+    if role not in ROLES or not isinstance(content, str):
+        raise ValueError(f"message {n} must be {{\"role\": one of {list(ROLES)}, \"content\": str}} (an assistant "
+                         f"message with tool_calls may have no content); got {message!r:.120}")
+    if "tool_calls" in message and role != "assistant":
+        raise ValueError(f"message {n} ({role}) has tool_calls; only assistant messages call tools")
+    out: dict[str, Any] = {"role": role, "content": content}
+    if calls is not None:
+        out["tool_calls"] = parse_tool_calls(calls, f"message {n}")
+    for key in ("name", "tool_call_id"):
+        if role == "tool" and isinstance(message.get(key), str):
+            out[key] = message[key]
+    return out
+
+
+def json_value(value: Any, what: str) -> Any:
+    """``value``, or the JSON it holds when it is a string."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{what} is a string but not JSON ({exc.msg} at column {exc.colno})") from None
+
+
+def parse_tool_calls(value: Any, what: str) -> list[dict[str, Any]]:
+    """Tool calls as transformers' templates take them: ``[{"type": "function", "function": {"name": str,
+    "arguments": dict}}]`` (+ ``id`` when given). A call may also be given flat, ``{"name", "arguments"}``, as
+    ShareGPT's ``function_call`` turns hold it, and a JSON string stands for what it encodes. Null arguments are
+    left out: Arrow-backed data gives every call every argument any call has, as null."""
+    value = json_value(value, f"{what}: tool_calls")
+    calls = value if isinstance(value, list) else [value]
+    parsed = []
+    for k, call in enumerate(calls):
+        function = present(call.get("function", call)) if isinstance(call, dict) else None
+        arguments = json_value(function.get("arguments", {}), f"{what}: tool call {k} arguments") if function else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str) \
+                or not isinstance(arguments, dict):
+            raise ValueError(f"{what}: tool call {k} must be {{\"function\": {{\"name\": str, \"arguments\": "
+                             f"object or JSON string}}}}; got {call!r:.120}")
+        entry: dict[str, Any] = {"type": "function", "function": {"name": function["name"],
+                                                                  "arguments": present(arguments)}}
+        if isinstance(call.get("id"), str):
+            entry["id"] = call["id"]
+        parsed.append(entry)
+    if not parsed:
+        raise ValueError(f"{what}: tool_calls is empty; leave the key out instead")
+    return parsed
+
+
+def parse_tools(value: Any) -> list[dict[str, Any]] | None:
+    """The function schemas of a conversation (a list of objects, or its JSON string), or None."""
+    if value is None:
+        return None
+    tools = json_value(value, "tools")
+    if not isinstance(tools, list) or not all(isinstance(tool, dict) for tool in tools):
+        raise ValueError(f"tools must be a list of JSON schemas (objects); got {value!r:.120}")
+    return tools or None

@@ -4,9 +4,9 @@ The Trainer is built in :mod:`adaptlab.lm.fit` (the one path of ``lm train`` and
 under it does the rest (DDP, FSDP, DeepSpeed), so ``accelerate launch --config_file ddp.yaml $(which adaptlab) lm
 train`` works unchanged (``adaptlab config cp accelerate/ddp .`` copies the shipped accelerate config).
 
-* **Settings.** ``training:`` is :class:`LMTrainerSettings` (the HF Trainer's names); the LM keys (data, run
-  directory, checkpoints, resume) stay at the top of :class:`LMTrainConfig`. A trainer key at the top (e.g.
-  ``batch_size``) is an error naming its new place (``training.per_device_train_batch_size``).
+* **Settings.** ``training:`` is :class:`LMTrainerSettings` (the HF Trainer's names); the LM keys (the
+  ``dataset:`` block, run directory, checkpoints, resume) stay at the top of :class:`LMTrainConfig`. A trainer
+  key at the top (e.g. ``batch_size``) is an error naming its new place (``training.per_device_train_batch_size``).
 * **Schedule.** The learning rate is re-warmed linearly over ``warmup_steps`` from 0, then decays by a cosine
   to ``min_lr_rate * learning_rate`` (transformers' ``cosine_with_min_lr``):
   ``lr(t) = lr * (r + (1 - r) * (1 + cos(pi * (t - w) / (T - w))) / 2)`` for ``t >= w``; re-warming and
@@ -38,6 +38,7 @@ from pydantic import Field, model_validator
 
 from adaptlab.config import StrictModel
 from adaptlab.errors import ConfigError, DataError, ModelError
+from adaptlab.lm.dataset_block import DatasetBlock
 from adaptlab.lm.packing import IGNORE_INDEX
 from adaptlab.runs import get_logger
 from adaptlab.tuning.settings import TrainerSettings
@@ -90,7 +91,8 @@ class CausalTrainingConfig(StrictModel):
     name: str = "lm-train"
     model: str | None = Field(None, description="HF model directory or hub name")
     output: str | None = None
-    max_length: int = Field(2048, ge=8, description="sft: longer examples are cut and counted")
+    max_length: int = Field(2048, ge=8, description="sft: longer examples are cut and counted; cpt on plain text "
+                                                    "(dataset): the block size")
     attn_implementation: str | None = Field(None, description="e.g. sdpa or flash_attention_2")
     strategy: StrategyBlock = Field(default_factory=StrategyBlock, description="tuning strategies, by name")
     save_steps: int = Field(500, ge=1, description="a complete, resumable checkpoint every N optimizer steps")
@@ -124,19 +126,57 @@ class CausalTrainingConfig(StrictModel):
 
 
 class LMTrainConfig(CausalTrainingConfig):
-    """Config of ``adaptlab lm train`` (shipped examples: ``adaptlab config show lm_cpt`` and ``lm_sft``)."""
+    """Config of ``adaptlab lm train`` (shipped examples: ``adaptlab config show lm_cpt`` and ``lm_sft``).
+
+    The data: ``dataset:`` (:class:`~adaptlab.lm.dataset_block.DatasetBlock`: a file, a save_to_disk folder or a
+    hub dataset, its format and column names) for SFT examples, or plain text for cpt, packed into blocks of
+    ``max_length`` tokens; ``eval_dataset:`` the same for a held-out split. ``data:`` is a prepared corpus
+    directory for cpt (``adaptlab lm prepare``: cleaned, de-duplicated, with held-out domain and general splits),
+    and for sft the shorthand of ``dataset: {path: DATA}`` (``eval_data`` likewise), as before the block.
+    """
 
     mode: Literal["cpt", "sft"] = "cpt"
     tokenizer: str | None = Field(None, description="defaults to the model's tokenizer")
-    data: str | None = Field(None, description="cpt: prepared corpus directory; sft: JSONL of examples")
-    eval_data: str | None = Field(None, description="sft only: held-out JSONL of examples")
+    dataset: DatasetBlock | None = Field(
+        None, description="the training data: {path, format, columns, roles, split, subset}; sft: examples "
+                          "(messages, sharegpt, alpaca, prompt_completion), cpt: plain text (format text)")
+    eval_dataset: DatasetBlock | None = Field(None, description="held-out data in the same form: perplexity on "
+                                                                "its target tokens")
+    data: str | None = Field(None, description="cpt: a prepared corpus directory (adaptlab lm prepare); sft: "
+                                               "shorthand for dataset: {path: DATA}")
+    eval_data: str | None = Field(None, description="sft: shorthand for eval_dataset: {path: EVAL_DATA}")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _data_given_once(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for short, block in (("data", "dataset"), ("eval_data", "eval_dataset")):
+                if data.get(short) is not None and data.get(block) is not None:
+                    raise ConfigError(f"'{short}' and '{block}' both name data; keep '{block}' (the dataset block: "
+                                      f"path, format, columns, ...) and remove '{short}', its old shorthand")
+        return data
 
     @model_validator(mode="after")
     def _consistent(self) -> LMTrainConfig:
-        if self.mode == "cpt" and (self.eval_data or "max_length" in self.model_fields_set):
-            raise ValueError("eval_data and max_length are for mode: sft; in mode cpt the held-out splits and the "
-                             "block size come from the prepared corpus")
+        if self.mode == "cpt" and self.eval_data:
+            raise ConfigError("eval_data is for mode sft; in mode cpt a prepared corpus (data) brings its held-out "
+                              "splits, and plain text (dataset) takes eval_dataset")
+        if self.mode == "cpt" and self.data and (self.eval_dataset or "max_length" in self.model_fields_set):
+            raise ConfigError("eval_dataset and max_length are for plain text (dataset: ..., format: text) or mode "
+                              "sft; a prepared corpus (data) brings its held-out splits and block size")
         return self
+
+    def dataset_blocks(self) -> dict[str, tuple[str, DatasetBlock]]:
+        """``{"train": (config key, block), "held_out": ...}``: the blocks, or the ``data`` shorthands of sft."""
+        blocks = {}
+        for split, key, block, short_key, shorthand in (
+                ("train", "dataset", self.dataset, "data", self.data),
+                ("held_out", "eval_dataset", self.eval_dataset, "eval_data", self.eval_data)):
+            if block is not None:
+                blocks[split] = (key, block)
+            elif shorthand and self.mode == "sft":
+                blocks[split] = (short_key, DatasetBlock(path=shorthand))
+        return blocks
 
 
 def resolve_liger(setting: bool | str) -> bool:
@@ -229,36 +269,62 @@ class TrainingData:
 
 
 def load_training_data(cfg: LMTrainConfig, tokenizer: Any, tokenizer_source: str) -> TrainingData:
-    """cpt: the splits of a prepared corpus; sft: JSONL examples encoded by :mod:`adaptlab.lm.sft_data`."""
+    """cpt: the splits of a prepared corpus, or plain text packed here; sft: examples encoded by
+    :mod:`adaptlab.lm.sft_data`."""
     import datasets
 
-    path = Path(cfg.data or "")
+    if cfg.mode == "cpt" and cfg.dataset is None:
+        return prepared_corpus_data(Path(cfg.data or ""), tokenizer, tokenizer_source)
     if cfg.mode == "cpt":
-        if path.is_file():
-            raise DataError("mode cpt trains on a prepared corpus directory (from `adaptlab lm prepare`), not a file; "
-                            "for a JSONL of chat messages use mode: sft", path)
-        from adaptlab.lm.prepared import load_prepared
+        return packed_text_data(cfg, tokenizer)
 
-        corpus = load_prepared(path)
-        check_corpus_tokenizer(corpus, tokenizer, tokenizer_source)
-        evals = {"domain": corpus.eval_domain, "general": corpus.eval_general}
-        empty = [name for name, split in evals.items() if split is not None and len(split) == 0]
-        if empty:
-            get_logger().warning("held-out split(s) %s of %s are empty: no perplexity for them", empty, path)
-        evals = {name: split for name, split in evals.items() if split is not None and len(split) > 0}
-        stats = {"block_size": corpus.block_size, "splits": corpus.manifest["splits"]}
-        return TrainingData(corpus.train, evals, stats)
+    from adaptlab.lm.sft_data import encode_sft_dataset
 
-    from adaptlab.lm.sft_data import encode_sft_file
-
-    rows, train_stats = encode_sft_file(tokenizer, path, cfg.max_length, tokenizer_source)
-    stats, evals = {"train": train_stats.as_dict()}, {}
-    if cfg.eval_data:
-        eval_rows, eval_stats = encode_sft_file(tokenizer, cfg.eval_data, cfg.max_length, tokenizer_source)
-        stats["held_out"] = eval_stats.as_dict()
-        evals["held_out"] = datasets.Dataset.from_list(eval_rows)
+    stats, splits = {}, {}
+    for split, (key, block) in cfg.dataset_blocks().items():
+        rows, split_stats = encode_sft_dataset(tokenizer, block, cfg.max_length, tokenizer_source, key)
+        stats[split] = split_stats.as_dict()
+        splits[split] = datasets.Dataset.from_list(rows)
     warn_about_cuts(stats, cfg.max_length)
-    return TrainingData(datasets.Dataset.from_list(rows), evals, stats)
+    train = splits.pop("train")
+    return TrainingData(train, splits, stats)
+
+
+def prepared_corpus_data(path: Path, tokenizer: Any, tokenizer_source: str) -> TrainingData:
+    """The training and held-out (domain, general) splits of a corpus from ``adaptlab lm prepare``."""
+    if path.is_file():
+        raise DataError("mode cpt's data is a prepared corpus directory (from `adaptlab lm prepare`), not a file; "
+                        "give a text file as dataset: {path: FILE, format: text}, and chat data with mode: sft", path)
+    from adaptlab.lm.prepared import load_prepared
+
+    corpus = load_prepared(path)
+    check_corpus_tokenizer(corpus, tokenizer, tokenizer_source)
+    evals = {"domain": corpus.eval_domain, "general": corpus.eval_general}
+    empty = [name for name, split in evals.items() if split is not None and len(split) == 0]
+    if empty:
+        get_logger().warning("held-out split(s) %s of %s are empty: no perplexity for them", empty, path)
+    evals = {name: split for name, split in evals.items() if split is not None and len(split) > 0}
+    stats = {"block_size": corpus.block_size, "splits": corpus.manifest["splits"]}
+    return TrainingData(corpus.train, evals, stats)
+
+
+def packed_text_data(cfg: LMTrainConfig, tokenizer: Any) -> TrainingData:
+    """Plain-text documents of the ``dataset`` blocks, tokenized (``[BOS] text [EOS]``) and packed into blocks of
+    ``max_length`` tokens that keep document boundaries (:mod:`adaptlab.lm.packing`). No cleaning or
+    de-duplication: ``adaptlab lm prepare`` does those, and holds out text, for a corpus worth it."""
+    import datasets
+
+    from adaptlab.lm.dataset_block import read_texts
+    from adaptlab.lm.packing import encode_document, pack_documents
+
+    splits, counts = {}, {}
+    for split, (key, block) in cfg.dataset_blocks().items():
+        rows, packing = pack_documents([encode_document(tokenizer, text) for text in read_texts(block, key)],
+                                       cfg.max_length)
+        splits[split] = datasets.Dataset.from_list(rows)
+        counts[split] = {"rows": len(rows), **packing.as_dict()}
+    train = splits.pop("train")
+    return TrainingData(train, splits, {"block_size": cfg.max_length, "splits": counts})
 
 
 def warn_about_cuts(stats: dict[str, dict[str, Any]], max_length: int) -> None:

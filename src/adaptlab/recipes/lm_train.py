@@ -43,9 +43,10 @@ def train(cfg: LMTrainConfig) -> tuple[RunDir, dict[str, Any]]:
 
     if not cfg.model:
         raise ConfigError("no model: set 'model' to an HF model directory (or hub name) in the config")
-    if not cfg.data:
-        raise ConfigError("no training data: set 'data' (mode cpt: a prepared corpus directory from "
-                          "`adaptlab lm prepare`; mode sft: a JSONL file of {\"messages\": [...]})")
+    if not cfg.data and not cfg.dataset:
+        raise ConfigError("no training data: set 'dataset' (path: a file, save_to_disk folder or hub dataset; "
+                          "format: messages, sharegpt, alpaca, prompt_completion, or text for mode cpt), or in mode "
+                          "cpt 'data' (a prepared corpus directory from `adaptlab lm prepare`)")
     check_settings(cfg)
     state = PartialState(cpu=processes_on_cpu())  # the same process group the Trainer will use
     model_dir = resolve_model(cfg.model, "model")
@@ -53,12 +54,13 @@ def train(cfg: LMTrainConfig) -> tuple[RunDir, dict[str, Any]]:
     tokenizer_source = resolve_model(cfg.tokenizer, "tokenizer") if cfg.tokenizer else model_dir
     tokenizer = load_tokenizer(tokenizer_source, "tokenizer" if cfg.tokenizer else "model")
     data = load_training_data(cfg, tokenizer, tokenizer_source)
+    source = cfg.dataset.path if cfg.dataset else cfg.data
 
     with training_run(cfg, state) as (run, checkpoint):
-        get_logger().info("%s training of %s on %s in %s%s", cfg.mode, cfg.model, cfg.data, run.path,
+        get_logger().info("%s training of %s on %s in %s%s", cfg.mode, cfg.model, source, run.path,
                           f", resuming from {checkpoint}" if checkpoint else "")
         trained = fit(cfg, run, checkpoint, model_dir, tokenizer, tokenizer_source, data, state)
-        metrics = {"mode": cfg.mode, "model": cfg.model, "tokenizer": tokenizer_source, "data": cfg.data,
+        metrics = {"mode": cfg.mode, "model": cfg.model, "tokenizer": tokenizer_source, "data": source,
                    **trained, "data_stats": data.stats}
         if state.is_main_process:
             run.finish(metrics, f"LM training ({cfg.mode}): {cfg.name}", report_sections(metrics))
