@@ -144,7 +144,7 @@ def test_the_stage_lowers_the_mlm_loss_and_the_task_model_gets_the_adapted_encod
     before = task_model(small_bert)
     model, strategy = run_stage(small_bert, tmp_path / "run", texts + ["", "   ", texts[0]], max_steps=40)
     done = strategy.summary()
-    assert done["mode"] == "tapt" and done["texts_from"] == "task"  # default: the task's own training texts
+    assert done["texts_from"] == "task"  # default: the task's own training texts
     assert done["texts"] == len(set(texts)) and done["empty_dropped"] == 2
     assert done["duplicates_dropped"] == len(texts) + 1 - len(set(texts))
     assert done["steps"] == 40 and done["mlm_head"] == "new"
@@ -209,7 +209,7 @@ def test_dapt_reads_text_and_record_files_and_cleans_them(small_bert, tmp_path):
     _, strategy = run_stage(small_bert, tmp_path / "run", ["unused task text"], max_steps=2,
                             texts=[str(lines), str(records)])
     done = strategy.summary()
-    assert done["mode"] == "dapt" and done["texts_from"] == f"{lines}, {records}"
+    assert done["texts_from"] == f"{lines}, {records}"
     assert (done["texts_read"], done["duplicates_dropped"], done["texts"]) == (4, 1, 3)
 
 
@@ -258,7 +258,7 @@ def test_cls_train_with_dapt_files(small_bert, tmp_path, run_cli):
                            f"strategy.domain.texts=[{tmp_path / 'domain.txt'}]", *FAST)
     assert code == 0, err
     done = json.loads((tmp_path / "run" / "metrics.json").read_text())["strategies"]["domain"]
-    assert done["mode"] == "dapt" and done["texts"] == 2
+    assert done["texts_from"] == str(tmp_path / "domain.txt") and done["texts"] == 2
 
 
 def test_ner_train_with_tapt_continues_an_interrupted_stage_when_run_again(small_bert, tmp_path, run_cli, monkeypatch):
@@ -275,7 +275,7 @@ def test_ner_train_with_tapt_continues_an_interrupted_stage_when_run_again(small
     code, _, err = run_cli(*command)
     assert code == 0, err
     done = json.loads((tmp_path / "run" / "metrics.json").read_text())["strategies"]["domain"]
-    assert done["resumed_from"].endswith("checkpoint-4") and done["steps"] == 12 and done["mode"] == "tapt"
+    assert done["resumed_from"].endswith("checkpoint-4") and done["steps"] == 12 and done["texts_from"] == "task"
     assert done["texts"] > 10 and done["seconds"] > 0 and done["mlm_loss_after"] < done["mlm_loss_before"]
     assert (tmp_path / "run" / "domain" / "done.json").is_file() and (tmp_path / "run" / "model").is_dir()
     code, _, err = run_cli(*command)  # finished: never overwritten

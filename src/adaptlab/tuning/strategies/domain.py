@@ -271,16 +271,15 @@ class Domain(Strategy):
                                   data_collator=WholeWordMaskCollator(task.tokenizer, config.mlm_probability),
                                   processing_class=task.tokenizer, callbacks=[CheckpointMarker(keep=1)])
         checkpoint = newest_valid_checkpoint(stage / "checkpoints", set_aside_invalid=True)
-        source = texts.source if texts.source == "task" else f"{len(config.texts)} file(s)"
-        log.info("domain-adaptive pretraining (%s) on %d texts from %s for %d steps%s", "DAPT" if config.texts
-                 else "TAPT", len(texts.texts), source, config.max_steps,
-                 f", resuming from {checkpoint}" if checkpoint else "")
+        source = "the task's training texts" if texts.source == "task" else f"{len(config.texts)} file(s)"
+        log.info("masked-LM pretraining on %d texts from %s for %d steps%s", len(texts.texts), source,
+                 config.max_steps, f", resuming from {checkpoint}" if checkpoint else "")
         started = time.perf_counter()
         trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         seconds = time.perf_counter() - started
         losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
         self.done = {
-            "mode": "dapt" if config.texts else "tapt", "texts_from": texts.source, "texts": len(texts.texts),
+            "texts_from": texts.source, "texts": len(texts.texts),
             "texts_read": texts.read, "empty_dropped": texts.empty, "duplicates_dropped": texts.duplicates,
             "steps": trainer.state.global_step, "epochs": round(float(trainer.state.epoch or 0), 2),
             "mlm_loss_first": losses[0] if losses else None, "mlm_loss_last": losses[-1] if losses else None,
