@@ -289,3 +289,11 @@ def test_unlabeled_text_empty_after_cleaning_exits_2_through_the_cli(small_bert,
                            tmp_path / "run", *STAGE, f"strategy.domain.texts=[{tmp_path / 'blank.jsonl'}]", *FAST)
     assert code == 2 and "blank.jsonl" in err and "Traceback" not in err
     assert not (tmp_path / "run").exists()
+
+
+def test_the_example_config_validates():
+    from adaptlab.config import load_config
+    from adaptlab.recipes.ner import NERTrainConfig
+
+    cfg = load_config(NERTrainConfig, Path(__file__).resolve().parents[2] / "configs" / "ner_tapt.yaml", [], {})
+    assert cfg.strategy.domain.max_steps == 500 and cfg.strategy.domain.texts
