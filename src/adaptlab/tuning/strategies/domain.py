@@ -45,6 +45,7 @@ from adaptlab.config import StrictModel
 from adaptlab.errors import ModelError, StrategyError
 from adaptlab.runs import RunDir, get_logger, keep_on_failure
 from adaptlab.tuning.families import Family, unwrap
+from adaptlab.tuning.stages import finish_stage, finished_summary, start_stage
 from adaptlab.tuning.strategies import register
 from adaptlab.tuning.strategies.base import Strategy, TaskData
 
@@ -208,8 +209,6 @@ class Domain(Strategy):
         self.start(stage, model, texts, seed, max_length)
         keep_on_failure(RunDir(task.output_dir), f"run the same command again with --output {task.output_dir}: the "
                                                  f"domain-adaptive pretraining in {stage} continues where it stopped")
-        from adaptlab.tuning.stages import finished_summary
-
         finished = finished_summary(stage)
         if finished is not None:
             from transformers import AutoModelForMaskedLM
@@ -228,8 +227,6 @@ class Domain(Strategy):
 
     def start(self, stage: Path, model: Any, texts: CleanTexts, seed: int, max_length: int) -> None:
         """Record what the stage is made from; a stage in this run made from anything else is refused."""
-        from adaptlab.tuning.stages import start_stage
-
         digest = hashlib.sha256("\n".join(texts.texts).encode("utf-8")).hexdigest()
         made_from = {"model": getattr(unwrap(model).config, "_name_or_path", ""), "seed": seed,
                      "max_length": max_length, "texts": len(texts.texts), "texts_sha256": digest,
@@ -248,7 +245,6 @@ class Domain(Strategy):
         from adaptlab.lm.checkpoints import CheckpointMarker, newest_valid_checkpoint
         from adaptlab.tuning.masking import WholeWordMaskCollator, masking_rows
         from adaptlab.tuning.settings import TrainerSettings, training_arguments
-        from adaptlab.tuning.stages import finish_stage
         from adaptlab.tuning.trainer import StrategyTrainer
 
         log, config = get_logger(), self.config
