@@ -40,7 +40,8 @@ def example_config_models():
             "fractal_sft": FractalSFTConfig, "lm_prepare": PrepareConfig, "lm_cpt": LMTrainConfig,
             "lm_sft": LMTrainConfig, "lm_evaluate": LMEvalConfig,
             "domain_instruct": DomainInstructConfig, "cls": ClsTrainConfig,
-            "multitask": MultitaskConfig, "lm_distill": LMTrainConfig, "merge_slerp_mergekit": MergeConfig}
+            "multitask": MultitaskConfig, "lm_distill": LMTrainConfig, "merge_slerp_mergekit": MergeConfig,
+            "ner_tapt": NERTrainConfig}
 
 
 def test_every_shipped_config_validates_against_its_recipe():

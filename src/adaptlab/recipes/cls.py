@@ -21,6 +21,7 @@ from adaptlab.metrics.classification import text_classification_report
 from adaptlab.report.html import Paragraph, Section, cls_report_sections
 from adaptlab.runs import RunDir, atomic_write_jsonl, get_logger, open_run, refuse_existing
 from adaptlab.tuning.encoder_fit import EncoderTrainerSettings, FitResult
+from adaptlab.tuning.stages import continued_run
 from adaptlab.tuning.strategies import StrategyBlock
 
 DEV_EXAMPLES_PER_LABEL = 10  # fewer dev examples than this per label make model choice on dev a lottery
@@ -137,7 +138,7 @@ def train(cfg: ClsTrainConfig) -> tuple[RunDir, dict]:
         train_set, dev_set = split_dev(train_set, cfg.dev_fraction, cfg.training.seed,
                                        stratum=lambda e: tuple(e.labels))
 
-    with open_run(cfg.output, cfg.name, cfg) as run:
+    with open_run(cfg.output, cfg.name, cfg, existing=continued_run(cfg.output, cfg)) as run:
         get_logger().info("training %s on %d examples (dev %d, labels %s) in %s", cfg.model, len(train_set),
                           len(dev_set), labels, run.path)
         warnings = [w for w in [tiny_dev_warning(dev_set, labels)] if w]

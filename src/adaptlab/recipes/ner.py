@@ -21,6 +21,7 @@ from adaptlab.metrics.spans import ner_report
 from adaptlab.report.html import ner_report_sections
 from adaptlab.runs import RunDir, get_logger, open_run, refuse_existing
 from adaptlab.tuning.encoder_fit import EncoderTrainerSettings
+from adaptlab.tuning.stages import continued_run
 from adaptlab.tuning.strategies import StrategyBlock
 
 
@@ -63,7 +64,7 @@ def train(cfg: NERTrainConfig) -> tuple[RunDir, dict]:
     dev_records = load_records(cfg.dev) if cfg.dev else None
     if dev_records is None:
         train_records, dev_records = split_dev(train_records, cfg.dev_fraction, cfg.training.seed)
-    with open_run(cfg.output, cfg.name, cfg) as run:
+    with open_run(cfg.output, cfg.name, cfg, existing=continued_run(cfg.output, cfg)) as run:
         get_logger().info("training %s on %d records (dev %d) in %s", cfg.model, len(train_records),
                           len(dev_records or []), run.path)
         result = train_ner(train_records, dev_records or None, model_path, cfg.training, run.path,

@@ -23,6 +23,7 @@ from adaptlab.report.html import Section, Table
 from adaptlab.runs import RunDir, atomic_write_jsonl, get_logger, open_run, refuse_existing
 from adaptlab.synth.schema import Schema, resolve_schema
 from adaptlab.tuning.encoder_fit import EncoderTrainerSettings
+from adaptlab.tuning.stages import continued_run
 from adaptlab.tuning.strategies import StrategyBlock
 
 
@@ -113,7 +114,7 @@ def train(cfg: RETrainConfig) -> tuple[RunDir, dict]:
         train_records, dev_records = split_dev(train_records, cfg.dev_fraction, cfg.training.seed)
     train_examples = relation_examples(train_records, cfg.negatives)
     dev_examples = relation_examples(dev_records, cfg.negatives) if dev_records else None
-    with open_run(cfg.output, cfg.name, cfg) as run:
+    with open_run(cfg.output, cfg.name, cfg, existing=continued_run(cfg.output, cfg)) as run:
         get_logger().info("training %s on %d relation examples (dev %d) in %s", cfg.model, len(train_examples),
                           len(dev_examples or []), run.path)
         result = train_re(train_examples, dev_examples, model_path, cfg.training, run.path, cfg.max_length,

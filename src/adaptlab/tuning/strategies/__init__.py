@@ -72,5 +72,6 @@ from adaptlab.tuning.strategies import layers  # noqa: E402,F401  # isort: skip
 from adaptlab.tuning.strategies import dynamic  # noqa: E402,F401  # isort: skip
 from adaptlab.tuning.strategies import fewshot  # noqa: E402,F401  # isort: skip
 from adaptlab.tuning.strategies import distill  # noqa: E402,F401  # isort: skip
+from adaptlab.tuning.strategies import domain  # noqa: E402,F401  # isort: skip
 
 StrategyBlock = block_model()
