@@ -19,21 +19,25 @@ from adaptlab.config import StrictModel
 
 
 class EntityType(StrictModel):
-    name: str = Field(min_length=1, pattern=r"^[A-Za-z][A-Za-z0-9_-]*$")
-    description: str = ""
+    name: str = Field(
+        min_length=1, pattern=r"^[A-Za-z][A-Za-z0-9_-]*$", description="the label as it appears in records (a "
+        "letter, then letters, digits, _ or -)")
+    description: str = Field("", description="what the type covers; goes into the prompt verbatim")
 
 
 class RelationType(StrictModel):
-    name: str = Field(min_length=1, pattern=r"^[A-Za-z][A-Za-z0-9_-]*$")
-    head: str
-    tail: str
-    description: str = ""
+    name: str = Field(
+        min_length=1, pattern=r"^[A-Za-z][A-Za-z0-9_-]*$", description="the relation label (a letter, then letters, "
+        "digits, _ or -)")
+    head: str = Field(description="entity type of the relation's first argument")
+    tail: str = Field(description="entity type of the relation's second argument")
+    description: str = Field("", description="what the relation means; goes into the prompt verbatim")
 
 
 class Schema(StrictModel):
     subject: str = Field(description="entity type of the subjects that sentences are written about")
-    entities: list[EntityType] = Field(min_length=1)
-    relations: list[RelationType] = []
+    entities: list[EntityType] = Field(min_length=1, description="the entity types, each {name, description}")
+    relations: list[RelationType] = Field([], description="the relation types, each {name, head, tail, description}")
 
     @model_validator(mode="after")
     def _consistent(self) -> Schema:
