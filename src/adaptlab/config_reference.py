@@ -177,7 +177,7 @@ def type_name(annotation: Any, links: dict[type, str]) -> str:
 
 
 def constraints(field: FieldInfo) -> str:
-    """``> 0``, ``≥ 1``, ``0 ≤ x ≤ 1``-style bounds from the field's metadata."""
+    """The field's bounds from its metadata: ``> 0``, ``≥ 0, ≤ 1``, ``length ≥ 1``, ``matches `regex```."""
     marks = {Gt: ("gt", "> {}"), Ge: ("ge", "≥ {}"), Lt: ("lt", "< {}"), Le: ("le", "≤ {}"),
              MinLen: ("min_length", "length ≥ {}"), MaxLen: ("max_length", "length ≤ {}")}
     parts = []
@@ -195,7 +195,7 @@ def default_text(field: FieldInfo) -> str:
     factory = field.default_factory
     doc = None if factory is None or isinstance(factory, type) else inspect.getdoc(factory)
     if doc:  # computed at run time (a cache folder): say how, so the reference stays the same everywhere
-        return rst_to_markdown(" ".join(doc.split("\n\n")[0].split()))
+        return prose(" ".join(doc.split("\n\n")[0].split()))
     if factory is not None:
         value = factory()
     elif field.default is PydanticUndefined:
@@ -209,6 +209,7 @@ def default_text(field: FieldInfo) -> str:
 
 
 def plain(value: Any) -> Any:
+    """A default as JSON can write it (a path or an enum as its string)."""
     if isinstance(value, (list, tuple, set)):
         return [plain(v) for v in value]
     if isinstance(value, dict):
@@ -217,7 +218,15 @@ def plain(value: Any) -> Any:
 
 
 def cell(text: str) -> str:
+    """Text for one table cell: on one line, its pipes escaped."""
     return " ".join(text.split()).replace("|", "\\|")
+
+
+def prose(text: str) -> str:
+    """Docstring or description text as Markdown: RST literals as code, and ``<`` outside code as ``&lt;`` so that
+    ``runs/<time>-<name>`` is not read as HTML tags."""
+    parts = rst_to_markdown(text).split("`")
+    return "`".join(part if i % 2 else part.replace("<", "&lt;") for i, part in enumerate(parts))
 
 
 def rst_to_markdown(text: str) -> str:
@@ -227,8 +236,9 @@ def rst_to_markdown(text: str) -> str:
 
 
 def summary(model: type[BaseModel]) -> str:
+    """The first paragraph of the model's own docstring (not one inherited from a base class)."""
     doc = model.__doc__ if "__doc__" in vars(model) else None
-    return rst_to_markdown(" ".join(inspect.cleandoc(doc).split("\n\n")[0].split())) if doc else ""
+    return prose(" ".join(inspect.cleandoc(doc).split("\n\n")[0].split())) if doc else ""
 
 
 def table(section: Section, links: dict[type, str]) -> list[str]:
@@ -248,7 +258,7 @@ def rendered_rows(model: type[BaseModel], prefix: str, links: dict[type, str]) -
         bounds = constraints(field)
         kind = f"{kind} ({bounds})" if bounds else kind
         rows.append(f"| `{cell(key)}` | {cell(kind)} | {cell(default_text(field))} | "
-                    f"{cell(rst_to_markdown(field.description or ''))} |")
+                    f"{cell(prose(field.description or ''))} |")
     return rows
 
 
@@ -280,7 +290,7 @@ def render() -> str:
         "",
         "## Shared sections",
         "",
-        *(f"- [{s.title}](#{anchor(s.title)})" for s in shared),
+        *(f"- [{s.title}](#{links[s.model]})" for s in shared),
     ]
     for section in commands + shared:
         lines += ["", f"## {section.title}", "", *intro(section, commands, links), ""]
@@ -312,11 +322,12 @@ def missing_descriptions() -> list[str]:
 
 def declared_in(model: type[BaseModel], name: str) -> str:
     """Where the field is written: the first class in the MRO whose own annotations name it."""
-    owner = next(c for c in model.__mro__ if name in vars(c).get("__annotations__", {}))
+    owner = next((c for c in model.__mro__ if name in vars(c).get("__annotations__", {})), model)
     return f"{owner.__module__}.{owner.__qualname__}.{name}"
 
 
 def all_models(model: type[BaseModel]) -> list[type[BaseModel]]:
+    """``model`` and every section model below it, each once."""
     found = [model]
     for _, field in walk_fields(model):
         found += [m for m in models_in(field.annotation) if m not in found]

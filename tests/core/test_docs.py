@@ -64,6 +64,8 @@ def test_nested_keys_are_dotted_with_type_default_and_bounds():
     # a section shared by several commands is linked from each of them, not repeated
     assert "| `training` | [EncoderTrainerSettings](#training-encodertrainersettings) |" in text
     assert sum(line.startswith("| `teacher.model`") for line in text.splitlines()) == 1
+    # prose is Markdown: `runs/<time>-<name>` outside code would be read as HTML tags and vanish
+    assert "default runs/&lt;time>-&lt;name> |" in rows["output"] and "`tasks.<name>.train`" in text
 
 
 def test_a_subclass_of_trainer_settings_lists_only_what_it_changes():
