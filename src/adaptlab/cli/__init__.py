@@ -90,7 +90,8 @@ def _register() -> None:
         teacher,
     )
 
-    app.add_typer(config_cmd.app, name="config", help="List, show and copy the example configs shipped with adaptlab.")
+    app.add_typer(config_cmd.app, name="config",
+                  help="List, show and copy the shipped example configs; write the config reference.")
     app.add_typer(data.app, name="data", help="Inspect, repair and convert annotated data.")
     app.add_typer(ner.app, name="ner", help="Train, evaluate and run NER students.")
     app.add_typer(re_cmd.app, name="re", help="Train, evaluate and run relation-extraction students.")

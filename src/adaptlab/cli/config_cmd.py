@@ -1,12 +1,13 @@
-"""``adaptlab config list | show NAME | cp NAME DEST``: the example configs shipped inside the package."""
+"""``adaptlab config list | show NAME | cp NAME DEST``: the example configs shipped inside the package;
+``adaptlab config reference``: every config key of every command, generated from the pydantic models."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 import typer
 
-from adaptlab.cli.common import console
+from adaptlab.cli.common import console, output_option
 
 app = typer.Typer(no_args_is_help=True)
 NAME_HELP = "a shipped config's name (adaptlab config list), e.g. ner or accelerate/ddp"
@@ -58,6 +59,29 @@ def cp(
 
     target = example_configs.copy(name, dest)
     console.print(f"copied {name} to {target}")
+
+
+@app.command()
+def reference(
+    output: Optional[str] = output_option("Markdown file to write, e.g. docs/config-reference.md (replaced if it "
+                                          "exists); default: print to stdout"),
+) -> None:
+    """Every config key of every command (type, default, description) as Markdown, from the pydantic models."""
+    from pathlib import Path
+
+    from adaptlab import config_reference
+    from adaptlab.errors import ConfigError
+    from adaptlab.runs import atomic_write_text
+
+    if output is not None and Path(output).is_dir():
+        raise ConfigError(f"--output {output} is a folder; give the Markdown file to write "
+                          "(e.g. docs/config-reference.md)")
+    text = config_reference.render()
+    if output is None:
+        print(text, end="")
+        return
+    atomic_write_text(output, text)
+    console.print(f"wrote {output}")
 
 
 def _summary(path) -> str:

@@ -75,9 +75,12 @@ PSEUDO_RULE = {"max": "max", "lse_max": "max", "noisy_or": "max", "min": "min", 
 
 
 class FractalTrainConfig(StrictModel):
-    aggregation: Literal["max", "min", "avg", "lse_max", "softmin", "noisy_or", "noisy_and"] = "max"
+    aggregation: Literal["max", "min", "avg", "lse_max", "softmin", "noisy_or", "noisy_and"] = Field(
+        "max", description="how sentence scores make a bag score: max, min, avg, or the smooth forms lse_max, "
+        "softmin, noisy_or, noisy_and")
     temperature: float = Field(DEFAULT_TEMPERATURE, gt=0, description="lse_max / softmin smoothness")
-    bag_loss: Literal["bce", "mse"] = "bce"
+    bag_loss: Literal["bce", "mse"] = Field(
+        "bce", description="bce: binary cross-entropy against the bag label; mse: squared error (for AVG labels)")
     loss_preset: str = Field("default", description="paper weights: default/max/multispanqa/prm800k, qa_feedback")
     weights: dict[str, float] = Field({}, description="override preset terms: bag, cosine, correlation, hybrid")
     hybrid_fraction: float = Field(0.0, ge=0, le=1, description="share of bags whose sentence labels are used")
@@ -86,7 +89,8 @@ class FractalTrainConfig(StrictModel):
     curriculum_start: dict[str, float] | None = Field(
         None, description="loss weights of the first epoch (bag, cosine, correlation, hybrid), moving linearly "
                           "to the configured ones over curriculum_epochs")
-    curriculum_epochs: int = Field(10, ge=1)
+    curriculum_epochs: int = Field(
+        10, ge=1, description="epochs over which curriculum_start moves to the configured weights")
     pseudo_label: bool = Field(False, description="retrain a fresh scorer on consistent pseudo-labels")
     context_block: bool = Field(
         False, description="let the head read the context embedding e_c on its own; off: it reads [e_s, "
@@ -101,14 +105,14 @@ class FractalTrainConfig(StrictModel):
         [1.0, 3.0], min_length=1, description="prior_mix: cosine-weight scales k the held-out bags choose "
                                               "among: λ_cos' = k·λ_cos, λ_bag' = λ_bag − (k − 1)·λ_cos "
                                               "(adaptlab.fractal.selection)")
-    hidden: int = Field(256, ge=1)
-    layers: int = Field(2, ge=1)
-    dropout: float = Field(0.1, ge=0, lt=1)
-    learning_rate: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(1e-4, ge=0)
-    epochs: int = Field(30, ge=1)
-    batch_bags: int = Field(64, ge=1)
-    seed: int = 0
+    hidden: int = Field(256, ge=1, description="width of the scoring head's hidden layers")
+    layers: int = Field(2, ge=1, description="layers of the scoring head (an MLP)")
+    dropout: float = Field(0.1, ge=0, lt=1, description="dropout in the scoring head")
+    learning_rate: float = Field(1e-3, gt=0, description="learning rate of the scoring head")
+    weight_decay: float = Field(1e-4, ge=0, description="weight decay of the scoring head")
+    epochs: int = Field(30, ge=1, description="training epochs of the scoring head")
+    batch_bags: int = Field(64, ge=1, description="bags per optimizer step")
+    seed: int = Field(0, description="seed of initialisation, batches and the prior-mix folds")
     encoder: Literal["frozen", "finetune"] = Field(
         "frozen", description="frozen: head over cached features; finetune: then train the encoder jointly")
     encoder_learning_rate: float = Field(2e-5, gt=0, description="finetune: learning rate of the encoder")

@@ -83,8 +83,11 @@ class SourceConfig(StrictModel):
 
     name: str = Field(min_length=1, description="shown in the report; must be unique")
     path: str = Field(min_length=1, description="file or folder")
-    role: Literal["domain", "general"] = "domain"
-    format: Literal["auto", "text", "jsonl", "hf"] = "auto"
+    role: Literal["domain", "general"] = Field(
+        "domain", description="domain: the text to adapt to; general: replay text mixed in by replay_ratio")
+    format: Literal["auto", "text", "jsonl", "hf"] = Field(
+        "auto", description="auto: hf for a save_to_disk folder, jsonl for .jsonl/.json, else text (.txt file or "
+        "folder)")
     text_field: str = Field("text", description="JSONL key / dataset column holding the text")
     documents: Literal["paragraph", "file"] = Field(
         "paragraph", description="text sources: one document per blank-line paragraph, or per file")
@@ -94,18 +97,30 @@ class SourceConfig(StrictModel):
 class CleaningConfig(StrictModel):
     """Normalisation and filters; see the module docstring for order and defaults."""
 
-    unicode_form: Literal["NFKC", "NFC", "NFKD", "NFD"] | None = "NFKC"
-    remove_control_chars: bool = True
-    normalize_whitespace: bool = True
-    min_chars: int = Field(20, ge=0)
-    max_chars: int | None = Field(None, ge=1)
-    min_words: int = Field(0, ge=0)
-    max_words: int | None = Field(None, ge=1)
-    min_alpha_fraction: float = Field(0.5, ge=0, le=1)
-    max_repeated_line_fraction: float = Field(0.3, ge=0, le=1)
-    boilerplate_patterns: list[str] = Field(default_factory=lambda: list(DEFAULT_BOILERPLATE_PATTERNS))
+    unicode_form: Literal["NFKC", "NFC", "NFKD", "NFD"] | None = Field(
+        "NFKC", description="Unicode normalisation form; null keeps the text as it is")
+    remove_control_chars: bool = Field(
+        True, description="remove control characters (but tab and newline), lone surrogates and invisible marks")
+    normalize_whitespace: bool = Field(True, description="collapse spaces and tabs inside a line and strip lines")
+    min_chars: int = Field(20, ge=0, description="drop documents shorter than this (too_few_chars)")
+    max_chars: int | None = Field(
+        None, ge=1, description="drop documents longer than this (too_many_chars); null: none, packing splits them")
+    min_words: int = Field(
+        0, ge=0, description="drop documents with fewer whitespace-separated words (too_few_words); 0: off")
+    max_words: int | None = Field(None, ge=1, description="drop documents with more words (too_many_words); null: off")
+    min_alpha_fraction: float = Field(
+        0.5, ge=0, le=1, description="drop documents whose letters are below this share of non-space characters "
+        "(too_few_alphabetic)")
+    max_repeated_line_fraction: float = Field(
+        0.3, ge=0, le=1, description="drop documents whose repeated lines exceed this share of lines "
+        "(repeated_lines, Gopher's rule)")
+    boilerplate_patterns: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_BOILERPLATE_PATTERNS), description="case-insensitive regular "
+        "expressions; a short line matching one is removed (cookie banners, newsletter prompts, ...)")
     boilerplate_line_max_chars: int = Field(200, ge=1, description="longer lines are prose, never boilerplate")
-    max_boilerplate_line_fraction: float = Field(0.5, ge=0, le=1)
+    max_boilerplate_line_fraction: float = Field(
+        0.5, ge=0, le=1, description="drop documents whose removed boilerplate lines exceed this share of lines "
+        "(boilerplate)")
 
     @field_validator("boilerplate_patterns")
     @classmethod

@@ -40,12 +40,14 @@ _MINHASH_BATCH = 1000
 
 
 class DedupConfig(StrictModel):
-    exact: bool = True
-    near: bool = True
+    exact: bool = Field(True, description="remove exact duplicates (hash of the casefolded text)")
+    near: bool = Field(
+        True, description="remove near duplicates (MinHash LSH over shingles, verified by Jaccard similarity)")
     threshold: float = Field(0.8, gt=0, le=1, description="estimated Jaccard similarity that counts as a duplicate")
     num_perm: int = Field(128, ge=16, le=1024, description="MinHash permutations (precision vs. speed and memory)")
-    shingle_unit: Literal["word", "char"] = "word"
-    shingle_size: int = Field(5, ge=1)
+    shingle_unit: Literal["word", "char"] = Field(
+        "word", description="word shingles, or char for languages without spaces (Japanese, Chinese)")
+    shingle_size: int = Field(5, ge=1, description="words (or characters) per shingle")
 
 
 @dataclass

@@ -53,13 +53,14 @@ class LMTrainerSettings(TrainerSettings):
     are keys here: ``torch_compile`` and ``use_liger_kernel`` (``auto``: when ``liger_kernel`` is installed).
     """
 
-    learning_rate: float = Field(2e-5, gt=0)
-    num_train_epochs: float = Field(1.0, gt=0)
-    per_device_eval_batch_size: int = Field(8, ge=1)
+    learning_rate: float = Field(2e-5, gt=0, description="peak learning rate, reached after warmup_steps")
+    num_train_epochs: float = Field(
+        1.0, gt=0, description="passes over the training blocks or examples (max_steps > 0 overrides it)")
+    per_device_eval_batch_size: int = Field(8, ge=1, description="held-out sequences per device per forward pass")
     warmup_steps: float = Field(100, ge=0, description="re-warm-up from 0: a step count, or below 1 a fraction")
     lr_scheduler_type: str = Field("cosine", description="any transformers scheduler: cosine, linear, constant, ...")
     min_lr_rate: float | None = Field(0.1, ge=0, lt=1, description="cosine: decay to this fraction of learning_rate")
-    weight_decay: float = Field(0.01, ge=0)
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay (decoupled)")
     torch_compile: bool = Field(False, description="torch.compile the model (faster steps after a warm-up)")
     use_liger_kernel: bool | Literal["auto"] = Field(
         "auto", description="Liger kernels (fused linear cross-entropy, RMSNorm, RoPE, SwiGLU); auto: if installed")
@@ -88,18 +89,22 @@ class CausalTrainingConfig(StrictModel):
     """What every causal-LM training command shares (``lm train``, ``fractal sft``): the model, the run
     directory, checkpoints and resume, the trainer settings under ``training:`` and the ``strategy:`` block."""
 
-    name: str = "lm-train"
+    name: str = Field("lm-train", description="names the run directory runs/<time>-<name> when output is not given")
     model: str | None = Field(None, description="HF model directory or hub name")
-    output: str | None = None
+    output: str | None = Field(
+        None, description="run directory; rerunning with the same output continues it (see resume)")
     max_length: int = Field(2048, ge=8, description="sft: longer examples are cut and counted; cpt on plain text "
                                                     "(dataset): the block size")
     attn_implementation: str | None = Field(None, description="e.g. sdpa or flash_attention_2")
     strategy: StrategyBlock = Field(default_factory=StrategyBlock, description="tuning strategies, by name")
     save_steps: int = Field(500, ge=1, description="a complete, resumable checkpoint every N optimizer steps")
-    keep_checkpoints: int = Field(2, ge=1)
+    keep_checkpoints: int = Field(
+        2, ge=1, description="complete checkpoints kept; older ones are deleted only once a newer one is complete")
     eval_steps: int | None = Field(None, ge=1, description="defaults to save_steps")
     resume: str = Field("auto", description="auto | never | PATH (checkpoint-N or run directory)")
-    training: LMTrainerSettings = Field(default_factory=LMTrainerSettings)
+    training: LMTrainerSettings = Field(
+        default_factory=LMTrainerSettings, description="Trainer settings, in the HF Trainer's names (causal-LM "
+        "defaults)")
 
     @model_validator(mode="before")
     @classmethod
@@ -135,7 +140,9 @@ class LMTrainConfig(CausalTrainingConfig):
     and for sft the shorthand of ``dataset: {path: DATA}`` (``eval_data`` likewise), as before the block.
     """
 
-    mode: Literal["cpt", "sft"] = "cpt"
+    mode: Literal["cpt", "sft"] = Field(
+        "cpt", description="cpt: continual pretraining on packed blocks from lm prepare; sft: supervised fine-tuning "
+        "on chat or prompt/completion examples, loss on the answers only")
     tokenizer: str | None = Field(None, description="defaults to the model's tokenizer")
     dataset: DatasetBlock | None = Field(
         None, description="the training data: {path, format, columns, roles, split, subset}; sft: examples "

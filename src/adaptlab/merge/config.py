@@ -32,7 +32,7 @@ from adaptlab.config import StrictModel
 
 class InputModel(StrictModel):
     model: str = Field(min_length=1, description="HF model directory (or hub name when online)")
-    weight: float = 1.0
+    weight: float = Field(1.0, description="the model's weight in the method's formula")
     density: float = Field(1.0, gt=0, le=1, description="ties / dare: fraction of delta entries kept")
 
 
@@ -41,7 +41,8 @@ class TensorRule(StrictModel):
     action: Literal["merge", "skip", "copy"] = Field(
         "merge", description="merge (with 'parameters' overrides), skip (keep the base's tensor), copy (copy_from's)")
     copy_from: str | None = Field(None, description="copy: the model path (base_model or one of models)")
-    parameters: dict[str, Any] = {}
+    parameters: dict[str, Any] = Field(
+        {}, description="method parameters for matching tensors, overriding the top-level parameters")
     weights: list[float] | None = Field(None, description="per-model weights for matching tensors")
     densities: list[float] | None = Field(None, description="per-model densities for matching tensors (ties, dare)")
 
@@ -62,14 +63,21 @@ class TensorRule(StrictModel):
 
 
 class MergeConfig(StrictModel):
-    name: str = "merge"
-    method: str = "task_arithmetic"
+    name: str = Field("merge", description="names the run directory when output is not given")
+    method: str = Field(
+        "task_arithmetic", description="linear, task_arithmetic, ties, dare_linear, dare_ties or slerp (formulas in "
+        "adaptlab.merge.methods)")
     base_model: str | None = Field(None, description="required by every method but linear")
-    models: list[InputModel] = Field(min_length=1)
-    parameters: dict[str, Any] = {}
-    rules: list[TensorRule] = []
+    models: list[InputModel] = Field(min_length=1, description="the models to merge, each {model, weight, density}")
+    parameters: dict[str, Any] = Field(
+        {}, description="method-wide parameters, e.g. lambda and normalize (task vectors) or t (slerp)")
+    rules: list[TensorRule] = Field(
+        [], description="per-tensor rules, first match wins: merge with other parameters or weights, skip (keep the "
+        "base's) or copy one model's")
     dtype: Literal["float32", "float16", "bfloat16"] | None = Field(None, description="default: the base's")
-    vocab: Literal["strict", "base", "union"] = "strict"
+    vocab: Literal["strict", "base", "union"] = Field(
+        "strict", description="when tokenizers differ: strict stops with the difference; base (the vocabulary of "
+        "tokenizer_from) or union (plus the other inputs' tokens) align embedding rows by token string")
     tokenizer_from: str | None = Field(None, description="model whose tokenizer files are copied; default: base")
     chat_template_from: str | None = Field(None, description="model whose chat template and special tokens win")
     chat_template: str | None = Field(None, description="a Jinja chat template written into the output tokenizer, "
@@ -79,9 +87,10 @@ class MergeConfig(StrictModel):
     allow_nonfinite: bool = Field(False, description="merge inputs holding NaN or Inf (an error by default, "
                                   "naming the tensor: they spread through every merged value they touch)")
     shard_size_mb: float = Field(2000, gt=0, description="largest output shard, in MiB")
-    seed: int = 0
-    output: str | None = None
-    progress: bool = True
+    seed: int = Field(
+        0, description="seed of DARE's random drops (per tensor name, so the result does not depend on the order)")
+    output: str | None = Field(None, description="merged model directory, also the run directory (must not exist)")
+    progress: bool = Field(True, description="progress bars on the console")
 
     @field_validator("chat_template")
     @classmethod

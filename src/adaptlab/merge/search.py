@@ -52,7 +52,7 @@ MergeFunction = Callable[[MergeConfig], Path]
 
 
 class SearchConfig(StrictModel):
-    name: str = "merge-search"
+    name: str = Field("merge-search", description="names the run directory runs/<time>-<name> when output is not given")
     merge: MergeConfig = Field(description="the merge to repeat; its 'output' is replaced by the search's")
     grid: list[float] = Field(description="the values to try, in this order")
     target: Literal["weight", "lambda"] = Field(
@@ -64,14 +64,15 @@ class SearchConfig(StrictModel):
     max_length: int = Field(512, ge=1, description="model input tokens per perplexity window")
     stride: int | None = Field(None, ge=1, description="tokens each later window predicts; default max_length "
                                "(lm-evaluation-harness's rolling windows)")
-    batch_size: int = Field(4, ge=1)
+    batch_size: int = Field(4, ge=1, description="perplexity windows per forward pass")
     max_texts: int | None = Field(None, ge=1, description="score only the first N documents of each file")
     device: str | None = Field(None, description="cpu, cuda, cuda:1, ...; default: cuda when available")
     eval_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "float32", description="dtype candidates are scored in; auto: the merged model's own")
-    output: str | None = None
+    output: str | None = Field(
+        None, description="run directory with the candidates (must not exist); default runs/<time>-<name>")
     keep_best: bool = Field(True, description="keep the best merged model as <run>/best")
-    progress: bool = True
+    progress: bool = Field(True, description="progress bars on the console")
 
 
 def objective_text(cfg: SearchConfig) -> str:

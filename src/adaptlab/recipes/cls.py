@@ -34,26 +34,34 @@ class ClsTrainerSettings(EncoderTrainerSettings):
     stopping after 3 without a better dev macro F1. Tens of examples need more steps and no dev choice: see
     ``configs/cls.yaml`` (or ``strategy.fewshot``)."""
 
-    num_train_epochs: float = Field(10, gt=0)
+    num_train_epochs: float = Field(
+        10, gt=0, description="at most this many epochs; early stopping on dev macro F1 usually ends sooner")
     early_stopping_patience: int | None = Field(3, ge=1, description="evaluations without a better dev macro F1")
 
 
 class ClsTrainConfig(StrictModel):
     """Config of ``adaptlab cls train`` (see configs/cls.yaml)."""
 
-    name: str = "cls"
+    name: str = Field("cls", description="names the run directory runs/<time>-<name> when output is not given")
     model: str = Field(DEFAULT_STUDENT, description="HF name, local path, or 'minilm' (packaged default)")
-    train: str | None = None
-    dev: str | None = None
+    train: str | None = Field(
+        None, description="labelled texts: JSONL {text, label}, CSV/TSV with a header, or LABEL TEXT lines (see "
+        "format)")
+    dev: str | None = Field(
+        None, description="labelled texts for model choice and early stopping; without it dev_fraction of train is "
+        "held out")
     dev_fraction: float = Field(0.1, ge=0, lt=1, description="held out from train (per label) when no dev file")
-    output: str | None = None
+    output: str | None = Field(None, description="run directory to write (must not exist); default runs/<time>-<name>")
     format: DataFormat = Field("auto", description="auto: by suffix (.jsonl/.json, .csv, .tsv, else LABEL TEXT)")
-    text_column: str = "text"
-    label_column: str = "label"
+    text_column: str = Field("text", description="JSONL key or CSV/TSV column of the text")
+    label_column: str = Field(
+        "label", description="JSONL key or CSV/TSV column of the label (a list of labels with multi_label)")
     multi_label: bool = Field(False, description="several labels per text: sigmoid per label, threshold 0.5")
     max_length: int = Field(256, ge=8, description="subwords read per text; longer texts are cut and counted")
-    training: ClsTrainerSettings = ClsTrainerSettings()
-    strategy: StrategyBlock = StrategyBlock()
+    training: ClsTrainerSettings = Field(
+        ClsTrainerSettings(), description="Trainer settings, in the HF Trainer's names")
+    strategy: StrategyBlock = Field(
+        StrategyBlock(), description="tuning strategies, by name (peft, layers, dynamic, fewshot, distill, ...)")
 
 
 class ClsEvalConfig(StrictModel):
@@ -62,10 +70,10 @@ class ClsEvalConfig(StrictModel):
     model: str | None = Field(None, description="run directory or model directory")
     data: str | None = Field(None, description="labelled examples (JSONL, CSV, TSV, LABEL TEXT lines)")
     output: str | None = Field(None, description="write a run directory with predictions and report")
-    batch_size: int = Field(64, ge=1)
-    format: DataFormat = "auto"
-    text_column: str = "text"
-    label_column: str = "label"
+    batch_size: int = Field(64, ge=1, description="texts per forward pass")
+    format: DataFormat = Field("auto", description="auto: by suffix (.jsonl/.json, .csv, .tsv, else LABEL TEXT)")
+    text_column: str = Field("text", description="JSONL key or CSV/TSV column of the text")
+    label_column: str = Field("label", description="JSONL key or CSV/TSV column of the label")
 
 
 def prediction_rows(texts: list[str], probabilities, labels: list[str], multi_label: bool) -> list[dict[str, Any]]:

@@ -55,14 +55,17 @@ class ChatVectorStep(StrictModel):
 
 
 class DomainInstructConfig(StrictModel):
-    name: str = "domain-instruct"
+    name: str = Field(
+        "domain-instruct", description="names the run directory runs/<time>-<name> when output is not given")
     base: str = Field(description="the base model (HF directory or hub name)")
     instruct: str = Field(description="the base model's instruction-tuned version")
     corpus: str = Field(description="a prepared corpus directory (adaptlab lm prepare)")
     train: LMTrainConfig = Field(LMTrainConfig(), description="continual-pretraining settings (adaptlab lm train)")
-    merge: ChatVectorStep = ChatVectorStep()
+    merge: ChatVectorStep = Field(
+        ChatVectorStep(), description="the chat-vector step: domain + λ·(instruct − base), λ fixed or searched")
     evaluate: LMEvalConfig = Field(LMEvalConfig(), description="evaluation settings; models are set by the recipe")
-    output: str | None = None
+    output: str | None = Field(
+        None, description="run directory; an existing one from the same config continues where it stopped")
 
 
 def check_config(cfg: DomainInstructConfig) -> None:

@@ -82,18 +82,23 @@ class FractalDataConfig(StrictModel):
 
 
 class FractalEvalConfig(FractalDataConfig):
-    name: str = "fractal-eval"
-    folds: int = Field(5, ge=2)
-    seeds: list[int] = [0, 1, 2]
-    methods: list[Literal["cosine", "bagloss", "fractal", "fractal_pseudo", "supervised"]] = list(METHODS)
-    train: FractalTrainConfig = FractalTrainConfig()
-    output: str | None = None
+    name: str = Field("fractal-eval", description="names the run directory runs/<time>-<name> when output is not given")
+    folds: int = Field(5, ge=2, description="cross-validation folds; bags of one question (group) stay in one fold")
+    seeds: list[int] = Field(
+        [0, 1, 2], description="each seed repeats the whole cross-validation; results are mean ± std over folds x "
+        "seeds")
+    methods: list[Literal["cosine", "bagloss", "fractal", "fractal_pseudo", "supervised"]] = Field(
+        list(METHODS), description="scorers compared: cosine prior, BagLoss, FRACTAL, FRACTAL + pseudo-labels, "
+        "supervised (sentence labels)")
+    train: FractalTrainConfig = Field(
+        FractalTrainConfig(), description="the scorer's training settings, shared by every method")
+    output: str | None = Field(None, description="run directory to write (must not exist); default runs/<time>-<name>")
 
 
 class FractalTrainRunConfig(FractalDataConfig):
-    name: str = "fractal"
-    train: FractalTrainConfig = FractalTrainConfig()
-    output: str | None = None
+    name: str = Field("fractal", description="names the run directory runs/<time>-<name> when output is not given")
+    train: FractalTrainConfig = Field(FractalTrainConfig(), description="the scorer's training settings")
+    output: str | None = Field(None, description="run directory to write (must not exist); default runs/<time>-<name>")
 
 
 def load_bags(cfg: FractalDataConfig) -> tuple[list[Bag], list[PairBag], dict]:

@@ -76,19 +76,19 @@ REMOVED = {
 class FractalTrainerSettings(LMTrainerSettings):
     """``training:`` of ``fractal sft``: 2e-5, 3 epochs, batch 4, linear decay after a 3% warm-up, no decay."""
 
-    num_train_epochs: float = Field(3.0, gt=0)
-    per_device_train_batch_size: int = Field(4, ge=1)
+    num_train_epochs: float = Field(3.0, gt=0, description="passes over the scored responses")
+    per_device_train_batch_size: int = Field(4, ge=1, description="responses per device per forward pass")
     warmup_steps: float = Field(0.03, ge=0, description="a step count, or below 1 a fraction of the training steps")
     lr_scheduler_type: str = Field("linear", description="any transformers scheduler: linear, cosine, constant, ...")
     min_lr_rate: float | None = Field(None, ge=0, lt=1, description="cosine only: decay to this fraction")
-    weight_decay: float = Field(0.0, ge=0)
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay (decoupled)")
 
 
 class FractalSFTConfig(CausalTrainingConfig):
     """Config of ``adaptlab fractal sft`` (shipped example: ``adaptlab config show fractal_sft``); the training
     keys are lm train's."""
 
-    name: str = "fractal-sft"
+    name: str = Field("fractal-sft", description="names the run directory runs/<time>-<name> when output is not given")
     scores: str | None = Field(None, description="'adaptlab fractal score' output: {id, sentences, scores} JSONL")
     bags: str | None = Field(None, description="the bags JSONL that was scored: {id, context, response|sentences}")
     mode: Literal["weight", "mask"] = Field("weight", description="weight tokens by score, or mask low sentences")
@@ -100,7 +100,9 @@ class FractalSFTConfig(CausalTrainingConfig):
     max_length: int = Field(1024, ge=8, description="tokens per sequence; longer ones are cut and counted")
     eval_fraction: float = Field(0.0, ge=0, lt=1, description="share of the scored responses held out for "
                                                                "perplexity (chosen with training.seed)")
-    training: FractalTrainerSettings = Field(default_factory=FractalTrainerSettings)
+    training: FractalTrainerSettings = Field(
+        default_factory=FractalTrainerSettings, description="Trainer settings, in the HF Trainer's names (fractal "
+        "sft's defaults)")
 
     @model_validator(mode="before")
     @classmethod

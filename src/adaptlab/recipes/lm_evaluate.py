@@ -53,7 +53,7 @@ class PerplexityConfig(StrictModel):
                                   "context window (as lm-evaluation-harness)")
     stride: int | None = Field(None, ge=1, description="tokens each later window predicts; default max_length "
                                "(lm-eval's rolling windows); smaller gives more context per token")
-    batch_size: int = Field(4, ge=1)
+    batch_size: int = Field(4, ge=1, description="windows per forward pass")
     max_documents: int | None = Field(None, ge=1, description="score only the first N documents of each file")
 
 
@@ -69,23 +69,24 @@ class MCConfig(StrictModel):
 class ProbeConfig(StrictModel):
     prompts: str | None = Field("packaged:probe_prompts", description="JSONL of {prompt}; null turns the probe off")
     max_new_tokens: int = Field(128, ge=1, description="a response without EOS within this many tokens did not stop")
-    batch_size: int = Field(8, ge=1)
+    batch_size: int = Field(8, ge=1, description="prompts generated together")
     examples: int = Field(3, ge=0, description="responses per model kept in metrics.json and the report")
 
 
 class LMEvalConfig(StrictModel):
     """Config of ``adaptlab lm evaluate`` (shipped example: ``adaptlab config show lm_evaluate``)."""
 
-    name: str = "lm-evaluate"
+    name: str = Field("lm-evaluate", description="names the run directory runs/<time>-<name> when output is not given")
     models: list[ModelSpec] = Field([], description="the models to compare, each {name, path}")
-    perplexity: PerplexityConfig = PerplexityConfig()
-    mc: MCConfig = MCConfig()
-    probe: ProbeConfig = ProbeConfig()
+    perplexity: PerplexityConfig = Field(
+        PerplexityConfig(), description="held-out perplexity on text files (lm-eval's rolling windows)")
+    mc: MCConfig = Field(MCConfig(), description="multiple-choice tasks scored by log-likelihood (acc, acc_norm)")
+    probe: ProbeConfig = Field(ProbeConfig(), description="the instruction-following probe: chat format and stopping")
     device: str = Field("auto", description="cpu, cuda, cuda:1, ...; auto: cuda when available")
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = Field(
         "float32", description="dtype the models are loaded in; auto: each model's own")
-    output: str | None = None
-    progress: bool = True
+    output: str | None = Field(None, description="run directory to write (must not exist); default runs/<time>-<name>")
+    progress: bool = Field(True, description="progress bars on the console")
 
 
 @dataclass

@@ -40,22 +40,26 @@ ROLES = ("domain", "general")
 
 
 class PrepareConfig(StrictModel):
-    name: str = "lm-prepare"
+    name: str = Field("lm-prepare", description="names the run directory runs/<time>-<name> when output is not given")
     tokenizer: str = Field(min_length=1, description="local tokenizer/model folder or hub name")
-    sources: list[SourceConfig] = Field(min_length=1)
+    sources: list[SourceConfig] = Field(
+        min_length=1, description="the corpus inputs, each {name, path, role: domain|general, format, ...}")
     block_size: int = Field(1024, ge=2, description="tokens per packed row")
     split_across_blocks: bool = Field(True, description="a document continues in the next block (no padding)")
-    cleaning: CleaningConfig = CleaningConfig()
-    dedup: DedupConfig = DedupConfig()
+    cleaning: CleaningConfig = Field(
+        CleaningConfig(), description="normalisation and document filters; every removal is counted by reason")
+    dedup: DedupConfig = Field(
+        DedupConfig(), description="exact and MinHash near-duplicate removal over all sources, first occurrence kept")
     eval_fraction: float = Field(0.01, gt=0, lt=1, description="documents held out per role (at least 1)")
     eval_documents: int | None = Field(None, ge=1, description="exact number held out per role; overrides fraction")
     replay_ratio: float = Field(0.0, ge=0, lt=1, description="share of general tokens in the training split")
-    seed: int = 0
+    seed: int = Field(0, description="seed of the held-out split and of the replay subsample")
     num_proc: int = Field(1, ge=1, description="tokenising processes")
-    tokenization_cache: bool = True
+    tokenization_cache: bool = Field(
+        True, description="reuse token ids cached by tokenizer, documents and code (in cache_dir)")
     cache_dir: str | None = Field(None, description="token-id cache; default <HF datasets cache>/adaptlab-lm-prepare")
-    output: str | None = None
-    progress: bool = True
+    output: str | None = Field(None, description="run directory to write (must not exist); default runs/<time>-<name>")
+    progress: bool = Field(True, description="progress bars on the console")
 
     @model_validator(mode="after")
     def _sources_consistent(self) -> PrepareConfig:

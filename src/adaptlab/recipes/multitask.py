@@ -63,8 +63,12 @@ class MultitaskConfig(StrictModel):
     dev_fraction: float = Field(0.1, ge=0, lt=1, description="held out from a task's train when it has no dev file")
     max_length: int = Field(256, ge=8, description="subwords per sequence; longer ones are cut and counted")
     output: str | None = Field(None, description="run directory (must not exist); default runs/<time>-<name>")
-    training: MultitaskTrainerSettings = MultitaskTrainerSettings()
-    strategy: StrategyBlock = StrategyBlock()
+    training: MultitaskTrainerSettings = Field(
+        MultitaskTrainerSettings(), description="Trainer settings, in the HF Trainer's names, for the shared encoder "
+        "and every head")
+    strategy: StrategyBlock = Field(
+        StrategyBlock(), description="tuning strategies acting on the shared encoder (layers, dynamic); peft, "
+        "fewshot and distill are refused")
 
     _check_tasks = field_validator("tasks")(check_tasks)
 

@@ -28,15 +28,20 @@ from adaptlab.tuning.strategies import StrategyBlock
 class NERTrainConfig(StrictModel):
     """Config of ``adaptlab ner train`` (see configs/ner.yaml)."""
 
-    name: str = "ner"
+    name: str = Field("ner", description="names the run directory runs/<time>-<name> when output is not given")
     model: str = Field(DEFAULT_STUDENT, description="HF name, local path, or 'minilm' (packaged default)")
-    train: str | None = None
-    dev: str | None = None
+    train: str | None = Field(
+        None, description="training records: canonical JSONL, CoNLL/BIO, Label Studio JSON, spaCy JSONL, ... (by "
+        "suffix)")
+    dev: str | None = Field(
+        None, description="records for model choice and early stopping; without it dev_fraction of train is held out")
     dev_fraction: float = Field(0.1, ge=0, lt=1, description="held out from train when no dev file is given")
-    output: str | None = None
+    output: str | None = Field(None, description="run directory to write (must not exist); default runs/<time>-<name>")
     max_length: int = Field(256, ge=8, description="subwords per record; longer records are truncated and counted")
-    training: EncoderTrainerSettings = EncoderTrainerSettings()
-    strategy: StrategyBlock = StrategyBlock()
+    training: EncoderTrainerSettings = Field(
+        EncoderTrainerSettings(), description="Trainer settings, in the HF Trainer's names")
+    strategy: StrategyBlock = Field(
+        StrategyBlock(), description="tuning strategies, by name (peft, layers, dynamic, distill, ...)")
 
 
 class NEREvalConfig(StrictModel):
@@ -45,7 +50,7 @@ class NEREvalConfig(StrictModel):
     model: str | None = Field(None, description="run directory or model directory")
     data: str | None = Field(None, description="gold records (JSONL, CoNLL, ...)")
     output: str | None = Field(None, description="write a run directory with predictions and report")
-    batch_size: int = Field(32, ge=1)
+    batch_size: int = Field(32, ge=1, description="texts per forward pass")
     constrained_decoding: bool = Field(True, description="IOB2-valid Viterbi decoding instead of argmax")
 
 

@@ -46,26 +46,30 @@ class RETrainerSettings(EncoderTrainerSettings):
     """``training:`` of ``re train``: the encoder defaults with the relation classifier's own rate, epochs and
     patience. A subclass, so that ``training.seed=3`` alone keeps them (a default *instance* would not)."""
 
-    learning_rate: float = Field(5e-5, gt=0)
-    num_train_epochs: float = Field(5, gt=0)
+    learning_rate: float = Field(5e-5, gt=0, description="peak learning rate of the relation classifier")
+    num_train_epochs: float = Field(
+        5, gt=0, description="at most this many epochs; early stopping on dev usually ends sooner")
     early_stopping_patience: int | None = Field(2, ge=1, description="evaluations without a better dev metric")
 
 
 class RETrainConfig(StrictModel):
     """Config of ``adaptlab re train`` (see configs/re.yaml)."""
 
-    name: str = "re"
-    model: str = DEFAULT_STUDENT
-    train: str | None = None
-    dev: str | None = None
-    dev_fraction: float = Field(0.1, ge=0, lt=1)
+    name: str = Field("re", description="names the run directory runs/<time>-<name> when output is not given")
+    model: str = Field(DEFAULT_STUDENT, description="HF name, local path, or 'minilm' (packaged default)")
+    train: str | None = Field(
+        None, description="records with relations (JSONL, ...) or an entity-marker CSV/TSV ([E1]head[/E1] ... "
+        "[E2]tail[/E2])")
+    dev: str | None = Field(None, description="dev data in the same form; without it dev_fraction of train is held out")
+    dev_fraction: float = Field(0.1, ge=0, lt=1, description="held out from train when no dev file is given")
     negatives: bool = Field(True, description="train on unrelated pairs as no_relation: a span of a type that "
                             "heads a relation with a span of another type")
     derive_relations: DeriveRelations = Field(None, description=DERIVE_HELP)
-    output: str | None = None
+    output: str | None = Field(None, description="run directory to write (must not exist); default runs/<time>-<name>")
     max_length: int = Field(256, ge=8, description="subwords per marked sentence; longer ones are truncated")
-    training: RETrainerSettings = RETrainerSettings()
-    strategy: StrategyBlock = StrategyBlock()
+    training: RETrainerSettings = Field(RETrainerSettings(), description="Trainer settings, in the HF Trainer's names")
+    strategy: StrategyBlock = Field(
+        StrategyBlock(), description="tuning strategies, by name (peft, layers, dynamic, distill, ...)")
 
 
 class REEvalConfig(StrictModel):

@@ -30,17 +30,23 @@ MODES = ("strict", "overlap", "string")
 
 
 class ZeroShotConfig(StrictModel):
-    name: str = "zero-shot-ner"
-    teacher: TeacherConfig = TeacherConfig(sampling=SamplingConfig(temperature=0.0, max_tokens=512))
+    name: str = Field(
+        "zero-shot-ner", description="names the run directory runs/<time>-<name> when output is not given")
+    teacher: TeacherConfig = Field(
+        TeacherConfig(sampling=SamplingConfig(temperature=0.0, max_tokens=512)), description="the teacher LLM; here "
+        "greedy (temperature 0) with 512 answer tokens by default")
     data: str | None = Field(None, description="gold records to tag and score (JSONL, CoNLL, ...)")
-    prompt: Literal["universalner", "json_spans"] = "universalner"
+    prompt: Literal["universalner", "json_spans"] = Field(
+        "universalner", description="universalner: one question per entity type (UniversalNER); json_spans: one "
+        "request per text for every entity as JSON")
     entities: list[EntityType] = Field([], description="types with descriptions; default: the labels in data")
     queries: dict[str, str] = Field({}, description="label -> phrase in 'What describes ... in the text?'")
     student: str | None = Field(None, description="NER run or model directory to score on the same texts")
     limit: int | None = Field(None, ge=1, description="tag only the first N records")
-    prompts_dir: str | None = None
-    output: str | None = None
-    progress: bool = True
+    prompts_dir: str | None = Field(
+        None, description="folder with edited prompt templates (<name>.yaml); default: the packaged ones")
+    output: str | None = Field(None, description="run directory to write (must not exist); default runs/<time>-<name>")
+    progress: bool = Field(True, description="progress bars on the console")
 
 
 def run(cfg: ZeroShotConfig) -> tuple[RunDir, dict]:

@@ -25,11 +25,13 @@ from adaptlab.tuning.trainer import StrategyTrainer, finalize, summaries
 class EncoderTrainerSettings(TrainerSettings):
     """``training:`` of the encoder students: TrainerSettings with defaults for small BERT-family models."""
 
-    learning_rate: float = Field(1e-4, gt=0)
-    num_train_epochs: float = Field(20, gt=0)
-    per_device_train_batch_size: int = Field(16, ge=1)
-    per_device_eval_batch_size: int = Field(64, ge=1)
-    weight_decay: float = Field(0.01, ge=0)
+    learning_rate: float = Field(
+        1e-4, gt=0, description="peak learning rate; 1e-4 suits MiniLM-size students (BERT-base wants 2e-5 to 5e-5)")
+    num_train_epochs: float = Field(
+        20, gt=0, description="at most this many epochs; early stopping on dev usually ends sooner")
+    per_device_train_batch_size: int = Field(16, ge=1, description="training sequences per device per forward pass")
+    per_device_eval_batch_size: int = Field(64, ge=1, description="dev sequences per device per forward pass")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay (decoupled)")
     warmup_steps: float = Field(0.1, ge=0, description="a step count, or below 1 a fraction of the training steps")
     early_stopping_patience: int | None = Field(5, ge=1, description="evaluations without a better dev metric")
     group_by_length: bool = Field(True, description="batch sequences of similar length (less padding)")

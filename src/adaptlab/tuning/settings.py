@@ -47,24 +47,27 @@ def renamed_key_message(old: str, where: str) -> str:
 class TrainerSettings(StrictModel):
     """Trainer hyperparameters, named as in ``transformers.TrainingArguments``."""
 
-    learning_rate: float = Field(5e-5, gt=0)
-    num_train_epochs: float = Field(3.0, gt=0)
+    learning_rate: float = Field(5e-5, gt=0, description="peak learning rate of the optimizer (AdamW)")
+    num_train_epochs: float = Field(3.0, gt=0, description="passes over the training data; a fraction stops part-way")
     max_steps: int = Field(-1, ge=-1, description="optimizer steps; overrides num_train_epochs when > 0")
-    per_device_train_batch_size: int = Field(8, ge=1)
-    per_device_eval_batch_size: int = Field(32, ge=1)
-    gradient_accumulation_steps: int = Field(1, ge=1)
+    per_device_train_batch_size: int = Field(8, ge=1, description="training examples per device per forward pass")
+    per_device_eval_batch_size: int = Field(32, ge=1, description="evaluation examples per device per forward pass")
+    gradient_accumulation_steps: int = Field(
+        1, ge=1, description="forward passes per optimizer step (effective batch = this x batch size x devices)")
     warmup_steps: float = Field(0.0, ge=0, description="a step count, or below 1 a fraction of the training steps")
     lr_scheduler_type: str = Field("linear", description="any transformers scheduler: linear, cosine, constant, ...")
     min_lr_rate: float | None = Field(
         None, ge=0, lt=1, description="cosine only: decay to this fraction of learning_rate (cosine_with_min_lr)")
-    weight_decay: float = Field(0.0, ge=0)
-    max_grad_norm: float = Field(1.0, ge=0)
-    seed: int = 42
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay (decoupled)")
+    max_grad_norm: float = Field(1.0, ge=0, description="clip the gradient to this global L2 norm (0: no clipping)")
+    seed: int = Field(
+        42, description="seed of Python, NumPy and torch, and of the data order")
     bf16: bool | Literal["auto"] = Field("auto", description="auto: bf16 mixed precision where CUDA supports it")
     gradient_checkpointing: bool = Field(False, description="recompute activations in backward: less memory")
-    logging_steps: int = Field(10, ge=1)
+    logging_steps: int = Field(10, ge=1, description="log the training loss every N optimizer steps")
     report_to: str | list[str] = Field("none", description="none, all, tensorboard, wandb, mlflow, ...")
-    run_name: str | None = None
+    run_name: str | None = Field(
+        None, description="the run's name in the tracker of report_to (wandb, mlflow, ...)")
     early_stopping_patience: int | None = Field(
         None, ge=1, description="stop after this many evaluations without a better metric (EarlyStoppingCallback)")
     resume_from_checkpoint: str | None = Field(None, description="a checkpoint directory to continue from")

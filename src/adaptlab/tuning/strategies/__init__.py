@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, create_model, model_serializer
+from pydantic import BaseModel, Field, create_model, model_serializer
 
 from adaptlab.config import StrictModel
 from adaptlab.tuning.families import Family
@@ -31,8 +31,15 @@ class ChosenStrategies(StrictModel):
 
 def block_model() -> type[StrictModel]:
     """The ``strategy:`` block: one optional section per registered strategy (an unknown name is an error)."""
-    fields: dict[str, Any] = {name: (config | None, None) for name, (config, _) in REGISTRY.items()}
+    fields: dict[str, Any] = {name: (config | None, Field(None, description=_summary(config)))
+                              for name, (config, _) in REGISTRY.items()}
     return create_model("StrategyBlock", __base__=ChosenStrategies, __doc__="Tuning strategies to apply.", **fields)
+
+
+def _summary(config: type[BaseModel]) -> str:
+    """The first paragraph of a strategy config's own docstring: the ``description=`` of its key in the block."""
+    doc = vars(config).get("__doc__") or ""
+    return " ".join(doc.strip().split("\n\n")[0].split())
 
 
 def resolve(block: BaseModel, family: Family, model: Any) -> list[Strategy]:
