@@ -206,6 +206,14 @@ def stats(values: list[float]) -> dict[str, float]:
             "max": max(values)}
 
 
+def same_draws(runs: list[dict], arms: list[str]) -> list[dict]:
+    """The runs of the draws that every arm finished: arms are only compared on the same training sets."""
+    finished: dict[tuple, set] = {}
+    for run in runs:
+        finished.setdefault((run["dataset"], run["shots"], run["draw"]), set()).add(run["arm"])
+    return [run for run in runs if finished[(run["dataset"], run["shots"], run["draw"])] >= set(arms)]
+
+
 def summarise(runs: list[dict]) -> list[dict]:
     """Per (dataset, shots, arm): accuracy mean ± std over draws (sample std), seconds, peak RSS."""
     cells: dict[tuple, list[dict]] = {}
@@ -341,7 +349,7 @@ def main() -> None:
                                        f"({result['process_seconds']:.0f}s with worker start), "
                                        f"peak RSS {result['peak_rss_mb']} MB")
             progress.advance(task)
-    runs = [cache[run_key(spec)] for spec in plan if run_key(spec) in cache]
+    runs = same_draws([cache[run_key(spec)] for spec in plan if run_key(spec) in cache], arms)
     cells = summarise(runs)
     rows = targets(cells, datasets) if not args.dev and set(datasets) == set(DATASETS) else []
     projected = projection(cells)
