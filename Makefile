@@ -78,7 +78,7 @@ lock:
 	{ echo "# Every package of adaptlab[all,dev], direct and transitive, pinned for CI and make; written by make lock"; \
 	  echo "# (pyproject.toml keeps ranges for users). torch is the CPU build, +cpu from $(TORCH_CPU_INDEX)."; \
 	  $(LOCK_VENV)/bin/python -c "import platform as p; print(f'# Resolved for Python {p.python_version()} on {p.system()} {p.machine()}.')"; \
-	  $(LOCK_VENV)/bin/python -m pip freeze --all --exclude-editable | grep -v -E '^(setuptools|wheel)==' | sed 's/+cpu$$//'; \
+	  $(LOCK_VENV)/bin/python -m pip freeze --all --exclude-editable | sed 's/+cpu$$//'; \
 	} > constraints.txt.new
 	mv constraints.txt.new constraints.txt
 	rm -rf $(LOCK_VENV)

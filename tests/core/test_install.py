@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from adaptlab import extras
@@ -54,6 +56,45 @@ def test_core_leaves_the_optional_packages_to_extras():
     everything = set().union(*(names(r) for extra, r in extras_declared.items() if extra not in ("all", "dev")))
     assert names(extras_declared["all"]) == everything
     assert everything - {"fastapi", "uvicorn"} <= names(extras_declared["dev"])  # CI tests every extra but serve
+
+
+def pins() -> dict[str, str]:
+    lines = (ROOT / "constraints.txt").read_text().splitlines()
+    return {canonicalize_name(name): version for name, _, version in
+            (line.partition("==") for line in lines if line and not line.startswith("#"))}
+
+
+def test_constraints_pin_every_requirement_direct_and_transitive():
+    """Every requirement of pyproject.toml (core, every extra) and, through the installed packages' metadata, every
+    requirement of theirs is pinned, inside pyproject.toml's ranges: a new dependency needs `make lock`."""
+    pinned = pins()
+    assert all(re.fullmatch(r"[0-9][0-9a-z.]*", v) for v in pinned.values()), "exact versions, no local labels"
+    wanted = [Requirement(r) for r in PROJECT["dependencies"]]
+    wanted += [Requirement(r) for extra in PROJECT["optional-dependencies"].values() for r in extra]
+    for requirement in wanted:
+        name = canonicalize_name(requirement.name)
+        assert name == "adaptlab" or requirement.specifier.contains(pinned[name], prereleases=True), requirement
+    seen: set[str] = set()
+    while wanted:
+        requirement = wanted.pop()
+        name = canonicalize_name(requirement.name)
+        if name == "adaptlab":
+            continue
+        assert name in pinned, f"{name} (required as {requirement}) is not in constraints.txt: run make lock"
+        key = f"{name}[{','.join(sorted(requirement.extras))}]"
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            requires = metadata.requires(name) or []
+        except metadata.PackageNotFoundError:  # not installed here (e.g. the serve extra): its own pin is checked
+            continue
+        for line in requires:
+            nested = Requirement(line)
+            marker_env = [{"extra": extra} for extra in requirement.extras] or [{"extra": ""}]
+            if nested.marker is None or any(nested.marker.evaluate(env) for env in marker_env):
+                wanted.append(nested)
+    assert len(seen) > 100  # the walk went through the installed dependency tree
 
 
 @pytest.mark.parametrize("module", sorted(extras.EXTRAS))
