@@ -24,9 +24,9 @@ EXTRAS: dict[str, tuple[str, str]] = {
 
 
 def install_hint(module: str) -> str:
-    """``what needs it needs the Python package 'module': pip install 'adaptlab[extra]'``."""
+    """``the Python package 'module', needed for <what>, is not installed: pip install 'adaptlab[extra]'``."""
     extra, purpose = EXTRAS[module]
-    return f"{purpose} needs the Python package '{module}', which is not installed: pip install 'adaptlab[{extra}]'"
+    return f"the Python package '{module}', needed for {purpose}, is not installed: pip install 'adaptlab[{extra}]'"
 
 
 def missing_extra_message(error: BaseException) -> str | None:

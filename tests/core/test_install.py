@@ -155,8 +155,8 @@ def test_a_command_needing_a_missing_extra_says_which_in_one_line(tmp_path):
     result, done = run_without_extras("teacher", "zero-shot-ner", config, "--data", tmp_path / "gold.jsonl",
                                       "--output", tmp_path / "run")
     assert result == {"code": 2, "tried": ["openai"]}
-    assert done.stderr.strip() == ("error: the OpenAI-compatible teacher (teacher.backend: openai) needs the Python "
-                                   "package 'openai', which is not installed: pip install 'adaptlab[openai]'")
+    assert done.stderr.strip() == ("error: the Python package 'openai', needed for the OpenAI-compatible teacher "
+                                   "(teacher.backend: openai), is not installed: pip install 'adaptlab[openai]'")
     assert not (tmp_path / "run").exists()
 
 
