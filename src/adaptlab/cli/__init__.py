@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from adaptlab import interrupts, runs
+from adaptlab import extras, interrupts, runs
 from adaptlab.cli.common import click_exceptions, old_option_message
 from adaptlab.errors import AdaptlabError
 
@@ -126,8 +126,9 @@ def _quiet_libraries(debug: bool) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point; the exit codes are the README's (Exit codes).
 
-    0 done; 2 the input, config or command line is wrong (one message, no traceback); 1 an internal error
-    (one line pointing to ``--debug``); 128 + signal (130 SIGINT, 143 SIGTERM) interrupted, with what was kept.
+    0 done; 2 the input, config or command line is wrong, or the command needs an extra that is not installed
+    (one message, no traceback); 1 an internal error (one line pointing to ``--debug``); 128 + signal (130 SIGINT,
+    143 SIGTERM) interrupted, with what was kept.
     """
     args = _global_flags_first(sys.argv[1:] if argv is None else [str(a) for a in argv])
     debug = "--debug" in args
@@ -162,6 +163,10 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as exc:
             if debug:
                 raise
+            if missing := extras.missing_extra_message(exc):  # an optional package this command needs
+                _error(missing)
+                _print_notes()
+                return 2
             _error(f"internal error ({type(exc).__name__}: {exc}). This is a bug in adaptlab, not in your input; "
                    "run the command again with --debug for the traceback and report it")
             _print_notes()

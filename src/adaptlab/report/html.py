@@ -43,7 +43,9 @@ class Table:
 
 @dataclass(frozen=True)
 class Image:
-    png: bytes
+    """A PNG; None when the plot could not be drawn (:func:`adaptlab.report.plots.drawn`), shown as a note."""
+
+    png: bytes | None
     alt: str = ""
     caption: str | None = None
 
@@ -113,8 +115,11 @@ def render_block(block: Block) -> str:
         body = "".join("<tr>" + "".join(_cell(v) for v in row) + "</tr>" for row in block.rows)
         return f"<table>{_caption(block.caption)}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
     if isinstance(block, Image):
-        data = base64.b64encode(block.png).decode("ascii")
         caption = f"<figcaption>{html.escape(block.caption)}</figcaption>" if block.caption else ""
+        if block.png is None:
+            note = f"{block.alt}: {plots.NOT_DRAWN}" if block.alt else plots.NOT_DRAWN
+            return f"<figure><p>{html.escape(note)}</p>{caption}</figure>"
+        data = base64.b64encode(block.png).decode("ascii")
         img = f'<img src="data:image/png;base64,{data}" alt="{html.escape(block.alt)}">'
         return f"<figure>{img}{caption}</figure>"
     if isinstance(block, RawHTML):

@@ -4,26 +4,61 @@ Figures are built with the object-oriented matplotlib API (``Figure`` + the Agg 
 ``pyplot``: no global state, no GUI backend, safe in threads and on headless servers, and nothing
 leaks between calls. Sizes and DPI are modest so that a report with a handful of images stays a
 few hundred kilobytes.
+
+matplotlib is optional (the ``plots`` extra) and imported only when a plot is drawn. A plot function
+wrapped in :func:`drawn` returns None without it: the report is written after the work it describes,
+and a missing plotting library must not fail a finished run; the report says where a plot was left out.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import math
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ParamSpec
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
+from adaptlab.extras import install_hint
+from adaptlab.runs import get_logger
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+P = ParamSpec("P")
 DPI = 100
+NOT_DRAWN = f"plot not drawn: {install_hint('matplotlib')}"
 # Keys of Hugging Face Trainer log entries that are bookkeeping, not curves worth plotting.
 _NOT_CURVES = {"epoch", "step", "learning_rate", "grad_norm", "total_flos"}
 _NOT_CURVE_SUFFIXES = ("_runtime", "_samples_per_second", "_steps_per_second")
 
 
-def _new_figure(width: float, height: float) -> Figure:
+def drawn(plot: Callable[P, bytes]) -> Callable[P, bytes | None]:
+    """``plot``, returning None (and logging :data:`NOT_DRAWN` once) when matplotlib is not installed."""
+
+    @functools.wraps(plot)
+    def draw(*args: P.args, **kwargs: P.kwargs) -> bytes | None:
+        try:
+            import matplotlib  # noqa: F401
+        except ModuleNotFoundError:
+            _log_not_drawn()
+            return None
+        return plot(*args, **kwargs)
+
+    return draw
+
+
+@functools.cache
+def _log_not_drawn() -> None:
+    get_logger().warning(NOT_DRAWN)
+
+
+def new_figure(width: float, height: float) -> Figure:
+    """A matplotlib Figure on the Agg canvas (no pyplot, no GUI backend)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)
     return fig
@@ -42,6 +77,7 @@ def _placeholder(ax, message: str) -> None:
     ax.set_yticks([])
 
 
+@drawn
 def per_type_f1_bars(metrics_by_name: Mapping[str, Mapping[str, float]], title: str = "F1 per type") -> bytes:
     """Grouped bars: one group per type, one bar per metric name (e.g. strict / overlap / token).
 
@@ -51,7 +87,7 @@ def per_type_f1_bars(metrics_by_name: Mapping[str, Mapping[str, float]], title: 
     """
     names = list(metrics_by_name)
     types = list(dict.fromkeys(t for scores in metrics_by_name.values() for t in scores))
-    fig = _new_figure(max(4.0, 1.0 + 0.9 * len(types) * max(1, len(names)) / 2), 3.2)
+    fig = new_figure(max(4.0, 1.0 + 0.9 * len(types) * max(1, len(names)) / 2), 3.2)
     ax = fig.add_subplot()
     if not types:
         _placeholder(ax, "no entity types to plot")
@@ -77,6 +113,7 @@ def per_type_f1_bars(metrics_by_name: Mapping[str, Mapping[str, float]], title: 
     return figure_to_png(fig)
 
 
+@drawn
 def confusion_heatmap(
     labels: Sequence[str], matrix: Sequence[Sequence[int]], title: str = "Confusion"
 ) -> bytes:
@@ -89,7 +126,7 @@ def confusion_heatmap(
     row_sums = counts.sum(axis=1, keepdims=True)
     shares = np.divide(counts, row_sums, out=np.zeros_like(counts), where=row_sums > 0)
     size = max(3.5, 0.55 * len(labels) + 1.8)
-    fig = _new_figure(size + 0.8, size)
+    fig = new_figure(size + 0.8, size)
     ax = fig.add_subplot()
     image = ax.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of gold row")
@@ -133,6 +170,7 @@ def split_history(history: Sequence[Mapping[str, Any]]) -> tuple[dict[str, list]
     return train, evaluation
 
 
+@drawn
 def learning_curve(history: Sequence[Mapping[str, Any]], title: str = "Learning curve") -> bytes:
     """Two panels against epoch: losses (train ``loss`` and ``eval_loss``) and other eval metrics.
 
@@ -141,7 +179,7 @@ def learning_curve(history: Sequence[Mapping[str, Any]], title: str = "Learning 
     for evaluation. Losses and scores live on different scales, hence separate panels.
     """
     train, evaluation = split_history(history)
-    fig = _new_figure(9.0, 3.2)
+    fig = new_figure(9.0, 3.2)
     loss_ax, score_ax = fig.subplots(1, 2)
     losses = {"train loss": train.get("loss", [])}
     if "eval_loss" in evaluation:
@@ -176,9 +214,10 @@ def learning_curve(history: Sequence[Mapping[str, Any]], title: str = "Learning 
     return figure_to_png(fig)
 
 
+@drawn
 def loss_curve_png(history: list[dict[str, Any]], title: str) -> bytes:
     """Two panels against the optimizer step: training loss, and held-out perplexity per split (log scale)."""
-    fig = _new_figure(9.0, 3.2)
+    fig = new_figure(9.0, 3.2)
     loss_ax, ppl_ax = fig.subplots(1, 2)
     train = [(row["step"], row["loss"]) for row in history if "loss" in row]
     if train:
