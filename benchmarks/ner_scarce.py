@@ -317,6 +317,9 @@ def curves_png(cells: list[dict], metric: str, pool_size: int) -> bytes:
         ax.errorbar(xs, [c[metric]["mean"] for c in mine], yerr=[c[metric]["std"] for c in mine], marker="o",
                     capsize=3, label=f"{recipe}: {RECIPES[recipe]}")
     ax.set_xscale("log", base=2)
+    ticks = sorted({pool_size if c["k"] == "all" else int(c["k"]) for c in cells})
+    ax.set_xticks(ticks, ["all" if t == pool_size else str(t) for t in ticks])
+    ax.minorticks_off()
     ax.set_xlabel(f"labelled training sentences (all = {pool_size})")
     ax.set_ylabel(f"{metric} macro F1 (test, 80 sentences)")
     ax.set_ylim(0, 1)
@@ -403,8 +406,9 @@ def main() -> None:
             for k in ks for d in range(args.draws) for r in recipes if r not in skipped]
     cache_path = RESULTS / "ner_scarce_runs.jsonl"
     cache = read_cache(cache_path)
+    cached = [spec for spec in plan if run_key(spec) in cache]
     todo = [] if args.report else [spec for spec in plan if run_key(spec) not in cache]
-    print(f"{len(plan)} runs planned, {len(plan) - len(todo)} already in {cache_path.name}, {len(todo)} to run")
+    print(f"{len(plan)} runs planned, {len(cached)} already in {cache_path.name}, {len(todo)} to run")
     failures = []
     for spec in todo:
         try:
