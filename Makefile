@@ -98,6 +98,8 @@ benchmark: $(REAL_STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/fault_probes.py
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/ner_peft.py
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/fewshot_cls.py
+	$(BIN)/python benchmarks/ner_scarce.py --setup-teacher   # once: pip-installs the teacher into ~/.cache/adaptlab-bench
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/ner_scarce.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info

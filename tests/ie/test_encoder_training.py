@@ -104,7 +104,8 @@ def test_re_trainer_args_reach_the_trainer(recorded_trainer, tmp_path, tiny_bert
     from test_relations_extract import DEMO
 
     code, _, err = run_cli("re", "train", "--train", DEMO / "train.jsonl", "--model", tiny_bert_dir,
-                           "--output", tmp_path / "run", "--epochs", "1", "training.trainer_args={optim: sgd}", *FAST)
+                           "--output", tmp_path / "run", "--epochs", "1", "training.trainer_args={optim: sgd}",
+                           "dev_fraction=0.15", *FAST)  # 24 of the 163 records: a dev set (>= 20) to choose on
     assert code == 0, err
     assert type(recorded_trainer["optimizer"]) is torch.optim.SGD
     assert recorded_trainer["args"].metric_for_best_model == "weighted_f1"

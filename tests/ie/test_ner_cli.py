@@ -9,7 +9,7 @@ import pytest
 from adaptlab.data.records import Record, Span, read_records, write_records
 
 DEMO = Path(__file__).resolve().parents[2] / "src" / "adaptlab" / "resources" / "demo"
-FAST = ["training.progress=false", "training.per_device_eval_batch_size=64"]
+FAST = ["training.progress=false", "training.per_device_eval_batch_size=64", "training.min_steps=0"]
 
 
 def synthetic_records(n: int, seed: int) -> list[Record]:

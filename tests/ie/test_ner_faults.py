@@ -13,7 +13,7 @@ from pause_driver import stopped_at
 
 @pytest.mark.parametrize("where, signum, code", [
     ("transformers:Trainer.train", signal.SIGINT, 130),  # the run directory holds only config.yaml and log.txt
-    ("adaptlab.recipes.ner:evaluate_records", signal.SIGTERM, 143),  # trained and saved, not yet evaluated
+    ("adaptlab.recipes.ner:collapse_warning", signal.SIGTERM, 143),  # trained and saved, not yet checked
 ])
 def test_ner_train_stopped_leaves_nothing_and_runs_again(where, signum, code, tmp_path, tiny_bert_dir, run_cli):
     write_records(synthetic_records(24, 0), tmp_path / "train.jsonl")

@@ -61,8 +61,8 @@ def train(
         "training.num_train_epochs": epochs, "training.learning_rate": learning_rate, "training.seed": seed,
     })
     run, metrics = cls.train(cfg)
-    for warning in metrics["warnings"]:
-        console.print(f"warning: {warning}")
+    for line in [f"note: {n}" for n in metrics["notes"]] + [f"warning: {w}" for w in metrics["warnings"]]:
+        console.print(line)
     if "dev" in metrics:
         console.print(summary_table(metrics["dev"], "dev"))
     console.print(f"run directory: {run.path}  (model: {run.model}, report: {run.report})")

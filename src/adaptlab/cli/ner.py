@@ -45,6 +45,8 @@ def train(
         "training.num_train_epochs": epochs, "training.learning_rate": learning_rate, "training.seed": seed,
     })
     run, metrics = ner.train(cfg)
+    for line in [f"note: {n}" for n in metrics["notes"]] + [f"warning: {w}" for w in metrics["warnings"]]:
+        console.print(line)
     if "dev" in metrics:
         console.print(ner_summary_table(metrics["dev"], "dev"))
     console.print(f"run directory: {run.path}  (model: {run.model}, report: {run.report})")

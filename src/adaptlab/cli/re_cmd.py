@@ -44,6 +44,8 @@ def train(
         "training.num_train_epochs": epochs, "training.learning_rate": learning_rate, "training.seed": seed,
     })
     run, metrics = relations.train(cfg)
+    for line in [f"note: {n}" for n in metrics["notes"]] + [f"warning: {w}" for w in metrics["warnings"]]:
+        console.print(line)
     if "dev" in metrics:
         console.print(f"dev weighted F1 {metrics['dev']['weighted']['f1']:.4f}, "
                       f"macro F1 {metrics['dev']['macro']['f1']:.4f}")

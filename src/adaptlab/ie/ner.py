@@ -47,6 +47,8 @@ class NERTrainResult:
     truncated_records: int
     train_seconds: float
     strategies: dict[str, Any] = field(default_factory=dict)
+    plan: dict[str, Any] = field(default_factory=dict)  # steps, evaluation interval, ... (encoder_fit.plan_training)
+    notes: list[str] = field(default_factory=list)
 
 
 def _dataset(records: Sequence[Record], tokenizer, label2id, max_length: int):
@@ -140,7 +142,7 @@ def train_ner(
     done = fit(model, tokenizer, DataCollatorForTokenClassification(tokenizer), word_level_f1(id2label),
                "macro_f1", train_ds, dev_ds, training, output_dir, strategies)
     return NERTrainResult(done.model_dir, labels, done.history, done.dev_metrics, truncated, done.seconds,
-                          done.strategies)
+                          done.strategies, done.plan, done.notes)
 
 
 class NERPredictor:

@@ -59,6 +59,8 @@ class RETrainResult:
     dev_metrics: dict
     train_seconds: float
     strategies: dict[str, Any] = field(default_factory=dict)
+    plan: dict[str, Any] = field(default_factory=dict)  # steps, evaluation interval, ... (encoder_fit.plan_training)
+    notes: list[str] = field(default_factory=list)
 
 
 def _dataset(examples: Sequence[RelationExample], tokenizer, label2id: dict[str, int], max_length: int):
@@ -128,7 +130,8 @@ def train_re(
     dev_ds = _dataset(dev, tokenizer, label2id, max_length) if dev else None
     done = fit(model, tokenizer, DataCollatorWithPadding(tokenizer), _weighted_f1(id2label), "weighted_f1",
                train_ds, dev_ds, training, output_dir, strategies)
-    return RETrainResult(done.model_dir, labels, done.history, done.dev_metrics, done.seconds, done.strategies)
+    return RETrainResult(done.model_dir, labels, done.history, done.dev_metrics, done.seconds, done.strategies,
+                         done.plan, done.notes)
 
 
 class REPredictor:

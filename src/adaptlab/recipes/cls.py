@@ -13,26 +13,27 @@ from pydantic import Field
 
 from adaptlab.config import StrictModel
 from adaptlab.data.classification import Example, check_known_labels, label_set, read_examples
-from adaptlab.data.splits import split_dev
+from adaptlab.data.splits import DEV_EXAMPLES_PER_LABEL, hold_out_dev, small_dev_warning
 from adaptlab.errors import ConfigError, DataError
 from adaptlab.ie.models import DEFAULT_STUDENT, resolve_student
 from adaptlab.ie.text_classifier import decide, load_classifier, train_classifier
 from adaptlab.metrics.classification import text_classification_report
-from adaptlab.report.html import Paragraph, Section, cls_report_sections
+from adaptlab.recipes.ner import run_notes_sections
+from adaptlab.report.html import cls_report_sections
 from adaptlab.runs import RunDir, atomic_write_jsonl, get_logger, open_run, refuse_existing
-from adaptlab.tuning.encoder_fit import EncoderTrainerSettings, FitResult
+from adaptlab.tuning.encoder_fit import TRAINING_CHECK_ROWS, EncoderTrainerSettings, FitResult, unlearnt_labels_warning
 from adaptlab.tuning.stages import continued_run
 from adaptlab.tuning.strategies import StrategyBlock
 
-DEV_EXAMPLES_PER_LABEL = 10  # fewer dev examples than this per label make model choice on dev a lottery
 DataFormat = Literal["auto", "jsonl", "csv", "tsv", "label-text"]
 
 
 class ClsTrainerSettings(EncoderTrainerSettings):
     """``training:`` of ``adaptlab cls train``: the encoder defaults (1e-4 suits MiniLM-size models; BERT-base
-    wants 2e-5..5e-5), but one label per text is learnt in fewer epochs than NER's per-word tags, so at most 10,
-    stopping after 3 without a better dev macro F1. Tens of examples need more steps and no dev choice: see
-    ``configs/cls.yaml`` (or ``strategy.fewshot``)."""
+    wants 2e-5..5e-5; at least ``min_steps`` optimizer steps), but one label per text is learnt in fewer epochs
+    than NER's per-word tags, so at most 10, stopping after 3 evaluations without a better dev macro F1. With
+    tens of examples no dev set is held out (``data.splits.hold_out_dev``); ``strategy.fewshot`` is the other
+    way."""
 
     num_train_epochs: float = Field(
         10, gt=0, description="at most this many epochs; early stopping on dev macro F1 usually ends sooner")
@@ -40,7 +41,7 @@ class ClsTrainerSettings(EncoderTrainerSettings):
 
 
 class ClsTrainConfig(StrictModel):
-    """Config of ``adaptlab cls train`` (see configs/cls.yaml)."""
+    """Config of ``adaptlab cls train`` (shipped example: ``adaptlab config show cls``)."""
 
     name: str = Field("cls", description="names the run directory runs/<time>-<name> when output is not given")
     model: str = Field(DEFAULT_STUDENT, description="HF name, local path, or 'minilm' (packaged default)")
@@ -50,7 +51,9 @@ class ClsTrainConfig(StrictModel):
     dev: str | None = Field(
         None, description="labelled texts for model choice and early stopping; without it dev_fraction of train is "
         "held out")
-    dev_fraction: float = Field(0.1, ge=0, lt=1, description="held out from train (per label) when no dev file")
+    dev_fraction: float = Field(
+        0.1, ge=0, lt=1, description=f"held out from train (per label) when no dev file, if that makes at least "
+        f"{DEV_EXAMPLES_PER_LABEL} per label (else none: training runs training.min_steps steps on everything)")
     output: str | None = Field(None, description="run directory to write (must not exist); default runs/<time>-<name>")
     format: DataFormat = Field("auto", description="auto: by suffix (.jsonl/.json, .csv, .tsv, else LABEL TEXT)")
     text_column: str = Field("text", description="JSONL key or CSV/TSV column of the text")
@@ -118,15 +121,6 @@ def fit_student(cfg: ClsTrainConfig, train_set: list[Example], dev_set: list[Exa
                             cfg.strategy, cfg.max_length, output_dir)
 
 
-def tiny_dev_warning(dev_set: list[Example], labels: list[str]) -> str | None:
-    """Best-epoch choice and early stopping on a handful of dev texts follow chance, not the model: say so."""
-    if not dev_set or len(dev_set) >= DEV_EXAMPLES_PER_LABEL * len(labels):
-        return None
-    return (f"the dev set has only {len(dev_set)} examples (fewer than {DEV_EXAMPLES_PER_LABEL} per label), so the "
-            "epoch chosen by dev macro F1 is mostly chance; with this little data train on everything for a fixed "
-            "number of epochs (dev_fraction=0, see configs/cls.yaml) or use strategy.fewshot")
-
-
 def train(cfg: ClsTrainConfig) -> tuple[RunDir, dict]:
     """Train a text classifier and evaluate it on dev; returns the run directory and its metrics."""
     if not cfg.train:
@@ -139,31 +133,47 @@ def train(cfg: ClsTrainConfig) -> tuple[RunDir, dict]:
     if len(labels) < (1 if cfg.multi_label else 2):
         raise DataError(f"has the labels {labels}; a single-label classifier needs at least two "
                         "(set multi_label: true for one yes/no label)", cfg.train)
+    minimum_dev = DEV_EXAMPLES_PER_LABEL * len(labels)
+    notes, warnings = [], []
     if cfg.dev:
         dev_set = read_examples(cfg.dev, **columns)
         check_known_labels(dev_set, labels, f"the dev data {cfg.dev}")
+        warnings += [w for w in [small_dev_warning(len(dev_set), minimum_dev, "examples")] if w]
     else:
-        train_set, dev_set = split_dev(train_set, cfg.dev_fraction, cfg.training.seed,
-                                       stratum=lambda e: tuple(e.labels))
+        train_set, dev_set, note = hold_out_dev(train_set, cfg.dev_fraction, cfg.training.seed, minimum_dev,
+                                                "examples", stratum=lambda e: tuple(e.labels))
+        notes += [note] if note else []
 
     with open_run(cfg.output, cfg.name, cfg, existing=continued_run(cfg.output, cfg)) as run:
-        get_logger().info("training %s on %d examples (dev %d, labels %s) in %s", cfg.model, len(train_set),
-                          len(dev_set), labels, run.path)
-        warnings = [w for w in [tiny_dev_warning(dev_set, labels)] if w]
-        for warning in warnings:
-            get_logger().warning(warning)
+        log = get_logger()
+        log.info("training %s on %d examples (dev %d, labels %s) in %s", cfg.model, len(train_set),
+                 len(dev_set), labels, run.path)
+        for note in notes:
+            log.info(note)
         result, truncated = fit_student(cfg, train_set, dev_set, labels, model_path, run.path)
+        classifier = load_classifier(result.model_dir)
+        warnings += [w for w in [collapse_warning(classifier, train_set)] if w]
+        for warning in warnings:
+            log.warning(warning)
         metrics: dict = {"train_examples": len(train_set), "dev_examples": len(dev_set), "labels": labels,
                          "multi_label": cfg.multi_label, "train_seconds": round(result.seconds, 2),
-                         "truncated_examples": truncated, "strategies": result.strategies, "warnings": warnings,
+                         "truncated_examples": truncated, "strategies": result.strategies,
+                         "training_plan": result.plan, "notes": notes + result.notes, "warnings": warnings,
                          "history": result.history}
         if dev_set:
-            metrics["dev"], _ = evaluate_examples(load_classifier(result.model_dir), dev_set,
-                                                  cfg.training.per_device_eval_batch_size)
-        notes = [Section("Warnings", [Paragraph(w) for w in warnings])] if warnings else []
+            metrics["dev"], _ = evaluate_examples(classifier, dev_set, cfg.training.per_device_eval_batch_size)
         run.finish(metrics, f"Text classification training: {cfg.name}",
-                   notes + cls_report_sections(metrics.get("dev"), result.history))
+                   run_notes_sections(warnings, metrics["notes"])
+                   + cls_report_sections(metrics.get("dev"), result.history))
     return run, metrics
+
+
+def collapse_warning(classifier, train_set: list[Example]) -> str | None:
+    """A warning when the classifier does not give (up to 256 of) its own training examples their labels."""
+    sample = train_set[:TRAINING_CHECK_ROWS]
+    _, rows = evaluate_examples(classifier, sample)
+    predicted = [label for row in rows for label in (row["labels"] if classifier.multi_label else [row["label"]])]
+    return unlearnt_labels_warning([label for e in sample for label in e.labels], predicted, "label", len(sample))
 
 
 def evaluate(cfg: ClsEvalConfig) -> tuple[dict, RunDir | None]:

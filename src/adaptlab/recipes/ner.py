@@ -13,20 +13,20 @@ from pydantic import Field
 from adaptlab.config import StrictModel
 from adaptlab.data.io import load_records
 from adaptlab.data.records import Record, write_records
-from adaptlab.data.splits import split_dev
+from adaptlab.data.splits import MIN_DEV_RECORDS, hold_out_dev, small_dev_warning
 from adaptlab.errors import ConfigError
 from adaptlab.ie.models import DEFAULT_STUDENT, resolve_student
 from adaptlab.ie.ner import NERPredictor, check_labels, train_ner
 from adaptlab.metrics.spans import ner_report
-from adaptlab.report.html import ner_report_sections
+from adaptlab.report.html import Paragraph, Section, ner_report_sections
 from adaptlab.runs import RunDir, get_logger, open_run, refuse_existing
-from adaptlab.tuning.encoder_fit import EncoderTrainerSettings
+from adaptlab.tuning.encoder_fit import TRAINING_CHECK_ROWS, EncoderTrainerSettings, unlearnt_labels_warning
 from adaptlab.tuning.stages import continued_run
 from adaptlab.tuning.strategies import StrategyBlock
 
 
 class NERTrainConfig(StrictModel):
-    """Config of ``adaptlab ner train`` (see configs/ner.yaml)."""
+    """Config of ``adaptlab ner train`` (shipped example: ``adaptlab config show ner``)."""
 
     name: str = Field("ner", description="names the run directory runs/<time>-<name> when output is not given")
     model: str = Field(DEFAULT_STUDENT, description="HF name, local path, or 'minilm' (packaged default)")
@@ -35,7 +35,9 @@ class NERTrainConfig(StrictModel):
         "suffix)")
     dev: str | None = Field(
         None, description="records for model choice and early stopping; without it dev_fraction of train is held out")
-    dev_fraction: float = Field(0.1, ge=0, lt=1, description="held out from train when no dev file is given")
+    dev_fraction: float = Field(
+        0.1, ge=0, lt=1, description=f"held out from train when no dev file is given, if that makes at least "
+        f"{MIN_DEV_RECORDS} records (else none: training runs training.min_steps steps on everything)")
     output: str | None = Field(None, description="run directory to write (must not exist); default runs/<time>-<name>")
     max_length: int = Field(256, ge=8, description="subwords per record; longer records are truncated and counted")
     training: EncoderTrainerSettings = Field(
@@ -67,22 +69,49 @@ def train(cfg: NERTrainConfig) -> tuple[RunDir, dict]:
     model_path = resolve_student(cfg.model)
     train_records = load_records(cfg.train)
     dev_records = load_records(cfg.dev) if cfg.dev else None
+    notes, warnings = [], []
     if dev_records is None:
-        train_records, dev_records = split_dev(train_records, cfg.dev_fraction, cfg.training.seed)
+        train_records, dev_records, note = hold_out_dev(train_records, cfg.dev_fraction, cfg.training.seed,
+                                                        MIN_DEV_RECORDS)
+        notes += [note] if note else []
+    else:
+        warnings += [w for w in [small_dev_warning(len(dev_records), MIN_DEV_RECORDS)] if w]
     with open_run(cfg.output, cfg.name, cfg, existing=continued_run(cfg.output, cfg)) as run:
-        get_logger().info("training %s on %d records (dev %d) in %s", cfg.model, len(train_records),
-                          len(dev_records or []), run.path)
+        log = get_logger()
+        log.info("training %s on %d records (dev %d) in %s", cfg.model, len(train_records), len(dev_records),
+                 run.path)
+        for note in notes:
+            log.info(note)
         result = train_ner(train_records, dev_records or None, model_path, cfg.training, run.path,
                            cfg.max_length, cfg.strategy)
-        metrics: dict = {"train_records": len(train_records), "dev_records": len(dev_records or []),
+        warnings += [w for w in [collapse_warning(result.model_dir, train_records)] if w]
+        for warning in warnings:
+            log.warning(warning)
+        metrics: dict = {"train_records": len(train_records), "dev_records": len(dev_records),
                          "labels": result.labels, "train_seconds": round(result.train_seconds, 2),
                          "truncated_records": result.truncated_records, "strategies": result.strategies,
-                         "history": result.history}
+                         "training_plan": result.plan, "notes": notes + result.notes,
+                         "warnings": warnings, "history": result.history}
         if dev_records:
             metrics["dev"], _ = evaluate_records(NERPredictor(result.model_dir), dev_records)
         run.finish(metrics, f"NER training: {cfg.name}",
-                   ner_report_sections(metrics["dev"], result.history) if dev_records else [])
+                   run_notes_sections(warnings, metrics["notes"])
+                   + ner_report_sections(metrics.get("dev", {}), result.history))
     return run, metrics
+
+
+def collapse_warning(model_dir: Path, train_records: list[Record]) -> str | None:
+    """A warning when the student does not find the entity types of (up to 256 of) its own training records."""
+    sample = train_records[:TRAINING_CHECK_ROWS]
+    predicted = NERPredictor(model_dir).predict([r.text for r in sample])
+    return unlearnt_labels_warning([s.label for r in sample for s in r.spans],
+                                   [s.label for r in predicted for s in r.spans], "entity", len(sample))
+
+
+def run_notes_sections(warnings: list[str], notes: list[str]) -> list[Section]:
+    """The report's "Warnings" and "Training notes" sections (what went wrong; what was decided from the data)."""
+    return ([Section("Warnings", [Paragraph(w) for w in warnings])] if warnings else []) + (
+        [Section("Training notes", [Paragraph(n) for n in notes])] if notes else [])
 
 
 def evaluate(cfg: NEREvalConfig) -> tuple[dict, RunDir | None]:

@@ -11,7 +11,7 @@ from adaptlab.config import StrictModel
 from adaptlab.data.formats.markers import record_from_marked
 from adaptlab.data.io import load_records
 from adaptlab.data.records import Record, write_records
-from adaptlab.data.splits import split_dev
+from adaptlab.data.splits import MIN_DEV_RECORDS, hold_out_dev, small_dev_warning
 from adaptlab.errors import ConfigError, DataError
 from adaptlab.ie.extract import extract
 from adaptlab.ie.models import DEFAULT_STUDENT, resolve_student
@@ -19,10 +19,11 @@ from adaptlab.ie.ner import NERPredictor
 from adaptlab.ie.pairs import derive_relations, triples_by_document
 from adaptlab.ie.relations import RelationExample, REPredictor, relation_examples, train_re
 from adaptlab.metrics.classification import classification_prf, triple_prf
+from adaptlab.recipes.ner import run_notes_sections
 from adaptlab.report.html import Section, Table
 from adaptlab.runs import RunDir, atomic_write_jsonl, get_logger, open_run, refuse_existing
 from adaptlab.synth.schema import Schema, resolve_schema
-from adaptlab.tuning.encoder_fit import EncoderTrainerSettings
+from adaptlab.tuning.encoder_fit import TRAINING_CHECK_ROWS, EncoderTrainerSettings, unlearnt_labels_warning
 from adaptlab.tuning.stages import continued_run
 from adaptlab.tuning.strategies import StrategyBlock
 
@@ -53,7 +54,7 @@ class RETrainerSettings(EncoderTrainerSettings):
 
 
 class RETrainConfig(StrictModel):
-    """Config of ``adaptlab re train`` (see configs/re.yaml)."""
+    """Config of ``adaptlab re train`` (shipped example: ``adaptlab config show re``)."""
 
     name: str = Field("re", description="names the run directory runs/<time>-<name> when output is not given")
     model: str = Field(DEFAULT_STUDENT, description="HF name, local path, or 'minilm' (packaged default)")
@@ -61,7 +62,9 @@ class RETrainConfig(StrictModel):
         None, description="records with relations (JSONL, ...) or an entity-marker CSV/TSV ([E1]head[/E1] ... "
         "[E2]tail[/E2])")
     dev: str | None = Field(None, description="dev data in the same form; without it dev_fraction of train is held out")
-    dev_fraction: float = Field(0.1, ge=0, lt=1, description="held out from train when no dev file is given")
+    dev_fraction: float = Field(
+        0.1, ge=0, lt=1, description=f"held out from train when no dev file is given, if that makes at least "
+        f"{MIN_DEV_RECORDS} records (else none: training runs training.min_steps steps on everything)")
     negatives: bool = Field(True, description="train on unrelated pairs as no_relation: a span of a type that "
                             "heads a relation with a span of another type")
     derive_relations: DeriveRelations = Field(None, description=DERIVE_HELP)
@@ -114,21 +117,38 @@ def train(cfg: RETrainConfig) -> tuple[RunDir, dict]:
     model_path = resolve_student(cfg.model)
     train_records = relation_records(cfg.train, derive_by)
     dev_records = relation_records(cfg.dev, derive_by) if cfg.dev else None
+    notes, warnings = [], []
     if dev_records is None:
-        train_records, dev_records = split_dev(train_records, cfg.dev_fraction, cfg.training.seed)
+        train_records, dev_records, note = hold_out_dev(train_records, cfg.dev_fraction, cfg.training.seed,
+                                                        MIN_DEV_RECORDS)
+        notes += [note] if note else []
+    else:
+        warnings += [w for w in [small_dev_warning(len(dev_records), MIN_DEV_RECORDS)] if w]
     train_examples = relation_examples(train_records, cfg.negatives)
     dev_examples = relation_examples(dev_records, cfg.negatives) if dev_records else None
     with open_run(cfg.output, cfg.name, cfg, existing=continued_run(cfg.output, cfg)) as run:
-        get_logger().info("training %s on %d relation examples (dev %d) in %s", cfg.model, len(train_examples),
-                          len(dev_examples or []), run.path)
+        log = get_logger()
+        log.info("training %s on %d relation examples (dev %d) in %s", cfg.model, len(train_examples),
+                 len(dev_examples or []), run.path)
+        for note in notes:
+            log.info(note)
         result = train_re(train_examples, dev_examples, model_path, cfg.training, run.path, cfg.max_length,
                           cfg.strategy)
+        predictor = REPredictor(result.model_dir)
+        sample = train_examples[:TRAINING_CHECK_ROWS]
+        predicted = [label for label, _ in predictor.predict([e.marked for e in sample])]
+        warnings += [w for w in [unlearnt_labels_warning([e.label for e in sample], predicted, "relation",
+                                                         len(sample))] if w]
+        for warning in warnings:
+            log.warning(warning)
         metrics: dict = {"train_examples": len(train_examples), "dev_examples": len(dev_examples or []),
                          "labels": result.labels, "train_seconds": round(result.train_seconds, 2),
-                         "strategies": result.strategies, "history": result.history}
+                         "strategies": result.strategies, "training_plan": result.plan,
+                         "notes": notes + result.notes, "warnings": warnings, "history": result.history}
         if dev_examples:
-            metrics["dev"], _ = _scores(REPredictor(result.model_dir), dev_examples)
-        run.finish(metrics, f"RE training: {cfg.name}", _classification_sections(metrics.get("dev"), "dev"))
+            metrics["dev"], _ = _scores(predictor, dev_examples)
+        run.finish(metrics, f"RE training: {cfg.name}", run_notes_sections(warnings, metrics["notes"])
+                   + _classification_sections(metrics.get("dev"), "dev"))
     return run, metrics
 
 
