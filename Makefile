@@ -58,6 +58,7 @@ benchmark: $(REAL_STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/fault_probes.py
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/ner_peft.py
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/fewshot_cls.py
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/ner_compress.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info
