@@ -490,3 +490,18 @@ def test_cls_train_distils_with_unlabeled_text(tokenizer, tiny_bert_dir, tmp_pat
     done = json.loads((tmp_path / "run" / "metrics.json").read_text())["strategies"]["distill"]
     assert done["labels_reordered"] is True and done["unlabeled"]["kept"] == 2
     assert done["labelled_rows"] == 16 and done["rows_distilled"] == 18
+
+
+def test_re_train_distils_from_a_relation_teacher_with_entity_markers(tiny_bert_dir, tmp_path, run_cli):
+    """The relation student's tokenizer has the four marker tokens added, as the saved teacher's has: the same
+    tokenizer, so the student can be cut from the teacher and the teacher can run uncached."""
+    demo = Path(__file__).resolve().parents[2] / "src" / "adaptlab" / "resources" / "demo" / "train.jsonl"
+    (tmp_path / "train.jsonl").write_text("".join(demo.read_text().splitlines(keepends=True)[:20]))
+    common = ["--train", tmp_path / "train.jsonl", "--model", tiny_bert_dir, "--epochs", "1", "dev_fraction=0", "training.progress=false"]
+    assert run_cli("re", "train", *common, "--output", tmp_path / "teacher")[0] == 0
+    code, _, err = run_cli("re", "train", *common, "--output", tmp_path / "student",
+                           f"strategy.distill.teacher={tmp_path / 'teacher'}", "strategy.distill.init_layers=[1]",
+                           "strategy.distill.cache_teacher=false")
+    assert code == 0, err
+    done = json.loads((tmp_path / "student" / "metrics.json").read_text())["strategies"]["distill"]
+    assert done["same_tokenizer"] is True and done["student_layers"] == 1
