@@ -98,6 +98,7 @@ benchmark: $(REAL_STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/fault_probes.py
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/ner_peft.py
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/fewshot_cls.py
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/ner_compress.py
 	$(BIN)/python benchmarks/ner_scarce.py --setup-teacher   # once: pip-installs the teacher into ~/.cache/adaptlab-bench
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/ner_scarce.py
 

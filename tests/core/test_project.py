@@ -41,7 +41,7 @@ def example_config_models():
             "lm_sft": LMTrainConfig, "lm_evaluate": LMEvalConfig,
             "domain_instruct": DomainInstructConfig, "cls": ClsTrainConfig,
             "multitask": MultitaskConfig, "lm_distill": LMTrainConfig, "merge_slerp_mergekit": MergeConfig,
-            "ner_tapt": NERTrainConfig}
+            "ner_tapt": NERTrainConfig, "ner_distill": NERTrainConfig}
 
 
 def test_every_shipped_config_validates_against_its_recipe():
