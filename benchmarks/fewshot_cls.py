@@ -34,7 +34,6 @@ import argparse
 import json
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -42,6 +41,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from worker_runs import launch, read_cache
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "fewshot"
@@ -183,24 +184,6 @@ def run_key(run: dict) -> tuple:
             json.dumps(run["overrides"], sort_keys=True))
 
 
-def read_cache(path: Path) -> dict[tuple, dict]:
-    if not path.exists():
-        return {}
-    runs = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return {run_key(run): run for run in runs}
-
-
-def launch(spec: dict) -> dict:
-    """Run ``spec`` in a fresh worker process; its last stdout line is the result."""
-    started = time.perf_counter()
-    done = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"worker failed ({done.returncode}) for {spec}:\n{done.stderr[-3000:]}")
-    result = json.loads(done.stdout.strip().splitlines()[-1])
-    result["process_seconds"] = round(time.perf_counter() - started, 2)
-    return result
-
-
 def stats(values: list[float]) -> dict[str, float]:
     return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
             "max": max(values)}
@@ -326,7 +309,7 @@ def main() -> None:
              "overrides": overrides if a in "cd" else {}, "data": str(args.data)}
             for d in datasets for s in args.shots.split(",") for k in range(args.draws) for a in arms]
     cache_path = RESULTS / f"fewshot_cls{'_dev' if args.dev else ''}_runs.jsonl"
-    cache = read_cache(cache_path)
+    cache = read_cache(cache_path, run_key)
     todo = [] if args.report else [spec for spec in plan if run_key(spec) not in cache]
     print(f"{len(plan)} runs planned, {len(plan) - len(todo)} already in {cache_path.name}, {len(todo)} to run")
     failures = []
@@ -336,7 +319,7 @@ def main() -> None:
             progress.update(task, description=f"{spec['dataset']} {spec['shots']}/class draw {spec['draw']} "
                                               f"arm {spec['arm']}")
             try:
-                result = launch(spec)
+                result = launch(__file__, spec)
             except RuntimeError as err:
                 failures.append(str(err))
                 progress.console.print(f"[red]{err}")

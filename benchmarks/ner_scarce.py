@@ -51,6 +51,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from worker_runs import launch, read_cache
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "biospecies" / "NER_Biospecies_data.txt"
 RESULTS = ROOT / "benchmarks" / "results"
@@ -223,24 +225,6 @@ def run_key(run: dict) -> tuple:
     return run["k"], run["draw"], run["recipe"], run.get("teacher_model") if "d" in PARTS[run["recipe"]] else None
 
 
-def read_cache(path: Path) -> dict[tuple, dict]:
-    if not path.exists():
-        return {}
-    runs = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return {run_key(run): run for run in runs}
-
-
-def launch(spec: dict) -> dict:
-    """Run ``spec`` in a fresh worker process; its last stdout line is the result."""
-    started = time.perf_counter()
-    done = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"worker failed ({done.returncode}) for {spec}:\n{done.stderr[-3000:]}")
-    result = json.loads(done.stdout.strip().splitlines()[-1])
-    result["process_seconds"] = round(time.perf_counter() - started, 1)
-    return result
-
-
 def missing_strategies() -> dict[str, str]:
     """Recipes whose strategy this checkout lacks: ``{recipe: reason}``."""
     from adaptlab.tuning.strategies import REGISTRY
@@ -405,14 +389,14 @@ def main() -> None:
              **({"teacher_model": teacher} if "d" in PARTS[r] else {})}
             for k in ks for d in range(args.draws) for r in recipes if r not in skipped]
     cache_path = RESULTS / "ner_scarce_runs.jsonl"
-    cache = read_cache(cache_path)
+    cache = read_cache(cache_path, run_key)
     cached = [spec for spec in plan if run_key(spec) in cache]
     todo = [] if args.report else [spec for spec in plan if run_key(spec) not in cache]
     print(f"{len(plan)} runs planned, {len(cached)} already in {cache_path.name}, {len(todo)} to run")
     failures = []
     for spec in todo:
         try:
-            result = launch(spec)
+            result = launch(__file__, spec)
         except RuntimeError as err:
             failures.append(str(err))
             print(err)

@@ -1,0 +1,33 @@
+"""Shared by the benchmarks that measure each run in a fresh worker process and cache finished runs as JSONL
+(``fewshot_cls.py``, ``ner_scarce.py``): a worker's numbers are its own (no warm caches, its own peak memory), and
+an interrupted benchmark continues where it stopped."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+
+def read_cache(path: Path, key: Callable[[dict], tuple]) -> dict[tuple, dict]:
+    """The finished runs in ``path`` (one JSON object per line), by ``key(run)``."""
+    if not path.exists():
+        return {}
+    runs = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return {key(run): run for run in runs}
+
+
+def launch(script: str | Path, spec: dict) -> dict:
+    """Run ``script --worker SPEC`` in a fresh process; its last stdout line is the result (JSON), to which the
+    worker's wall time including its start is added as ``process_seconds``."""
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, str(script), "--worker", json.dumps(spec)], capture_output=True,
+                          text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"worker failed ({done.returncode}) for {spec}:\n{done.stderr[-3000:]}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result["process_seconds"] = round(time.perf_counter() - started, 2)
+    return result
