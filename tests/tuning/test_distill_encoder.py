@@ -497,7 +497,8 @@ def test_re_train_distils_from_a_relation_teacher_with_entity_markers(tiny_bert_
     tokenizer, so the student can be cut from the teacher and the teacher can run uncached."""
     demo = Path(__file__).resolve().parents[2] / "src" / "adaptlab" / "resources" / "demo" / "train.jsonl"
     (tmp_path / "train.jsonl").write_text("".join(demo.read_text().splitlines(keepends=True)[:20]))
-    common = ["--train", tmp_path / "train.jsonl", "--model", tiny_bert_dir, "--epochs", "1", "dev_fraction=0", "training.progress=false"]
+    common = ["--train", tmp_path / "train.jsonl", "--model", tiny_bert_dir, "--epochs", "1", "dev_fraction=0",
+              "training.progress=false"]
     assert run_cli("re", "train", *common, "--output", tmp_path / "teacher")[0] == 0
     code, _, err = run_cli("re", "train", *common, "--output", tmp_path / "student",
                            f"strategy.distill.teacher={tmp_path / 'teacher'}", "strategy.distill.init_layers=[1]",
