@@ -1,12 +1,12 @@
 """End-to-end NER student behaviour through the CLI, with a tiny random BERT."""
 
 import json
-import random
 from pathlib import Path
 
 import pytest
 
 from adaptlab.data.records import Record, Span, read_records, write_records
+from zorb_records import zorb_records
 
 DEMO = Path(__file__).resolve().parents[2] / "src" / "adaptlab" / "resources" / "demo"
 FAST = ["training.progress=false", "training.per_device_eval_batch_size=64", "training.min_steps=0"]
@@ -14,22 +14,7 @@ FAST = ["training.progress=false", "training.per_device_eval_batch_size=64", "tr
 
 def synthetic_records(n: int, seed: int) -> list[Record]:
     """An easy task a tiny model can learn: 'Zorb' words are ANIMAL, 'lake' words are PLACE."""
-    rng = random.Random(seed)
-    animals, places = ["Zorbfish", "Zorbtoad", "Zorbowl"], ["lake", "lakeside", "lakeshore"]
-    fillers = ["the", "a", "often", "lives", "near", "quiet", "small", "and", "green"]
-    records = []
-    for _ in range(n):
-        words, spans, pos = [], [], 0
-        for _ in range(rng.randint(4, 9)):
-            roll = rng.random()
-            word = rng.choice(animals if roll < 0.2 else places if roll < 0.4 else fillers)
-            label = "ANIMAL" if word in animals else "PLACE" if word in places else None
-            if label:
-                spans.append(Span(pos, pos + len(word), label))
-            words.append(word)
-            pos += len(word) + 1
-        records.append(Record(" ".join(words), spans))
-    return records
+    return zorb_records(n, seed, ["Zorbfish", "Zorbtoad", "Zorbowl"], ["lake", "lakeside", "lakeshore"])
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ from pathlib import Path
 import yaml
 
 from adaptlab.data.records import Record, Relation, Span, write_records
+from zorb_records import zorb_records
 
 ANIMALS = ["Zorbfish", "Zorbtoad", "Zorbowl"]
 PLACES = ["lake", "lakeside", "pond"]
@@ -18,21 +19,7 @@ FAST = ["training.progress=false", "training.per_device_eval_batch_size=64", "tr
 
 def ner_records(n: int, seed: int) -> list[Record]:
     """Sentences where 'Zorb' words are ANIMAL and water words PLACE."""
-    rng = random.Random(seed)
-    fillers = ["the", "a", "often", "lives", "near", "quiet", "small", "and", "green"]
-    records = []
-    for _ in range(n):
-        words, spans, pos = [], [], 0
-        for _ in range(rng.randint(4, 8)):
-            roll = rng.random()
-            word = rng.choice(ANIMALS if roll < 0.25 else PLACES if roll < 0.5 else fillers)
-            label = "ANIMAL" if word in ANIMALS else "PLACE" if word in PLACES else None
-            if label:
-                spans.append(Span(pos, pos + len(word), label))
-            words.append(word)
-            pos += len(word) + 1
-        records.append(Record(" ".join(words), spans))
-    return records
+    return zorb_records(n, seed, ANIMALS, PLACES, words=(4, 8), entity_share=0.25)
 
 
 def re_records(n: int, seed: int) -> list[Record]:

@@ -7,7 +7,6 @@ end-to-end ``ner train`` / ``cls train`` runs."""
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 import numpy as np
@@ -22,38 +21,25 @@ from transformers import (
     DataCollatorWithPadding,
 )
 
-from adaptlab.data.records import Record, Span, write_records
+from adaptlab.data.records import Record, write_records
 from adaptlab.errors import DataError, StrategyError
 from adaptlab.ie.ner import _dataset as ner_rows
 from adaptlab.ie.text_classifier import unlabeled_rows
 from adaptlab.tuning.distill.encoder import binary_label_kl, label_kl
 from adaptlab.tuning.families import ENCODER_SEQUENCE, ENCODER_TOKEN
 from adaptlab.tuning.strategies import StrategyBlock, TaskData, prepare, train_dataset
+from zorb_records import FILLERS, zorb_records
 
 NER_LABELS = ["O", "B-ANIMAL", "I-ANIMAL", "B-PLACE", "I-PLACE"]
 CLS_LABELS = ["food", "sport", "tech"]
 ANIMALS, PLACES = ["zorbfish", "zorbtoad", "zorbowl"], ["lakeshore", "lakeside", "lake"]
-FILLERS = ["the", "a", "often", "lives", "near", "quiet", "small", "and", "green"]
 MAX_LENGTH = 64
 FAST = ["training.progress=false", "training.per_device_train_batch_size=8", "training.warmup_steps=0"]
 
 
 def ner_records(n: int, seed: int) -> list[Record]:
     """Sentences whose 'zorb' words are ANIMAL and 'lake' words PLACE (several subwords each in MiniLM's vocab)."""
-    rng = random.Random(seed)
-    records = []
-    for _ in range(n):
-        words, spans, pos = [], [], 0
-        for _ in range(rng.randint(3, 7)):
-            roll = rng.random()
-            word = rng.choice(ANIMALS if roll < 0.25 else PLACES if roll < 0.5 else FILLERS)
-            label = "ANIMAL" if word in ANIMALS else "PLACE" if word in PLACES else None
-            if label:
-                spans.append(Span(pos, pos + len(word), label))
-            words.append(word)
-            pos += len(word) + 1
-        records.append(Record(" ".join(words), spans))
-    return records
+    return zorb_records(n, seed, ANIMALS, PLACES, words=(3, 7), entity_share=0.25)
 
 
 def config(vocab_size: int, layers: int, labels: list[str], **extra) -> BertConfig:
