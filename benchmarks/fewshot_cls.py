@@ -146,6 +146,7 @@ def arm_strategy(arm: str, overrides: dict[str, Any]) -> dict | None:
 def worker(spec: dict) -> dict:
     """One run in this process: train the arm on the draw, score it, report time and memory."""
     import psutil
+    import torch
 
     if spec["arm"] == "b":
         import datasets  # noqa: F401
@@ -173,7 +174,8 @@ def worker(spec: dict) -> dict:
         seconds = time.perf_counter() - started
     return {**spec, "accuracy": accuracy, "seconds": round(seconds, 2), "train_examples": len(texts),
             "eval_examples": len(eval_texts), "rss_after_imports_mb": round(rss_after_imports),
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+            "torch_threads": torch.get_num_threads()}
 
 
 # ------------------------------------------------------------------------------------------------ driver
