@@ -166,7 +166,7 @@ def test_the_top_level_exports_the_recipes_and_every_command_config():
 
 # ---- the pages: commands that exist, keys that exist, links that resolve -----------------------------------------
 
-PAGES = sorted(p for p in DOCS.glob("*.md") if p != REFERENCE)
+PAGES = sorted(p for p in DOCS.glob("*.md") if p != REFERENCE) + [DOCS.parent / "README.md"]  # README's tour too
 GLOBAL_FLAGS = {"-q", "--quiet", "-v", "--verbose", "--debug", "--version", "--help"}
 
 
@@ -236,7 +236,7 @@ def test_every_command_on_the_page_exists_with_its_options_and_keys(page):
     assert not problems, f"{page.name}: " + "; ".join(problems)
 
 
-@pytest.mark.parametrize("page", sorted(DOCS.glob("*.md")), ids=lambda p: p.name)
+@pytest.mark.parametrize("page", [*sorted(DOCS.glob("*.md")), DOCS.parent / "README.md"], ids=lambda p: p.name)
 def test_every_relative_link_resolves(page):
     broken = []
     for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text(encoding="utf-8")):
