@@ -33,5 +33,7 @@ def test_cpt_logs_loss_and_held_out_perplexity(tmp_path, run_cli):
     assert [e.step for e in loss] == [1, 2, 3, 4] and all(math.isfinite(e.value) for e in loss)
     perplexity = {e.step: e.value for e in events.Scalars("eval/domain_perplexity")}
     assert set(perplexity) == {0, 2, 4} and all(math.isfinite(v) and v > 1 for v in perplexity.values())
+    arguments = json.loads(events.Tensors("args/text_summary")[0].tensor_proto.string_val[0])
+    assert arguments["run_name"] == "cpt-tracking" and arguments["max_steps"] == 4
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert perplexity[4] == pytest.approx(metrics["final_eval_domain_perplexity"], rel=1e-5)

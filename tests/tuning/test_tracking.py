@@ -5,6 +5,7 @@ loop's losses) in the same event files, read back with TensorBoard's EventAccumu
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 from pathlib import Path
 from types import SimpleNamespace
@@ -30,6 +31,15 @@ def scalars(directory: Path) -> dict[str, list[tuple[int, float]]]:
     events = EventAccumulator(str(directory))
     events.Reload()
     return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def trainer_arguments(directory: Path) -> dict:
+    """The ``TrainingArguments`` the Trainer's TensorBoard callback wrote at the start of training."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(directory))
+    events.Reload()
+    return json.loads(events.Tensors("args/text_summary")[0].tensor_proto.string_val[0])
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +134,7 @@ def test_ner_train_writes_loss_and_strict_f1_to_tensorboard_in_the_run(small_ber
     (step, f1), = logged["eval/dev/strict/micro/f1"]
     assert step == 9 and 0.0 <= f1 <= 1.0
     assert {"eval/dev/strict/macro/f1", "eval/dev/token/macro/f1", "eval/dev/counts/gold_spans"} <= set(logged)
-    import json
+    assert trainer_arguments(run / "tensorboard")["run_name"] == "run"  # default: the run directory's name
     report = json.loads((run / "metrics.json").read_text())["dev"]
     assert f1 == pytest.approx(report["strict"]["micro"]["f1"], abs=1e-6)  # the number the run reports
     stage = scalars(run / "domain" / "tensorboard")  # strategy.domain's masked-LM stage, with the task's trackers

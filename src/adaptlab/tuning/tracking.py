@@ -14,9 +14,12 @@ the HF Trainer's names and each tracker reads its usual environment (``WANDB_PRO
   then shows every run under its directory name.
 * :func:`log_final_metrics` and :func:`log_history` send metrics computed outside the Trainer (strict span F1 on
   dev, macro F1, a few-shot or FRACTAL loop's losses) through fresh instances of the same callbacks, as the
-  Trainer's own ``log`` would: TensorBoard appends to the same directory, W&B to the process's active run, and
-  MLflow, whose run the Trainer ends at the end of training, to a new run of the same name. Nested metric
-  dictionaries are flattened to ``a/b`` keys; anything but a finite number is left out.
+  Trainer's own ``log`` would after training: TensorBoard appends to the same directory, W&B to the process's
+  active run, and MLflow, whose run the Trainer ends at the end of training, to a new run of the same name. They
+  are given the ``TrainingArguments`` of the run's Trainer (remembered by :func:`attach_trackers`), because W&B
+  and MLflow record the arguments again when a callback starts; a loop without a Trainer (few-shot, FRACTAL) has
+  none, and those trackers then record transformers' defaults beside its numbers. Nested metric dictionaries are
+  flattened to ``a/b`` keys; anything but a finite number is left out.
 
 Names follow the Trainer's: a final metric is an evaluation, logged as ``eval_<split>/<path>``, which TensorBoard
 and W&B show as ``eval/<split>/<path>`` (e.g. ``eval/dev/strict/micro/f1``) beside the Trainer's own ``eval/``
@@ -35,9 +38,10 @@ from typing import Annotated, Any, Protocol
 from pydantic import AfterValidator, Field
 
 TENSORBOARD_DIR = "tensorboard"  # <run>/tensorboard: the event files of every tracked training in a run
+_TRAINER_ARGUMENTS: dict[Path, Any] = {}  # run directory -> TrainingArguments of its last attached Trainer
 
 # backend -> (modules that must be importable, pip command): from each callback's own installation check in
-# transformers.integrations.integration_utils. kubeflow is left out: it needs a Kubeflow job, not a package.
+# transformers.integrations.integration_utils. kubeflow needs a Kubeflow job, not a package (checked apart).
 REQUIREMENTS: dict[str, tuple[tuple[str, ...], str]] = {
     "azure_ml": (("azureml.core",), "azureml-sdk"),
     "clearml": (("clearml",), "clearml"),
@@ -140,6 +144,7 @@ def attach_trackers(trainer: Any, run_dir: Path, files_dir: Path | None = None) 
     if trainer.args.run_name is None:
         trainer.args.run_name = Path(run_dir).name
     _point_tensorboard(trainer.callback_handler.callbacks, Path(files_dir or run_dir))
+    _TRAINER_ARGUMENTS[Path(run_dir).resolve()] = trainer.args
 
 
 def flat_numbers(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
@@ -176,8 +181,8 @@ def _send(tracked: Tracked, run_dir: Path, entries: list[tuple[int, dict[str, fl
     from transformers.integrations import TensorBoardCallback, get_reporting_integration_callbacks
 
     run_dir = Path(run_dir)
-    args = TrainingArguments(output_dir=str(run_dir), report_to=tracked.report_to,
-                             run_name=tracked.run_name or run_dir.name)
+    args = _TRAINER_ARGUMENTS.get(run_dir.resolve()) or TrainingArguments(
+        output_dir=str(run_dir), report_to=tracked.report_to, run_name=tracked.run_name or run_dir.name)
     callbacks = [callback() for callback in get_reporting_integration_callbacks(args.report_to)]
     _point_tensorboard(callbacks, run_dir)
     state, control = TrainerState(), TrainerControl()
