@@ -127,7 +127,7 @@ def train_ner(
     max_length = sequence_limit(model, tokenizer, max_length)
     task = TaskData(output_dir, tokenizer, [r.text for r in train], labels,
                     lambda texts: _dataset([Record(text=t) for t in texts], tokenizer, None, max_length)[0],
-                    max_length, training.seed)
+                    max_length, training.seed, training.report_to, training.run_name)
     model, strategies = prepare(strategy or StrategyBlock(), ENCODER_TOKEN, model, task)
     train_ds, truncated = _dataset(train, tokenizer, label2id, max_length)
     train_ds = train_dataset(strategies, train_ds, task)

@@ -124,7 +124,8 @@ def train_re(
     )
     model.resize_token_embeddings(len(tokenizer))
     max_length = sequence_limit(model, tokenizer, max_length)
-    task = TaskData(output_dir, tokenizer, [e.marked for e in train], labels, None, max_length, training.seed)
+    task = TaskData(output_dir, tokenizer, [e.marked for e in train], labels, None, max_length, training.seed,
+                    training.report_to, training.run_name)
     model, strategies = prepare(strategy or StrategyBlock(), ENCODER_SEQUENCE, model, task)
     train_ds = train_dataset(strategies, _dataset(train, tokenizer, label2id, max_length), task)
     dev_ds = _dataset(dev, tokenizer, label2id, max_length) if dev else None

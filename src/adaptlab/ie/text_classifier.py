@@ -105,7 +105,8 @@ def train_classifier(train: Sequence[Example], dev: Sequence[Example] | None, la
     )
     limit = sequence_limit(model, tokenizer, max_length)
     task = TaskData(output_dir, tokenizer, [example.text for example in train], list(labels),
-                    lambda texts: unlabeled_rows(texts, tokenizer, limit), limit, settings.seed)
+                    lambda texts: unlabeled_rows(texts, tokenizer, limit), limit, settings.seed,
+                    settings.report_to, settings.run_name)
     model, strategies = prepare(strategy_block, ENCODER_SEQUENCE, model, task)
     train_ds, truncated = _dataset(train, labels, multi_label, tokenizer, limit)
     train_ds = train_dataset(strategies, train_ds, task)

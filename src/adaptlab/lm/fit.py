@@ -48,6 +48,7 @@ from adaptlab.tuning.settings import resolve_bf16, training_arguments
 from adaptlab.tuning.strategies import TaskData, prepare, train_dataset
 from adaptlab.tuning.strategies.base import Strategy
 from adaptlab.tuning.strategies.peft_config import quantization_kwargs
+from adaptlab.tuning.tracking import attach_trackers
 from adaptlab.tuning.trainer import StrategyTrainer, finalize, summaries
 
 
@@ -128,7 +129,8 @@ def fit(cfg: CausalTrainingConfig, run: RunDir, checkpoint: Path | None, model_d
     from transformers import PrinterCallback, set_seed
 
     set_seed(cfg.training.seed)
-    task = TaskData(run.path, tokenizer, [], max_length=cfg.max_length, seed=cfg.training.seed)
+    task = TaskData(run.path, tokenizer, [], max_length=cfg.max_length, seed=cfg.training.seed,
+                    report_to=cfg.training.report_to, run_name=cfg.training.run_name)
     model, strategies = prepare(cfg.strategy, CAUSAL_LM, load_model(cfg, model_dir, tokenizer, tokenizer_source),
                                 task)
     train_rows = train_dataset(strategies, data.train, task)
@@ -141,6 +143,7 @@ def fit(cfg: CausalTrainingConfig, run: RunDir, checkpoint: Path | None, model_d
         preprocess_logits_for_metrics=TokenNLL.preprocess_logits_for_metrics if data.evals else None,
         callbacks=[CheckpointMarker(cfg.keep_checkpoints)], strategies=strategies, causal=True,
     )
+    attach_trackers(trainer, run.path)
     if not cfg.training.progress:  # no log dicts on stdout either; the history goes to metrics.json and the report
         trainer.remove_callback(PrinterCallback)
     keep_on_failure(run, f"run the same command with --output {run.path} resume=auto to continue from its newest "

@@ -24,6 +24,7 @@ from adaptlab.runs import RunDir, atomic_write_jsonl, get_logger, open_run, refu
 from adaptlab.tuning.encoder_fit import TRAINING_CHECK_ROWS, EncoderTrainerSettings, FitResult, unlearnt_labels_warning
 from adaptlab.tuning.stages import continued_run
 from adaptlab.tuning.strategies import StrategyBlock
+from adaptlab.tuning.tracking import log_final_metrics, log_history
 
 DataFormat = Literal["auto", "jsonl", "csv", "tsv", "label-text"]
 
@@ -116,6 +117,7 @@ def fit_student(cfg: ClsTrainConfig, train_set: list[Example], dev_set: list[Exa
         fewshot = fewshot.model_copy(update={"progress": fewshot.progress and cfg.training.progress})
         result = train_fewshot([e.text for e in train_set], [e.labels for e in train_set], labels, cfg.multi_label,
                                model_path, fewshot, cfg.training.seed, output_dir)
+        log_history(cfg.training, output_dir, result.history, "step")  # its own loop: no Trainer to report it
         return result, None
     return train_classifier(train_set, dev_set or None, labels, cfg.multi_label, model_path, cfg.training,
                             cfg.strategy, cfg.max_length, output_dir)
@@ -162,6 +164,8 @@ def train(cfg: ClsTrainConfig) -> tuple[RunDir, dict]:
                          "history": result.history}
         if dev_set:
             metrics["dev"], _ = evaluate_examples(classifier, dev_set, cfg.training.per_device_eval_batch_size)
+            last_step = result.plan.get("trained_steps", result.history[-1]["step"] if result.history else 0)
+            log_final_metrics(cfg.training, run.path, {"dev": metrics["dev"]}, last_step)
         run.finish(metrics, f"Text classification training: {cfg.name}",
                    run_notes_sections(warnings, metrics["notes"])
                    + cls_report_sections(metrics.get("dev"), result.history))

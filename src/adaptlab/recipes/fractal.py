@@ -54,6 +54,7 @@ from adaptlab.fractal.view import scored_responses_html
 from adaptlab.metrics.ranking import bag_accuracy, mean_std, sentence_auc
 from adaptlab.report.html import Image, KeyValues, Paragraph, RawHTML, Section, Table
 from adaptlab.runs import RunDir, atomic_write_text, get_logger, open_run, refuse_existing
+from adaptlab.tuning.tracking import ReportTo, log_final_metrics, log_history, report_to_field, run_name_field
 
 METHODS = ("cosine", "bagloss", "fractal", "fractal_pseudo", "supervised")
 DATASETS = ("multispanqa", "qa_feedback")
@@ -99,6 +100,8 @@ class FractalTrainRunConfig(FractalDataConfig):
     name: str = Field("fractal", description="names the run directory runs/<time>-<name> when output is not given")
     train: FractalTrainConfig = Field(FractalTrainConfig(), description="the scorer's training settings")
     output: str | None = Field(None, description="run directory to write (must not exist); default runs/<time>-<name>")
+    report_to: ReportTo = report_to_field()
+    run_name: str | None = run_name_field()
 
 
 def load_bags(cfg: FractalDataConfig) -> tuple[list[Bag], list[PairBag], dict]:
@@ -292,6 +295,8 @@ def train(cfg: FractalTrainRunConfig) -> tuple[RunDir, dict]:
         mix = getattr(model, "prior_mix", None)
         metrics = {"data": load_stats, "bags": data.n_bags, "sentences": len(data.features), "pairs": len(pairs),
                    "history": history, "prior_mix": None if mix is None else asdict(mix)}
+        log_history(cfg, run.path, history, "epoch")  # the scorer's own loop: one row of loss terms per epoch
+        log_final_metrics(cfg, run.path, {"prior_mix": metrics["prior_mix"] or {}}, len(history))
         run.finish(metrics, f"FRACTAL scorer: {cfg.data}", train_report_sections(cfg, metrics))
     return run, metrics
 

@@ -25,6 +25,7 @@ from adaptlab.tuning.multitask.model import SHARED_ENCODER, MultitaskModel, expo
 from adaptlab.tuning.multitask.sampling import Sampling
 from adaptlab.tuning.multitask.tasks import EncodedTask, cls_task, ner_task, re_task
 from adaptlab.tuning.strategies import StrategyBlock, prepare
+from adaptlab.tuning.tracking import log_final_metrics
 
 SHARED_ENCODER_STRATEGIES = ("layers", "dynamic")
 REFUSED_STRATEGIES = {
@@ -141,6 +142,8 @@ def train(cfg: MultitaskConfig) -> tuple[RunDir, dict]:
                                 "labels": task.labels, "truncated": done.truncated, "export": f"tasks/{task.name}"}
             if task.dev:
                 tasks[task.name].update(score_task(task, directory, cfg.training.per_device_eval_batch_size))
+        scored = {name: {key: task[key] for key in ("dev_f1", "dev")} for name, task in tasks.items() if "dev" in task}
+        log_final_metrics(cfg.training, run.path, scored, fit.history[-1]["step"] if fit.history else 0)
         metrics = {"model": cfg.model, "tasks": tasks, "sampling": fit.sampling,
                    "train_seconds": round(fit.seconds, 2), "best_mean_dev_f1": fit.best_mean_dev_f1,
                    "strategies": fit.strategies, "history": fit.history}

@@ -23,6 +23,7 @@ from adaptlab.runs import RunDir, get_logger, open_run, refuse_existing
 from adaptlab.tuning.encoder_fit import TRAINING_CHECK_ROWS, EncoderTrainerSettings, unlearnt_labels_warning
 from adaptlab.tuning.stages import continued_run
 from adaptlab.tuning.strategies import StrategyBlock
+from adaptlab.tuning.tracking import log_final_metrics
 
 
 class NERTrainConfig(StrictModel):
@@ -94,6 +95,7 @@ def train(cfg: NERTrainConfig) -> tuple[RunDir, dict]:
                          "warnings": warnings, "history": result.history}
         if dev_records:
             metrics["dev"], _ = evaluate_records(NERPredictor(result.model_dir), dev_records)
+            log_final_metrics(cfg.training, run.path, {"dev": metrics["dev"]}, result.plan.get("trained_steps", 0))
         run.finish(metrics, f"NER training: {cfg.name}",
                    run_notes_sections(warnings, metrics["notes"])
                    + ner_report_sections(metrics.get("dev", {}), result.history))

@@ -26,6 +26,7 @@ from adaptlab.synth.schema import Schema, resolve_schema
 from adaptlab.tuning.encoder_fit import TRAINING_CHECK_ROWS, EncoderTrainerSettings, unlearnt_labels_warning
 from adaptlab.tuning.stages import continued_run
 from adaptlab.tuning.strategies import StrategyBlock
+from adaptlab.tuning.tracking import log_final_metrics
 
 
 def _schema_named(value: Any) -> Any:
@@ -147,6 +148,7 @@ def train(cfg: RETrainConfig) -> tuple[RunDir, dict]:
                          "notes": notes + result.notes, "warnings": warnings, "history": result.history}
         if dev_examples:
             metrics["dev"], _ = _scores(predictor, dev_examples)
+            log_final_metrics(cfg.training, run.path, {"dev": metrics["dev"]}, result.plan.get("trained_steps", 0))
         run.finish(metrics, f"RE training: {cfg.name}", run_notes_sections(warnings, metrics["notes"])
                    + _classification_sections(metrics.get("dev"), "dev"))
     return run, metrics

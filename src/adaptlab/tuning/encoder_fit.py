@@ -29,6 +29,7 @@ from adaptlab.runs import get_logger
 from adaptlab.tuning.families import unwrap
 from adaptlab.tuning.settings import TrainerSettings, training_arguments
 from adaptlab.tuning.strategies.base import Strategy
+from adaptlab.tuning.tracking import attach_trackers
 from adaptlab.tuning.trainer import StrategyTrainer, finalize, summaries
 
 EVALUATIONS_PER_MIN_STEPS = 20  # dev is evaluated at least every min_steps / 20 steps when epochs are shorter
@@ -240,6 +241,7 @@ def fit(model, tokenizer, collator, compute_metrics, metric: str, train_ds, dev_
         if plan.early_stopping_patience else [],
         strategies=strategies,
     )
+    attach_trackers(trainer, output_dir)
     started = time.perf_counter()
     trainer.train(resume_from_checkpoint=cfg.resume_from_checkpoint)
     seconds = time.perf_counter() - started

@@ -23,6 +23,7 @@ from pydantic import Field, field_validator, model_validator
 
 from adaptlab.config import StrictModel
 from adaptlab.errors import ConfigError
+from adaptlab.tuning.tracking import ReportTo, report_to_field, run_name_field
 
 # names used before the training layer -> the name now (the HF Trainer's)
 RENAMED = {
@@ -65,9 +66,8 @@ class TrainerSettings(StrictModel):
     bf16: bool | Literal["auto"] = Field("auto", description="auto: bf16 mixed precision where CUDA supports it")
     gradient_checkpointing: bool = Field(False, description="recompute activations in backward: less memory")
     logging_steps: int = Field(10, ge=1, description="log the training loss every N optimizer steps")
-    report_to: str | list[str] = Field("none", description="none, all, tensorboard, wandb, mlflow, ...")
-    run_name: str | None = Field(
-        None, description="the run's name in the tracker of report_to (wandb, mlflow, ...)")
+    report_to: ReportTo = report_to_field()
+    run_name: str | None = run_name_field()
     early_stopping_patience: int | None = Field(
         None, ge=1, description="stop after this many evaluations without a better metric (EarlyStoppingCallback)")
     resume_from_checkpoint: str | None = Field(None, description="a checkpoint directory to continue from")

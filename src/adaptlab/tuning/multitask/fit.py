@@ -37,6 +37,7 @@ from adaptlab.tuning.multitask.sampling import Sampling, TaskBatchSampler
 from adaptlab.tuning.multitask.tasks import EncodedTask
 from adaptlab.tuning.settings import early_stopping_callbacks
 from adaptlab.tuning.strategies.base import Strategy
+from adaptlab.tuning.tracking import attach_trackers
 from adaptlab.tuning.trainer import StrategyTrainer, finalize, summaries
 
 SELECTION_METRIC = "mean_f1"
@@ -175,6 +176,7 @@ def fit_multitask(model: MultitaskModel, tasks: Sequence[EncodedTask], tokenizer
         sampling=sampling,
         temperature=temperature,
     )
+    attach_trackers(trainer, output_dir)
     started = time.perf_counter()
     trainer.train(resume_from_checkpoint=settings.resume_from_checkpoint)
     seconds = time.perf_counter() - started

@@ -44,7 +44,8 @@ class TaskData:
     ``texts`` are the labelled training texts; ``labels`` the model's label names in id order (None for causal
     LMs); ``encode_unlabeled(texts)`` builds training rows for texts without gold labels, in the task's own
     encoding (a ``datasets.Dataset`` whose ``labels`` are all ignored), so a strategy can add such rows;
-    ``output_dir`` is the run directory, where a strategy's stage writes under ``output_dir / <strategy name>``.
+    ``output_dir`` is the run directory, where a strategy's stage writes under ``output_dir / <strategy name>``;
+    ``report_to`` and ``run_name`` are the task's trackers, which a stage that trains reports to as well.
     """
 
     output_dir: Path
@@ -54,6 +55,8 @@ class TaskData:
     encode_unlabeled: Callable[[list[str]], Any] | None = None
     max_length: int | None = None
     seed: int = 42
+    report_to: str | list[str] = "none"
+    run_name: str | None = None
 
 
 class Strategy:

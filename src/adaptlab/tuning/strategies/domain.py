@@ -245,6 +245,7 @@ class Domain(Strategy):
         from adaptlab.lm.checkpoints import CheckpointMarker, newest_valid_checkpoint
         from adaptlab.tuning.masking import WholeWordMaskCollator, masking_rows
         from adaptlab.tuning.settings import TrainerSettings, training_arguments
+        from adaptlab.tuning.tracking import attach_trackers
         from adaptlab.tuning.trainer import StrategyTrainer
 
         log, config = get_logger(), self.config
@@ -259,13 +260,15 @@ class Domain(Strategy):
         settings = TrainerSettings(learning_rate=config.learning_rate, max_steps=config.max_steps,
                                    per_device_train_batch_size=config.per_device_train_batch_size,
                                    warmup_steps=config.warmup_steps, weight_decay=config.weight_decay, seed=seed,
-                                   logging_steps=max(1, config.max_steps // 50))
+                                   logging_steps=max(1, config.max_steps // 50), report_to=task.report_to,
+                                   run_name=task.run_name)
         arguments = training_arguments(settings, stage / "checkpoints", save_strategy="steps",
                                        save_steps=config.save_steps, save_total_limit=None, save_only_model=False,
                                        eval_strategy="no", logging_first_step=True, remove_unused_columns=False)
         trainer = StrategyTrainer(model=masked_lm, args=arguments, train_dataset=Dataset.from_dict(rows),
                                   data_collator=WholeWordMaskCollator(task.tokenizer, config.mlm_probability),
                                   processing_class=task.tokenizer, callbacks=[CheckpointMarker(keep=1)])
+        attach_trackers(trainer, task.output_dir, stage)  # the task's trackers; TensorBoard in <run>/domain/
         checkpoint = newest_valid_checkpoint(stage / "checkpoints", set_aside_invalid=True)
         source = "the task's training texts" if texts.source == "task" else f"{len(config.texts)} file(s)"
         log.info("masked-LM pretraining on %d texts from %s for %d steps%s", len(texts.texts), source,
