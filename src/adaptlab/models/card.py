@@ -1,0 +1,415 @@
+"""Model cards: a Hugging Face ``README.md`` in every model directory a run writes.
+
+A model directory leaves adaptlab to be shared (``huggingface-cli upload``), served or merged, and its README is
+what people and the Hub read first. The card is written by :meth:`adaptlab.runs.RunDir.finish`, the one place
+every run's results are completed, for each model directory inside the run (:func:`model_directories`): the run
+directory itself for a merge, ``model/``, ``tasks/<name>/`` of a multi-task run, a stage's ``<stage>/model/``.
+Each card holds:
+
+* YAML front matter in the Hub's names (``huggingface_hub.ModelCardData``): ``library_name`` (transformers, peft,
+  sentence-transformers), ``base_model`` where the Hub can resolve it (:func:`~adaptlab.models.card_facts.hub_name`),
+  ``pipeline_tag`` and ``tags`` (``adaptlab`` and what the model is: ``ner``, ``merge``, ``peft``, ...);
+* what it is (one sentence: the task and the kind of model), the base model, the method and strategies, the data
+  (files and counts), the headline metrics, the resolved ``config.yaml`` and a snippet that loads it
+  (:mod:`adaptlab.models.card_usage`);
+* for a merge, the merge in mergekit's dialect (the ``mergekit_config.yml`` the engine wrote), or why it has none.
+
+Everything comes from the model's files, the run's ``config.yaml`` and the metrics given to ``finish``, so no recipe
+calls anything. A nested run (a stage with its own ``config.yaml`` and ``metrics.json``) writes its own cards. A
+card that cannot be written is a warning in the log, never a failed run.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from adaptlab import __version__
+from adaptlab.models.card_facts import ModelFacts, base_models, describe_model, hub_name, is_model_directory
+from adaptlab.models.card_usage import load_snippet
+from adaptlab.runs import atomic_write_text, completed_path, get_logger
+
+CARD_FILE = "README.md"
+SEARCH_DEPTH = 3  # run/model, run/tasks/NAME, run/STAGE/model
+SKIPPED_FOLDERS = ("checkpoints",)
+DATA_KEYS = ("train", "dev", "data", "dataset", "eval_data", "eval_dataset", "corpus", "scores", "bags")
+COUNT_KEYS = ("train_records", "dev_records", "train_examples", "dev_examples", "truncated_records",
+              "truncated_examples")
+COUNT_GROUPS = ("data_stats", "data", "counts", "held_out_counts")
+RUN_NUMBERS = ("dev_f1", "best_mean_dev_f1", "steps", "epochs", "train_seconds", "tensors", "output_dtype", "seconds")
+TRAINING_KEYS = ("learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size",
+                 "gradient_accumulation_steps", "seed")
+STRATEGY_TAGS = {"peft": "peft", "distill": "distillation", "domain": "domain-adaptation", "fewshot": "few-shot"}
+KIND_TITLES = {"token-classification": "NER student (token classification)", "text-classification": "text classifier",
+               "text-generation": "causal language model", "fill-mask": "masked language model",
+               "feature-extraction": "encoder", "fractal-scorer": "FRACTAL sentence scorer"}
+LISTED = 12  # labels named before "..."
+COUNT_LINES = 24
+
+
+@dataclass
+class RunRecord:
+    """What the run knows about its models: its config (as parsed and as written), metrics and title."""
+
+    config: dict[str, Any]
+    config_text: str | None
+    metrics: dict[str, Any]
+    title: str
+
+
+@dataclass
+class Scope:
+    """The part of the run a model directory belongs to: one task of a multi-task run, or the whole run."""
+
+    config: dict[str, Any]
+    metrics: dict[str, Any]
+    task: str | None = None
+
+
+def write_model_cards(run_path: Path, metrics: dict[str, Any], title: str) -> list[Path]:
+    """Write ``README.md`` into every model directory of the run in ``run_path``; returns the cards written."""
+    directories = model_directories(run_path)
+    if not directories:
+        return []
+    config_file = run_path / "config.yaml"
+    config_text = config_file.read_text(encoding="utf-8") if config_file.is_file() else None
+    config = yaml.safe_load(config_text) if config_text else {}
+    record = RunRecord(config if isinstance(config, dict) else {}, config_text, metrics, title)
+    final = completed_path(run_path)  # where an atomic run (a merge) will be once renamed into place
+    written = []
+    for directory in directories:
+        try:
+            text = model_card(directory, record, final / directory.relative_to(run_path), final)
+            written.append(atomic_write_text(directory / CARD_FILE, text))
+        except Exception as exc:  # a card is a courtesy of a finished run: it never fails the run
+            get_logger().warning("no model card in %s (%s: %s)", directory, type(exc).__name__, exc)
+    if written:
+        get_logger().info("model cards written: %s", ", ".join(str(p.relative_to(run_path)) for p in written))
+    return written
+
+
+def model_directories(root: Path, depth: int = SEARCH_DEPTH) -> list[Path]:
+    """``root`` when it is a model directory, else the model directories below it (``depth`` levels at most),
+    never inside a model directory, a checkpoint folder, a hidden folder or a nested run's directory."""
+    if is_model_directory(root):
+        return [root]
+    if depth == 0:
+        return []
+    found = []
+    for child in sorted(path for path in root.iterdir() if path.is_dir()):
+        nested_run = (child / "config.yaml").is_file() and (child / "metrics.json").is_file()
+        if not (child.name.startswith(".") or child.name in SKIPPED_FOLDERS or nested_run):
+            found += model_directories(child, depth - 1)
+    return found
+
+
+def model_card(directory: Path, record: RunRecord, location: Path, run_location: Path) -> str:
+    """The card of the model in ``directory`` (which users find at ``location``) made by the run ``record`` (whose
+    directory users find at ``run_location``)."""
+    facts = describe_model(directory)
+    scope = scope_of(directory, record)
+    bases = base_models(facts, scope.config if facts.adapter is None and facts.merge is None else record.config)
+    name = record.config.get("name") or directory.name
+    kind = kind_title(facts)
+    sections = [
+        front_matter(facts, record, scope, bases),
+        f"# {name}{f' / {scope.task}' if scope.task else ''}: {kind}",
+        what_it_is(facts, record, scope),
+        "## Base model\n\n" + base_model_text(facts, bases),
+        "## Method and strategy\n\n" + method_text(facts, record, scope),
+        "## Data\n\n" + data_text(facts, scope),
+        "## Metrics\n\n" + metrics_text(scope.metrics, run_location),
+    ]
+    if facts.merge is not None:
+        sections.append("## The merge in mergekit's dialect\n\n" + mergekit_text(facts))
+    sections.append("## Resolved config\n\nThe run's `config.yaml`, with every default filled in:\n\n"
+                    + (fenced("yaml", record.config_text) if record.config_text else "(the run recorded none)"))
+    base = bases[0] if bases else None
+    prose, language, code = load_snippet(facts, str(location), base)
+    sections.append(f"## How to load it\n\n{prose}\n\n{fenced(language, code)}")
+    return "\n\n".join(sections) + "\n"
+
+
+def scope_of(directory: Path, record: RunRecord) -> Scope:
+    """A multi-task run's ``tasks/<name>/`` export sees its task's config and metrics; anything else the run's."""
+    tasks = record.config.get("tasks")
+    if directory.parent.name == "tasks" and isinstance(tasks, dict) and directory.name in tasks:
+        task = directory.name
+        shared = {key: record.metrics[key] for key in ("best_mean_dev_f1", "train_seconds") if key in record.metrics}
+        config = {**record.config, **tasks[task]}
+        return Scope(config, {**record.metrics.get("tasks", {}).get(task, {}), **shared}, task)
+    return Scope(record.config, record.metrics)
+
+
+def front_matter(facts: ModelFacts, record: RunRecord, scope: Scope, bases: list[str]) -> str:
+    from huggingface_hub import ModelCardData
+
+    hub = [name for name in (hub_name(base) for base in bases) if name]
+    data = ModelCardData(library_name=facts.library, base_model=(hub[0] if len(hub) == 1 else hub) or None,
+                         pipeline_tag=facts.pipeline_tag, tags=card_tags(facts, record, scope))
+    if hub and (facts.merge is not None or facts.adapter is not None):
+        data.base_model_relation = "merge" if facts.merge is not None else "adapter"
+    return f"---\n{data.to_yaml()}\n---"
+
+
+def card_tags(facts: ModelFacts, record: RunRecord, scope: Scope) -> list[str]:
+    tags = ["adaptlab"]
+    if facts.task == "token-classification":
+        tags.append("ner")
+    tags += ["relation-extraction"] if facts.relation_markers else []
+    tags += ["few-shot"] if facts.fewshot_head else []
+    tags += ["fractal"] if facts.task == "fractal-scorer" or "scores" in record.config else []
+    tags += ["multi-task"] if scope.task else []
+    mode = record.config.get("mode")
+    tags += {"cpt": ["continued-pretraining"], "sft": ["sft"]}.get(mode, []) if isinstance(mode, str) else []
+    tags += ["sft"] if "scores" in record.config and "bags" in record.config else []
+    for name, settings in (scope.config.get("strategy") or {}).items():
+        tags += [STRATEGY_TAGS[name]] if name in STRATEGY_TAGS else []
+        tags += [settings["method"]] if name == "peft" and isinstance(settings, dict) and "method" in settings else []
+    if facts.merge is not None:
+        method = (facts.merge.get("config") or {}).get("method")
+        tags += ["merge", *([method] if method else []), *(["mergekit"] if mergekit_yaml(facts) else [])]
+    if "instruct" in record.config and "corpus" in record.config:
+        tags += ["chat-vector", "domain-adaptation"]
+    return list(dict.fromkeys(tags))
+
+
+def kind_title(facts: ModelFacts) -> str:
+    kind = ("relation classifier" if facts.relation_markers else "few-shot text classifier" if facts.fewshot_head
+            else KIND_TITLES[facts.task])
+    if facts.merge is not None:
+        kind = f"merged {kind}"
+    return f"PEFT adapter of a {kind}" if facts.adapter is not None else kind
+
+
+def what_it_is(facts: ModelFacts, record: RunRecord, scope: Scope) -> str:
+    """One paragraph: the task and the kind of model, then how it came to be."""
+    labels = f"{len(facts.labels)} labels ({listed(facts.labels)})"
+    architecture = f" ({facts.architecture})" if facts.architecture else ""
+    if facts.task == "fractal-scorer":
+        text = ("A FRACTAL sentence scorer: it gives every sentence of a response a score in [0, 1], learnt from "
+                "labels on whole responses.")
+    elif facts.fewshot_head:
+        text = (f"A few-shot text classifier over {labels}: a sentence-transformers encoder tuned on contrastive "
+                f"pairs of the training texts, then a {facts.fewshot_head} head on its embeddings.")
+    elif facts.task == "token-classification":
+        types = facts.entity_types
+        text = (f"An NER student: a token classifier{architecture} that tags {len(types)} entity types "
+                f"({listed(types)}) with IOB2 labels.")
+    elif facts.relation_markers:
+        text = (f"A relation classifier{architecture}: it reads a sentence in which one entity pair is marked "
+                f"`[E1]...[/E1]` and `[E2]...[/E2]` and gives the pair one of {labels}.")
+    elif facts.task == "text-classification":
+        text = f"A {'multi' if facts.multi_label else 'single'}-label text classifier{architecture} over {labels}."
+    elif facts.task == "text-generation":
+        text = f"A causal language model{architecture}{causal_history(facts, record)}."
+    elif facts.task == "fill-mask":
+        text = f"A masked language model{architecture}."
+    else:
+        text = f"An encoder{architecture} without a task head."
+    if facts.merge is not None and facts.task != "text-generation":
+        text += f" It is a {(facts.merge.get('config') or {}).get('method', '')} merge of its inputs."
+    if facts.adapter is not None:
+        text += (f" This directory holds a PEFT {facts.adapter.get('peft_type', '')} adapter of it, to be put on "
+                 "its base model.")
+    if scope.task:
+        tasks = record.config.get("tasks") or {}
+        text += (f" It is the `{scope.task}` task ({scope.config.get('type')}) of a multi-task run that trained one "
+                 f"shared encoder for {len(tasks)} tasks ({listed(list(tasks))}) at once, exported with the shared "
+                 "encoder and this task's head.")
+    stage = facts.directory.parent
+    if (stage / "stage.json").is_file():
+        text += (f" It is the result of the `{stage.name}` stage of its run, before the task training; the run's task "
+                 "model is in `model/`.")
+    return text
+
+
+def causal_history(facts: ModelFacts, record: RunRecord) -> str:
+    config = record.config
+    if "instruct" in config and "corpus" in config:
+        return (": a domain instruction model made without instruction data, by adding the chat vector "
+                "(instruct − base) to the base model continually pretrained on the domain corpus")
+    if facts.merge is not None:
+        return f", a {(facts.merge.get('config') or {}).get('method', '')} merge of its inputs"
+    if "scores" in config and "bags" in config:
+        return ", fine-tuned by SFT with each response token's loss weighted by its FRACTAL sentence score"
+    return {"cpt": ", continually pretrained on domain text", "sft": ", fine-tuned on conversations (SFT)"}.get(
+        config.get("mode"), "")
+
+
+def base_model_text(facts: ModelFacts, bases: list[str]) -> str:
+    if not bases:
+        return "Not recorded by the run."
+    lines = [f"- `{base}`" + (f" (on the Hub: [{hub}](https://huggingface.co/{hub}))" if (hub := hub_name(base))
+                              else " (a local model)") for base in bases]
+    intro = "The merge's inputs (the base model first):" if facts.merge is not None and len(bases) > 1 else ""
+    return "\n".join(([intro] if intro else []) + lines)
+
+
+def method_text(facts: ModelFacts, record: RunRecord, scope: Scope) -> str:
+    lines = [f"Made by adaptlab {__version__}: {record.title}."]
+    if facts.merge is not None:
+        report = facts.merge
+        actions = ", ".join(f"{n} {action}" for action, n in (report.get("actions") or {}).items())
+        lines.append(f"- merge method: `{(report.get('config') or {}).get('method')}`, output dtype "
+                     f"{report.get('output_dtype')}, {report.get('tensors')} tensors ({actions})")
+    mode = scope.config.get("mode")
+    if isinstance(mode, str):
+        lines.append(f"- mode: `{mode}`")
+    strategies = scope.config.get("strategy")
+    if strategies:
+        summaries = scope.metrics.get("strategies") or record.metrics.get("strategies") or {}
+        lines += [f"- strategy `{name}`: {strategy_settings(name, settings)}{summary_text(summaries.get(name))}"
+                  for name, settings in strategies.items()]
+    elif isinstance(strategies, dict):
+        lines.append("- strategies: none (every weight was trained)")
+    training = scope.config.get("training")
+    if isinstance(training, dict) and facts.merge is None:
+        shown = {key: training[key] for key in TRAINING_KEYS
+                 if training.get(key) is not None and not (key == "max_steps" and training[key] <= 0)
+                 and not (key == "gradient_accumulation_steps" and training[key] == 1)}
+        steps = (scope.metrics.get("training_plan") or {}).get("trained_steps", scope.metrics.get("steps"))
+        lines.append("- training: " + ", ".join(f"{key}={value}" for key, value in shown.items())
+                     + (f"; {steps} optimizer steps" if steps is not None else ""))
+    return "\n".join(lines)
+
+
+def strategy_settings(name: str, settings: Any) -> str:
+    """The settings of strategy ``name`` that differ from its defaults (all of them when unknown)."""
+    if not isinstance(settings, dict):
+        return str(settings)
+    from adaptlab.tuning.strategies import REGISTRY
+
+    fields = REGISTRY[name][0].model_fields if name in REGISTRY else {}
+    changed = {key: value for key, value in settings.items()
+               if key not in fields or fields[key].is_required() or fields[key].get_default() != value}
+    return ", ".join(f"{key}={compact(value)}" for key, value in changed.items()) or "its defaults"
+
+
+def summary_text(summary: Any) -> str:
+    if not isinstance(summary, dict):
+        return ""
+    facts = {key: value for key, value in summary.items() if isinstance(value, int | float | str | bool)}
+    return f" ({', '.join(f'{key}: {compact(value)}' for key, value in list(facts.items())[:6])})" if facts else ""
+
+
+def data_text(facts: ModelFacts, scope: Scope) -> str:
+    if facts.merge is not None and "corpus" not in scope.config:
+        return "None: a merge combines the weights of its inputs and reads no data."
+    files = []
+    for key in DATA_KEYS:
+        value = scope.config.get(key)
+        path = value.get("path") if isinstance(value, dict) else value
+        if isinstance(path, str) and path:
+            files.append(f"- {key}: `{path}`")
+    counts = [f"- {key}: {scope.metrics[key]}" for key in COUNT_KEYS if scope.metrics.get(key) is not None]
+    labels = scope.metrics.get("labels")
+    if isinstance(labels, list):
+        counts.append(f"- labels: {len(labels)} ({listed(labels)})")
+    for group in COUNT_GROUPS:
+        if isinstance(scope.metrics.get(group), dict):
+            counts += [f"- {group}.{key}: {value}" for key, value in flat_numbers(scope.metrics[group])]
+    counts = counts[:COUNT_LINES] + (["- ... (the rest in metrics.json)"] if len(counts) > COUNT_LINES else [])
+    parts = [("Files:\n" + "\n".join(files)) if files else "The run recorded no data files.",
+             ("Counts:\n" + "\n".join(counts)) if counts else ""]
+    return "\n\n".join(part for part in parts if part)
+
+
+def metrics_text(metrics: dict[str, Any], run_location: Path) -> str:
+    rows = []
+    for split in ("dev", "test"):
+        if isinstance(metrics.get(split), dict):
+            rows += [(f"{split} {name}", value) for name, value in report_headline(metrics[split]).items()]
+    rows += [(key, value) for key, value in metrics.items() if key.startswith("final_") and is_number(value)]
+    rows += [(key, metrics[key]) for key in RUN_NUMBERS if key in metrics and metrics[key] is not None]
+    table = markdown_table(["metric", "value"], [[name, compact(value)] for name, value in rows]) if rows else ""
+    comparison = metrics.get("table")
+    if isinstance(comparison, list) and comparison and isinstance(comparison[0], dict):
+        columns = list(comparison[0])
+        table += ("\n\n" if table else "") + markdown_table(columns, [[compact(row.get(c)) for c in columns]
+                                                                     for row in comparison])
+    where = f"Every number the run measured is in `metrics.json` and `report.html` of its directory, `{run_location}`."
+    return (table or "The run measured no held-out scores for this model.") + "\n\n" + where
+
+
+def report_headline(report: dict[str, Any]) -> dict[str, Any]:
+    """The headline numbers of an evaluation report, by its shape: an NER report (``strict``, ``overlap``,
+    ``token``), a text-classification report (``macro_f1`` at the top) or classification P/R/F1 (``macro`` and
+    ``accuracy``, relation classifiers); else its top-level numbers."""
+    if isinstance(report.get("strict"), dict):
+        strict = report["strict"]
+        return {"strict micro F1": strict["micro"]["f1"], "strict micro precision": strict["micro"]["precision"],
+                "strict micro recall": strict["micro"]["recall"], "strict macro F1": strict["macro"]["f1"],
+                "overlap micro F1": report["overlap"]["micro"]["f1"], "token macro F1": report["token"]["macro"]["f1"]}
+    if "macro_f1" in report:
+        return {key: report[key] for key in ("accuracy", "macro_f1", "micro_f1") if key in report}
+    if isinstance(report.get("macro"), dict) and "accuracy" in report:
+        return {"accuracy": report["accuracy"], "macro F1": report["macro"]["f1"], "micro F1": report["micro"]["f1"],
+                "weighted F1": report["weighted"]["f1"]}
+    return {key: value for key, value in report.items() if is_number(value)}
+
+
+def mergekit_yaml(facts: ModelFacts) -> str | None:
+    """The ``mergekit_config.yml`` the merge engine wrote beside the merged weights, if it wrote one."""
+    from adaptlab.merge.engine import MERGEKIT_CONFIG
+
+    path = facts.directory / MERGEKIT_CONFIG
+    return path.read_text(encoding="utf-8") if path.is_file() else None
+
+
+def mergekit_text(facts: ModelFacts) -> str:
+    text = mergekit_yaml(facts)
+    if text is not None:
+        return ("The same merge as a mergekit config (`mergekit_config.yml` beside the weights); `mergekit-yaml` "
+                "and `adaptlab merge` both run it:\n\n" + fenced("yaml", text))
+    reason = str((facts.merge or {}).get("mergekit_config") or "").removeprefix("not written: ")
+    return (f"This merge has no mergekit equivalent: {reason or 'the merge report does not say why'}. "
+            "Its adaptlab config below is the exact record; `adaptlab merge` reruns it.")
+
+
+def flat_numbers(group: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """``(dotted key, value)`` for the numbers and short strings in nested dicts (lists are left out)."""
+    rows = []
+    for key, value in group.items():
+        if isinstance(value, dict):
+            rows += flat_numbers(value, f"{prefix}{key}.")
+        elif is_number(value) or (isinstance(value, str) and len(value) <= 80):
+            rows.append((f"{prefix}{key}", compact(value)))
+    return rows
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def compact(value: Any) -> str:
+    """A value as a card shows it: floats to 4 significant digits, lists and dicts as short JSON."""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, list | dict):
+        text = json.dumps(value, ensure_ascii=False)
+        return text if len(text) <= 80 else text[:77] + "..."
+    return str(value)
+
+
+def listed(names: list[str]) -> str:
+    return ", ".join(map(str, names[:LISTED])) + (", ..." if len(names) > LISTED else "")
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    def line(cells: list[Any]) -> str:
+        return "| " + " | ".join(str(cell).replace("|", "\\|") for cell in cells) + " |"
+
+    return "\n".join([line(header), line(["---"] * len(header)), *map(line, rows)])
+
+
+def fenced(language: str, text: str) -> str:
+    """``text`` in a fenced code block, with a fence longer than any backtick run inside it."""
+    fence = "```"
+    while fence in text:
+        fence += "`"
+    return f"{fence}{language}\n{text.rstrip()}\n{fence}"
