@@ -43,6 +43,7 @@ COUNT_GROUPS = ("data_stats", "data", "counts", "held_out_counts")
 RUN_NUMBERS = ("dev_f1", "best_mean_dev_f1", "steps", "epochs", "train_seconds", "tensors", "output_dtype", "seconds")
 TRAINING_KEYS = ("learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size",
                  "gradient_accumulation_steps", "seed")
+QUIET_SETTINGS = ("progress",)  # settings that change how a run looks, not the model
 STRATEGY_TAGS = {"peft": "peft", "distill": "distillation", "domain": "domain-adaptation", "fewshot": "few-shot"}
 KIND_TITLES = {"token-classification": "NER student (token classification)", "text-classification": "text classifier",
                "text-generation": "causal language model", "fill-mask": "masked language model",
@@ -183,7 +184,7 @@ def kind_title(facts: ModelFacts) -> str:
             else KIND_TITLES[facts.task])
     if facts.merge is not None:
         kind = f"merged {kind}"
-    return f"PEFT adapter of a {kind}" if facts.adapter is not None else kind
+    return f"PEFT adapter: {kind}" if facts.adapter is not None else kind
 
 
 def what_it_is(facts: ModelFacts, record: RunRecord, scope: Scope) -> str:
@@ -263,12 +264,12 @@ def method_text(facts: ModelFacts, record: RunRecord, scope: Scope) -> str:
     strategies = scope.config.get("strategy")
     if strategies:
         summaries = scope.metrics.get("strategies") or record.metrics.get("strategies") or {}
-        lines += [f"- strategy `{name}`: {strategy_settings(name, settings)}{summary_text(summaries.get(name))}"
-                  for name, settings in strategies.items()]
+        lines += [f"- strategy `{name}`: {strategy_settings(name, settings)}"
+                  f"{summary_text(summaries.get(name), settings)}" for name, settings in strategies.items()]
     elif isinstance(strategies, dict):
         lines.append("- strategies: none (every weight was trained)")
     training = scope.config.get("training")
-    if isinstance(training, dict) and facts.merge is None:
+    if isinstance(training, dict) and facts.merge is None and facts.fewshot_head is None:  # few-shot: its own steps
         shown = {key: training[key] for key in TRAINING_KEYS
                  if training.get(key) is not None and not (key == "max_steps" and training[key] <= 0)
                  and not (key == "gradient_accumulation_steps" and training[key] == 1)}
@@ -285,15 +286,18 @@ def strategy_settings(name: str, settings: Any) -> str:
     from adaptlab.tuning.strategies import REGISTRY
 
     fields = REGISTRY[name][0].model_fields if name in REGISTRY else {}
-    changed = {key: value for key, value in settings.items()
-               if key not in fields or fields[key].is_required() or fields[key].get_default() != value}
+    changed = {key: value for key, value in settings.items() if key not in QUIET_SETTINGS and (
+        key not in fields or fields[key].is_required() or fields[key].get_default(call_default_factory=True) != value)}
     return ", ".join(f"{key}={compact(value)}" for key, value in changed.items()) or "its defaults"
 
 
-def summary_text(summary: Any) -> str:
+def summary_text(summary: Any, settings: Any) -> str:
+    """What the strategy reported about itself (trainable parameters, ...), but for its settings again."""
     if not isinstance(summary, dict):
         return ""
-    facts = {key: value for key, value in summary.items() if isinstance(value, int | float | str | bool)}
+    given = settings if isinstance(settings, dict) else {}
+    facts = {key: value for key, value in summary.items()
+             if isinstance(value, int | float | str | bool) and given.get(key, object()) != value}
     return f" ({', '.join(f'{key}: {compact(value)}' for key, value in list(facts.items())[:6])})" if facts else ""
 
 

@@ -93,8 +93,10 @@ def _generate(facts: ModelFacts, model: str, tokenizer: str | None, imports: boo
                   " return_dict=True)\n")
     else:
         prompt = 'inputs = tokenizer("The main result of this study is", return_tensors="pt")\n'
-    return (f"{load}{prompt}output = model.generate(**inputs, max_new_tokens=64)\n"
-            'print(tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))\n')
+    return (f"{load}{prompt}"
+            'ids, mask = inputs["input_ids"], inputs["attention_mask"]  # generate() refuses token_type_ids\n'
+            "output = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=64)\n"
+            "print(tokenizer.decode(output[0, ids.shape[1]:], skip_special_tokens=True))\n")
 
 
 def _adapter(facts: ModelFacts, location: str, base: str | None) -> str:
