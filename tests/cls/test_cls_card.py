@@ -7,8 +7,9 @@ import json
 
 import pytest
 import yaml
-from model_cards import read_card, resolved_config, run_load_snippet, section
 from test_cls_cli import FAST, single_label_rows, write_jsonl
+
+from model_cards import read_card, resolved_config, run_load_snippet, section
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +31,8 @@ def test_a_text_classifier_card(data, seeded_tiny_bert, run_cli, tmp_path):
     assert f"single-label text classifier (BertForSequenceClassification) over 3 labels ({', '.join(labels)})" in body
     dev = json.loads((run / "metrics.json").read_text())["dev"]
     metrics = section(body, "Metrics")
-    assert f"| dev macro_f1 | {dev['macro_f1']:.4g} |" in metrics and f"| dev accuracy | {dev['accuracy']:.4g} |" in metrics
+    assert f"| dev macro_f1 | {dev['macro_f1']:.4g} |" in metrics
+    assert f"| dev accuracy | {dev['accuracy']:.4g} |" in metrics
     assert "- train_examples: 24" in section(body, "Data") and "- dev_examples: 12" in section(body, "Data")
     assert resolved_config(run / "model") == yaml.safe_load((run / "config.yaml").read_text())
     printed = run_load_snippet(run / "model")

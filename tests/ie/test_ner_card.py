@@ -6,10 +6,10 @@ import json
 
 import pytest
 import yaml
-from model_cards import read_card, resolved_config, run_load_snippet, section
 from test_ner_cli import FAST, synthetic_records
 
 from adaptlab.data.records import write_records
+from model_cards import read_card, resolved_config, run_load_snippet, section
 
 
 @pytest.fixture(scope="module")

@@ -7,11 +7,11 @@ import json
 
 import pytest
 import yaml
-from model_cards import read_card, resolved_config, run_load_snippet, section
 from train_helpers import save_tiny_llama, train_config, write_prepared_corpus, write_sft_jsonl
 
 from adaptlab.config import validate_config
 from adaptlab.recipes.lm_train import LMTrainConfig, train
+from model_cards import read_card, resolved_config, run_load_snippet, section
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

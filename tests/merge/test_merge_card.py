@@ -4,10 +4,10 @@ dialect (which reads back as the same merge), or saying why a merge has no merge
 from __future__ import annotations
 
 import yaml
-from model_cards import code_block, read_card, resolved_config, run_load_snippet, section
 from test_mergekit_dialect import plans, same_plan
 
 from adaptlab.merge.mergekit_config import load_merge_config
+from model_cards import code_block, read_card, resolved_config, run_load_snippet, section
 
 
 def merge_config(tmp_path, family, **changes) -> str:

@@ -134,8 +134,24 @@ def test_a_card_that_cannot_be_written_is_a_warning_not_a_failed_run(tmp_path, c
 
 @pytest.mark.parametrize("config_text", ["a: '```'\n", "b: '````x'\n"])
 def test_the_config_block_survives_backticks_in_the_config(config_text):
-    from adaptlab.models.card import fenced
+    from adaptlab.models.card_results import fenced
 
     block = fenced("yaml", config_text)
     fence = block.split("yaml", 1)[0]
     assert block.endswith("\n" + fence) and fence not in config_text
+
+
+def test_a_gguf_import_gets_a_card_that_loads_it(tmp_path, monkeypatch):
+    pytest.importorskip("gguf")
+    from adaptlab.models.gguf import import_gguf
+    from gguf_files import write_tiny_gguf
+
+    monkeypatch.setenv("ADAPTLAB_CACHE_DIR", str(tmp_path / "cache"))
+    source = write_tiny_gguf(tmp_path / "tiny.gguf", tensor_type="F32")
+    directory = import_gguf(source, tmp_path / "imported")
+    front, body = read_card(directory)
+    assert (front["library_name"], front["pipeline_tag"]) == ("transformers", "text-generation")
+    assert f"{source} converted from GGUF to a float32 HF model" in body
+    assert "## Resolved config" not in body and "metrics.json" not in body
+    assert "apply_chat_template" in section(body, "How to load it")
+    assert run_load_snippet(directory).endswith("\n")

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import json
 
-from model_cards import read_card, resolved_config, run_load_snippet, section
 from task_data import FAST, write_config
+
+from model_cards import read_card, resolved_config, run_load_snippet, section
 
 PIPELINES = {"species": "token-classification", "relations": "text-classification", "topic": "text-classification"}
 

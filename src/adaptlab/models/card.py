@@ -10,8 +10,8 @@ Each card holds:
   sentence-transformers), ``base_model`` where the Hub can resolve it (:func:`~adaptlab.models.card_facts.hub_name`),
   ``pipeline_tag`` and ``tags`` (``adaptlab`` and what the model is: ``ner``, ``merge``, ``peft``, ...);
 * what it is (one sentence: the task and the kind of model), the base model, the method and strategies, the data
-  (files and counts), the headline metrics, the resolved ``config.yaml`` and a snippet that loads it
-  (:mod:`adaptlab.models.card_usage`);
+  (files and counts) and the headline metrics (:mod:`adaptlab.models.card_results`), the resolved ``config.yaml``
+  and a snippet that loads it (:mod:`adaptlab.models.card_usage`);
 * for a merge, the merge in mergekit's dialect (the ``mergekit_config.yml`` the engine wrote), or why it has none.
 
 Everything comes from the model's files, the run's ``config.yaml`` and the metrics given to ``finish``, so no recipe
@@ -21,7 +21,6 @@ card that cannot be written is a warning in the log, never a failed run.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,17 +29,13 @@ import yaml
 
 from adaptlab import __version__
 from adaptlab.models.card_facts import ModelFacts, base_models, describe_model, hub_name, is_model_directory
+from adaptlab.models.card_results import compact, data_text, fenced, listed, metrics_text
 from adaptlab.models.card_usage import load_snippet
 from adaptlab.runs import atomic_write_text, completed_path, get_logger
 
 CARD_FILE = "README.md"
 SEARCH_DEPTH = 3  # run/model, run/tasks/NAME, run/STAGE/model
 SKIPPED_FOLDERS = ("checkpoints",)
-DATA_KEYS = ("train", "dev", "data", "dataset", "eval_data", "eval_dataset", "corpus", "scores", "bags")
-COUNT_KEYS = ("train_records", "dev_records", "train_examples", "dev_examples", "truncated_records",
-              "truncated_examples")
-COUNT_GROUPS = ("data_stats", "data", "counts", "held_out_counts")
-RUN_NUMBERS = ("dev_f1", "best_mean_dev_f1", "steps", "epochs", "train_seconds", "tensors", "output_dtype", "seconds")
 TRAINING_KEYS = ("learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size",
                  "gradient_accumulation_steps", "seed")
 QUIET_SETTINGS = ("progress",)  # settings that change how a run looks, not the model
@@ -48,8 +43,6 @@ STRATEGY_TAGS = {"peft": "peft", "distill": "distillation", "domain": "domain-ad
 KIND_TITLES = {"token-classification": "NER student (token classification)", "text-classification": "text classifier",
                "text-generation": "causal language model", "fill-mask": "masked language model",
                "feature-extraction": "encoder", "fractal-scorer": "FRACTAL sentence scorer"}
-LISTED = 12  # labels named before "..."
-COUNT_LINES = 24
 
 
 @dataclass
@@ -60,6 +53,7 @@ class RunRecord:
     config_text: str | None
     metrics: dict[str, Any]
     title: str
+    has_results: bool = True  # the run directory holds metrics.json and report.html
 
 
 @dataclass
@@ -79,7 +73,8 @@ def write_model_cards(run_path: Path, metrics: dict[str, Any], title: str) -> li
     config_file = run_path / "config.yaml"
     config_text = config_file.read_text(encoding="utf-8") if config_file.is_file() else None
     config = yaml.safe_load(config_text) if config_text else {}
-    record = RunRecord(config if isinstance(config, dict) else {}, config_text, metrics, title)
+    record = RunRecord(config if isinstance(config, dict) else {}, config_text, metrics, title,
+                       (run_path / "metrics.json").is_file())
     final = completed_path(run_path)  # where an atomic run (a merge) will be once renamed into place
     written = []
     for directory in directories:
@@ -122,13 +117,14 @@ def model_card(directory: Path, record: RunRecord, location: Path, run_location:
         what_it_is(facts, record, scope),
         "## Base model\n\n" + base_model_text(facts, bases),
         "## Method and strategy\n\n" + method_text(facts, record, scope),
-        "## Data\n\n" + data_text(facts, scope),
-        "## Metrics\n\n" + metrics_text(scope.metrics, run_location),
+        "## Data\n\n" + data_text(scope.config, scope.metrics, facts.merge is not None),
+        "## Metrics\n\n" + metrics_text(scope.metrics, run_location if record.has_results else None),
     ]
     if facts.merge is not None:
         sections.append("## The merge in mergekit's dialect\n\n" + mergekit_text(facts))
-    sections.append("## Resolved config\n\nThe run's `config.yaml`, with every default filled in:\n\n"
-                    + (fenced("yaml", record.config_text) if record.config_text else "(the run recorded none)"))
+    if record.config_text:
+        sections.append("## Resolved config\n\nThe run's `config.yaml`, with every default filled in:\n\n"
+                        + fenced("yaml", record.config_text))
     base = bases[0] if bases else None
     prose, language, code = load_snippet(facts, str(location), base)
     sections.append(f"## How to load it\n\n{prose}\n\n{fenced(language, code)}")
@@ -244,7 +240,7 @@ def causal_history(facts: ModelFacts, record: RunRecord) -> str:
 
 def base_model_text(facts: ModelFacts, bases: list[str]) -> str:
     if not bases:
-        return "Not recorded by the run."
+        return "Not recorded."
     lines = [f"- `{base}`" + (f" (on the Hub: [{hub}](https://huggingface.co/{hub}))" if (hub := hub_name(base))
                               else " (a local model)") for base in bases]
     intro = "The merge's inputs (the base model first):" if facts.merge is not None and len(bases) > 1 else ""
@@ -301,62 +297,6 @@ def summary_text(summary: Any, settings: Any) -> str:
     return f" ({', '.join(f'{key}: {compact(value)}' for key, value in list(facts.items())[:6])})" if facts else ""
 
 
-def data_text(facts: ModelFacts, scope: Scope) -> str:
-    if facts.merge is not None and "corpus" not in scope.config:
-        return "None: a merge combines the weights of its inputs and reads no data."
-    files = []
-    for key in DATA_KEYS:
-        value = scope.config.get(key)
-        path = value.get("path") if isinstance(value, dict) else value
-        if isinstance(path, str) and path:
-            files.append(f"- {key}: `{path}`")
-    counts = [f"- {key}: {scope.metrics[key]}" for key in COUNT_KEYS if scope.metrics.get(key) is not None]
-    labels = scope.metrics.get("labels")
-    if isinstance(labels, list):
-        counts.append(f"- labels: {len(labels)} ({listed(labels)})")
-    for group in COUNT_GROUPS:
-        if isinstance(scope.metrics.get(group), dict):
-            counts += [f"- {group}.{key}: {value}" for key, value in flat_numbers(scope.metrics[group])]
-    counts = counts[:COUNT_LINES] + (["- ... (the rest in metrics.json)"] if len(counts) > COUNT_LINES else [])
-    parts = [("Files:\n" + "\n".join(files)) if files else "The run recorded no data files.",
-             ("Counts:\n" + "\n".join(counts)) if counts else ""]
-    return "\n\n".join(part for part in parts if part)
-
-
-def metrics_text(metrics: dict[str, Any], run_location: Path) -> str:
-    rows = []
-    for split in ("dev", "test"):
-        if isinstance(metrics.get(split), dict):
-            rows += [(f"{split} {name}", value) for name, value in report_headline(metrics[split]).items()]
-    rows += [(key, value) for key, value in metrics.items() if key.startswith("final_") and is_number(value)]
-    rows += [(key, metrics[key]) for key in RUN_NUMBERS if key in metrics and metrics[key] is not None]
-    table = markdown_table(["metric", "value"], [[name, compact(value)] for name, value in rows]) if rows else ""
-    comparison = metrics.get("table")
-    if isinstance(comparison, list) and comparison and isinstance(comparison[0], dict):
-        columns = list(comparison[0])
-        table += ("\n\n" if table else "") + markdown_table(columns, [[compact(row.get(c)) for c in columns]
-                                                                     for row in comparison])
-    where = f"Every number the run measured is in `metrics.json` and `report.html` of its directory, `{run_location}`."
-    return (table or "The run measured no held-out scores for this model.") + "\n\n" + where
-
-
-def report_headline(report: dict[str, Any]) -> dict[str, Any]:
-    """The headline numbers of an evaluation report, by its shape: an NER report (``strict``, ``overlap``,
-    ``token``), a text-classification report (``macro_f1`` at the top) or classification P/R/F1 (``macro`` and
-    ``accuracy``, relation classifiers); else its top-level numbers."""
-    if isinstance(report.get("strict"), dict):
-        strict = report["strict"]
-        return {"strict micro F1": strict["micro"]["f1"], "strict micro precision": strict["micro"]["precision"],
-                "strict micro recall": strict["micro"]["recall"], "strict macro F1": strict["macro"]["f1"],
-                "overlap micro F1": report["overlap"]["micro"]["f1"], "token macro F1": report["token"]["macro"]["f1"]}
-    if "macro_f1" in report:
-        return {key: report[key] for key in ("accuracy", "macro_f1", "micro_f1") if key in report}
-    if isinstance(report.get("macro"), dict) and "accuracy" in report:
-        return {"accuracy": report["accuracy"], "macro F1": report["macro"]["f1"], "micro F1": report["micro"]["f1"],
-                "weighted F1": report["weighted"]["f1"]}
-    return {key: value for key, value in report.items() if is_number(value)}
-
-
 def mergekit_yaml(facts: ModelFacts) -> str | None:
     """The ``mergekit_config.yml`` the merge engine wrote beside the merged weights, if it wrote one."""
     from adaptlab.merge.engine import MERGEKIT_CONFIG
@@ -373,47 +313,3 @@ def mergekit_text(facts: ModelFacts) -> str:
     reason = str((facts.merge or {}).get("mergekit_config") or "").removeprefix("not written: ")
     return (f"This merge has no mergekit equivalent: {reason or 'the merge report does not say why'}. "
             "Its adaptlab config below is the exact record; `adaptlab merge` reruns it.")
-
-
-def flat_numbers(group: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
-    """``(dotted key, value)`` for the numbers and short strings in nested dicts (lists are left out)."""
-    rows = []
-    for key, value in group.items():
-        if isinstance(value, dict):
-            rows += flat_numbers(value, f"{prefix}{key}.")
-        elif is_number(value) or (isinstance(value, str) and len(value) <= 80):
-            rows.append((f"{prefix}{key}", compact(value)))
-    return rows
-
-
-def is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def compact(value: Any) -> str:
-    """A value as a card shows it: floats to 4 significant digits, lists and dicts as short JSON."""
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    if isinstance(value, list | dict):
-        text = json.dumps(value, ensure_ascii=False)
-        return text if len(text) <= 80 else text[:77] + "..."
-    return str(value)
-
-
-def listed(names: list[str]) -> str:
-    return ", ".join(map(str, names[:LISTED])) + (", ..." if len(names) > LISTED else "")
-
-
-def markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    def line(cells: list[Any]) -> str:
-        return "| " + " | ".join(str(cell).replace("|", "\\|") for cell in cells) + " |"
-
-    return "\n".join([line(header), line(["---"] * len(header)), *map(line, rows)])
-
-
-def fenced(language: str, text: str) -> str:
-    """``text`` in a fenced code block, with a fence longer than any backtick run inside it."""
-    fence = "```"
-    while fence in text:
-        fence += "`"
-    return f"{fence}{language}\n{text.rstrip()}\n{fence}"
