@@ -69,6 +69,12 @@ def partial_dir(output: Path) -> Path:
     return output.parent / f".{output.name}.partial-{os.getpid()}"
 
 
+def completed_path(path: Path) -> Path:
+    """Where a directory assembled in :func:`partial_dir` will be once renamed; any other path as it is."""
+    name, marker, pid = path.name.rpartition(".partial-")
+    return path.parent / name[1:] if marker and name.startswith(".") and pid.isdigit() else path
+
+
 def _process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -138,11 +144,14 @@ class RunDir:
     finished: bool = False
 
     def finish(self, metrics: dict[str, Any], title: str, sections: Sequence[Any] = ()) -> None:
-        """Write ``metrics.json`` and ``report.html`` (atomically): the run's results are complete."""
+        """Write ``metrics.json``, ``report.html`` and a model card (``README.md``) in every model directory of the
+        run (:mod:`adaptlab.models.card`), atomically: the run's results are complete."""
+        from adaptlab.models.card import write_model_cards
         from adaptlab.report.html import write_report
 
         atomic_write_json(self.metrics, metrics)
         write_report(self.report, title, sections)
+        write_model_cards(self.path, metrics, title)
         self.finished = True
         get_logger().info("results written: %s, %s", self.metrics.name, self.report.name)
 

@@ -11,7 +11,8 @@ Here a GGUF is converted once into a plain HF directory that every tool opens:
   dequantised values exactly: each is a float16 scale times a small integer plus a float16 offset);
 * the tokenizer files transformers builds from the GGUF metadata, chat template included;
 * ``generation_config.json`` with the file's BOS, EOS and padding ids, so generation stops at EOS;
-* ``adaptlab_import.json``: where it came from (file, size, SHA-256), architecture, tensor types.
+* ``adaptlab_import.json``: where it came from (file, size, SHA-256), architecture, tensor types;
+* ``README.md``: its model card (:mod:`adaptlab.models.card`), with the snippet that loads it.
 
 Checks come first and each failure is a :class:`~adaptlab.errors.ModelError` naming the file: not a
 GGUF (no magic), truncated or damaged, an architecture transformers cannot load as a causal LM, or
@@ -188,6 +189,10 @@ def import_gguf(path: str | os.PathLike, output: str | os.PathLike | None = None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    from adaptlab.models.card import write_model_cards
+
+    write_model_cards(target, {}, f"{Path(path).resolve()} converted from GGUF to a {dtype} HF model (`adaptlab "
+                                  "model import`)")
     return target
 
 
