@@ -265,7 +265,8 @@ class Domain(Strategy):
                                        eval_strategy="no", logging_first_step=True, remove_unused_columns=False)
         trainer = StrategyTrainer(model=masked_lm, args=arguments, train_dataset=Dataset.from_dict(rows),
                                   data_collator=WholeWordMaskCollator(task.tokenizer, config.mlm_probability),
-                                  processing_class=task.tokenizer, callbacks=[CheckpointMarker(keep=1)])
+                                  processing_class=task.tokenizer, callbacks=[CheckpointMarker(keep=1)],
+                                  stage=f"masked-LM ({'TAPT' if texts.source == 'task' else 'DAPT'})")
         checkpoint = newest_valid_checkpoint(stage / "checkpoints", set_aside_invalid=True)
         source = "the task's training texts" if texts.source == "task" else f"{len(config.texts)} file(s)"
         log.info("masked-LM pretraining on %d texts from %s for %d steps%s", len(texts.texts), source,
