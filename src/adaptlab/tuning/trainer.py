@@ -89,6 +89,7 @@ class StrategyTrainer(transformers.Trainer):
         super().__init__(*args, callbacks=callbacks, **kwargs)
         for printed in (transformers.PrinterCallback, transformers.ProgressCallback, DEFAULT_PROGRESS_CALLBACK):
             self.remove_callback(printed)
+        # training.progress arrives as the Trainer's own disable_tqdm (settings.training_arguments); -q wins over it
         self.progress = TrainingProgress(stage or stage_name(self.model, causal),
                                          enabled=progress_enabled(not self.args.disable_tqdm))
         self.add_callback(self.progress)
@@ -196,19 +197,18 @@ class StrategyTrainer(transformers.Trainer):
         return 1.0 / steps if model.training and scaled and steps > 1 else 1.0
 
 
+STAGE_NAMES = {"ForTokenClassification": "NER student", "ForSequenceClassification": "classifier student",
+               "ForMaskedLM": "masked-LM", "ForCausalLM": "causal LM", "MultitaskModel": "multi-task student"}
+
+
 def stage_name(model: Any, causal: bool = False) -> str:
-    """The name of a training stage on its progress bar, from the model's head: ``NER student`` (token
-    classification), ``classifier student`` (sequence classification: relations, text classes), ``masked-LM``,
-    ``causal LM``, ``multi-task student``; else the model's class name."""
+    """The name of a training stage on its progress bar, from the model's head (:data:`STAGE_NAMES`: token
+    classification is the NER student, sequence classification the relation or text classifier); else the model's
+    class name."""
     name = type(unwrap(model)).__name__
-    if causal or name.endswith("ForCausalLM"):
+    if causal:
         return "causal LM"
-    for suffix, stage in (("ForTokenClassification", "NER student"), ("ForSequenceClassification",
-                          "classifier student"), ("ForMaskedLM", "masked-LM"), ("MultitaskModel",
-                          "multi-task student")):
-        if name.endswith(suffix):
-            return stage
-    return name
+    return next((stage for suffix, stage in STAGE_NAMES.items() if name.endswith(suffix)), name)
 
 
 def _has_gold(labels: torch.Tensor) -> bool:
