@@ -398,10 +398,14 @@ def progress_enabled(requested: bool = True) -> bool:
     return requested and _console["progress"]
 
 
-def progress_bar(enabled: bool = True):
-    """A rich progress bar on stderr (description, bar, done/total, elapsed, ETA); ``enabled=False`` shows nothing.
+def progress_bar(enabled: bool = True, fields: str | None = None):
+    """A rich progress bar on stderr: description, bar, done/total, ``fields``, elapsed, ETA; ``enabled=False``
+    shows nothing. adaptlab's one bar style (training stages, teacher requests, FRACTAL, merges, LM evaluation).
 
-    ``adaptlab -q`` turns every bar off (:func:`progress_enabled`).
+    ``fields`` is a rich format string over each task's own fields (``"cached {task.fields[hits]}"``; every task of
+    the bar sets them with ``add_task(..., hits=0)``), shown after the count. A line that does not fit the console
+    is shortened, never wrapped; written to a file (no terminal) a bar is printed once, when it stops. ``adaptlab
+    -q`` turns every bar off (:func:`progress_enabled`).
     """
     from rich.console import Console
     from rich.progress import (
@@ -413,6 +417,21 @@ def progress_bar(enabled: bool = True):
         TimeRemainingColumn,
     )
 
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TextColumn("ETA"), TimeRemainingColumn(), console=Console(stderr=True),
+    extra = [TextColumn(fields, markup=False)] if fields else []
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), *extra,
+                    TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=Console(stderr=True),
                     disable=not progress_enabled(enabled))
+
+
+@contextmanager
+def datasets_progress(enabled: bool) -> Iterator[None]:
+    """datasets' own tqdm bars ("Map", "Saving the dataset") on or off for a block, as they were after it; never on
+    under ``adaptlab -q``. Off where adaptlab draws its own bar for the same work (:func:`progress_bar`)."""
+    import datasets
+
+    was_enabled = datasets.is_progress_bar_enabled()
+    (datasets.enable_progress_bars if progress_enabled(enabled) else datasets.disable_progress_bars)()
+    try:
+        yield
+    finally:
+        (datasets.enable_progress_bars if was_enabled else datasets.disable_progress_bars)()

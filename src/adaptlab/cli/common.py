@@ -183,4 +183,4 @@ def print_student_result(test_report: dict, triples: dict, title: str, run_path)
     """The closing lines of a demo: entity F1 table, triple F1, where the run and report are."""
     console.print(ner_summary_table(test_report, title))
     console.print(f"triple F1 (NER + type rules): {triples['micro']['f1']:.4f}")
-    console.print(f"run directory: {run_path}\nreport: {run_path / 'report.html'}")
+    console.print(f"run directory: {run_path}\nreport: {run_path / 'report.html'}", soft_wrap=True)  # paths whole

@@ -19,12 +19,13 @@ def demo(
     """Replay teacher -> validated synthetic data -> reviewed data -> MiniLM student -> test F1 (minutes on CPU)."""
     from adaptlab.recipes import distill
 
-    status("Generating with the replay teacher, importing the review, training the student...")
-    path, metrics = distill.run(output, epochs)
+    path, metrics = distill.run(output, epochs, say=status)
     print_stage_accounting(metrics["generation"])
     counts = metrics["review"]["counts"]
     agreement = metrics["review"]["agreement"]["spans"]["strict"]["micro"]["f1"]
+    # one fact a line, never wrapped (rich wraps at 80 columns when the output is not a terminal)
     console.print(f"review: {counts['verified']} verified ({counts['edited']} edited), {counts['unverified']} "
-                  f"unverified, {counts['removed']} removed; teacher vs reviewers strict span F1 {agreement:.4f}")
+                  f"unverified, {counts['removed']} removed", soft_wrap=True)
+    console.print(f"teacher vs reviewers: strict span F1 {agreement:.4f}", soft_wrap=True)
     student = metrics["student"]
     print_student_result(student["test"], student["test_triples"], "student on the demo test set", path)

@@ -48,7 +48,7 @@ import numpy as np
 
 from adaptlab.errors import ConfigError, DataError, ModelError
 from adaptlab.models.gguf import resolve_model
-from adaptlab.runs import atomic_write_json, get_logger
+from adaptlab.runs import atomic_write_json, get_logger, progress_bar
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -311,10 +311,9 @@ class FeatureCache:
         return out
 
     def _encode_and_store(self, digests: list[bytes], texts: list[str]) -> None:
-        from tqdm.auto import tqdm
-
         show = self.show_progress if self.show_progress is not None else len(texts) > 4 * self.batch_size
-        with tqdm(total=len(texts), desc="encoding texts", unit="text", disable=not show) as bar:
+        with progress_bar(show) as bar:
+            task = bar.add_task("encoding texts", total=len(texts))
             for start in range(0, len(texts), APPEND_BLOCK):
                 block = texts[start : start + APPEND_BLOCK]
                 vectors = self.model.encode(
@@ -322,7 +321,7 @@ class FeatureCache:
                 )
                 self._store.append(digests[start : start + APPEND_BLOCK], np.asarray(vectors, dtype=np.float32))
                 self.encoded_count += len(block)
-                bar.update(len(block))
+                bar.update(task, advance=len(block))
         get_logger().info("feature cache %s: encoded %d new texts", self.directory.name, len(texts))
 
     def context_chunks(self, context: str) -> list[str]:

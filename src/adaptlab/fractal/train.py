@@ -49,7 +49,6 @@ from typing import Literal
 
 import torch
 from pydantic import Field, model_validator
-from tqdm.auto import tqdm
 
 from adaptlab.config import StrictModel
 from adaptlab.errors import ConfigError
@@ -68,7 +67,7 @@ from adaptlab.fractal.priors import LossWeights, fractal_loss, get_loss_weights,
 from adaptlab.fractal.pseudo import pseudo_labels
 from adaptlab.fractal.selection import choose_prior_balance, scaled_cosine_weights
 from adaptlab.fractal.tensors import BagTensors, PairTensors
-from adaptlab.runs import get_logger
+from adaptlab.runs import get_logger, progress_bar
 
 PSEUDO_RULE = {"max": "max", "lse_max": "max", "noisy_or": "max", "min": "min", "softmin": "min",
                "noisy_and": "min", "avg": "avg"}
@@ -255,30 +254,30 @@ def train_bags(data: BagTensors, cfg: FractalTrainConfig, pairs: PairTensors | N
     for stage, stage_epochs in stages:
         if stage == "joint":
             model = _with_encoder(model, optimizer, cfg, encoder_model)
-        progress = tqdm(total=stage_epochs * steps, desc="fine-tuning encoder", unit="step",
-                        disable=True if stage == "head" else None)  # None: shown on a terminal
-        for _ in range(stage_epochs):
-            weights = cfg.weights_at_epoch(len(history))
-            totals: dict[str, float] = {}
-            for bag_ids, pair_ids in zip(_batches(data.n_bags, steps, rng), _batches(n_pairs, steps, rng)):
-                bags = data.subset(bag_ids)
-                hybrid = torch.tensor([b in hybrid_bags for b in bag_ids], dtype=torch.bool)[bags.bag_index] \
-                    if bag_ids else torch.zeros(0, dtype=torch.bool)
-                pair_batch = pairs.subset(pair_ids) if pair_ids else None
-                batch = bags if pair_batch is None else bags.concat(pair_batch.sides)
-                optimizer.zero_grad()
-                loss = partial(_step_loss, batch=batch, bags=bags, pairs=pair_batch, hybrid=hybrid, weights=weights,
-                               cfg=cfg)
-                terms = _backward(model, batch, loss)
-                optimizer.step()
-                progress.update()
-                for name, value in terms.items():
-                    totals[name] = totals.get(name, 0.0) + value.item()
-            history.append({"epoch": len(history) + 1, **({"stage": stage} if finetune else {}),
-                            **{k: v / steps for k, v in totals.items()}})
-            if stage == "joint":
-                get_logger().info("joint epoch %d: loss %.4f", history[-1]["epoch"], history[-1]["loss"])
-        progress.close()
+        with progress_bar(stage == "joint", fields="{task.fields[shown]}") as bar:  # the head stage is quick
+            task = bar.add_task("FRACTAL encoder fine-tuning", total=stage_epochs * steps, shown="")
+            for _ in range(stage_epochs):
+                weights = cfg.weights_at_epoch(len(history))
+                totals: dict[str, float] = {}
+                for bag_ids, pair_ids in zip(_batches(data.n_bags, steps, rng), _batches(n_pairs, steps, rng)):
+                    bags = data.subset(bag_ids)
+                    hybrid = torch.tensor([b in hybrid_bags for b in bag_ids], dtype=torch.bool)[bags.bag_index] \
+                        if bag_ids else torch.zeros(0, dtype=torch.bool)
+                    pair_batch = pairs.subset(pair_ids) if pair_ids else None
+                    batch = bags if pair_batch is None else bags.concat(pair_batch.sides)
+                    optimizer.zero_grad()
+                    loss = partial(_step_loss, batch=batch, bags=bags, pairs=pair_batch, hybrid=hybrid, weights=weights,
+                                   cfg=cfg)
+                    terms = _backward(model, batch, loss)
+                    optimizer.step()
+                    bar.update(task, advance=1)
+                    for name, value in terms.items():
+                        totals[name] = totals.get(name, 0.0) + value.item()
+                history.append({"epoch": len(history) + 1, **({"stage": stage} if finetune else {}),
+                                **{k: v / steps for k, v in totals.items()}})
+                if stage == "joint":
+                    get_logger().info("joint epoch %d: loss %.4f", history[-1]["epoch"], history[-1]["loss"])
+                    bar.update(task, shown=f"loss {history[-1]['loss']:.4g}")
     return model.eval(), history
 
 
@@ -306,14 +305,18 @@ def train_sentences(data: BagTensors, labels: torch.Tensor, cfg: FractalTrainCon
     if cfg.encoder == "frozen":
         return model.eval()
     joint = _with_encoder(model, optimizer, cfg, encoder_model)
-    for _ in tqdm(range(cfg.encoder_epochs), desc="fine-tuning encoder (sentences)", unit="epoch", disable=None):
-        order = torch.randperm(len(features), generator=generator)
-        for first in range(0, len(order), batch_size):
-            rows = order[first:first + batch_size]
-            optimizer.zero_grad()
-            joint.backward(data.rows_as_bags(kept_rows[rows].tolist()),
-                           lambda feats, rows=rows: {"loss": loss_fn(joint.head.logits(feats), labels[rows])})
-            optimizer.step()
+    with progress_bar() as bar:
+        task = bar.add_task("FRACTAL encoder fine-tuning (sentences)",
+                            total=cfg.encoder_epochs * -(-len(features) // batch_size))
+        for _ in range(cfg.encoder_epochs):
+            order = torch.randperm(len(features), generator=generator)
+            for first in range(0, len(order), batch_size):
+                rows = order[first:first + batch_size]
+                optimizer.zero_grad()
+                joint.backward(data.rows_as_bags(kept_rows[rows].tolist()),
+                               lambda feats, rows=rows: {"loss": loss_fn(joint.head.logits(feats), labels[rows])})
+                optimizer.step()
+                bar.update(task, advance=1)
     return joint.eval()
 
 

@@ -126,7 +126,7 @@ def load_model(cfg: CausalTrainingConfig, model_dir: str, tokenizer: Any, tokeni
 def fit(cfg: CausalTrainingConfig, run: RunDir, checkpoint: Path | None, model_dir: str, tokenizer: Any,
         tokenizer_source: str, data: TrainingData, state: Any) -> dict[str, Any]:
     """Train on ``data``, evaluate its held-out splits, save ``run.model``; the numbers every run reports."""
-    from transformers import PrinterCallback, set_seed
+    from transformers import set_seed
 
     set_seed(cfg.training.seed)
     task = TaskData(run.path, tokenizer, [], max_length=cfg.max_length, seed=cfg.training.seed,
@@ -142,10 +142,9 @@ def fit(cfg: CausalTrainingConfig, run: RunDir, checkpoint: Path | None, model_d
         compute_metrics=TokenNLL.compute_metrics if data.evals else None,
         preprocess_logits_for_metrics=TokenNLL.preprocess_logits_for_metrics if data.evals else None,
         callbacks=[CheckpointMarker(cfg.keep_checkpoints)], strategies=strategies, causal=True,
+        stage=" ".join(["causal LM", getattr(cfg, "mode", "")]).rstrip(),  # lm train: "causal LM cpt" / "... sft"
     )
     attach_trackers(trainer, run.path)
-    if not cfg.training.progress:  # no log dicts on stdout either; the history goes to metrics.json and the report
-        trainer.remove_callback(PrinterCallback)
     keep_on_failure(run, f"run the same command with --output {run.path} resume=auto to continue from its newest "
                          "complete checkpoint (or from step 0 if none was saved)")
     started = time.perf_counter()

@@ -38,7 +38,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from adaptlab.errors import ConfigError, ModelError, RunDirError
 from adaptlab.merge import files
@@ -48,7 +47,7 @@ from adaptlab.merge.methods import METHODS, tensor_generator
 from adaptlab.merge.plan import MergePlan, TensorPlan, build_plan
 from adaptlab.merge.tensors_io import ModelTensors, SafetensorsShardWriter
 from adaptlab.report.html import KeyValues, Paragraph, Section, Table
-from adaptlab.runs import assembled, atomic_write_json, atomic_write_text, get_logger, open_run
+from adaptlab.runs import assembled, atomic_write_json, atomic_write_text, get_logger, open_run, progress_bar
 
 SLICE_ELEMENTS = 1 << 20
 MERGEKIT_CONFIG = "mergekit_config.yml"
@@ -197,7 +196,7 @@ def write_tensors(cfg: MergeConfig, plan: MergePlan, sources: list[ModelTensors]
     with SafetensorsShardWriter(out_dir, layout, int(cfg.shard_size_mb * 1024 * 1024),
                                 metadata={"merged_by": "adaptlab", "method": cfg.method}) as shards, \
             BackgroundWriter(shards) as writer, ThreadPoolExecutor(1, "adaptlab-merge-reader") as reader, \
-            _progress(cfg.progress) as bar:
+            progress_bar(cfg.progress) as bar:
         task = bar.add_task(f"merging ({cfg.method})", total=len(plan.tensors))
         for tensor in plan.tensors:
             if method.elementwise and tensor.action == "merge" and not tensor.vocab_rows:
@@ -334,8 +333,3 @@ def report_sections(report: dict[str, Any]) -> list[Section]:
                                       "square; a dash: not merged or not measured."),
                             Table(["tensor", "action", "shape", "max |change|", "RMS"], rows)]),
     ]
-
-
-def _progress(enabled: bool) -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                    disable=not enabled)

@@ -14,6 +14,7 @@ Everything lands in one run directory with ``synth/``, ``review/`` and ``student
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from importlib.resources import files
 from pathlib import Path
 
@@ -64,20 +65,26 @@ def demo_synth_config(cassette: str | Path, output: str | None) -> SynthConfig:
     })
 
 
-def run(output: str | None = None, epochs: float = 20) -> tuple[Path, dict]:
+def run(output: str | None = None, epochs: float = 20,
+        say: Callable[[str], None] = lambda message: None) -> tuple[Path, dict]:
+    """Run the demo; ``say`` receives one short line as each of the four stages starts (the CLI prints them)."""
     resources = demo_resources()
     cfg = DistillDemoConfig(output=output, cassette=str(resources / "cassette.jsonl"),
                             review_export=str(resources / "reviewed.json"), training=demo_student_training(epochs))
     with open_run(cfg.output, "distill-demo", cfg) as root:
+        say("[1/4] teacher: replaying the shipped answers through generation and validation")
         synth_run, generation = synth.generate(demo_synth_config(cfg.cassette, str(root.path / "synth")))
 
+        say("[2/4] review: importing the reviewers' Label Studio export")
         review_run, reviewed = review.import_(cfg.review_export, str(synth_run.path), str(root.path / "review"))
         _check_same_sentences(read_records(synth_run.path / "records.jsonl"), reviewed.records)
 
         _, test_path = demo_data()
+        say(f"[3/4] student: training MiniLM on the {len(reviewed.records)} reviewed records")
         student_run, student = ner.train(ner.NERTrainConfig(
             name="distill-demo-student", train=str(review_run.path / "records.jsonl"),
             output=str(root.path / "student"), training=cfg.training))
+        say("[4/4] test: scoring the student on the held-out demo test set")
         gold = read_records(test_path)
         test_report, predicted = ner.evaluate_records(NERPredictor(student_run.model), gold)
         schema = demo_schema()

@@ -20,8 +20,6 @@ import random
 import shutil
 import time
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +32,7 @@ from adaptlab.lm.corpus import CleaningConfig, SourceConfig
 from adaptlab.lm.dedup import DedupConfig, DedupResult, deduplicate
 from adaptlab.lm.loading import load_tokenizer
 from adaptlab.report.html import KeyValues, Paragraph, Section, Table
-from adaptlab.runs import RunDir, atomic_write_json, get_logger, open_run, progress_bar
+from adaptlab.runs import RunDir, atomic_write_json, datasets_progress, get_logger, open_run, progress_bar
 
 ROLES = ("domain", "general")
 
@@ -100,7 +98,7 @@ def prepare(cfg: PrepareConfig) -> tuple[RunDir, dict]:
     clean = read_clean_deduplicate(cfg)
     parts = held_out_split(clean, cfg)  # {"train_domain": [doc index, ...], "eval_domain": [...], ...}
     order = [i for docs in parts.values() for i in docs]
-    with _datasets_progress(cfg.progress):
+    with datasets_progress(cfg.progress):
         tokens, cache = prepared.tokenize_documents([clean.texts[i] for i in order], tokenizer, cfg.num_proc,
                                                     _cache_dir(cfg))
     lengths = dict(zip(order, tokens["length"]))
@@ -140,7 +138,7 @@ def pack_and_save(cfg: PrepareConfig, folder: Path, parts: dict[str, list[int]],
     staging = folder / ".staging"
     packed, packing = {}, {}
     offset = 0
-    with _datasets_progress(cfg.progress):
+    with datasets_progress(cfg.progress):
         for part, members in parts.items():
             if members:
                 span = tokens.select(range(offset, offset + len(members)))
@@ -227,19 +225,6 @@ def _cache_dir(cfg: PrepareConfig) -> Path | None:
     import datasets
 
     return Path(datasets.config.HF_DATASETS_CACHE) / "adaptlab-lm-prepare"
-
-
-@contextmanager
-def _datasets_progress(enabled: bool) -> Iterator[None]:
-    """Turn datasets' own progress bars on or off for a block, restoring the previous state."""
-    import datasets
-
-    was_enabled = datasets.is_progress_bar_enabled()
-    (datasets.enable_progress_bars if enabled else datasets.disable_progress_bars)()
-    try:
-        yield
-    finally:
-        (datasets.enable_progress_bars if was_enabled else datasets.disable_progress_bars)()
 
 
 def _check_enough(role: str, kept: list[int], clean: CleanCorpus, cfg: PrepareConfig) -> None:

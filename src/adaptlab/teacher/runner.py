@@ -57,9 +57,8 @@ from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from adaptlab.runs import get_logger
+from adaptlab.runs import get_logger, progress_bar
 from adaptlab.teacher.base import Teacher, TeacherError, TeacherRequest, TeacherResponse, TransientTeacherError
 from adaptlab.teacher.cache import ResponseCache
 from adaptlab.teacher.config import TeacherConfig
@@ -212,7 +211,7 @@ class TeacherRunner:
             self.stats.cached_completion_tokens += response.usage.completion_tokens
 
         try:
-            with self._progress_bar() as bar:
+            with progress_bar(self.progress, fields="cached {task.fields[hits]}  failed {task.fields[failed]}") as bar:
                 task_id = bar.add_task(escape(description or f"{backend}:{model}"), total=len(first_request),
                                        completed=len(resolved), hits=len(resolved), failed=0)
                 failed_here = 0
@@ -327,19 +326,6 @@ class TeacherRunner:
         if self._semaphore is None or self._semaphore_loop is not loop:
             self._semaphore, self._semaphore_loop = asyncio.Semaphore(self.config.concurrency), loop
         return self._semaphore
-
-    def _progress_bar(self) -> Progress:
-        return Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("cached {task.fields[hits]}  failed {task.fields[failed]}"),
-            TimeElapsedColumn(),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
-            console=Console(stderr=True),
-            disable=not self.progress,
-        )
 
 
 async def _run_all(coroutines: list[Any]) -> None:

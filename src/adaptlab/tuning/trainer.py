@@ -23,6 +23,8 @@ task decides only the model, data, collator and metrics. What it adds to ``trans
   only a teacher labels), where the model's own mean over no targets would be NaN. Strategies' ``extra_columns``
   are kept in the batches for ``loss_terms`` and removed before the model's ``forward``; their ``collator``
   wraps the task's, and ``transform_inputs`` may replace a training batch. **Callbacks** are appended.
+* **Console.** transformers' printed log dicts and tqdm bars give way to one :class:`TrainingProgress` bar named
+  by the stage (``stage=``, else :func:`stage_name`); the log records go to the run's ``log.txt``.
 """
 
 from __future__ import annotations
@@ -33,7 +35,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 import transformers
+from transformers.trainer import DEFAULT_PROGRESS_CALLBACK
 
+from adaptlab.runs import progress_enabled
+from adaptlab.tuning.families import unwrap
+from adaptlab.tuning.progress import TrainingProgress
 from adaptlab.tuning.strategies.base import Strategy
 
 IGNORE_INDEX = -100
@@ -70,7 +76,8 @@ def weighted_causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, weights:
 class StrategyTrainer(transformers.Trainer):
     """``transformers.Trainer`` + strategy hooks (module docstring). ``causal`` selects the weighted LM loss."""
 
-    def __init__(self, *args: Any, strategies: list[Strategy] | None = None, causal: bool = False, **kwargs: Any):
+    def __init__(self, *args: Any, strategies: list[Strategy] | None = None, causal: bool = False,
+                 stage: str | None = None, **kwargs: Any):
         self.strategies = list(strategies or [])
         self.causal = causal
         callbacks = list(kwargs.pop("callbacks", None) or [])
@@ -80,6 +87,18 @@ class StrategyTrainer(transformers.Trainer):
                 kwargs["data_collator"] = strategy.collator(kwargs["data_collator"])
         self.extra_columns = [column for strategy in self.strategies for column in strategy.extra_columns]
         super().__init__(*args, callbacks=callbacks, **kwargs)
+        for printed in (transformers.PrinterCallback, transformers.ProgressCallback, DEFAULT_PROGRESS_CALLBACK):
+            self.remove_callback(printed)
+        # training.progress arrives as the Trainer's own disable_tqdm (settings.training_arguments); -q wins over it
+        self.progress = TrainingProgress(stage or stage_name(self.model, causal),
+                                         enabled=progress_enabled(not self.args.disable_tqdm))
+        self.add_callback(self.progress)
+
+    def train(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().train(*args, **kwargs)
+        finally:
+            self.progress.close()  # a failed or interrupted run must not leave a live bar (and no cursor) behind
 
     # ----------------------------------------------------------------------------------------- optimizer
 
@@ -176,6 +195,20 @@ class StrategyTrainer(transformers.Trainer):
                 or self.compute_loss_func is not None
         steps = getattr(self, "current_gradient_accumulation_steps", 1)
         return 1.0 / steps if model.training and scaled and steps > 1 else 1.0
+
+
+STAGE_NAMES = {"ForTokenClassification": "NER student", "ForSequenceClassification": "classifier student",
+               "ForMaskedLM": "masked-LM", "ForCausalLM": "causal LM", "MultitaskModel": "multi-task student"}
+
+
+def stage_name(model: Any, causal: bool = False) -> str:
+    """The name of a training stage on its progress bar, from the model's head (:data:`STAGE_NAMES`: token
+    classification is the NER student, sequence classification the relation or text classifier); else the model's
+    class name."""
+    name = type(unwrap(model)).__name__
+    if causal:
+        return "causal LM"
+    return next((stage for suffix, stage in STAGE_NAMES.items() if name.endswith(suffix)), name)
 
 
 def _has_gold(labels: torch.Tensor) -> bool:

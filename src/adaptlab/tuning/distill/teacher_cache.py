@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from adaptlab.lm.packing import IGNORE_INDEX, PackedCollator
+from adaptlab.runs import datasets_progress, progress_bar
 from adaptlab.tuning.distill.divergences import teacher_top_k
 
 TOP_IDS = "teacher_top_ids"
@@ -44,6 +45,8 @@ def cache_top_k(dataset: Any, teacher_logits: Callable[[dict[str, torch.Tensor]]
 
     collate = PackedCollator(pad_token_id)
     cached_tokens = [0]
+    bar = progress_bar()
+    task = bar.add_task("teacher top-k", total=len(dataset))
 
     def add_top_k(columns: dict[str, list]) -> dict[str, list]:
         rows = [dict(zip(columns, values, strict=True)) for values in zip(*columns.values(), strict=True)]
@@ -54,6 +57,7 @@ def cache_top_k(dataset: Any, teacher_logits: Callable[[dict[str, torch.Tensor]]
             ids, log_probs = teacher_top_k(logits[mask.to(logits.device)], k)
         counts = mask.sum(dim=1).tolist()
         cached_tokens[0] += sum(counts)
+        bar.advance(task, len(rows))
         return {TOP_IDS: [part.tolist() for part in ids.cpu().split(counts)],
                 TOP_LOG_PROBS: [part.tolist() for part in log_probs.float().cpu().split(counts)]}
 
@@ -62,10 +66,11 @@ def cache_top_k(dataset: Any, teacher_logits: Callable[[dict[str, torch.Tensor]]
                                   TOP_LOG_PROBS: datasets.List(datasets.List(datasets.Value("float32")))})
     if cache_file is not None:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
-    dataset = dataset.map(add_top_k, batched=True, batch_size=CACHE_BATCH_ROWS, features=features,
-                          desc="teacher top-k", load_from_cache_file=False,
-                          cache_file_name=str(cache_file) if cache_file is not None else None,
-                          keep_in_memory=cache_file is None)
+    with bar, datasets_progress(False):  # adaptlab's bar, not datasets' "Map"
+        dataset = dataset.map(add_top_k, batched=True, batch_size=CACHE_BATCH_ROWS, features=features,
+                              load_from_cache_file=False,
+                              cache_file_name=str(cache_file) if cache_file is not None else None,
+                              keep_in_memory=cache_file is None)
     return dataset, cached_tokens[0]
 
 

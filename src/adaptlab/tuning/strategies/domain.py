@@ -267,7 +267,8 @@ class Domain(Strategy):
                                        eval_strategy="no", logging_first_step=True, remove_unused_columns=False)
         trainer = StrategyTrainer(model=masked_lm, args=arguments, train_dataset=Dataset.from_dict(rows),
                                   data_collator=WholeWordMaskCollator(task.tokenizer, config.mlm_probability),
-                                  processing_class=task.tokenizer, callbacks=[CheckpointMarker(keep=1)])
+                                  processing_class=task.tokenizer, callbacks=[CheckpointMarker(keep=1)],
+                                  stage=f"masked-LM ({'TAPT' if texts.source == 'task' else 'DAPT'})")
         attach_trackers(trainer, task.output_dir, stage)  # the task's trackers; TensorBoard in <run>/domain/
         checkpoint = newest_valid_checkpoint(stage / "checkpoints", set_aside_invalid=True)
         source = "the task's training texts" if texts.source == "task" else f"{len(config.texts)} file(s)"
