@@ -21,11 +21,5 @@ def seeded_tiny_bert(tiny_bert_dir, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Hidden-size-32 models train faster on one thread than on several (less synchronisation per tiny matmul)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_torch_thread):
+    """Every module here trains tiny models: one torch thread (the root conftest's ``one_torch_thread``)."""

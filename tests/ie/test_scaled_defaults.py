@@ -25,15 +25,7 @@ from adaptlab.tuning.encoder_fit import (
 FAST = ["training.progress=false", "training.min_steps=30"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Hidden-size-32 models train faster on one thread than on several."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.parametrize("rows, settings, has_eval, expected", [
