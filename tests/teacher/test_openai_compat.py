@@ -9,6 +9,7 @@ import socket
 
 import pytest
 
+from adaptlab.runs import configure_console
 from adaptlab.teacher.base import Message, Sampling, TeacherError, TeacherRequest, TransientTeacherError
 from adaptlab.teacher.config import TeacherConfig
 from adaptlab.teacher.openai_compat import OpenAICompatTeacher, parse_retry_after
@@ -266,6 +267,7 @@ def test_a_server_slower_than_timeout_s_stops_the_run_without_piling_up(monkeypa
 
 
 def test_a_batch_with_many_failures_is_warned_about(monkeypatch, capsys):
+    configure_console()  # as the CLI does: adaptlab's warnings on stderr, once
     with StubServer(lambda body: "ok", p_500=0.5, seed=3) as server:
         teacher = make_teacher(server.base_url, monkeypatch)
         config = TeacherConfig(backend="openai", model="stub-model", cache=False, max_retries=0,
@@ -275,4 +277,5 @@ def test_a_batch_with_many_failures_is_warned_about(monkeypatch, capsys):
     failed = sum(not o.ok for o in outcomes)
     assert 0 < failed < 8
     assert stats.warnings == [stats.warnings[0]] and f"{failed} of 8 sentences requests failed" in stats.warnings[0]
-    assert "warning:" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "warning:" in err and err.count("requests failed") == 1

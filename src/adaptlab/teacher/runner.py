@@ -55,7 +55,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from rich.console import Console
 from rich.markup import escape
 
 from adaptlab.runs import get_logger, progress_bar
@@ -279,8 +278,8 @@ class TeacherRunner:
                 "(teacher.stop_after_timeouts sets when to stop; answers received so far stay in the cache)")
 
     def _warn_if_many_failed(self, outcomes: list[Outcome], description: str) -> None:
-        """More than ``teacher.warn_failed_share`` of the batch failed: a warning on the console, in the log and
-        in ``stats.warnings`` (metrics.json and the report)."""
+        """More than ``teacher.warn_failed_share`` of the batch failed: a warning in the log (and so on the console
+        under the CLI) and in ``stats.warnings`` (metrics.json and the report)."""
         failed = [outcome for outcome in outcomes if not outcome.ok]
         threshold = self.config.warn_failed_share
         if not failed or len(failed) <= threshold * len(outcomes):
@@ -289,7 +288,6 @@ class TeacherRunner:
                    f"(more than teacher.warn_failed_share={threshold:g}), e.g. {failed[0].error}")
         self.stats.warnings.append(message)
         self._log.warning(message)
-        Console(stderr=True).print(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
     def _check_schemas(self, outcomes: Any, description: str) -> None:
         ignored = 0
