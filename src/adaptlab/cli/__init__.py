@@ -27,7 +27,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,  # help texts show [E1] markers and [key=value] literally, never as markup
 )
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)  # one-line errors stay one line
 _state = {"debug": False, "registered": False}
 GLOBAL_FLAGS = ("-q", "--quiet", "-v", "--verbose", "--debug")
 CLICK_ERRORS = (click.ClickException, click_exceptions.ClickException)  # the vendored click and the real one
@@ -193,8 +193,7 @@ def _command_line_error(exc: click.ClickException) -> int:
         message = old_option_message(exc.option_name, ctx) or message
     _error(message)
     command = ctx.command_path if ctx is not None else "adaptlab"
-    err_console.print(f"hint: '{escape(command)} --help' shows the arguments and options", highlight=False,
-                      soft_wrap=True)
+    err_console.print(f"hint: '{escape(command)} --help' shows the arguments and options", highlight=False)
     return 2
 
 
@@ -217,7 +216,7 @@ def _run_app(args: list[str]) -> int:
 
 
 def _error(message: str) -> None:
-    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
 
 
 def _interrupted() -> int:
@@ -229,7 +228,7 @@ def _interrupted() -> int:
 
 def _print_notes() -> None:
     for line in interrupts.notes():
-        err_console.print(escape(line), highlight=False, soft_wrap=True)
+        err_console.print(escape(line), highlight=False)
 
 
 def run() -> None:

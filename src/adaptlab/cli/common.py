@@ -23,8 +23,9 @@ except ImportError:  # pragma: no cover - an older typer on the real click
     from click import exceptions as click_exceptions
 
 # User data (paths, texts with [E1] markers) must never be read as rich markup.
-console = Console(markup=False, highlight=False)
-status_console = Console(stderr=True, markup=False, highlight=False)
+# soft_wrap: a printed line is never broken at the console width (a log file of the run keeps each fact on one line)
+console = Console(markup=False, highlight=False, soft_wrap=True)
+status_console = Console(stderr=True, markup=False, highlight=False, soft_wrap=True)
 
 CONFIG_HELP = "YAML config file, or the name of a shipped one (adaptlab config list)"
 OVERRIDES_HELP = "key=value config overrides (dotted keys: training.seed=1)"
@@ -183,4 +184,4 @@ def print_student_result(test_report: dict, triples: dict, title: str, run_path)
     """The closing lines of a demo: entity F1 table, triple F1, where the run and report are."""
     console.print(ner_summary_table(test_report, title))
     console.print(f"triple F1 (NER + type rules): {triples['micro']['f1']:.4f}")
-    console.print(f"run directory: {run_path}\nreport: {run_path / 'report.html'}", soft_wrap=True)  # paths whole
+    console.print(f"run directory: {run_path}\nreport: {run_path / 'report.html'}")

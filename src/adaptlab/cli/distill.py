@@ -23,9 +23,9 @@ def demo(
     print_stage_accounting(metrics["generation"])
     counts = metrics["review"]["counts"]
     agreement = metrics["review"]["agreement"]["spans"]["strict"]["micro"]["f1"]
-    # one fact a line, never wrapped (rich wraps at 80 columns when the output is not a terminal)
+    # one fact a line (the console never wraps a line: cli.common)
     console.print(f"review: {counts['verified']} verified ({counts['edited']} edited), {counts['unverified']} "
-                  f"unverified, {counts['removed']} removed", soft_wrap=True)
-    console.print(f"teacher vs reviewers: strict span F1 {agreement:.4f}", soft_wrap=True)
+                  f"unverified, {counts['removed']} removed")
+    console.print(f"teacher vs reviewers: strict span F1 {agreement:.4f}")
     student = metrics["student"]
     print_student_result(student["test"], student["test_triples"], "student on the demo test set", path)
