@@ -312,10 +312,11 @@ def main() -> None:
             for d in datasets for s in args.shots.split(",") for k in range(args.draws) for a in arms]
     cache_path = RESULTS / f"fewshot_cls{'_dev' if args.dev else ''}_runs.jsonl"
     cache = read_cache(cache_path, run_key)
-    todo = [] if args.report else [spec for spec in plan if run_key(spec) not in cache]
-    print(f"{len(plan)} runs planned, {len(plan) - len(todo)} already in {cache_path.name}, {len(todo)} to run")
+    missing = [spec for spec in plan if run_key(spec) not in cache]
+    todo = [] if args.report else missing
+    print(f"{len(plan)} runs planned, {len(plan) - len(missing)} already in {cache_path.name}, {len(todo)} to run")
     failures = []
-    with progress_bar() as progress:
+    with progress_bar(enabled=bool(todo)) as progress:
         task = progress.add_task("few-shot runs", total=len(todo))
         for spec in todo:
             progress.update(task, description=f"{spec['dataset']} {spec['shots']}/class draw {spec['draw']} "
