@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from worker_runs import launch, read_cache
+from worker_runs import add_run_arguments, launch, read_cache, served_worker
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "fewshot"
@@ -292,11 +292,9 @@ def main() -> None:
     parser.add_argument("--fewshot", nargs="*", default=[], metavar="KEY=VALUE",
                         help="with --dev: strategy.fewshot settings of arms c and d")
     parser.add_argument("--data", type=Path, default=DATA, help=f"the fewshot data folder (default {DATA})")
-    parser.add_argument("--report", action="store_true", help="run nothing: summarise the planned runs already cached")
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    add_run_arguments(parser)
     args = parser.parse_args()
-    if args.worker:
-        print(json.dumps(worker(json.loads(args.worker))))
+    if served_worker(args, worker):
         return
     if args.fewshot and not args.dev:
         parser.error("--fewshot changes our settings; tune with --dev, never on the test set")

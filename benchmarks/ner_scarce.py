@@ -51,7 +51,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from worker_runs import launch, read_cache
+from worker_runs import add_run_arguments, launch, read_cache, served_worker
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "biospecies" / "NER_Biospecies_data.txt"
@@ -357,11 +357,9 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DATA, help=f"the biospecies NER file (default {DATA})")
     parser.add_argument("--teacher-model", help="recipe d's teacher (default: all-mpnet-base-v2 from the cache)")
     parser.add_argument("--setup-teacher", action="store_true", help="install all-mpnet-base-v2 into the cache")
-    parser.add_argument("--report", action="store_true", help="run nothing: summarise the planned runs already cached")
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    add_run_arguments(parser)
     args = parser.parse_args()
-    if args.worker:
-        print(json.dumps(worker(json.loads(args.worker))))
+    if served_worker(args, worker):
         return
     if args.setup_teacher:
         setup_teacher()

@@ -4,6 +4,7 @@ an interrupted benchmark continues where it stopped."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -31,3 +32,18 @@ def launch(script: str | Path, spec: dict) -> dict:
     result = json.loads(done.stdout.strip().splitlines()[-1])
     result["process_seconds"] = round(time.perf_counter() - started, 2)
     return result
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--report`` (summarise the cached runs only) and the hidden ``--worker SPEC`` every such benchmark takes."""
+    parser.add_argument("--report", action="store_true", help="run nothing: summarise the planned runs already cached")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+
+
+def served_worker(args: argparse.Namespace, worker: Callable[[dict], dict]) -> bool:
+    """With ``--worker SPEC``: run that one spec in this process, print its result as the last stdout line (what
+    :func:`launch` reads) and return True; otherwise False."""
+    if not args.worker:
+        return False
+    print(json.dumps(worker(json.loads(args.worker))))
+    return True
