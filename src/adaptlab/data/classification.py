@@ -16,14 +16,13 @@ label, a missing column (naming the columns there are), a list label without ``m
 
 from __future__ import annotations
 
-import csv
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from adaptlab.data.records import iter_json_lines, read_text_lines
+from adaptlab.data.records import iter_json_lines, iter_table_rows, read_text_lines
 from adaptlab.errors import DataError
 
 LABEL_SEPARATOR = "|"
@@ -73,7 +72,7 @@ def texts_to_classify(path: str | Path, format: str = "auto", text_column: str =
     if fmt == "jsonl":
         texts = [_field(obj, text_column, path, line) for line, obj in _objects(path)]
     elif fmt in ("csv", "tsv"):
-        table = _table(path, "\t" if fmt == "tsv" else ",", [text_column])
+        table = _columns(path, "\t" if fmt == "tsv" else ",", [text_column])
         texts = [row[text_column] for _, row in table]
     else:
         texts = [line for line in read_text_lines(path) if line.strip()]
@@ -115,35 +114,14 @@ def _jsonl_rows(path: str | Path, text_column: str, label_column: str) -> Iterat
         yield line, _field(obj, text_column, path, line), _field(obj, label_column, path, line)
 
 
-def _table(path: str | Path, delimiter: str, columns: list[str]) -> Iterator[tuple[int, dict[str, str]]]:
-    """``(line, row)`` for each data row of a CSV/TSV file with a header; rows of the wrong width name file:line."""
-    lines = [line + "\n" for line in read_text_lines(path)]  # line ends kept: a quoted field may hold a newline
-    reader = csv.reader(lines, delimiter=delimiter, strict=True)
-    try:
-        header = next(reader)
-    except (StopIteration, csv.Error) as exc:
-        raise DataError(f"cannot read the header row ({exc})", path, 1) from None
-    missing = [c for c in columns if c not in header]
-    if missing:
-        raise DataError(f"no column {', '.join(map(repr, missing))}; the header has {header}. Set text_column / "
-                        "label_column to the columns your data uses", path, 1)
-    while True:
-        try:
-            fields = next(reader)
-        except StopIteration:
-            return
-        except csv.Error as exc:
-            raise DataError(f"malformed row ({exc})", path, reader.line_num) from None
-        if not fields or not any(f.strip() for f in fields):
-            continue
-        if len(fields) != len(header):
-            raise DataError(f"{len(fields)} fields, but the header has {len(header)} ({header}); quote fields "
-                            "that contain the delimiter", path, reader.line_num)
-        yield reader.line_num, dict(zip(header, fields))
+def _columns(path: str | Path, delimiter: str, columns: list[str]) -> Iterator[tuple[int, dict[str, str]]]:
+    """:func:`iter_table_rows`, whose missing-column error says which keys choose the columns."""
+    return iter_table_rows(path, delimiter, columns, hint="set text_column / label_column to the columns your "
+                                                          "data uses")
 
 
 def _table_rows(path, delimiter: str, text_column: str, label_column: str) -> Iterator[tuple[int, Any, Any]]:
-    for line, row in _table(path, delimiter, [text_column, label_column]):
+    for line, row in _columns(path, delimiter, [text_column, label_column]):
         yield line, row[text_column], _split_cell(row[label_column])
 
 

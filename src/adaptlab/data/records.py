@@ -12,9 +12,10 @@ edge; BIO tags exist only at the model boundary.
 
 from __future__ import annotations
 
+import csv
 import json
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -187,3 +188,35 @@ def iter_jsonl(records: Iterable[Record]) -> Iterator[str]:
 def write_records(records: Iterable[Record], path: str | Path) -> Path:
     """Write canonical JSONL atomically (temp file + rename)."""
     return atomic_write_text(path, "".join(line + "\n" for line in iter_jsonl(records)))
+
+
+def iter_table_rows(path: str | Path, delimiter: str, columns: Sequence[str] = (), hint: str = ""
+                    ) -> Iterator[tuple[int, dict[str, str]]]:
+    """``(line, row)`` for each data row of a CSV/TSV file with a header row; blank rows are skipped.
+
+    A header without one of ``columns`` (its error ends with ``hint``), a malformed row or a row of the wrong
+    width is a :class:`DataError` naming file:line.
+    """
+    lines = [line + "\n" for line in read_text_lines(path)]  # line ends kept: a quoted field may hold a newline
+    reader = csv.reader(lines, delimiter=delimiter, strict=True)
+    try:
+        header = next(reader)
+    except (StopIteration, csv.Error) as exc:
+        raise DataError(f"cannot read the header row ({exc})", path, 1) from None
+    missing = [c for c in columns if c not in header]
+    if missing:
+        raise DataError(f"no column {', '.join(map(repr, missing))}; the header has {header}"
+                        + (f"; {hint}" if hint else ""), path, 1)
+    while True:
+        try:
+            fields = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise DataError(f"malformed row ({exc})", path, reader.line_num) from None
+        if not fields or not any(f.strip() for f in fields):
+            continue
+        if len(fields) != len(header):
+            raise DataError(f"{len(fields)} fields, but the header has {len(header)} ({header}); quote fields "
+                            "that contain the delimiter", path, reader.line_num)
+        yield reader.line_num, dict(zip(header, fields))

@@ -36,9 +36,8 @@ from typing import Any, Literal, TypeVar
 from pydantic import Field, model_validator
 
 from adaptlab.config import StrictModel
-from adaptlab.data.classification import _table
 from adaptlab.data.formats.hf import is_saved_dataset
-from adaptlab.data.records import iter_json_lines, read_text_lines
+from adaptlab.data.records import iter_json_lines, iter_table_rows, read_text_lines
 from adaptlab.errors import ConfigError, DataError
 from adaptlab.lm.sft_examples import SFTExample, Where, parse_example
 from adaptlab.lm.sft_formats import FIELDS, ROLE_TARGETS, detect_format, to_example, to_text
@@ -131,7 +130,8 @@ def _file(path: Path) -> tuple[list[str], list[Record]]:
         raise DataError(f"unknown file type {path.suffix or '(none)'!r}; SFT data is a "
                         f"{', '.join(SUFFIXES)} file, a save_to_disk folder or a hub dataset name", path)
     if kind in ("csv", "tsv"):
-        records: list[Record] = [((path, line), row) for line, row in _table(path, "," if kind == "csv" else "\t", [])]
+        rows = iter_table_rows(path, "," if kind == "csv" else "\t")
+        records: list[Record] = [((path, line), row) for line, row in rows]
         return (list(records[0][1]) if records else []), records
     if kind == "parquet":
         import pyarrow.parquet
