@@ -26,21 +26,6 @@ def _console_back_to_default():
     runs.configure_console()
 
 
-@pytest.fixture
-def libraries_as_in_the_cli():
-    """transformers as a fresh ``adaptlab`` process has it: the CLI sets TRANSFORMERS_VERBOSITY=error and
-    HF_HUB_DISABLE_PROGRESS_BARS=1 before transformers is imported, but in this process it already is."""
-    from transformers.utils import logging as hf_logging
-
-    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    yield
-    hf_logging.set_verbosity(verbosity)
-    if bars:
-        hf_logging.enable_progress_bar()
-
-
 def _callback_run(metric: str | None, logs: list[dict], capsys, last_step: int = 10) -> tuple[TrainingProgress, str]:
     """Drive the callback as the Trainer would over 10 steps (ending at ``last_step``), the ``logs`` at step 5;
     returns (callback, stderr)."""
@@ -120,8 +105,7 @@ def ner_data(tmp_path):
     return ["--train", tmp_path / "train.jsonl", "--dev", tmp_path / "dev.jsonl"]
 
 
-def test_training_prints_one_bar_and_logs_the_dicts_to_log_txt(ner_data, tiny_bert_dir, tmp_path, run_cli,
-                                                                libraries_as_in_the_cli):
+def test_training_prints_one_bar_and_logs_the_dicts_to_log_txt(ner_data, tiny_bert_dir, tmp_path, run_cli):
     code, out, err = run_cli("ner", "train", *ner_data, "--model", tiny_bert_dir, "--output", tmp_path / "run",
                              *TINY_NER)
     assert code == 0, err
@@ -133,6 +117,23 @@ def test_training_prints_one_bar_and_logs_the_dicts_to_log_txt(ner_data, tiny_be
     assert "NER student step 2/8: loss " in log and "eval_macro_f1" in log and "train_runtime" in log
 
 
+def test_an_in_process_call_puts_transformers_logging_back(run_cli):
+    """The CLI quietens an already imported transformers for the call only (the test above shows no loading
+    report or bar); a Python caller's own settings are back afterwards."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_info()
+    hf_logging.enable_progress_bar()
+    try:
+        assert run_cli("--version")[0] == 0
+        assert hf_logging.get_verbosity() == hf_logging.INFO and hf_logging.is_progress_bar_enabled()
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if not bars:
+            hf_logging.disable_progress_bar()
+
+
 def test_quiet_leaves_no_bar(ner_data, tiny_bert_dir, tmp_path, run_cli):
     code, out, err = run_cli("-q", "ner", "train", *ner_data, "--model", tiny_bert_dir, "--output",
                              tmp_path / "run", *TINY_NER)
@@ -141,7 +142,7 @@ def test_quiet_leaves_no_bar(ner_data, tiny_bert_dir, tmp_path, run_cli):
     assert "NER student step 8/8" in (tmp_path / "run" / "log.txt").read_text()
 
 
-def test_distill_demo_console_is_short(tmp_path, run_cli, monkeypatch, libraries_as_in_the_cli):
+def test_distill_demo_console_is_short(tmp_path, run_cli, monkeypatch):
     """The demo as ``make demo`` runs it, but its student trains 3 steps: stage lines, one bar, the results."""
     from adaptlab.recipes import distill
     from adaptlab.tuning.encoder_fit import EncoderTrainerSettings

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import metadata
 
 import click
@@ -112,15 +114,34 @@ def _register() -> None:
     app.command("demo")(demo.demo)
 
 
-def _quiet_libraries(debug: bool) -> None:
-    """Keep library chatter (weight-loading reports, per-file progress bars) out of the CLI output.
+@contextmanager
+def _quiet_libraries(debug: bool) -> Iterator[None]:
+    """Keep library chatter (weight-loading reports and bars, per-file progress bars) out of the CLI output.
 
-    The training progress bar with its ETA stays; ``--debug`` or explicit environment settings
-    bring the rest back. Set before transformers is imported, which reads them once.
+    The training progress bar with its ETA stays; ``--debug`` or explicit environment settings bring the rest
+    back. The environment is set before transformers is imported, which reads it once; where it already is (the
+    CLI called in-process, from Python or a test), its verbosity and bars are set for the call and restored after.
     """
-    if not debug:
-        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if debug:
+        yield
+        return
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    hf_logging = sys.modules.get("transformers.utils.logging")
+    if hf_logging is None:
+        yield
+        return
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    if os.environ["TRANSFORMERS_VERBOSITY"] == "error":
+        hf_logging.set_verbosity_error()
+    if os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1":
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -132,9 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     """
     args = _global_flags_first(sys.argv[1:] if argv is None else [str(a) for a in argv])
     debug = "--debug" in args
-    _quiet_libraries(debug)
-    _register()
-    with interrupts.handled_signals():
+    with _quiet_libraries(debug), interrupts.handled_signals():
+        _register()  # after the environment is set: the command modules import transformers
         try:
             with runs.unfinished_runs_removed():
                 code = _run_app(args)
