@@ -12,15 +12,21 @@ from adaptlab.cli.common import (
     WithOldArguments,
     config_argument,
     console,
+    dev_option,
+    epochs_option,
     json_option,
+    learning_rate_option,
     model_option,
     old_argument,
     output_option,
     overrides_argument,
     print_json,
     resolve_config,
+    seed_option,
     texts_option,
     texts_or_file,
+    train_data_option,
+    train_student,
 )
 
 app = typer.Typer(no_args_is_help=True)
@@ -43,29 +49,21 @@ def summary_table(report: dict, title: str) -> Table:
 def train(
     config: Optional[str] = config_argument(),
     overrides: Optional[list[str]] = overrides_argument(),
-    train_file: Optional[str] = typer.Option(None, "--train", help="training data (JSONL, CSV, TSV, LABEL TEXT)"),
-    dev: Optional[str] = typer.Option(None, "--dev", help="dev data for early stopping and model choice"),
+    train_file: Optional[str] = train_data_option("JSONL, CSV, TSV, LABEL TEXT"),
+    dev: Optional[str] = dev_option(),
     model: Optional[str] = model_option("HF name or path; default: packaged MiniLM"),
     output: Optional[str] = output_option(),
-    epochs: Optional[float] = typer.Option(None, "--epochs", help="training.num_train_epochs"),
-    learning_rate: Optional[float] = typer.Option(None, "--lr", help="training.learning_rate"),
-    seed: Optional[int] = typer.Option(None, "--seed", help="training.seed"),
+    epochs: Optional[float] = epochs_option(),
+    learning_rate: Optional[float] = learning_rate_option(),
+    seed: Optional[int] = seed_option(),
 ) -> None:
     """Fine-tune a text classifier and evaluate it on dev (held out from train when no --dev)."""
-    from adaptlab.config import load_config
     from adaptlab.recipes import cls
 
-    config, overrides = resolve_config(config, overrides)
-    cfg = load_config(cls.ClsTrainConfig, config, overrides, {
+    train_student(cls.ClsTrainConfig, cls.train, config, overrides, {
         "train": train_file, "dev": dev, "model": model, "output": output,
         "training.num_train_epochs": epochs, "training.learning_rate": learning_rate, "training.seed": seed,
-    })
-    run, metrics = cls.train(cfg)
-    for line in [f"note: {n}" for n in metrics["notes"]] + [f"warning: {w}" for w in metrics["warnings"]]:
-        console.print(line)
-    if "dev" in metrics:
-        console.print(summary_table(metrics["dev"], "dev"))
-    console.print(f"run directory: {run.path}  (model: {run.model}, report: {run.report})")
+    }, lambda dev_report: summary_table(dev_report, "dev"))
 
 
 @app.command()

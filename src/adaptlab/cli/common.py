@@ -9,6 +9,7 @@ command writes goes to ``--output`` / ``-o``. The aliases below are the only pla
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,26 @@ def model_option(help: str = "run directory or model directory", required: bool 
 
 def schema_option(help: str = "preset name (biospecies) or YAML file with a schema: section (a synth config)") -> Any:
     return typer.Option(None, "--schema", help=help, show_default=False)
+
+
+def train_data_option(formats: str) -> Any:
+    return typer.Option(None, "--train", help=f"training data ({formats})", show_default=False)
+
+
+def dev_option() -> Any:
+    return typer.Option(None, "--dev", help="dev data for early stopping and model choice", show_default=False)
+
+
+def epochs_option() -> Any:
+    return typer.Option(None, "--epochs", help="training.num_train_epochs", show_default=False)
+
+
+def learning_rate_option() -> Any:
+    return typer.Option(None, "--lr", help="training.learning_rate", show_default=False)
+
+
+def seed_option() -> Any:
+    return typer.Option(None, "--seed", help="training.seed", show_default=False)
 
 
 def texts_option() -> Any:
@@ -171,6 +192,22 @@ def ner_summary_table(report: dict, title: str) -> Table:
     for label, row in report.get("strict", {}).get("per_type", {}).items():
         table.add_row(f"  strict {label}", f"{row['f1']:.4f}", f"(support {row['support']})")
     return table
+
+
+def train_student(config_type: type, train: Callable[[Any], tuple[Any, dict]], config: str | None,
+                  overrides: list[str] | None, flags: dict[str, Any], dev_summary: Callable[[dict], Any]) -> None:
+    """The body of ``ner|re|cls train``: the config from CONFIG, overrides and the flags (``--train``, ``--dev``,
+    ``--model``, ``--output``, ``--epochs``, ``--lr``, ``--seed``, by config key), training, then the notes and
+    warnings, ``dev_summary`` of the dev metrics (a table or a line) and where the run is."""
+    from adaptlab.config import load_config
+
+    config, overrides = resolve_config(config, overrides)
+    run, metrics = train(load_config(config_type, config, overrides, flags))
+    for line in [f"note: {n}" for n in metrics["notes"]] + [f"warning: {w}" for w in metrics["warnings"]]:
+        console.print(line)
+    if "dev" in metrics:
+        console.print(dev_summary(metrics["dev"]))
+    console.print(f"run directory: {run.path}  (model: {run.model}, report: {run.report})")
 
 
 def print_stage_accounting(stages: dict) -> None:

@@ -9,15 +9,21 @@ import typer
 from adaptlab.cli.common import (
     config_argument,
     console,
+    dev_option,
+    epochs_option,
     json_option,
+    learning_rate_option,
     model_option,
     ner_summary_table,
     output_option,
     overrides_argument,
     print_json,
     resolve_config,
+    seed_option,
     texts_option,
     texts_or_file,
+    train_data_option,
+    train_student,
 )
 
 app = typer.Typer(no_args_is_help=True)
@@ -27,29 +33,21 @@ app = typer.Typer(no_args_is_help=True)
 def train(
     config: Optional[str] = config_argument(),
     overrides: Optional[list[str]] = overrides_argument(),
-    train_file: Optional[str] = typer.Option(None, "--train", help="training data (JSONL, CoNLL, ...)"),
-    dev: Optional[str] = typer.Option(None, "--dev", help="dev data for early stopping and model choice"),
+    train_file: Optional[str] = train_data_option("JSONL, CoNLL, ..."),
+    dev: Optional[str] = dev_option(),
     model: Optional[str] = model_option("HF name or path; default: packaged MiniLM"),
     output: Optional[str] = output_option(),
-    epochs: Optional[float] = typer.Option(None, "--epochs", help="training.num_train_epochs"),
-    learning_rate: Optional[float] = typer.Option(None, "--lr", help="training.learning_rate"),
-    seed: Optional[int] = typer.Option(None, "--seed", help="training.seed"),
+    epochs: Optional[float] = epochs_option(),
+    learning_rate: Optional[float] = learning_rate_option(),
+    seed: Optional[int] = seed_option(),
 ) -> None:
     """Fine-tune a NER student and evaluate it on dev."""
-    from adaptlab.config import load_config
     from adaptlab.recipes import ner
 
-    config, overrides = resolve_config(config, overrides)
-    cfg = load_config(ner.NERTrainConfig, config, overrides, {
+    train_student(ner.NERTrainConfig, ner.train, config, overrides, {
         "train": train_file, "dev": dev, "model": model, "output": output,
         "training.num_train_epochs": epochs, "training.learning_rate": learning_rate, "training.seed": seed,
-    })
-    run, metrics = ner.train(cfg)
-    for line in [f"note: {n}" for n in metrics["notes"]] + [f"warning: {w}" for w in metrics["warnings"]]:
-        console.print(line)
-    if "dev" in metrics:
-        console.print(ner_summary_table(metrics["dev"], "dev"))
-    console.print(f"run directory: {run.path}  (model: {run.model}, report: {run.report})")
+    }, lambda dev_report: ner_summary_table(dev_report, "dev"))
 
 
 @app.command()

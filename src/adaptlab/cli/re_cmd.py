@@ -9,47 +9,48 @@ import typer
 from adaptlab.cli.common import (
     config_argument,
     console,
+    dev_option,
+    epochs_option,
     json_option,
+    learning_rate_option,
     model_option,
     output_option,
     overrides_argument,
     print_json,
     resolve_config,
+    seed_option,
     texts_option,
     texts_or_file,
+    train_data_option,
+    train_student,
 )
 
 app = typer.Typer(no_args_is_help=True)
+
+
+def dev_line(scores: dict) -> str:
+    return f"dev weighted F1 {scores['weighted']['f1']:.4f}, macro F1 {scores['macro']['f1']:.4f}"
 
 
 @app.command()
 def train(
     config: Optional[str] = config_argument(),
     overrides: Optional[list[str]] = overrides_argument(),
-    train_file: Optional[str] = typer.Option(None, "--train", help="records with relations, or marker CSV"),
-    dev: Optional[str] = typer.Option(None, "--dev", help="dev data for early stopping and model choice"),
+    train_file: Optional[str] = train_data_option("records with relations, or marker CSV"),
+    dev: Optional[str] = dev_option(),
     model: Optional[str] = model_option("HF name or path; default: packaged MiniLM"),
     output: Optional[str] = output_option(),
-    epochs: Optional[float] = typer.Option(None, "--epochs", help="training.num_train_epochs"),
-    learning_rate: Optional[float] = typer.Option(None, "--lr", help="training.learning_rate"),
-    seed: Optional[int] = typer.Option(None, "--seed", help="training.seed"),
+    epochs: Optional[float] = epochs_option(),
+    learning_rate: Optional[float] = learning_rate_option(),
+    seed: Optional[int] = seed_option(),
 ) -> None:
     """Fine-tune a relation classifier over entity-marker inputs."""
-    from adaptlab.config import load_config
     from adaptlab.recipes import relations
 
-    config, overrides = resolve_config(config, overrides)
-    cfg = load_config(relations.RETrainConfig, config, overrides, {
+    train_student(relations.RETrainConfig, relations.train, config, overrides, {
         "train": train_file, "dev": dev, "model": model, "output": output,
         "training.num_train_epochs": epochs, "training.learning_rate": learning_rate, "training.seed": seed,
-    })
-    run, metrics = relations.train(cfg)
-    for line in [f"note: {n}" for n in metrics["notes"]] + [f"warning: {w}" for w in metrics["warnings"]]:
-        console.print(line)
-    if "dev" in metrics:
-        console.print(f"dev weighted F1 {metrics['dev']['weighted']['f1']:.4f}, "
-                      f"macro F1 {metrics['dev']['macro']['f1']:.4f}")
-    console.print(f"run directory: {run.path}")
+    }, dev_line)
 
 
 @app.command()
