@@ -188,7 +188,7 @@ def run_key(run: dict) -> tuple:
 
 def stats(values: list[float]) -> dict[str, float]:
     return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "max": max(values)}
+            "median": statistics.median(values), "max": max(values)}
 
 
 def same_draws(runs: list[dict], arms: list[str]) -> list[dict]:
