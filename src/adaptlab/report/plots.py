@@ -171,6 +171,15 @@ def split_history(history: Sequence[Mapping[str, Any]]) -> tuple[dict[str, list]
 
 
 @drawn
+def _label_curves(ax, ylabel: str, title: str) -> None:
+    """Axes, grid, legend and title of a panel of curves over epochs."""
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title)
+
+
 def learning_curve(history: Sequence[Mapping[str, Any]], title: str = "Learning curve") -> bytes:
     """Two panels against epoch: losses (train ``loss`` and ``eval_loss``) and other eval metrics.
 
@@ -191,11 +200,7 @@ def learning_curve(history: Sequence[Mapping[str, Any]], title: str = "Learning 
             loss_ax.plot(xs, ys, marker="o" if len(points) <= 30 else None, markersize=3, label=name)
             plotted = True
     if plotted:
-        loss_ax.set_xlabel("epoch")
-        loss_ax.set_ylabel("loss")
-        loss_ax.grid(alpha=0.3)
-        loss_ax.legend(fontsize=8)
-        loss_ax.set_title("loss")
+        _label_curves(loss_ax, "loss", "loss")
     else:
         _placeholder(loss_ax, "no loss logged")
     scores = {k: v for k, v in evaluation.items() if k != "eval_loss"}
@@ -203,11 +208,7 @@ def learning_curve(history: Sequence[Mapping[str, Any]], title: str = "Learning 
         xs, ys = zip(*points, strict=True)
         score_ax.plot(xs, ys, marker="o", markersize=3, label=name.removeprefix("eval_"))
     if scores:
-        score_ax.set_xlabel("epoch")
-        score_ax.set_ylabel("score")
-        score_ax.grid(alpha=0.3)
-        score_ax.legend(fontsize=8)
-        score_ax.set_title("evaluation")
+        _label_curves(score_ax, "score", "evaluation")
     else:
         _placeholder(score_ax, "no evaluation metrics logged")
     fig.suptitle(title)
