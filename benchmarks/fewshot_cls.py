@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from worker_runs import add_run_arguments, launch, read_cache, served_worker
+from worker_runs import add_run_arguments, read_cache, run_missing, served_worker
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "fewshot"
@@ -282,6 +282,15 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     return overrides
 
 
+def describe(spec: dict) -> str:
+    return f"{spec['dataset']} {spec['shots']}/class draw {spec['draw']} arm {spec['arm']}"
+
+
+def result_line(result: dict) -> str:
+    return (f"{describe(result)}: accuracy {result['accuracy']:.4f}, {result['seconds']:.0f}s "
+            f"({result['process_seconds']:.0f}s with worker start), peak RSS {result['peak_rss_mb']} MB")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", default=",".join(DATASETS))
@@ -313,26 +322,9 @@ def main() -> None:
     missing = [spec for spec in plan if run_key(spec) not in cache]
     todo = [] if args.report else missing
     print(f"{len(plan)} runs planned, {len(plan) - len(missing)} already in {cache_path.name}, {len(todo)} to run")
-    failures = []
     with progress_bar(enabled=bool(todo)) as progress:
-        task = progress.add_task("few-shot runs", total=len(todo))
-        for spec in todo:
-            progress.update(task, description=f"{spec['dataset']} {spec['shots']}/class draw {spec['draw']} "
-                                              f"arm {spec['arm']}")
-            try:
-                result = launch(__file__, spec)
-            except RuntimeError as err:
-                failures.append(str(err))
-                progress.console.print(f"[red]{err}")
-            else:
-                cache[run_key(result)] = result
-                with cache_path.open("a", encoding="utf-8") as fh:
-                    fh.write(json.dumps(result) + "\n")
-                progress.console.print(f"{spec['dataset']} {spec['shots']}/class draw {spec['draw']} arm "
-                                       f"{spec['arm']}: accuracy {result['accuracy']:.4f}, {result['seconds']:.0f}s "
-                                       f"({result['process_seconds']:.0f}s with worker start), "
-                                       f"peak RSS {result['peak_rss_mb']} MB")
-            progress.advance(task)
+        failures = run_missing(__file__, todo, cache, cache_path, run_key, args.jobs, describe=describe,
+                               result_line=result_line, progress=progress)
     runs = same_draws([cache[run_key(spec)] for spec in plan if run_key(spec) in cache], arms)
     cells = summarise(runs)
     rows = targets(cells, datasets) if not args.dev and set(datasets) == set(DATASETS) else []

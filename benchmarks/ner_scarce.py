@@ -51,7 +51,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from worker_runs import add_run_arguments, launch, read_cache, served_worker
+from worker_runs import add_run_arguments, read_cache, run_missing, served_worker
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "biospecies" / "NER_Biospecies_data.txt"
@@ -349,6 +349,11 @@ def print_tables(cells: list[dict], rows: list[dict]) -> None:
         console.print(targets_table(rows))
 
 
+def result_line(result: dict) -> str:
+    return (f"k={result['k']} draw {result['draw']} recipe {result['recipe']}: strict {result['strict']:.4f}, token "
+            f"{result['token']:.4f}, {result['seconds']:.0f}s ({result['process_seconds']:.0f}s with worker start)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ks", default=",".join(KS), help=f"labelled sentences per run, of {KS}")
@@ -391,20 +396,8 @@ def main() -> None:
     cached = [spec for spec in plan if run_key(spec) in cache]
     todo = [] if args.report else [spec for spec in plan if run_key(spec) not in cache]
     print(f"{len(plan)} runs planned, {len(cached)} already in {cache_path.name}, {len(todo)} to run")
-    failures = []
-    for spec in todo:
-        try:
-            result = launch(__file__, spec)
-        except RuntimeError as err:
-            failures.append(str(err))
-            print(err)
-            continue
-        cache[run_key(result)] = result
-        with cache_path.open("a", encoding="utf-8") as fh:
-            fh.write(json.dumps(result) + "\n")
-        print(f"k={spec['k']} draw {spec['draw']} recipe {spec['recipe']}: strict {result['strict']:.4f}, token "
-              f"{result['token']:.4f}, {result['seconds']:.0f}s ({result['process_seconds']:.0f}s with worker start)",
-              flush=True)
+    failures = run_missing(__file__, todo, cache, cache_path, run_key, args.jobs,
+                           group=lambda spec: (spec["k"], spec["draw"]), result_line=result_line)
     runs = [cache[run_key(spec)] for spec in plan if run_key(spec) in cache]
     cells = summarise(runs)
     rows = targets(cells)
