@@ -92,7 +92,7 @@ def run_missing(script: str | Path, todo: list[dict], cache: dict[tuple, dict], 
     other runs go on. ``progress`` (a rich Progress) gets a bar described by ``describe(spec)``.
     """
     pending, running, failures = list(todo), set(), []
-    lock, changed = threading.Lock(), threading.Condition()
+    changed = threading.Condition()  # guards pending, running, failures, cache and the cache file
     cores = usable_cores()[:jobs] if jobs > 1 else [None]
     task = progress.add_task("runs", total=len(todo)) if progress is not None else None
 
@@ -122,11 +122,11 @@ def run_missing(script: str | Path, todo: list[dict], cache: dict[tuple, dict], 
             try:
                 result = launch(script, spec, core)
             except RuntimeError as err:
-                with lock:
+                with changed:
                     failures.append(str(err))
                 say(str(err))
             else:
-                with lock:
+                with changed:
                     cache[key(result)] = result
                     with cache_path.open("a", encoding="utf-8") as fh:
                         fh.write(json.dumps(result) + "\n")
