@@ -170,7 +170,6 @@ def split_history(history: Sequence[Mapping[str, Any]]) -> tuple[dict[str, list]
     return train, evaluation
 
 
-@drawn
 def _label_curves(ax, ylabel: str, title: str) -> None:
     """Axes, grid, legend and title of a panel of curves over epochs."""
     ax.set_xlabel("epoch")
@@ -180,6 +179,7 @@ def _label_curves(ax, ylabel: str, title: str) -> None:
     ax.set_title(title)
 
 
+@drawn
 def learning_curve(history: Sequence[Mapping[str, Any]], title: str = "Learning curve") -> bytes:
     """Two panels against epoch: losses (train ``loss`` and ``eval_loss``) and other eval metrics.
 
