@@ -43,7 +43,7 @@ class MaskedPositions:
 
     def __init__(self, head: torch.nn.Module):
         self.selected: torch.Tensor | None = None
-        self.handle = head.register_forward_pre_hook(self)
+        head.register_forward_pre_hook(self)
 
     def __call__(self, module: torch.nn.Module, args: tuple) -> tuple | None:
         if self.selected is None or not args or args[0].dim() != 3:
