@@ -9,10 +9,11 @@ Arms, the same model, texts, masks, seed and optimiser:
 
 Model: the packaged all-MiniLM-L6-v2 with a new masked-LM head (as in a real TAPT run on it). Texts: the
 biospecies sentences of the shared data when present (the texts ``ner_scarce.py`` recipe c pretrains on), else
-``benchmarks/texts/everyday_natural.txt``, or ``--texts FILE`` (one text a line). ``--steps`` optimiser steps
-(default 30) at batch 32, whole-word masking of 15 % of the words, lr 1e-4; seconds per step are the median over
-the steps after the first ``--warmup``. The per-step losses of the two arms are compared: with the same masks they
-differ only by float rounding. Writes ``benchmarks/results/tapt_speed.json``.
+``benchmarks/texts/everyday_natural.txt``, or ``--texts FILE`` (one text a line, or records: their texts, as
+``strategy.domain.texts`` reads it). ``--steps`` optimiser steps (default 30) at batch 32, whole-word masking of
+15 % of the words, lr 1e-4; seconds per step are the median over the steps after the first ``--warmup``. The
+per-step losses of the two arms are compared: with the same masks they differ only by float rounding. Writes
+``benchmarks/results/tapt_speed.json``.
 
     OMP_NUM_THREADS=1 taskset -c 0 python benchmarks/tapt_speed.py [--steps 30] [--texts FILE]
 """
@@ -27,6 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from adaptlab.data.texts import read_texts
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "tapt_speed.json"
 BIOSPECIES = ROOT.parent / "shared" / "data" / "biospecies" / "NER_Biospecies_data.txt"
@@ -40,11 +43,7 @@ def default_texts() -> tuple[list[str], str]:
 
         records, _, _ = ner_biospecies.load_variant(normalise=True)
         return sorted({r.text for r in records}), f"biospecies ({BIOSPECIES})"
-    return read_lines(EVERYDAY), str(EVERYDAY)
-
-
-def read_lines(path: Path) -> list[str]:
-    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return read_texts(str(EVERYDAY), None), str(EVERYDAY)
 
 
 def run_arm(arm: str, texts: list[str], steps: int, output: Path) -> dict:
@@ -92,13 +91,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5, help="first steps left out of the timing")
-    parser.add_argument("--texts", type=Path, help="one text a line (default: biospecies or the everyday texts)")
+    parser.add_argument("--texts", type=Path,
+                        help="one text a line, or records (default: biospecies or the everyday texts)")
     args = parser.parse_args()
     if args.steps <= args.warmup:
         parser.error("--steps must be larger than --warmup")
     if args.texts is not None and not args.texts.is_file():
         parser.error(f"--texts: no file {args.texts}")
-    texts, source = (read_lines(args.texts), str(args.texts)) if args.texts else default_texts()
+    texts, source = (read_texts(str(args.texts), None), str(args.texts)) if args.texts else default_texts()
     import torch
     from rich.console import Console
     from rich.table import Table

@@ -74,11 +74,7 @@ class MaskedLMTrainer(StrategyTrainer):
         if logits.dim() == 3:  # the head was not called on the hidden states: select from the full logits
             logits = logits[selected]
         total = F.cross_entropy(logits.float(), labels[selected], reduction="sum")
-        if num_items_in_batch is None:
-            loss = total / selected.sum().clamp(min=1)
-        else:  # the Trainer's own rule: a sum over the step's masked tokens, not divided again by accumulation
-            loss = total / num_items_in_batch
-            if self.args.average_tokens_across_devices:
-                loss = loss * self.accelerator.num_processes
-        self.loss_is_scaled_for_ga = num_items_in_batch is not None
+        # the Trainer's own rule: a sum over the step's masked tokens, not divided again by accumulation
+        count = selected.sum().clamp(min=1) if num_items_in_batch is None else num_items_in_batch
+        loss = self._scaled_for_accumulation(total / count, num_items_in_batch)
         return (loss, outputs) if return_outputs else loss

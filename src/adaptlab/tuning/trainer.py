@@ -166,9 +166,7 @@ class StrategyTrainer(transformers.Trainer):
             outputs = model(**model_inputs)
             factor = self._token_factor(outputs.logits, labels)
             loss = weighted_causal_lm_loss(outputs.logits, labels, weights, factor, num_items_in_batch)
-            self.loss_is_scaled_for_ga = num_items_in_batch is not None
-            if num_items_in_batch is not None and self.args.average_tokens_across_devices:
-                loss = loss * self.accelerator.num_processes  # DDP averages gradients over processes
+            loss = self._scaled_for_accumulation(loss, num_items_in_batch)
         elif "labels" in model_inputs and not _has_gold(model_inputs["labels"]):
             self.loss_is_scaled_for_ga = None
             outputs = model(**{key: value for key, value in model_inputs.items() if key != "labels"})
@@ -184,6 +182,15 @@ class StrategyTrainer(transformers.Trainer):
             for term in strategy.loss_terms(model, inputs, outputs).values():
                 loss = loss + term * share
         return (loss, outputs) if return_outputs else loss
+
+    def _scaled_for_accumulation(self, loss: torch.Tensor, num_items_in_batch: Any) -> torch.Tensor:
+        """A loss this trainer divided by ``num_items_in_batch`` itself (or, when None, by its micro-batch's count):
+        marked so the Trainer does not divide it again by the accumulation steps, and multiplied back by the
+        processes when tokens are averaged across devices (DDP averages gradients over processes)."""
+        self.loss_is_scaled_for_ga = num_items_in_batch is not None
+        if num_items_in_batch is not None and self.args.average_tokens_across_devices:
+            loss = loss * self.accelerator.num_processes
+        return loss
 
     def _term_share(self, model: Any, num_items_in_batch: Any) -> float:
         """The factor on the strategies' terms (each a mean over this micro-batch) that puts them on the task
