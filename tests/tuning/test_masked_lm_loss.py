@@ -1,6 +1,6 @@
 """strategy.domain's masked-LM loss on the masked positions only: the same loss and gradients as the model's own
 loss over full logits, for every family whose head is found by name, and the full-logits path for one whose head
-is not."""
+is not; strategies' transforms, task-loss weights and loss terms apply as in every trainer."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from transformers import (
 )
 
 from adaptlab.tuning.masked_lm_loss import MaskedLMTrainer, masked_lm_head
+from adaptlab.tuning.strategies.base import Strategy
 
 VOCAB = 97
 SMALL = {"vocab_size": VOCAB, "hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2,
@@ -49,9 +50,9 @@ def batch(seed: int, rows: int = 3, length: int = 11) -> dict[str, torch.Tensor]
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
-def trainer_for(model: torch.nn.Module, tmp_path) -> MaskedLMTrainer:
+def trainer_for(model: torch.nn.Module, tmp_path, strategies: list[Strategy] | None = None) -> MaskedLMTrainer:
     arguments = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True, disable_tqdm=True)
-    return MaskedLMTrainer(model=model, args=arguments)
+    return MaskedLMTrainer(model=model, args=arguments, strategies=strategies)
 
 
 def loss_and_grads(compute) -> tuple[float, list[torch.Tensor]]:
@@ -108,3 +109,52 @@ def test_a_model_whose_head_has_another_name_gets_its_own_loss(tmp_path):
     trainer = trainer_for(model, tmp_path)
     assert masked_lm_head(model) is None and trainer.masked_positions is None
     assert float(trainer.compute_loss(model, dict(inputs))) == pytest.approx(float(model(**inputs).loss), rel=1e-6)
+
+
+class HalfTaskLoss(Strategy):
+    """Weighs the task loss by a half and records the training batches it sees."""
+
+    name = "test-half"
+
+    def __init__(self):
+        super().__init__(config=None, family=None)
+        self.seen: list[dict] = []
+
+    def transform_inputs(self, model, inputs):
+        self.seen.append(inputs)
+        return inputs
+
+    def task_loss_weight(self) -> float:
+        return 0.5
+
+
+class MeanLogitTerm(HalfTaskLoss):
+    """... and adds the mean of every position's logits, so it needs the full outputs."""
+
+    def loss_terms(self, model, inputs, outputs):
+        return {"mean_logit": outputs.logits.mean()}
+
+
+def no_dropout_bert() -> BertForMaskedLM:
+    torch.manual_seed(0)
+    return BertForMaskedLM(BertConfig(**SMALL, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)).train()
+
+
+def test_strategies_without_loss_terms_keep_the_masked_positions_head_and_weigh_the_loss(tmp_path):
+    model, strategy, inputs = no_dropout_bert(), HalfTaskLoss(), batch(seed=6)
+    trainer = trainer_for(model, tmp_path, [strategy])
+    loss, outputs = trainer.compute_loss(model, dict(inputs), return_outputs=True)
+    assert trainer.masked_positions is not None and outputs.logits.dim() == 2
+    assert float(loss) == pytest.approx(0.5 * float(model(**inputs).loss), rel=1e-6)
+    assert len(strategy.seen) == 1  # the transform saw the training batch
+
+
+def test_a_strategys_loss_terms_read_every_positions_logits(tmp_path):
+    model, strategy, inputs = no_dropout_bert(), MeanLogitTerm(), batch(seed=7)
+    trainer = trainer_for(model, tmp_path, [strategy])
+    loss, outputs = trainer.compute_loss(model, dict(inputs), return_outputs=True)
+    reference = model(**inputs)
+    assert trainer.masked_positions is None and outputs.logits.shape == reference.logits.shape
+    expected = 0.5 * float(reference.loss) + float(reference.logits.mean())
+    assert float(loss) == pytest.approx(expected, rel=1e-6)
+    assert len(strategy.seen) == 1

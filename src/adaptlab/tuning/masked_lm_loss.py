@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from adaptlab.tuning.families import unwrap
+from adaptlab.tuning.strategies.base import Strategy
 from adaptlab.tuning.trainer import IGNORE_INDEX, StrategyTrainer
 
 # The first module a masked-LM model applies to the encoder's output: BERT, DeBERTa, RoFormer ... (cls), RoBERTa,
@@ -52,22 +53,24 @@ class MaskedPositions:
 
 
 class MaskedLMTrainer(StrategyTrainer):
-    """:class:`StrategyTrainer` whose masked-LM loss scores only the masked positions (module docstring)."""
+    """:class:`StrategyTrainer` whose masked-LM loss scores only the masked positions (module docstring). The
+    strategies' input transforms, task-loss weights and loss terms apply as in every trainer; when a strategy adds
+    loss terms (which read the model's full outputs), the head scores every position."""
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         head = masked_lm_head(self.model)
-        self.masked_positions = MaskedPositions(head) if head is not None else None
+        reads_outputs = any(type(strategy).loss_terms is not Strategy.loss_terms for strategy in self.strategies)
+        self.masked_positions = MaskedPositions(head) if head is not None and not reads_outputs else None
 
-    def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
-                     num_items_in_batch: Any = None) -> Any:
-        if self.masked_positions is None or "labels" not in inputs:
-            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        labels = inputs["labels"]
+    def _task_loss(self, model: Any, model_inputs: dict[str, Any], num_items_in_batch: Any) -> tuple[Any, Any]:
+        if self.masked_positions is None or "labels" not in model_inputs:
+            return super()._task_loss(model, model_inputs, num_items_in_batch)
+        labels = model_inputs["labels"]
         selected = labels != IGNORE_INDEX
         self.masked_positions.selected = selected
         try:
-            outputs = model(**{key: value for key, value in inputs.items() if key != "labels"})
+            outputs = model(**{key: value for key, value in model_inputs.items() if key != "labels"})
         finally:
             self.masked_positions.selected = None
         logits = outputs.logits
@@ -76,5 +79,4 @@ class MaskedLMTrainer(StrategyTrainer):
         total = F.cross_entropy(logits.float(), labels[selected], reduction="sum")
         # the Trainer's own rule: a sum over the step's masked tokens, not divided again by accumulation
         count = selected.sum().clamp(min=1) if num_items_in_batch is None else num_items_in_batch
-        loss = self._scaled_for_accumulation(total / count, num_items_in_batch)
-        return (loss, outputs) if return_outputs else loss
+        return self._scaled_for_accumulation(total / count, num_items_in_batch), outputs

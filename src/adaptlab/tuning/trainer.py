@@ -160,21 +160,7 @@ class StrategyTrainer(transformers.Trainer):
             for strategy in self.strategies:
                 inputs = strategy.transform_inputs(model, inputs)
         model_inputs = {key: value for key, value in inputs.items() if key not in self.extra_columns}
-        if self._weighted(model_inputs):
-            labels = model_inputs.pop("labels")
-            weights = model_inputs.pop("weights", None)
-            outputs = model(**model_inputs)
-            factor = self._token_factor(outputs.logits, labels)
-            loss = weighted_causal_lm_loss(outputs.logits, labels, weights, factor, num_items_in_batch)
-            loss = self._scaled_for_accumulation(loss, num_items_in_batch)
-        elif "labels" in model_inputs and not _has_gold(model_inputs["labels"]):
-            self.loss_is_scaled_for_ga = None
-            outputs = model(**{key: value for key, value in model_inputs.items() if key != "labels"})
-            loss = outputs.logits.sum() * 0.0  # no gold label in this batch: only strategies' terms teach
-        else:
-            self.loss_is_scaled_for_ga = None
-            loss, outputs = super().compute_loss(model, model_inputs, return_outputs=True,
-                                                 num_items_in_batch=num_items_in_batch)
+        loss, outputs = self._task_loss(model, model_inputs, num_items_in_batch)
         for strategy in self.strategies:
             loss = loss * strategy.task_loss_weight()
         share = self._term_share(model, num_items_in_batch)
@@ -182,6 +168,21 @@ class StrategyTrainer(transformers.Trainer):
             for term in strategy.loss_terms(model, inputs, outputs).values():
                 loss = loss + term * share
         return (loss, outputs) if return_outputs else loss
+
+    def _task_loss(self, model: Any, model_inputs: dict[str, Any], num_items_in_batch: Any) -> tuple[Any, Any]:
+        """``(loss, outputs)`` of the task's own labels, before the strategies' weights and terms."""
+        if self._weighted(model_inputs):
+            labels = model_inputs.pop("labels")
+            weights = model_inputs.pop("weights", None)
+            outputs = model(**model_inputs)
+            factor = self._token_factor(outputs.logits, labels)
+            loss = weighted_causal_lm_loss(outputs.logits, labels, weights, factor, num_items_in_batch)
+            return self._scaled_for_accumulation(loss, num_items_in_batch), outputs
+        self.loss_is_scaled_for_ga = None
+        if "labels" in model_inputs and not _has_gold(model_inputs["labels"]):
+            outputs = model(**{key: value for key, value in model_inputs.items() if key != "labels"})
+            return outputs.logits.sum() * 0.0, outputs  # no gold label in this batch: only strategies' terms teach
+        return super().compute_loss(model, model_inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
 
     def _scaled_for_accumulation(self, loss: torch.Tensor, num_items_in_batch: Any) -> torch.Tensor:
         """A loss this trainer divided by ``num_items_in_batch`` itself (or, when None, by its micro-batch's count):
