@@ -276,12 +276,16 @@ def summarise(runs: list[dict]) -> list[dict]:
 
 
 def targets(cells: list[dict]) -> list[dict]:
-    """The issue's targets, where the cells they need were run."""
+    """The issue's targets, where the cells they need were run. The best recipe at a k is the best of those run over
+    the most draws there, so that a recipe's single lucky draw does not decide a target."""
     by = {(c["recipe"], c["k"]): c for c in cells}
 
     def best(k: str) -> dict | None:
         found = [c for c in cells if c["k"] == k]
-        return max(found, key=lambda c: c["strict"]["mean"]) if found else None
+        if not found:
+            return None
+        most = max(c["draws"] for c in found)
+        return max((c for c in found if c["draws"] == most), key=lambda c: c["strict"]["mean"])
 
     def named(cell: dict) -> str:
         return f"{cell['strict']['mean']:.4f} ({cell['recipe']}, {cell['draws']} draw{'s' * (cell['draws'] > 1)})"

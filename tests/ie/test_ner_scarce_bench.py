@@ -71,6 +71,12 @@ def test_targets_take_the_best_recipe_and_the_worst_plain_draw(bench):
     assert row("k=16: plain")["pass"] is False and row("k=16: plain")["value"] == "min 0.4900 over 3 draws"
 
 
+def test_the_best_recipe_is_judged_among_those_run_over_the_most_draws(bench):
+    cells = [cell("a", "8", [0.60, 0.62, 0.58]), cell("d", "8", [0.86, 0.88, 0.84]), cell("f", "8", [0.95])]
+    (row,) = bench.targets(cells)
+    assert row["value"] == "0.8600 (d, 3 draws)" and row["pass"] is True
+
+
 def test_targets_need_their_cells(bench):
     assert bench.targets([cell("d", "32", [0.9])]) == []  # no full-data plain run to compare with
 
