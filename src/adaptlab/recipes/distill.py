@@ -21,11 +21,8 @@ from pathlib import Path
 from adaptlab.config import StrictModel
 from adaptlab.data.records import read_records
 from adaptlab.errors import DataError
-from adaptlab.ie.ner import NERPredictor
-from adaptlab.ie.pairs import derive_relations
 from adaptlab.recipes import ner, review, synth
-from adaptlab.recipes.demo import demo_data, demo_student_training
-from adaptlab.recipes.relations import score_triples
+from adaptlab.recipes.demo import demo_student_training, score_on_demo_test
 from adaptlab.report.html import KeyValues, Section, Table, ner_report_sections
 from adaptlab.runs import open_run
 from adaptlab.synth.config import SynthConfig
@@ -79,26 +76,21 @@ def run(output: str | None = None, epochs: float = 20,
         review_run, reviewed = review.import_(cfg.review_export, str(synth_run.path), str(root.path / "review"))
         _check_same_sentences(read_records(synth_run.path / "records.jsonl"), reviewed.records)
 
-        _, test_path = demo_data()
         say(f"[3/4] student: training MiniLM on the {len(reviewed.records)} reviewed records")
         student_run, student = ner.train(ner.NERTrainConfig(
             name="distill-demo-student", train=str(review_run.path / "records.jsonl"),
             output=str(root.path / "student"), training=cfg.training))
         say("[4/4] test: scoring the student on the held-out demo test set")
-        gold = read_records(test_path)
-        test_report, predicted = ner.evaluate_records(NERPredictor(student_run.model), gold)
-        schema = demo_schema()
+        student, _ = score_on_demo_test(student_run, student,
+                                        "NER training: distill-demo-student, scored on the demo test set")
 
         metrics = {
             "generation": {stage: generation[stage] for stage in synth.STAGES},
             "review": {"counts": reviewed.counts, "agreement": reviewed.agreement},
-            "student": {"train_records": student["train_records"], "dev_records": student["dev_records"],
-                        "test": test_report,
-                        "test_triples": score_triples([derive_relations(p, schema) for p in predicted], gold,
-                                                      schema)},
+            "student": {key: student[key] for key in ("train_records", "dev_records", "test", "test_triples")},
         }
         root.finish(metrics, "adaptlab distill demo: teacher -> review -> student",
-                    _sections(metrics) + ner_report_sections(test_report, student["history"]))
+                    _sections(metrics) + ner_report_sections(student["test"], student["history"]))
     return root.path, metrics
 
 
