@@ -15,11 +15,11 @@ def test_the_demo_test_scores_are_written_into_the_students_run(tmp_path, tiny_b
         training={"progress": False, "num_train_epochs": 1, "min_steps": 0}))
     assert "test" not in json.loads(run.metrics.read_text())
 
-    scored, predicted = score_on_demo_test(run, metrics, "tiny demo student, scored on the demo test set")
+    scored = score_on_demo_test(run, metrics, "tiny demo student, scored on the demo test set")
 
     written = json.loads(run.metrics.read_text())
     assert written["test"] == scored["test"] and written["test_triples"] == scored["test_triples"]
-    assert written["train_records"] == metrics["train_records"] and len(predicted) > 0
+    assert written["train_records"] == metrics["train_records"]
     card = (run.model / "README.md").read_text()
     assert f"| test strict macro F1 | {scored['test']['strict']['macro']['f1']:.4g}" in card
     assert "scored on the demo test set" in run.report.read_text()

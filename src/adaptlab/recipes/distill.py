@@ -81,8 +81,8 @@ def run(output: str | None = None, epochs: float = 20,
             name="distill-demo-student", train=str(review_run.path / "records.jsonl"),
             output=str(root.path / "student"), training=cfg.training))
         say("[4/4] test: scoring the student on the held-out demo test set")
-        student, _ = score_on_demo_test(student_run, student,
-                                        "NER training: distill-demo-student, scored on the demo test set")
+        student = score_on_demo_test(student_run, student,
+                                     "NER training: distill-demo-student, scored on the demo test set")
 
         metrics = {
             "generation": {stage: generation[stage] for stage in synth.STAGES},
