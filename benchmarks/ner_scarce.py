@@ -32,6 +32,7 @@ training is counted apart, once per draw and k, with the teacher's own test F1: 
 
     python benchmarks/ner_scarce.py                                   # all: 6 k x 5 draws x 6 recipes
     python benchmarks/ner_scarce.py --ks 8 --draws 1 --recipes a,b,e  # a smoke run
+    python benchmarks/ner_scarce.py --ks 32 --draw-ids 3,4 --recipes f # just draws 3 and 4
     python benchmarks/ner_scarce.py --setup-teacher                   # pip-installs all-mpnet-base-v2 (cache)
     python benchmarks/ner_scarce.py --report                          # tables, JSON and HTML from the cache only
 """
@@ -381,10 +382,22 @@ def result_line(result: dict) -> str:
             f"{result['token']:.4f}, {result['seconds']:.0f}s ({result['process_seconds']:.0f}s with worker start)")
 
 
+def draw_ids_argument(value: str) -> list[int]:
+    """``--draw-ids``: distinct draw numbers, 0 or more, comma-separated."""
+    try:
+        ids = [int(part) for part in value.split(",")]
+    except ValueError:
+        ids = []
+    if not ids or min(ids) < 0 or len(set(ids)) < len(ids):
+        raise argparse.ArgumentTypeError(f"{value!r}: give distinct draw numbers >= 0, comma-separated (e.g. 3,4)")
+    return ids
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ks", default=",".join(KS), help=f"labelled sentences per run, of {KS}")
-    parser.add_argument("--draws", type=int, default=5)
+    parser.add_argument("--draws", type=int, default=5, help="run draws 0 to N-1 (default 5)")
+    parser.add_argument("--draw-ids", type=draw_ids_argument, metavar="I,J", help="run these draws instead (0-based)")
     parser.add_argument("--recipes", default=",".join(RECIPES))
     parser.add_argument("--data", type=Path, default=DATA, help=f"the biospecies NER file (default {DATA})")
     parser.add_argument("--teacher-model", help="recipe d's teacher (default: all-mpnet-base-v2 from the cache)")
@@ -407,6 +420,7 @@ def main() -> None:
     unknown = sorted(set(recipes) - set(RECIPES))
     if unknown or args.draws < 1:
         parser.error(f"--recipes: unknown {unknown}; choose from {sorted(RECIPES)}" if unknown else "--draws >= 1")
+    draws = args.draw_ids or list(range(args.draws))
     teacher = args.teacher_model or (str(teacher_model_dir()) if teacher_model_dir() else None)
     skipped = missing_strategies()
     if teacher is None:
@@ -417,7 +431,7 @@ def main() -> None:
             print(f"recipe {recipe} skipped: {skipped[recipe]}")
     plan = [{"k": k, "draw": d, "recipe": r, "data": str(args.data),
              **({"teacher_model": teacher} if "d" in PARTS[r] else {})}
-            for k in ks for d in range(args.draws) for r in recipes if r not in skipped]
+            for k in ks for d in draws for r in recipes if r not in skipped]
     cache_path = RESULTS / "ner_scarce_runs.jsonl"
     cache = read_cache(cache_path, run_key)
     cached = [spec for spec in plan if run_key(spec) in cache]
@@ -431,7 +445,7 @@ def main() -> None:
     print_tables(cells, rows)
     setup = {"student": "all-MiniLM-L6-v2 (packaged)", "data": "biospecies NER, repaired + normalised (384)",
              "test": f"{TEST_SIZE} sentences, split seed {SPLIT_SEED}", "pool": len(pool),
-             "draws": f"{args.draws} (seed {DRAW_SEED} + draw, nested over k)", "ks": ks,
+             "draws": f"{draws} (seed {DRAW_SEED} + draw, nested over k)", "ks": ks,
              "recipes": {r: RECIPES[r] for r in recipes}, "skipped": skipped, "teacher": teacher,
              "timing": "seconds: training start -> test predictions in a fresh worker (teacher training apart)"}
     out = RESULTS / "ner_scarce.json"

@@ -4,6 +4,7 @@ cannot give (exit 2, nothing written). Runs on a small CoNLL file of its own, wi
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -92,4 +93,26 @@ def test_a_k_the_pool_cannot_give_is_refused_before_anything_is_written(bench, s
         bench.main()
     assert exit_.value.code == 2
     assert f"--ks: {ks!r} is not a count of labelled sentences between 1 and the pool's 16" in capsys.readouterr().err
+    assert list(results.iterdir()) == []
+
+
+def test_draw_ids_plan_just_those_draws(bench, small_data, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(bench, "RESULTS", tmp_path)
+    monkeypatch.setattr(sys, "argv", ["ner_scarce.py", "--data", str(small_data), "--ks", "8,16", "--recipes", "a",
+                                      "--draw-ids", "3,4", "--report"])
+    bench.main()
+    assert "4 runs planned, 0 already in" in capsys.readouterr().out
+    assert json.loads((tmp_path / "ner_scarce.json").read_text())["setup"]["draws"].startswith("[3, 4] ")
+
+
+@pytest.mark.parametrize("ids", ["3,3", "-1", "x", ""])
+def test_bad_draw_ids_are_refused(bench, small_data, tmp_path, monkeypatch, capsys, ids):
+    results = tmp_path / "results"
+    results.mkdir()
+    monkeypatch.setattr(bench, "RESULTS", results)
+    monkeypatch.setattr(sys, "argv", ["ner_scarce.py", "--data", str(small_data), "--draw-ids", ids, "--report"])
+    with pytest.raises(SystemExit) as exit_:
+        bench.main()
+    assert exit_.value.code == 2
+    assert "give distinct draw numbers >= 0" in capsys.readouterr().err
     assert list(results.iterdir()) == []
