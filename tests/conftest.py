@@ -1,8 +1,10 @@
-"""Shared fixtures: a CLI runner, the shared-data location, and tiny random BERT models."""
+"""Shared fixtures: a CLI runner, the shared-data location, tiny random BERT models, and MLflow runs to read."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -125,3 +127,35 @@ def scoring_models(tmp_path_factory) -> dict[str, Path]:
     texts = [line for name in ("finance_basics", "finance_sentiment", "probe_prompts")
              for line in resolve_input(f"packaged:{name}").read_text(encoding="utf-8").splitlines()]
     return save_scoring_models(texts, tmp_path_factory.mktemp("scoring-models"))
+
+
+@pytest.fixture
+def mlflow_runs(tmp_path, monkeypatch):
+    """A reader of the MLflow runs the test logs: ``[{"name", "status", "metrics": {key: [(step, value)]}}]``, from
+    real MLflow (a file store in ``tmp_path``) when it is installed, else from ``mlflow_standin``."""
+    real = importlib.util.find_spec("mlflow") is not None
+    if real:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", (tmp_path / "mlruns").as_uri())
+        monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    else:
+        monkeypatch.syspath_prepend(str(Path(__file__).parent / "mlflow_standin"))
+    import mlflow
+
+    def read() -> list[dict]:
+        if not real:
+            return sorted(mlflow.RUNS.values(), key=lambda run: run["name"])
+        client = mlflow.MlflowClient()
+        runs = [run for experiment in client.search_experiments()
+                for run in client.search_runs([experiment.experiment_id])]
+
+        def history(run_id: str, key: str) -> list[tuple[int, float]]:
+            return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+
+        return sorted(({"name": run.info.run_name, "status": run.info.status,
+                        "metrics": {key: history(run.info.run_id, key) for key in run.data.metrics}} for run in runs),
+                      key=lambda run: run["name"])
+
+    yield read
+    assert mlflow.active_run() is None  # nothing left open
+    if not real:
+        del sys.modules["mlflow"]

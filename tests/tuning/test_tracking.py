@@ -1,6 +1,7 @@
 """Experiment tracking (``report_to``): checked at config validation, the Trainer's TensorBoard files kept in the
 run directory (training stages included), and adaptlab's own metrics (strict F1, macro F1, a few-shot or FRACTAL
-loop's losses) in the same event files, read back with TensorBoard's EventAccumulator."""
+loop's losses) in the same event files, read back with TensorBoard's EventAccumulator; with MLflow, everything a
+run logs after training in the training's own MLflow run (real MLflow when installed, else a stand-in)."""
 
 from __future__ import annotations
 
@@ -181,3 +182,46 @@ def test_fractal_train_logs_its_epochs_and_the_prior_mix(tmp_path, run_cli):
     assert all(math.isfinite(v) for _, v in logged["train/loss"])
     (step, concordance), = logged["eval/prior_mix/held_out_concordance"]
     assert step == 5 and 0.0 <= concordance <= 1.0
+
+
+# --------------------------------------------------------------------------------------------- MLflow
+
+
+def test_mlflow_gets_one_run_with_the_final_evaluation_and_adaptlabs_scores(small_bert, tmp_path, run_cli,
+                                                                            mlflow_runs):
+    """MLflow's callback ends its run when training ends; the Trainer's final evaluation and the strict span F1
+    computed after it still land in that run (not in new ones), and a TAPT stage has its own, named after it."""
+    code, _, err = run_cli("ner", "train", *ner_data(tmp_path), "--model", small_bert, "--output", tmp_path / "run",
+                           "training.report_to=mlflow", "training.max_steps=9", *FAST,
+                           "strategy.domain.max_steps=4", "strategy.domain.save_steps=4",
+                           "strategy.domain.per_device_train_batch_size=8")
+    assert code == 0, err
+    run, stage = mlflow_runs()
+    assert (run["name"], stage["name"]) == ("run", "run/domain")  # and no third, randomly named run
+    assert stage["status"] == run["status"] == "FINISHED"
+    assert stage["metrics"]["loss"] and "eval_dev/strict/micro/f1" not in stage["metrics"]
+    assert len(run["metrics"]["loss"]) >= 4
+    evaluations = run["metrics"]["eval_loss"]
+    assert len(evaluations) >= 2 and evaluations[-1][0] == 9  # during training, then the final one at step 9
+    (step, f1), = run["metrics"]["eval_dev/strict/micro/f1"]
+    report = json.loads((tmp_path / "run" / "metrics.json").read_text())["dev"]
+    assert step == 9 and f1 == pytest.approx(report["strict"]["micro"]["f1"], abs=1e-6)
+
+
+def test_mlflow_gets_one_run_for_a_loop_without_a_trainer(small_bert, tmp_path, run_cli, mlflow_runs):
+    """strategy.fewshot logs its loop's losses, then the dev scores, in two goes: both in one MLflow run."""
+    lines = ["pos good film\n", "pos good plot\n", "neg bad film\n", "neg bad plot\n"] * 2
+    (tmp_path / "train.txt").write_text("".join(lines))
+    (tmp_path / "dev.txt").write_text("".join(lines[:4]))
+    code, _, err = run_cli("cls", "train", "--train", tmp_path / "train.txt", "--dev", tmp_path / "dev.txt",
+                           "--model", small_bert, "--output", tmp_path / "run", "training.report_to=mlflow",
+                           "training.progress=false", "strategy.fewshot.num_iterations=1",
+                           "strategy.fewshot.batch_size=4", "strategy.fewshot.logging_steps=1",
+                           "strategy.fewshot.progress=false")
+    assert code == 0, err
+    (run,) = mlflow_runs()
+    assert run["name"] == "run" and run["status"] == "FINISHED"
+    steps = [step for step, _ in run["metrics"]["loss"]]
+    assert steps == list(range(1, len(steps) + 1)) and steps
+    (step, _), = run["metrics"]["eval_dev/macro_f1"]
+    assert step == steps[-1]

@@ -48,7 +48,7 @@ from adaptlab.tuning.settings import resolve_bf16, training_arguments
 from adaptlab.tuning.strategies import TaskData, prepare, train_dataset
 from adaptlab.tuning.strategies.base import Strategy
 from adaptlab.tuning.strategies.peft_config import quantization_kwargs
-from adaptlab.tuning.tracking import attach_trackers
+from adaptlab.tuning.tracking import attach_trackers, resumed_mlflow_run
 from adaptlab.tuning.trainer import StrategyTrainer, finalize, summaries
 
 
@@ -151,7 +151,8 @@ def fit(cfg: CausalTrainingConfig, run: RunDir, checkpoint: Path | None, model_d
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     seconds = time.perf_counter() - started
     if data.evals and trainer.state.global_step % args.eval_steps != 0:
-        trainer.evaluate()  # the last step's perplexity, when it was not an evaluation step
+        with resumed_mlflow_run(run.path):  # joins the training's MLflow run
+            trainer.evaluate()  # the last step's perplexity, when it was not an evaluation step
     save_final_model(trainer, tokenizer, strategies, run.model)
     history = history_from_log(trainer.state.log_history)
     return {

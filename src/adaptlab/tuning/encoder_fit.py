@@ -29,7 +29,7 @@ from adaptlab.runs import get_logger
 from adaptlab.tuning.families import unwrap
 from adaptlab.tuning.settings import TrainerSettings, training_arguments
 from adaptlab.tuning.strategies.base import Strategy
-from adaptlab.tuning.tracking import attach_trackers
+from adaptlab.tuning.tracking import attach_trackers, resumed_mlflow_run
 from adaptlab.tuning.trainer import StrategyTrainer, finalize, summaries
 
 EVALUATIONS_PER_MIN_STEPS = 20  # dev is evaluated at least every min_steps / 20 steps when epochs are shorter
@@ -245,7 +245,8 @@ def fit(model, tokenizer, collator, compute_metrics, metric: str, train_ds, dev_
     started = time.perf_counter()
     trainer.train(resume_from_checkpoint=cfg.resume_from_checkpoint)
     seconds = time.perf_counter() - started
-    dev_metrics = trainer.evaluate() if has_eval else {}
+    with resumed_mlflow_run(output_dir):  # the final evaluation joins the training's MLflow run
+        dev_metrics = trainer.evaluate() if has_eval else {}
     model_dir = output_dir / "model"
     final = finalize(strategies, trainer.accelerator.unwrap_model(trainer.model))
     if trainer.is_world_process_zero():

@@ -14,12 +14,16 @@ the HF Trainer's names and each tracker reads its usual environment (``WANDB_PRO
   then shows every run under its directory name.
 * :func:`log_final_metrics` and :func:`log_history` send metrics computed outside the Trainer (strict span F1 on
   dev, macro F1, a few-shot or FRACTAL loop's losses) through fresh instances of the same callbacks, as the
-  Trainer's own ``log`` would after training: TensorBoard appends to the same directory, W&B to the process's
-  active run, and MLflow, whose run the Trainer ends at the end of training, to a new run of the same name. They
-  are given the ``TrainingArguments`` of the run's Trainer (remembered by :func:`attach_trackers`), because W&B
-  and MLflow record the arguments again when a callback starts; a loop without a Trainer (few-shot, FRACTAL) has
-  none, and those trackers then record transformers' defaults beside its numbers. Nested metric dictionaries are
-  flattened to ``a/b`` keys; anything but a finite number is left out.
+  Trainer's own ``log`` would after training: TensorBoard appends to the same directory and W&B to the process's
+  active run. They are given the ``TrainingArguments`` of the run's Trainer (remembered by
+  :func:`attach_trackers`), because W&B and MLflow record the arguments again when a callback starts; a loop
+  without a Trainer (few-shot, FRACTAL) has none, and those trackers then record transformers' defaults beside its
+  numbers. Nested metric dictionaries are flattened to ``a/b`` keys; anything but a finite number is left out.
+* MLflow's callback ends its run when training ends, and a metric logged later would open a new, randomly named
+  run. So the id of the MLflow run a run directory's Trainer (or first loop) logged to is remembered, and
+  :func:`resumed_mlflow_run` makes it active again around what is logged after training (the Trainer's final
+  evaluation, the two functions above): one MLflow run holds everything, as one TensorBoard directory does. A run
+  given by ``MLFLOW_RUN_ID``, or one the caller opened, is left to MLflow, which logs there already.
 
 Names follow the Trainer's: a final metric is an evaluation, logged as ``eval_<split>/<path>``, which TensorBoard
 and W&B show as ``eval/<split>/<path>`` (e.g. ``eval/dev/strict/micro/f1``) beside the Trainer's own ``eval/``
@@ -31,7 +35,8 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, Protocol
 
@@ -39,6 +44,7 @@ from pydantic import AfterValidator, Field
 
 TENSORBOARD_DIR = "tensorboard"  # <run>/tensorboard: the event files of every tracked training in a run
 _TRAINER_ARGUMENTS: dict[Path, Any] = {}  # run directory -> TrainingArguments of its last attached Trainer
+_MLFLOW_RUNS: dict[Path, str] = {}  # run directory -> id of the MLflow run its last Trainer (or loop) logged to
 
 # backend -> (modules that must be importable, pip command): from each callback's own installation check in
 # transformers.integrations.integration_utils. kubeflow needs a Kubeflow job, not a package (checked apart).
@@ -137,14 +143,64 @@ def _point_tensorboard(callbacks: Iterable[Any], directory: Path) -> None:
 
 
 def attach_trackers(trainer: Any, run_dir: Path, files_dir: Path | None = None) -> None:
-    """Before ``trainer.train()``: the tracker run is named after ``run_dir`` when ``run_name`` is not set, and
-    TensorBoard writes to ``(files_dir or run_dir) / "tensorboard"`` (a stage of a run gives its own folder)."""
+    """Before ``trainer.train()``: the tracker run is named after ``run_dir`` when ``run_name`` is not set (a
+    stage's after ``<run>/<stage folder>``), TensorBoard writes to ``(files_dir or run_dir) / "tensorboard"``, and
+    the MLflow run the Trainer opens is remembered for :func:`resumed_mlflow_run`."""
     if not trainer.args.report_to:
         return
     if trainer.args.run_name is None:
-        trainer.args.run_name = Path(run_dir).name
+        trainer.args.run_name = Path(run_dir).name + (f"/{Path(files_dir).name}" if files_dir else "")
     _point_tensorboard(trainer.callback_handler.callbacks, Path(files_dir or run_dir))
     _TRAINER_ARGUMENTS[Path(run_dir).resolve()] = trainer.args
+    if _has_mlflow(trainer.callback_handler.callbacks):
+        trainer.add_callback(_mlflow_run_keeper(Path(run_dir)))  # after MLflow's own: its run is open by then
+
+
+def _has_mlflow(callbacks: Iterable[Any]) -> bool:
+    from transformers.integrations import MLflowCallback
+
+    return any(isinstance(callback, MLflowCallback) for callback in callbacks)
+
+
+def _remember_mlflow_run(run_dir: Path) -> None:
+    import mlflow
+
+    active = mlflow.active_run()
+    if active is not None:
+        _MLFLOW_RUNS[Path(run_dir).resolve()] = active.info.run_id
+
+
+def _mlflow_run_keeper(run_dir: Path) -> Any:
+    """A Trainer callback that remembers, when training begins, the MLflow run MLflow's callback has just opened."""
+    from transformers import TrainerCallback
+
+    class KeepMlflowRun(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            _remember_mlflow_run(run_dir)
+
+    return KeepMlflowRun()
+
+
+@contextmanager
+def resumed_mlflow_run(run_dir: Path) -> Iterator[None]:
+    """Inside, the MLflow run remembered for ``run_dir`` (which MLflow's Trainer callback ended when training ended)
+    is active again, so that what is logged after training lands in it, not in a new run; it is ended on leaving.
+    Nothing happens without such a run, when ``MLFLOW_RUN_ID`` names one (MLflow resumes that itself), or when a
+    run is already active (one the caller opened)."""
+    run_id = _MLFLOW_RUNS.get(Path(run_dir).resolve())
+    if run_id is None or os.environ.get("MLFLOW_RUN_ID"):
+        yield
+        return
+    import mlflow
+
+    if mlflow.active_run() is not None:
+        yield
+        return
+    mlflow.start_run(run_id=run_id)
+    try:
+        yield
+    finally:
+        mlflow.end_run()
 
 
 def flat_numbers(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
@@ -183,14 +239,17 @@ def _send(tracked: Tracked, run_dir: Path, entries: list[tuple[int, dict[str, fl
     run_dir = Path(run_dir)
     args = _TRAINER_ARGUMENTS.get(run_dir.resolve()) or TrainingArguments(
         output_dir=str(run_dir), report_to=tracked.report_to, run_name=tracked.run_name or run_dir.name)
-    callbacks = [callback() for callback in get_reporting_integration_callbacks(args.report_to)]
-    _point_tensorboard(callbacks, run_dir)
-    state, control = TrainerState(), TrainerControl()
-    for step, values in entries:
-        if values:
-            state.global_step = step
-            for callback in callbacks:
-                callback.on_log(args, state, control, logs=dict(values))
-    for callback in callbacks:
-        if isinstance(callback, TensorBoardCallback):  # the writer this function opened; flushed on every log
-            callback.on_train_end(args, state, control)
+    with resumed_mlflow_run(run_dir):
+        callbacks = [callback() for callback in get_reporting_integration_callbacks(args.report_to)]
+        _point_tensorboard(callbacks, run_dir)
+        state, control = TrainerState(), TrainerControl()
+        for step, values in entries:
+            if values:
+                state.global_step = step
+                for callback in callbacks:
+                    callback.on_log(args, state, control, logs=dict(values))
+        if _has_mlflow(callbacks):
+            _remember_mlflow_run(run_dir)  # a loop without a Trainer: its later metrics join the run opened here
+        for callback in callbacks:
+            if isinstance(callback, TensorBoardCallback):  # the writer this function opened; flushed on every log
+                callback.on_train_end(args, state, control)
