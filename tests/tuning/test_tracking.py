@@ -67,6 +67,21 @@ def ner_data(tmp_path: Path) -> list[str]:
     return ["--train", str(tmp_path / "train.jsonl"), "--dev", str(tmp_path / "dev.jsonl")]
 
 
+def train_fewshot_cls(small_bert: Path, tmp_path: Path, run_cli, report_to: str) -> None:
+    """``cls train`` with strategy.fewshot (its own loop, no HF Trainer): 2 iterations x 2 x 8 pairs, 4 a step."""
+    texts = {"pos": ["good film", "good plot", "good good film", "film good"],
+             "neg": ["bad film", "bad plot", "bad bad film", "plot bad"]}
+    lines = [f"{label} {text}\n" for label, group in texts.items() for text in group]
+    (tmp_path / "train.txt").write_text("".join(lines))
+    (tmp_path / "dev.txt").write_text("".join(lines[::2]))
+    code, _, err = run_cli("cls", "train", "--train", tmp_path / "train.txt", "--dev", tmp_path / "dev.txt",
+                           "--model", small_bert, "--output", tmp_path / "run", f"training.report_to={report_to}",
+                           "training.progress=false", "strategy.fewshot.num_iterations=2",
+                           "strategy.fewshot.batch_size=4", "strategy.fewshot.logging_steps=1",
+                           "strategy.fewshot.progress=false")
+    assert code == 0, err
+
+
 # --------------------------------------------------------------------------------------------- validation
 
 
@@ -145,17 +160,7 @@ def test_ner_train_writes_loss_and_strict_f1_to_tensorboard_in_the_run(small_ber
 @needs_tensorboard
 def test_fewshot_cls_logs_its_own_loop_and_macro_f1(small_bert, tmp_path, run_cli):
     """strategy.fewshot trains without the HF Trainer: its loss rows and the dev scores still reach the tracker."""
-    texts = {"pos": ["good film", "good plot", "good good film", "film good"],
-             "neg": ["bad film", "bad plot", "bad bad film", "plot bad"]}
-    lines = [f"{label} {text}\n" for label, group in texts.items() for text in group]
-    (tmp_path / "train.txt").write_text("".join(lines))
-    (tmp_path / "dev.txt").write_text("".join(lines[::2]))
-    code, _, err = run_cli("cls", "train", "--train", tmp_path / "train.txt", "--dev", tmp_path / "dev.txt",
-                           "--model", small_bert, "--output", tmp_path / "run", "training.report_to=tensorboard",
-                           "training.progress=false", "strategy.fewshot.num_iterations=2",
-                           "strategy.fewshot.batch_size=4", "strategy.fewshot.logging_steps=1",
-                           "strategy.fewshot.progress=false")
-    assert code == 0, err
+    train_fewshot_cls(small_bert, tmp_path, run_cli, "tensorboard")
     logged = scalars(tmp_path / "run" / "tensorboard")
     assert [step for step, _ in logged["train/loss"]] == [1, 2, 3, 4, 5, 6, 7, 8]  # 2 x 2 x 8 pairs, 4 per step
     assert all(math.isfinite(v) for _, v in logged["train/loss"])
@@ -210,18 +215,9 @@ def test_mlflow_gets_one_run_with_the_final_evaluation_and_adaptlabs_scores(smal
 
 def test_mlflow_gets_one_run_for_a_loop_without_a_trainer(small_bert, tmp_path, run_cli, mlflow_runs):
     """strategy.fewshot logs its loop's losses, then the dev scores, in two goes: both in one MLflow run."""
-    lines = ["pos good film\n", "pos good plot\n", "neg bad film\n", "neg bad plot\n"] * 2
-    (tmp_path / "train.txt").write_text("".join(lines))
-    (tmp_path / "dev.txt").write_text("".join(lines[:4]))
-    code, _, err = run_cli("cls", "train", "--train", tmp_path / "train.txt", "--dev", tmp_path / "dev.txt",
-                           "--model", small_bert, "--output", tmp_path / "run", "training.report_to=mlflow",
-                           "training.progress=false", "strategy.fewshot.num_iterations=1",
-                           "strategy.fewshot.batch_size=4", "strategy.fewshot.logging_steps=1",
-                           "strategy.fewshot.progress=false")
-    assert code == 0, err
+    train_fewshot_cls(small_bert, tmp_path, run_cli, "mlflow")
     (run,) = mlflow_runs()
     assert run["name"] == "run" and run["status"] == "FINISHED"
-    steps = [step for step, _ in run["metrics"]["loss"]]
-    assert steps == list(range(1, len(steps) + 1)) and steps
+    assert [step for step, _ in run["metrics"]["loss"]] == [1, 2, 3, 4, 5, 6, 7, 8]
     (step, _), = run["metrics"]["eval_dev/macro_f1"]
-    assert step == steps[-1]
+    assert step == 8
