@@ -245,8 +245,10 @@ def fit(model, tokenizer, collator, compute_metrics, metric: str, train_ds, dev_
     started = time.perf_counter()
     trainer.train(resume_from_checkpoint=cfg.resume_from_checkpoint)
     seconds = time.perf_counter() - started
-    with resumed_mlflow_run(output_dir):  # the final evaluation joins the training's MLflow run
-        dev_metrics = trainer.evaluate() if has_eval else {}
+    dev_metrics = {}
+    if has_eval:
+        with resumed_mlflow_run(output_dir):  # the final evaluation joins the training's MLflow run
+            dev_metrics = trainer.evaluate()
     model_dir = output_dir / "model"
     final = finalize(strategies, trainer.accelerator.unwrap_model(trainer.model))
     if trainer.is_world_process_zero():
