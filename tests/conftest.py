@@ -64,7 +64,11 @@ def tokenizer_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_bert_dir(tmp_path_factory, tokenizer_dir) -> Path:
-    """A tiny random BERT (hidden 32, 2 layers) saved as an HF model directory with a tokenizer."""
+    """A tiny random BERT (hidden 32, 2 layers) saved as an HF model directory with a tokenizer.
+
+    Its weights come from torch seed 0, so what the tests train from it does not depend on which tests ran first.
+    """
+    import torch
     from transformers import AutoTokenizer, BertConfig, BertModel
 
     out = tmp_path_factory.mktemp("tiny-bert")
@@ -72,7 +76,9 @@ def tiny_bert_dir(tmp_path_factory, tokenizer_dir) -> Path:
         vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
         intermediate_size=64, max_position_embeddings=128,
     )
-    BertModel(config).save_pretrained(out)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        BertModel(config).save_pretrained(out)
     AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(out)
     return out
 

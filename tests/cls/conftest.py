@@ -1,23 +1,8 @@
-"""A tiny BERT whose weights are the same in every session, so that what the classification tests train is too."""
+"""Every classification test trains tiny models on one torch thread."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-
-
-@pytest.fixture(scope="session")
-def seeded_tiny_bert(tiny_bert_dir, tmp_path_factory) -> Path:
-    """``tiny_bert_dir`` (its config and tokenizer) re-initialised from torch seed 0."""
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    out = tmp_path_factory.mktemp("seeded-tiny-bert")
-    torch.manual_seed(0)
-    BertModel(BertConfig.from_pretrained(tiny_bert_dir)).save_pretrained(out)
-    AutoTokenizer.from_pretrained(tiny_bert_dir).save_pretrained(out)
-    return out
 
 
 @pytest.fixture(autouse=True, scope="module")

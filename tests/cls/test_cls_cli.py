@@ -36,7 +36,7 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, seeded_tiny_bert):
+def trained(tmp_path_factory, tiny_bert_dir):
     """Train once (with an empty strategy block from the shared registry); the tests below share the run."""
     from adaptlab.cli import main
 
@@ -46,7 +46,7 @@ def trained(tmp_path_factory, seeded_tiny_bert):
     write_jsonl(root / "test.jsonl", single_label_rows(60, 2))
     run = root / "run"
     code = main(["cls", "train", "--train", root / "train.jsonl", "--dev", root / "dev.jsonl", "--model",
-                 seeded_tiny_bert, "--output", run, "--epochs", "30", "--lr", "3e-3", "strategy={}", *FAST])
+                 tiny_bert_dir, "--output", run, "--epochs", "30", "--lr", "3e-3", "strategy={}", *FAST])
     assert code == 0
     return root, run
 
@@ -122,29 +122,29 @@ def test_saved_model_works_in_a_transformers_pipeline(trained):
         assert {s["label"]: round(s["score"], 4) for s in scores} == pytest.approx(mine["scores"], abs=1e-4)
 
 
-def test_unhappy_paths_exit_2_with_one_line(trained, run_cli, seeded_tiny_bert):
+def test_unhappy_paths_exit_2_with_one_line(trained, run_cli, tiny_bert_dir):
     root, run = trained
     bad_dev = write_jsonl(root / "bad_dev.jsonl", [{"text": "the goal", "label": "sport"},
                                                    {"text": "the news", "label": "politics"}])
     code, _, err = run_cli("cls", "train", "--train", root / "train.jsonl", "--dev", bad_dev, "--model",
-                           seeded_tiny_bert, "--output", root / "never", *FAST)
+                           tiny_bert_dir, "--output", root / "never", *FAST)
     assert code == 2 and "['politics']" in err and "food" in err
     assert not (root / "never").exists()
     code, _, err = run_cli("cls", "evaluate", "--model", run, "--data", bad_dev)
     assert code == 2 and "the evaluation data has the labels ['politics']" in err
     one_label = write_jsonl(root / "one.jsonl", [{"text": "a", "label": "x"}, {"text": "b", "label": "x"}])
-    code, _, err = run_cli("cls", "train", "--train", one_label, "--model", seeded_tiny_bert, *FAST)
+    code, _, err = run_cli("cls", "train", "--train", one_label, "--model", tiny_bert_dir, *FAST)
     assert code == 2 and "needs at least two" in err
     code, _, err = run_cli("cls", "train", "--train", root / "train.jsonl", "text_column=sentence", "--model",
-                           seeded_tiny_bert, *FAST)
+                           tiny_bert_dir, *FAST)
     assert code == 2 and "no 'sentence' key (the object has ['label', 'text'])" in err
     code, _, err = run_cli("cls", "train", "--train", root / "train.jsonl", "strategy.nope={}", *FAST)
     assert code == 2 and "unknown key 'strategy.nope'" in err
-    code, _, err = run_cli("cls", "predict", "--model", seeded_tiny_bert, "--text", "some text")
+    code, _, err = run_cli("cls", "predict", "--model", tiny_bert_dir, "--text", "some text")
     assert code == 2 and "BertModel, not a sequence classifier" in err
 
 
-def test_multi_label_end_to_end(seeded_tiny_bert, run_cli, tmp_path):
+def test_multi_label_end_to_end(tiny_bert_dir, run_cli, tmp_path):
     rng = random.Random(0)
     sets = [sorted(rng.sample(list(KEYWORDS), rng.randint(0, 2))) for _ in range(240)]
     lines = ["text,label"] + [f"{sentence(rng, labels)},{'|'.join(labels)}" for labels in sets]
@@ -154,7 +154,7 @@ def test_multi_label_end_to_end(seeded_tiny_bert, run_cli, tmp_path):
     config.write_text("multi_label: true\nstrategy: {}\ntraining:\n  learning_rate: 3.0e-3\n"
                       "  num_train_epochs: 30\n", encoding="utf-8")
     # (slower to learn than one label: from 5 random initialisations, test micro F1 0.71-1.0 after 30 epochs)
-    code, _, err = run_cli("cls", "train", config, "train=all.csv", "--model", seeded_tiny_bert, "--output", "run",
+    code, _, err = run_cli("cls", "train", config, "train=all.csv", "--model", tiny_bert_dir, "--output", "run",
                            "dev_fraction=0.2", *FAST)
     assert code == 0, err
     model_config = json.loads(Path("run/model/config.json").read_text())

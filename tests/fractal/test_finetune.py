@@ -112,7 +112,9 @@ def test_finetune_starts_from_frozen_training_and_moves_the_encoder(encoder_dir,
     assert [h["stage"] for h in history] == ["head"] * 2 + ["joint"] * 3
     _, frozen_history = fit(data, cfg.model_copy(update={"encoder": "frozen"}))
     assert [{k: v for k, v in h.items() if k != "stage"} for h in history[:2]] == frozen_history
-    assert history[-1]["loss"] < history[2]["loss"] < history[1]["loss"]
+    # joint epochs keep lowering the loss and end below where frozen training stopped (the first joint epoch,
+    # with the encoder's dropout now on, may start above it)
+    assert history[-1]["loss"] < history[2]["loss"] and history[-1]["loss"] < history[1]["loss"]
     initial = load_encoder(str(encoder_dir)).state_dict()
     changed = [name for name, value in model.encoder.state_dict().items() if not torch.equal(value, initial[name])]
     assert len(changed) > 10
