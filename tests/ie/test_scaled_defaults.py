@@ -52,6 +52,14 @@ def test_the_plan_scales_with_the_data(rows, settings, has_eval, expected):
     assert {key: plan[key] for key in expected} == expected
 
 
+def test_a_sampler_s_epoch_counts_its_batches_not_the_rows():
+    """Multi-task sampling decides an epoch's batches (``epoch_batches``); the processes share them out."""
+    one = plan_training(EncoderTrainerSettings(num_train_epochs=5), 62, True, epoch_batches=10).to_json()
+    assert {k: one[k] for k in ("steps_per_epoch", "steps", "extended", "eval_every")} == {
+        "steps_per_epoch": 10, "steps": 200, "extended": True, "eval_every": 10}
+    assert plan_training(EncoderTrainerSettings(), 62, True, world_size=2, epoch_batches=9).steps_per_epoch == 5
+
+
 def test_the_plan_reaches_the_training_arguments(tmp_path):
     cfg = EncoderTrainerSettings()
     args = encoder_training_arguments(cfg, tmp_path, True, "macro_f1", plan_training(cfg, 14, True))

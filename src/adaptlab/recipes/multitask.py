@@ -16,6 +16,7 @@ from adaptlab.config import StrictModel
 from adaptlab.errors import ModelError, StrategyError
 from adaptlab.ie.models import DEFAULT_STUDENT, resolve_student, sequence_limit
 from adaptlab.recipes.multitask_data import TaskConfig, TaskInput, check_tasks, read_task
+from adaptlab.recipes.ner import run_notes_sections
 from adaptlab.report import plots
 from adaptlab.report.html import Image, Paragraph, Section, Table, cls_report_sections, ner_report_sections
 from adaptlab.runs import RunDir, get_logger, open_run, seed_everything
@@ -61,7 +62,8 @@ class MultitaskConfig(StrictModel):
     sampling: Sampling = Field("proportional", description="which task each batch comes from: proportional "
                                                            "(p ~ n), equal, or temperature (p ~ n^(1/T))")
     temperature: float = Field(2.0, gt=0, description="T of sampling: temperature (1 is proportional)")
-    dev_fraction: float = Field(0.1, ge=0, lt=1, description="held out from a task's train when it has no dev file")
+    dev_fraction: float = Field(0.1, ge=0, lt=1, description="held out from a task's train when it has no dev file, "
+                                "if that makes >= 20 records (cls: 10 per label); else none")
     max_length: int = Field(256, ge=8, description="subwords per sequence; longer ones are cut and counted")
     output: str | None = Field(None, description="run directory (must not exist); default runs/<time>-<name>")
     training: MultitaskTrainerSettings = Field(
@@ -129,10 +131,14 @@ def train(cfg: MultitaskConfig) -> tuple[RunDir, dict]:
     with open_run(cfg.output, cfg.name, cfg) as run:
         log.info("training %s on %d tasks in %s: %s", cfg.model, len(inputs), run.path, "; ".join(
             f"{t.name} ({t.type}, {len(t.train)} train, {len(t.dev)} dev)" for t in inputs))
-        for task in encoded:
-            if task.truncated:
-                log.warning("task %s: %d sequences are longer than %d subwords and were cut", task.spec.name,
-                            task.truncated, cfg.max_length)
+        notes = [note for task in inputs for note in task.notes]
+        warnings = [warning for task in inputs for warning in task.warnings]
+        warnings += [f"task {task.spec.name}: {task.truncated} sequences are longer than {cfg.max_length} subwords "
+                     "and were cut" for task in encoded if task.truncated]
+        for note in notes:
+            log.info(note)
+        for warning in warnings:
+            log.warning(warning)
         fit = fit_multitask(model, encoded, tokenizers[inputs[0].name], cfg.training, cfg.sampling, cfg.temperature,
                             run.path, strategies)
         tasks: dict[str, dict] = {}
@@ -146,8 +152,10 @@ def train(cfg: MultitaskConfig) -> tuple[RunDir, dict]:
         log_final_metrics(cfg.training, run.path, scored, fit.history[-1]["step"] if fit.history else 0)
         metrics = {"model": cfg.model, "tasks": tasks, "sampling": fit.sampling,
                    "train_seconds": round(fit.seconds, 2), "best_mean_dev_f1": fit.best_mean_dev_f1,
-                   "strategies": fit.strategies, "history": fit.history}
-        run.finish(metrics, f"Multi-task training: {cfg.name}", report_sections(metrics))
+                   "strategies": fit.strategies, "training_plan": fit.plan, "notes": notes + fit.notes,
+                   "warnings": warnings, "history": fit.history}
+        run.finish(metrics, f"Multi-task training: {cfg.name}",
+                   run_notes_sections(warnings, metrics["notes"]) + report_sections(metrics))
     return run, metrics
 
 

@@ -2,16 +2,18 @@
 
 Each task is read as its single-task command reads it (``ner train``: records in any format; ``re train``: records
 with relations or the marker CSV, turned into marked pairs with ``no_relation`` negatives; ``cls train``: JSONL,
-CSV/TSV or label-text examples) and held out for dev the same way. Every problem is one message that begins with
-the task and key, ``tasks.<name>.train: <file>: ...``, before anything is trained or written.
+CSV/TSV or label-text examples) and held out for dev the same way, with the same minimum dev size
+(``data.splits``: below it nothing is held out, and a dev file that small gets a warning). Every problem is one
+message that begins with the task and key, ``tasks.<name>.train: <file>: ...``, before anything is trained or
+written.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pydantic import Field, model_serializer, model_validator
@@ -19,7 +21,7 @@ from pydantic import Field, model_serializer, model_validator
 from adaptlab.config import StrictModel
 from adaptlab.data.classification import check_known_labels, label_set, read_examples
 from adaptlab.data.io import load_records
-from adaptlab.data.splits import split_dev
+from adaptlab.data.splits import DEV_EXAMPLES_PER_LABEL, MIN_DEV_RECORDS, hold_out_dev, small_dev_warning
 from adaptlab.errors import AdaptlabError, ConfigError, DataError, ModelError
 from adaptlab.ie.ner import check_labels
 from adaptlab.ie.relations import relation_examples
@@ -77,7 +79,8 @@ def check_tasks(tasks: dict[str, TaskConfig]) -> dict[str, TaskConfig]:
 @dataclass
 class TaskInput:
     """A task's checked data: ``train``/``dev`` are records (ner), marked pairs (re) or examples (cls), ``labels``
-    the head's label names in id order (IOB2 tags for ner)."""
+    the head's label names in id order (IOB2 tags for ner); ``notes`` say what the dev split decided (nothing held
+    out), ``warnings`` what the user should look at (a dev file too small), each beginning with the task's name."""
 
     name: str
     type: str
@@ -85,6 +88,8 @@ class TaskInput:
     train: list
     dev: list
     multi_label: bool = False
+    notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
 
 @contextmanager
@@ -108,13 +113,13 @@ def _read_ner(name: str, task: TaskConfig, dev_fraction: float, seed: int) -> Ta
         train = load_records(task.train)
         if not entity_types(train):
             raise DataError("has no entity spans; an ner task learns from labelled spans", task.train)
+    dev = None
     if task.dev:
         with task_key(name, "dev"):
             dev = load_records(task.dev)
             check_labels(dev, entity_types(train), f"{task.dev}")
-    else:
-        train, dev = split_dev(train, dev_fraction, seed)
-    return TaskInput(name, "ner", bio_labels(entity_types(train)), train, dev)
+    train, dev, notes, warnings = _dev_split(name, train, dev, dev_fraction, seed, MIN_DEV_RECORDS)
+    return TaskInput(name, "ner", bio_labels(entity_types(train)), train, dev, notes=notes, warnings=warnings)
 
 
 def _read_re(name: str, task: TaskConfig, dev_fraction: float, seed: int) -> TaskInput:
@@ -122,11 +127,12 @@ def _read_re(name: str, task: TaskConfig, dev_fraction: float, seed: int) -> Tas
         derive_by = resolve_schema(task.derive_relations) if task.derive_relations else None
     with task_key(name, "train"):
         records = relation_records(task.train, derive_by)
+    dev_records = None
     if task.dev:
         with task_key(name, "dev"):
             dev_records = relation_records(task.dev, derive_by)
-    else:
-        records, dev_records = split_dev(records, dev_fraction, seed)
+    records, dev_records, notes, warnings = _dev_split(name, records, dev_records, dev_fraction, seed,
+                                                       MIN_DEV_RECORDS)
     train, dev = relation_examples(records, task.negatives), relation_examples(dev_records, task.negatives)
     labels = sorted({example.label for example in train})
     with task_key(name, "train"):
@@ -137,7 +143,7 @@ def _read_re(name: str, task: TaskConfig, dev_fraction: float, seed: int) -> Tas
         unknown = sorted({example.label for example in dev} - set(labels))
         if unknown:
             raise DataError(f"the dev data has relation labels {unknown} absent from the training data {labels}")
-    return TaskInput(name, "re", labels, train, dev)
+    return TaskInput(name, "re", labels, train, dev, notes=notes, warnings=warnings)
 
 
 def _read_cls(name: str, task: TaskConfig, dev_fraction: float, seed: int) -> TaskInput:
@@ -149,10 +155,26 @@ def _read_cls(name: str, task: TaskConfig, dev_fraction: float, seed: int) -> Ta
         if len(labels) < (1 if task.multi_label else 2):
             raise DataError(f"has the labels {labels}; a single-label classifier needs at least two (set "
                             "multi_label: true for one yes/no label)", task.train)
+    dev = None
     if task.dev:
         with task_key(name, "dev"):
             dev = read_examples(task.dev, **columns)
             check_known_labels(dev, labels, f"the dev data {task.dev}")
-    else:
-        train, dev = split_dev(train, dev_fraction, seed, stratum=lambda e: tuple(e.labels))
-    return TaskInput(name, "cls", labels, train, dev, task.multi_label)
+    train, dev, notes, warnings = _dev_split(name, train, dev, dev_fraction, seed,
+                                             DEV_EXAMPLES_PER_LABEL * len(labels), "examples",
+                                             stratum=lambda e: tuple(e.labels))
+    return TaskInput(name, "cls", labels, train, dev, task.multi_label, notes, warnings)
+
+
+def _dev_split(name: str, train: list, dev: list | None, dev_fraction: float, seed: int, minimum: int,
+               unit: str = "records", stratum: Callable[[Any], Hashable] | None = None
+               ) -> tuple[list, list, list[str], list[str]]:
+    """``(train, dev, notes, warnings)``: the given ``dev`` (a warning when it has fewer than ``minimum`` items),
+    else one held out by ``data.splits.hold_out_dev`` (a note when that holds out nothing), as the task's
+    single-task command does; the notes and warnings begin with the task's name."""
+    if dev is not None:
+        warning = small_dev_warning(len(dev), minimum, unit)
+        return train, dev, [], [f"task {name}: {warning}"] if warning else []
+    with task_key(name, "train"):
+        train, dev, note = hold_out_dev(train, dev_fraction, seed, minimum, unit, stratum=stratum)
+    return train, dev, [f"task {name}: {note}"] if note else [], []

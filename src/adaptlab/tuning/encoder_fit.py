@@ -7,7 +7,8 @@ the ``strategy:`` block, evaluates and checkpoints on dev, keeps the best evalua
 The schedule scales with the data (:func:`plan_training`). With ``n`` training rows, batch ``b``, gradient
 accumulation ``g`` and ``w`` processes an epoch is ``s = ceil(ceil(n / (b w)) / g)`` optimizer steps, and training
 runs ``max(ceil(num_train_epochs * s), min_steps)`` of them, so 16 sentences train for ``min_steps`` steps
-(many epochs) rather than ``num_train_epochs`` single steps. Dev is evaluated once an epoch, or every
+(many epochs) rather than ``num_train_epochs`` single steps; the multi-task trainer counts its sampler's batches
+instead of ``ceil(n / (b w))``. Dev is evaluated once an epoch, or every
 ``ceil(min_steps / 20)`` steps when an epoch is shorter, so ``early_stopping_patience`` evaluations always span
 a real stretch of training; and early stopping never ends training before ``min_steps``.
 """
@@ -90,13 +91,23 @@ class TrainingPlan:
         return {k: v for k, v in asdict(self).items() if k != "notes"}
 
 
-def plan_training(cfg: EncoderTrainerSettings, train_rows: int, has_eval: bool, world_size: int = 1
-                  ) -> TrainingPlan:
+def world_size() -> int:
+    """The number of training processes (``WORLD_SIZE``, set by torchrun and accelerate; 1 otherwise)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def plan_training(cfg: EncoderTrainerSettings, train_rows: int, has_eval: bool, world_size: int = 1,
+                  epoch_batches: int | None = None) -> TrainingPlan:
     """The step budget, evaluation interval and early-stopping floor for ``train_rows`` rows (module docstring).
 
-    An explicit ``max_steps`` is obeyed as it is. The notes say in words what was raised and why.
+    ``epoch_batches``: the batches of one epoch over all processes, when a batch sampler decides them (multi-task
+    sampling) rather than ``ceil(train_rows / batch size)``. An explicit ``max_steps`` is obeyed as it is. The
+    notes say in words what was raised and why.
     """
-    batches = math.ceil(train_rows / (cfg.per_device_train_batch_size * world_size))
+    if epoch_batches is None:
+        batches = math.ceil(train_rows / (cfg.per_device_train_batch_size * world_size))
+    else:  # the processes share out the sampler's batches
+        batches = math.ceil(epoch_batches / world_size)
     per_epoch = max(1, math.ceil(batches / cfg.gradient_accumulation_steps))
     by_epochs = math.ceil(cfg.num_train_epochs * per_epoch)
     notes = []
@@ -144,6 +155,13 @@ def encoder_training_arguments(settings: EncoderTrainerSettings, output_dir: Pat
         greater_is_better=True,
         **decided,
     )
+
+
+def early_stopping(plan: TrainingPlan) -> list[EarlyStoppingCallback]:
+    """The Trainer callbacks that stop training as ``plan`` says: none without a dev set or patience."""
+    if not plan.early_stopping_patience:
+        return []
+    return [EarlyStoppingFrom(plan.early_stopping_patience, plan.early_stopping_from)]
 
 
 class EarlyStoppingFrom(EarlyStoppingCallback):
@@ -226,7 +244,7 @@ def fit(model, tokenizer, collator, compute_metrics, metric: str, train_ds, dev_
     strategies = strategies or []
     checkpoints = output_dir / "checkpoints"
     has_eval = dev_ds is not None
-    plan = plan_training(cfg, len(train_ds), has_eval, int(os.environ.get("WORLD_SIZE", "1")))
+    plan = plan_training(cfg, len(train_ds), has_eval, world_size())
     for note in plan.notes:
         get_logger().info(note)
     trainer = StrategyTrainer(
@@ -237,8 +255,7 @@ def fit(model, tokenizer, collator, compute_metrics, metric: str, train_ds, dev_
         processing_class=tokenizer,
         data_collator=collator,
         compute_metrics=compute_metrics,
-        callbacks=[EarlyStoppingFrom(plan.early_stopping_patience, plan.early_stopping_from)]
-        if plan.early_stopping_patience else [],
+        callbacks=early_stopping(plan),
         strategies=strategies,
     )
     attach_trackers(trainer, output_dir)
@@ -258,14 +275,15 @@ def fit(model, tokenizer, collator, compute_metrics, metric: str, train_ds, dev_
         inner.config.save_pretrained(model_dir)
         tokenizer.save_pretrained(model_dir)
     finish_checkpoints(cfg, checkpoints)
-    trained = {"trained_steps": trainer.state.global_step, "best_step": _best_step(trainer.state)}
+    trained = steps_trained(trainer.state)
     get_logger().info("saved model to %s after %d optimizer steps (%.1fs)", model_dir, trainer.state.global_step,
                       seconds)
     return FitResult(model_dir, epoch_history(trainer.state.log_history), dev_metrics, seconds,
                      summaries(strategies), {**plan.to_json(), **trained}, plan.notes)
 
 
-def _best_step(state) -> int | None:
-    """The step of the checkpoint kept by dev (``checkpoint-N``), or None without a dev set."""
+def steps_trained(state) -> dict[str, int | None]:
+    """``trained_steps`` (optimizer steps run) and ``best_step``, the step of the checkpoint kept by dev
+    (``checkpoint-N``; None without a dev set), from the Trainer's state."""
     best = state.best_model_checkpoint
-    return int(Path(best).name.rsplit("-", 1)[-1]) if best else None
+    return {"trained_steps": state.global_step, "best_step": int(Path(best).name.rsplit("-", 1)[-1]) if best else None}

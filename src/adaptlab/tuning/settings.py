@@ -170,12 +170,3 @@ def training_arguments(settings: TrainerSettings, output_dir: str | Path, **deci
         return TrainingArguments(**arguments)
     except ValueError as exc:  # transformers' own consistency checks (e.g. load_best_model_at_end needs eval)
         raise ConfigError(f"training: {exc}") from None
-
-
-def early_stopping_callbacks(settings: TrainerSettings, has_eval: bool) -> list:
-    """``EarlyStoppingCallback`` when there is an evaluation set and ``early_stopping_patience`` is set."""
-    from transformers import EarlyStoppingCallback
-
-    if has_eval and settings.early_stopping_patience:
-        return [EarlyStoppingCallback(early_stopping_patience=settings.early_stopping_patience)]
-    return []

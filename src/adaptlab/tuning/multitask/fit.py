@@ -31,11 +31,18 @@ import numpy as np
 import torch
 
 from adaptlab.runs import get_logger
-from adaptlab.tuning.encoder_fit import EncoderTrainerSettings, encoder_training_arguments, finish_checkpoints
+from adaptlab.tuning.encoder_fit import (
+    EncoderTrainerSettings,
+    early_stopping,
+    encoder_training_arguments,
+    finish_checkpoints,
+    plan_training,
+    steps_trained,
+    world_size,
+)
 from adaptlab.tuning.multitask.model import MultitaskModel
-from adaptlab.tuning.multitask.sampling import Sampling, TaskBatchSampler
+from adaptlab.tuning.multitask.sampling import Sampling, TaskBatchSampler, epoch_batches
 from adaptlab.tuning.multitask.tasks import EncodedTask
-from adaptlab.tuning.settings import early_stopping_callbacks
 from adaptlab.tuning.strategies.base import Strategy
 from adaptlab.tuning.tracking import attach_trackers
 from adaptlab.tuning.trainer import StrategyTrainer, finalize, summaries
@@ -144,13 +151,17 @@ class MultitaskFit:
     sampling: dict[str, Any]
     best_mean_dev_f1: float | None
     strategies: dict[str, Any] = field(default_factory=dict)
+    plan: dict[str, Any] = field(default_factory=dict)  # steps, evaluation interval, ... (encoder_fit.plan_training)
+    notes: list[str] = field(default_factory=list)
 
 
 def fit_multitask(model: MultitaskModel, tasks: Sequence[EncodedTask], tokenizer: Any,
                   settings: EncoderTrainerSettings, sampling: Sampling, temperature: float, output_dir: Path,
                   strategies: list[Strategy] | None = None) -> MultitaskFit:
-    """Train ``model`` on ``tasks`` (in the order of its heads), keep the best epoch by mean dev macro F1.
+    """Train ``model`` on ``tasks`` (in the order of its heads), keep the best evaluation by mean dev macro F1.
 
+    The step budget, evaluation interval and early-stopping floor scale with the data as for the single-task
+    students (``encoder_fit.plan_training``, an epoch being the sampler's batches): at least ``min_steps`` steps.
     ``model`` is already prepared by the strategies; they are finalised after training. Checkpoints go to
     ``output_dir/checkpoints`` and are removed at the end unless ``keep_checkpoints``.
     """
@@ -162,14 +173,20 @@ def fit_multitask(model: MultitaskModel, tasks: Sequence[EncodedTask], tokenizer
     dev = {task.spec.name: task.dev.add_column("task", [i] * len(task.dev))
            for i, task in enumerate(tasks) if task.dev is not None and len(task.dev)}
     checkpoints = output_dir / "checkpoints"
+    sizes = [len(task.train) for task in tasks]
+    plan = plan_training(settings, sum(sizes), bool(dev), world_size(),
+                         epoch_batches(sizes, settings.per_device_train_batch_size))
+    for note in plan.notes:
+        get_logger().info(note)
     trainer = MultitaskTrainer(
         model=model,
-        args=encoder_training_arguments(settings, checkpoints, has_eval=bool(dev), metric=SELECTION_METRIC),
+        args=encoder_training_arguments(settings, checkpoints, has_eval=bool(dev), metric=SELECTION_METRIC,
+                                        plan=plan),
         train_dataset=train,
         eval_dataset=dev or None,
         processing_class=tokenizer,
         data_collator=TaskCollator([task.collator for task in tasks]),
-        callbacks=early_stopping_callbacks(settings, bool(dev)),
+        callbacks=early_stopping(plan),
         strategies=strategies,
         task_names=names,
         task_metrics={task.spec.name: task.compute_metrics for task in tasks},
@@ -185,4 +202,5 @@ def fit_multitask(model: MultitaskModel, tasks: Sequence[EncodedTask], tokenizer
     epoch = {"mode": sampling, **({"temperature": temperature} if sampling == "temperature" else {}),
              **trainer.batch_sampler.summary(names)}
     return MultitaskFit(final, multitask_history(trainer.state.log_history, names), seconds, epoch,
-                        trainer.state.best_metric, summaries(strategies))
+                        trainer.state.best_metric, summaries(strategies),
+                        {**plan.to_json(), **steps_trained(trainer.state)}, plan.notes)
