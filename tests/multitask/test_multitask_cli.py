@@ -52,6 +52,7 @@ def test_every_task_is_learnt_scored_and_reported(trained):
     assert metrics["tasks"]["relations"]["labels"] == ["feed_on", "live_in"]
     assert metrics["tasks"]["topic"]["dev"]["accuracy"] >= 0.8
     assert metrics["best_mean_dev_f1"] == pytest.approx(sum(metrics["tasks"][n]["dev_f1"] for n in TASKS) / 3)
+    assert not [w for w in metrics["warnings"] if "predicts" in w]  # no task collapsed
     logged = {key for row in metrics["history"] for key in row}
     assert {"loss_species", "loss_relations", "loss_topic", "eval_mean_f1", "eval_species_macro_f1"} <= logged
     html = (run / "report.html").read_text()

@@ -148,6 +148,10 @@ def train(cfg: MultitaskConfig) -> tuple[RunDir, dict]:
                                 "labels": task.labels, "truncated": done.truncated, "export": f"tasks/{task.name}"}
             if task.dev:
                 tasks[task.name].update(score_task(task, directory, cfg.training.per_device_eval_batch_size))
+            collapse = collapse_warning(task, directory)
+            if collapse:
+                warnings.append(f"task {task.name}: {collapse}")
+                log.warning(warnings[-1])
         scored = {name: {key: task[key] for key in ("dev_f1", "dev")} for name, task in tasks.items() if "dev" in task}
         log_final_metrics(cfg.training, run.path, scored, fit.history[-1]["step"] if fit.history else 0)
         metrics = {"model": cfg.model, "tasks": tasks, "sampling": fit.sampling,
@@ -157,6 +161,24 @@ def train(cfg: MultitaskConfig) -> tuple[RunDir, dict]:
         run.finish(metrics, f"Multi-task training: {cfg.name}",
                    run_notes_sections(warnings, metrics["notes"]) + report_sections(metrics))
     return run, metrics
+
+
+def collapse_warning(task: TaskInput, directory: Any) -> str | None:
+    """The task's own single-task check of its export on (up to 256 of) its training rows: a warning when the head
+    has collapsed or never predicts a label it was shown, else None."""
+    if task.type == "ner":
+        from adaptlab.recipes.ner import collapse_warning as ner_collapse
+
+        return ner_collapse(directory, task.train)
+    if task.type == "re":
+        from adaptlab.ie.relations import REPredictor
+        from adaptlab.recipes.relations import collapse_warning as re_collapse
+
+        return re_collapse(REPredictor(directory), task.train)
+    from adaptlab.ie.text_classifier import load_classifier
+    from adaptlab.recipes.cls import collapse_warning as cls_collapse
+
+    return cls_collapse(load_classifier(directory), task.train)
 
 
 def score_task(task: TaskInput, directory: Any, batch_size: int) -> dict[str, Any]:

@@ -136,10 +136,7 @@ def train(cfg: RETrainConfig) -> tuple[RunDir, dict]:
         result = train_re(train_examples, dev_examples, model_path, cfg.training, run.path, cfg.max_length,
                           cfg.strategy)
         predictor = REPredictor(result.model_dir)
-        sample = train_examples[:TRAINING_CHECK_ROWS]
-        predicted = [label for label, _ in predictor.predict([e.marked for e in sample])]
-        warnings += [w for w in [unlearnt_labels_warning([e.label for e in sample], predicted, "relation",
-                                                         len(sample))] if w]
+        warnings += [w for w in [collapse_warning(predictor, train_examples)] if w]
         for warning in warnings:
             log.warning(warning)
         metrics: dict = {"train_examples": len(train_examples), "dev_examples": len(dev_examples or []),
@@ -152,6 +149,13 @@ def train(cfg: RETrainConfig) -> tuple[RunDir, dict]:
         run.finish(metrics, f"RE training: {cfg.name}", run_notes_sections(warnings, metrics["notes"])
                    + _classification_sections(metrics.get("dev"), "dev"))
     return run, metrics
+
+
+def collapse_warning(predictor: REPredictor, train_examples: list[RelationExample]) -> str | None:
+    """A warning when the classifier does not give (up to 256 of) its own training pairs their relations."""
+    sample = train_examples[:TRAINING_CHECK_ROWS]
+    predicted = [label for label, _ in predictor.predict([e.marked for e in sample])]
+    return unlearnt_labels_warning([e.label for e in sample], predicted, "relation", len(sample))
 
 
 def _classification_sections(scores: dict | None, data: str) -> list[Section]:
