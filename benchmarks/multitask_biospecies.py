@@ -8,11 +8,13 @@ scarce; also a quick smoke run).
 Arms, each scored on the same 20% held-out records:
 
 * **single-task**: ``adaptlab.ie.ner.train_ner`` (lr 2e-4, up to 15 epochs, patience 4) and
-  ``adaptlab.ie.relations.train_re`` (lr 5e-5, up to 4 epochs, patience 2), each with 10% of its training part as dev;
+  ``adaptlab.ie.relations.train_re`` (lr 5e-5, up to 4 epochs, patience 2), each with 10% of its training records
+  as dev when that makes 20 records (as ``ner train`` and ``re train`` hold out; else no dev and the
+  ``min_steps`` budget);
 * **multi-task**: ``adaptlab multitask train`` with the tasks ``species`` (ner) and ``relations`` (re) on the same
-  training records (10% dev per task), one learning rate (2e-4) and ``--sampling`` (default equal: the NER task
-  gets half the batches although it has a tenth of the examples), up to ``--epochs`` epochs (one epoch = as many
-  batches as both tasks' examples fill), patience 2.
+  training records (10% dev per task, by the same rule), one learning rate (2e-4) and ``--sampling`` (default
+  equal: the NER task gets half the batches although it has a tenth of the examples), up to ``--epochs`` epochs
+  (one epoch = as many batches as both tasks' examples fill) and at least ``min_steps`` (200) steps, patience 2.
 
 NER: strict and token macro F1 of the exported model through ``NERPredictor``; RE: macro F1 of the relation
 classifier on the test records' gold span pairs through ``REPredictor``. Writes
@@ -32,7 +34,7 @@ import time
 from pathlib import Path
 
 from adaptlab.data.records import write_records
-from adaptlab.data.splits import split_dev
+from adaptlab.data.splits import MIN_DEV_RECORDS, hold_out_dev
 from adaptlab.ie.models import resolve_student
 from adaptlab.ie.ner import NERPredictor, train_ner
 from adaptlab.ie.pairs import derive_relations
@@ -79,9 +81,9 @@ def scores(ner_dir: Path, re_dir: Path, test) -> dict:
 def single_task(train, test, seed: int, work: Path) -> dict:
     model = resolve_student("minilm")
     started = time.perf_counter()
-    fit, dev = split_dev(train, 0.1, seed)
-    ner = train_ner(fit, dev, model, NER_CFG.model_copy(update={"seed": seed}), work / "ner")
-    fit_examples, dev_examples = relation_examples(fit), relation_examples(dev)
+    fit, dev, _ = hold_out_dev(train, 0.1, seed, MIN_DEV_RECORDS)
+    ner = train_ner(fit, dev or None, model, NER_CFG.model_copy(update={"seed": seed}), work / "ner")
+    fit_examples, dev_examples = relation_examples(fit), relation_examples(dev) if dev else None
     relations = train_re(fit_examples, dev_examples, model, RE_CFG.model_copy(update={"seed": seed}), work / "re")
     return {**scores(ner.model_dir, relations.model_dir, test), "seconds": round(time.perf_counter() - started, 1),
             "train_seconds": round(ner.train_seconds + relations.train_seconds, 1)}
