@@ -15,8 +15,12 @@ from pydantic import Field, field_validator, model_validator
 from adaptlab.config import StrictModel
 from adaptlab.errors import ModelError, StrategyError
 from adaptlab.ie.models import DEFAULT_STUDENT, resolve_student, sequence_limit
+from adaptlab.ie.ner import NERPredictor
+from adaptlab.ie.relations import REPredictor
+from adaptlab.ie.text_classifier import load_classifier
+from adaptlab.metrics.classification import text_classification_report
+from adaptlab.recipes import cls, ner, relations
 from adaptlab.recipes.multitask_data import TaskConfig, TaskInput, check_tasks, read_task
-from adaptlab.recipes.ner import run_notes_sections
 from adaptlab.report import plots
 from adaptlab.report.html import Image, Paragraph, Section, Table, cls_report_sections, ner_report_sections
 from adaptlab.runs import RunDir, get_logger, open_run, seed_everything
@@ -148,7 +152,7 @@ def train(cfg: MultitaskConfig) -> tuple[RunDir, dict]:
                                 "labels": task.labels, "truncated": done.truncated, "export": f"tasks/{task.name}"}
             if task.dev:
                 tasks[task.name].update(score_task(task, directory, cfg.training.per_device_eval_batch_size))
-            collapse = collapse_warning(task, directory)
+            collapse = task_collapse_warning(task, directory)
             if collapse:
                 warnings.append(f"task {task.name}: {collapse}")
                 log.warning(warnings[-1])
@@ -159,50 +163,33 @@ def train(cfg: MultitaskConfig) -> tuple[RunDir, dict]:
                    "strategies": fit.strategies, "training_plan": fit.plan, "notes": notes + fit.notes,
                    "warnings": warnings, "history": fit.history}
         run.finish(metrics, f"Multi-task training: {cfg.name}",
-                   run_notes_sections(warnings, metrics["notes"]) + report_sections(metrics))
+                   ner.run_notes_sections(warnings, metrics["notes"]) + report_sections(metrics))
     return run, metrics
 
 
-def collapse_warning(task: TaskInput, directory: Any) -> str | None:
+def task_collapse_warning(task: TaskInput, directory: Any) -> str | None:
     """The task's own single-task check of its export on (up to 256 of) its training rows: a warning when the head
     has collapsed or never predicts a label it was shown, else None."""
     if task.type == "ner":
-        from adaptlab.recipes.ner import collapse_warning as ner_collapse
-
-        return ner_collapse(directory, task.train)
+        return ner.collapse_warning(directory, task.train)
     if task.type == "re":
-        from adaptlab.ie.relations import REPredictor
-        from adaptlab.recipes.relations import collapse_warning as re_collapse
-
-        return re_collapse(REPredictor(directory), task.train)
-    from adaptlab.ie.text_classifier import load_classifier
-    from adaptlab.recipes.cls import collapse_warning as cls_collapse
-
-    return cls_collapse(load_classifier(directory), task.train)
+        return relations.collapse_warning(REPredictor(directory), task.train)
+    return cls.collapse_warning(load_classifier(directory), task.train)
 
 
 def score_task(task: TaskInput, directory: Any, batch_size: int) -> dict[str, Any]:
     """The exported task on its dev data, through adaptlab's predictor of that task: ``dev`` (the full report) and
     ``dev_f1`` (strict entity macro F1 for ner, macro F1 for re and cls)."""
     if task.type == "ner":
-        from adaptlab.ie.ner import NERPredictor
-        from adaptlab.recipes.ner import evaluate_records
-
-        report, _ = evaluate_records(NERPredictor(directory), task.dev, batch_size)
+        report, _ = ner.evaluate_records(NERPredictor(directory), task.dev, batch_size)
         return {"dev_f1": report["strict"]["macro"]["f1"], "dev": report}
     if task.type == "re":
-        from adaptlab.ie.relations import REPredictor
-        from adaptlab.metrics.classification import text_classification_report
-
         predictor = REPredictor(directory)
         predicted = predictor.predict([example.marked for example in task.dev], batch_size)
         report = text_classification_report([[example.label] for example in task.dev],
                                             [[label] for label, _ in predicted], predictor.labels, False)
     else:
-        from adaptlab.ie.text_classifier import load_classifier
-        from adaptlab.recipes.cls import evaluate_examples
-
-        report, _ = evaluate_examples(load_classifier(directory), task.dev, batch_size)
+        report, _ = cls.evaluate_examples(load_classifier(directory), task.dev, batch_size)
     return {"dev_f1": report["macro_f1"], "dev": report}
 
 
