@@ -71,3 +71,14 @@ def small_dev_warning(dev_size: int, minimum: int, unit: str = "records") -> str
     return (f"the dev set has only {dev_size} {unit} (fewer than {minimum}), so the checkpoint chosen on it and "
             "the stopping point are mostly chance; with this little data give no dev file and let training run "
             "its fixed budget (dev_fraction=0, training.min_steps)")
+
+
+def dev_split(train: list[T], dev: list[T] | None, fraction: float, seed: int, minimum: int, unit: str = "records",
+              stratum: Callable[[T], Hashable] | None = None) -> tuple[list[T], list[T], list[str], list[str]]:
+    """A student's ``(train, dev, notes, warnings)``: the given ``dev`` with :func:`small_dev_warning`'s warning, or
+    without one the set :func:`hold_out_dev` holds out, with its note."""
+    if dev is not None:
+        warning = small_dev_warning(len(dev), minimum, unit)
+        return train, dev, [], [warning] if warning else []
+    train, dev, note = hold_out_dev(train, fraction, seed, minimum, unit, stratum=stratum)
+    return train, dev, [note] if note else [], []

@@ -13,7 +13,7 @@ from pydantic import Field
 
 from adaptlab.config import StrictModel
 from adaptlab.data.classification import Example, check_known_labels, label_set, read_examples
-from adaptlab.data.splits import DEV_EXAMPLES_PER_LABEL, hold_out_dev, small_dev_warning
+from adaptlab.data.splits import DEV_EXAMPLES_PER_LABEL, dev_split
 from adaptlab.errors import ConfigError, DataError
 from adaptlab.ie.models import DEFAULT_STUDENT, resolve_student
 from adaptlab.ie.text_classifier import decide, load_classifier, train_classifier
@@ -135,16 +135,13 @@ def train(cfg: ClsTrainConfig) -> tuple[RunDir, dict]:
     if len(labels) < (1 if cfg.multi_label else 2):
         raise DataError(f"has the labels {labels}; a single-label classifier needs at least two "
                         "(set multi_label: true for one yes/no label)", cfg.train)
-    minimum_dev = DEV_EXAMPLES_PER_LABEL * len(labels)
-    notes, warnings = [], []
+    dev_set = None
     if cfg.dev:
         dev_set = read_examples(cfg.dev, **columns)
         check_known_labels(dev_set, labels, f"the dev data {cfg.dev}")
-        warnings += [w for w in [small_dev_warning(len(dev_set), minimum_dev, "examples")] if w]
-    else:
-        train_set, dev_set, note = hold_out_dev(train_set, cfg.dev_fraction, cfg.training.seed, minimum_dev,
-                                                "examples", stratum=lambda e: tuple(e.labels))
-        notes += [note] if note else []
+    train_set, dev_set, notes, warnings = dev_split(train_set, dev_set, cfg.dev_fraction, cfg.training.seed,
+                                                    DEV_EXAMPLES_PER_LABEL * len(labels), "examples",
+                                                    stratum=lambda e: tuple(e.labels))
 
     with open_run(cfg.output, cfg.name, cfg, existing=continued_run(cfg.output, cfg)) as run:
         log = get_logger()

@@ -21,7 +21,7 @@ from pydantic import Field, model_serializer, model_validator
 from adaptlab.config import StrictModel
 from adaptlab.data.classification import check_known_labels, label_set, read_examples
 from adaptlab.data.io import load_records
-from adaptlab.data.splits import DEV_EXAMPLES_PER_LABEL, MIN_DEV_RECORDS, hold_out_dev, small_dev_warning
+from adaptlab.data.splits import DEV_EXAMPLES_PER_LABEL, MIN_DEV_RECORDS, dev_split
 from adaptlab.errors import AdaptlabError, ConfigError, DataError, ModelError
 from adaptlab.ie.ner import check_labels
 from adaptlab.ie.relations import relation_examples
@@ -169,12 +169,8 @@ def _read_cls(name: str, task: TaskConfig, dev_fraction: float, seed: int) -> Ta
 def _dev_split(name: str, train: list, dev: list | None, dev_fraction: float, seed: int, minimum: int,
                unit: str = "records", stratum: Callable[[Any], Hashable] | None = None
                ) -> tuple[list, list, list[str], list[str]]:
-    """``(train, dev, notes, warnings)``: the given ``dev`` (a warning when it has fewer than ``minimum`` items),
-    else one held out by ``data.splits.hold_out_dev`` (a note when that holds out nothing), as the task's
-    single-task command does; the notes and warnings begin with the task's name."""
-    if dev is not None:
-        warning = small_dev_warning(len(dev), minimum, unit)
-        return train, dev, [], [f"task {name}: {warning}"] if warning else []
+    """``data.splits.dev_split``, as the task's single-task command splits, with notes and warnings that begin
+    with the task's name."""
     with task_key(name, "train"):
-        train, dev, note = hold_out_dev(train, dev_fraction, seed, minimum, unit, stratum=stratum)
-    return train, dev, [f"task {name}: {note}"] if note else [], []
+        train, dev, notes, warnings = dev_split(train, dev, dev_fraction, seed, minimum, unit, stratum)
+    return train, dev, [f"task {name}: {note}" for note in notes], [f"task {name}: {w}" for w in warnings]

@@ -11,7 +11,7 @@ from adaptlab.config import StrictModel
 from adaptlab.data.formats.markers import record_from_marked
 from adaptlab.data.io import load_records
 from adaptlab.data.records import Record, write_records
-from adaptlab.data.splits import MIN_DEV_RECORDS, hold_out_dev, small_dev_warning
+from adaptlab.data.splits import MIN_DEV_RECORDS, dev_split
 from adaptlab.errors import ConfigError, DataError
 from adaptlab.ie.extract import extract
 from adaptlab.ie.models import DEFAULT_STUDENT, resolve_student
@@ -118,13 +118,8 @@ def train(cfg: RETrainConfig) -> tuple[RunDir, dict]:
     model_path = resolve_student(cfg.model)
     train_records = relation_records(cfg.train, derive_by)
     dev_records = relation_records(cfg.dev, derive_by) if cfg.dev else None
-    notes, warnings = [], []
-    if dev_records is None:
-        train_records, dev_records, note = hold_out_dev(train_records, cfg.dev_fraction, cfg.training.seed,
-                                                        MIN_DEV_RECORDS)
-        notes += [note] if note else []
-    else:
-        warnings += [w for w in [small_dev_warning(len(dev_records), MIN_DEV_RECORDS)] if w]
+    train_records, dev_records, notes, warnings = dev_split(train_records, dev_records, cfg.dev_fraction,
+                                                            cfg.training.seed, MIN_DEV_RECORDS)
     train_examples = relation_examples(train_records, cfg.negatives)
     dev_examples = relation_examples(dev_records, cfg.negatives) if dev_records else None
     with open_run(cfg.output, cfg.name, cfg, existing=continued_run(cfg.output, cfg)) as run:
