@@ -150,9 +150,10 @@ def train(cfg: MultitaskConfig) -> tuple[RunDir, dict]:
             directory = export_task(fit.model, task.name, tokenizers[task.name], run.path / "tasks" / task.name)
             tasks[task.name] = {"type": task.type, "train_examples": len(task.train), "dev_examples": len(task.dev),
                                 "labels": task.labels, "truncated": done.truncated, "export": f"tasks/{task.name}"}
+            predictor = task_predictor(task, directory)
             if task.dev:
-                tasks[task.name].update(score_task(task, directory, cfg.training.per_device_eval_batch_size))
-            collapse = task_collapse_warning(task, directory)
+                tasks[task.name].update(score_task(task, predictor, cfg.training.per_device_eval_batch_size))
+            collapse = task_collapse_warning(task, predictor)
             if collapse:
                 warnings.append(f"task {task.name}: {collapse}")
                 log.warning(warnings[-1])
@@ -167,29 +168,32 @@ def train(cfg: MultitaskConfig) -> tuple[RunDir, dict]:
     return run, metrics
 
 
-def task_collapse_warning(task: TaskInput, directory: Any) -> str | None:
+def task_predictor(task: TaskInput, directory: Any) -> Any:
+    """adaptlab's predictor of the task's type over its export: ``NERPredictor``, ``REPredictor`` or a classifier."""
+    if task.type == "ner":
+        return NERPredictor(directory)
+    return REPredictor(directory) if task.type == "re" else load_classifier(directory)
+
+
+def task_collapse_warning(task: TaskInput, predictor: Any) -> str | None:
     """The task's own single-task check of its export on (up to 256 of) its training rows: a warning when the head
     has collapsed or never predicts a label it was shown, else None."""
-    if task.type == "ner":
-        return ner.collapse_warning(directory, task.train)
-    if task.type == "re":
-        return relations.collapse_warning(REPredictor(directory), task.train)
-    return cls.collapse_warning(load_classifier(directory), task.train)
+    check = {"ner": ner.collapse_warning, "re": relations.collapse_warning, "cls": cls.collapse_warning}[task.type]
+    return check(predictor, task.train)
 
 
-def score_task(task: TaskInput, directory: Any, batch_size: int) -> dict[str, Any]:
-    """The exported task on its dev data, through adaptlab's predictor of that task: ``dev`` (the full report) and
-    ``dev_f1`` (strict entity macro F1 for ner, macro F1 for re and cls)."""
+def score_task(task: TaskInput, predictor: Any, batch_size: int) -> dict[str, Any]:
+    """The exported task on its dev data, through adaptlab's predictor of that task (:func:`task_predictor`): ``dev``
+    (the full report) and ``dev_f1`` (strict entity macro F1 for ner, macro F1 for re and cls)."""
     if task.type == "ner":
-        report, _ = ner.evaluate_records(NERPredictor(directory), task.dev, batch_size)
+        report, _ = ner.evaluate_records(predictor, task.dev, batch_size)
         return {"dev_f1": report["strict"]["macro"]["f1"], "dev": report}
     if task.type == "re":
-        predictor = REPredictor(directory)
         predicted = predictor.predict([example.marked for example in task.dev], batch_size)
         report = text_classification_report([[example.label] for example in task.dev],
                                             [[label] for label, _ in predicted], predictor.labels, False)
     else:
-        report, _ = cls.evaluate_examples(load_classifier(directory), task.dev, batch_size)
+        report, _ = cls.evaluate_examples(predictor, task.dev, batch_size)
     return {"dev_f1": report["macro_f1"], "dev": report}
 
 

@@ -13,7 +13,7 @@ from pydantic import Field
 from adaptlab.config import StrictModel
 from adaptlab.data.io import load_records
 from adaptlab.data.records import Record, write_records
-from adaptlab.data.splits import MIN_DEV_RECORDS, hold_out_dev, small_dev_warning
+from adaptlab.data.splits import MIN_DEV_RECORDS, dev_split
 from adaptlab.errors import ConfigError
 from adaptlab.ie.models import DEFAULT_STUDENT, resolve_student
 from adaptlab.ie.ner import NERPredictor, check_labels, train_ner
@@ -70,13 +70,8 @@ def train(cfg: NERTrainConfig) -> tuple[RunDir, dict]:
     model_path = resolve_student(cfg.model)
     train_records = load_records(cfg.train)
     dev_records = load_records(cfg.dev) if cfg.dev else None
-    notes, warnings = [], []
-    if dev_records is None:
-        train_records, dev_records, note = hold_out_dev(train_records, cfg.dev_fraction, cfg.training.seed,
-                                                        MIN_DEV_RECORDS)
-        notes += [note] if note else []
-    else:
-        warnings += [w for w in [small_dev_warning(len(dev_records), MIN_DEV_RECORDS)] if w]
+    train_records, dev_records, notes, warnings = dev_split(train_records, dev_records, cfg.dev_fraction,
+                                                            cfg.training.seed, MIN_DEV_RECORDS)
     with open_run(cfg.output, cfg.name, cfg, existing=continued_run(cfg.output, cfg)) as run:
         log = get_logger()
         log.info("training %s on %d records (dev %d) in %s", cfg.model, len(train_records), len(dev_records),
@@ -85,7 +80,8 @@ def train(cfg: NERTrainConfig) -> tuple[RunDir, dict]:
             log.info(note)
         result = train_ner(train_records, dev_records or None, model_path, cfg.training, run.path,
                            cfg.max_length, cfg.strategy)
-        warnings += [w for w in [collapse_warning(result.model_dir, train_records)] if w]
+        predictor = NERPredictor(result.model_dir)
+        warnings += [w for w in [collapse_warning(predictor, train_records)] if w]
         for warning in warnings:
             log.warning(warning)
         metrics: dict = {"train_records": len(train_records), "dev_records": len(dev_records),
@@ -94,7 +90,7 @@ def train(cfg: NERTrainConfig) -> tuple[RunDir, dict]:
                          "training_plan": result.plan, "notes": notes + result.notes,
                          "warnings": warnings, "history": result.history}
         if dev_records:
-            metrics["dev"], _ = evaluate_records(NERPredictor(result.model_dir), dev_records)
+            metrics["dev"], _ = evaluate_records(predictor, dev_records)
             log_final_metrics(cfg.training, run.path, {"dev": metrics["dev"]}, result.plan.get("trained_steps", 0))
         run.finish(metrics, f"NER training: {cfg.name}",
                    run_notes_sections(warnings, metrics["notes"])
@@ -102,10 +98,10 @@ def train(cfg: NERTrainConfig) -> tuple[RunDir, dict]:
     return run, metrics
 
 
-def collapse_warning(model_dir: Path, train_records: list[Record]) -> str | None:
+def collapse_warning(predictor: NERPredictor, train_records: list[Record]) -> str | None:
     """A warning when the student does not find the entity types of (up to 256 of) its own training records."""
     sample = train_records[:TRAINING_CHECK_ROWS]
-    predicted = NERPredictor(model_dir).predict([r.text for r in sample])
+    predicted = predictor.predict([r.text for r in sample])
     return unlearnt_labels_warning([s.label for r in sample for s in r.spans],
                                    [s.label for r in predicted for s in r.spans], "entity", len(sample))
 
